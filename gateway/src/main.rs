@@ -1,0 +1,4 @@
+//! The `syncgate` command line.
+fn main() -> anyhow::Result<()> {
+    syncgate::cli::run()
+}

@@ -1,0 +1,1 @@
+//! Postgres → synced value mapping (SYNC_RULES.md §8).
