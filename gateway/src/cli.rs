@@ -1,12 +1,14 @@
 //! Command-line entry points.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::rules_cmd;
+
 #[derive(Parser)]
-#[command(
-    name = "syncgate",
-    version,
-    about = "Postgres ⇄ SQLite sync gateway (PowerSync-compatible)"
-)]
+#[command(name = "syncgate", version, about = "Postgres ⇄ SQLite sync gateway (PowerSync-compatible)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,11 +22,31 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum RulesCommand {}
+enum RulesCommand {
+    /// Check a sync rules file; prints `FILE:LINE:COL: error|warning: message` and exits 1 on errors.
+    Validate {
+        /// The sync rules YAML file.
+        file: PathBuf,
+    },
+    /// Run sync-rules test cases (JSON lines, testdata/README.md format); exits 1 on any failure.
+    TestCases {
+        /// Case files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print the id of every case, not only the failing ones.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Rules(cmd) => match cmd {},
+        Command::Rules(RulesCommand::Validate { file }) => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            Ok(rules_cmd::validate(&file.display().to_string(), &text))
+        }
+        Command::Rules(RulesCommand::TestCases { files, verbose }) => rules_cmd::test_cases(&files, verbose),
     }
 }

@@ -1,5 +1,6 @@
 //! # syncgate gateway
 //!
-//! The `syncgate` binary's library: command line, and (as later parts land) replication, bucket
-//! storage and the sync API.
+//! The `syncgate` binary's library: command line and rules tooling; replication, bucket storage
+//! and the sync API arrive with their issues.
 pub mod cli;
+pub mod rules_cmd;

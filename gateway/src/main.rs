@@ -1,4 +1,4 @@
 //! The `syncgate` command line.
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     syncgate::cli::run()
 }

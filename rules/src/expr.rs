@@ -1,0 +1,232 @@
+//! Compiled expressions: the SQL tree reduced to what evaluation needs, with column references
+//! resolved to slots and functions resolved to their implementations.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::compat::Compatibility;
+use crate::error::EvalError;
+use crate::functions::{self, ArithOp, CastType, CompareOp, FunctionDef, JsonEachRow};
+use crate::request::{RequestParameters, SubscriptionParameters};
+use crate::value::SqliteValue;
+
+/// A request value that expressions can read (SYNC_RULES.md §5.4).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RequestValue {
+    /// `request.user_id()`, `auth.user_id()`.
+    UserId,
+    /// `request.jwt()`, `auth.parameters()`: the payload as JSON text.
+    TokenPayload,
+    /// `auth.parameter('k')`.
+    TokenPayloadField,
+    /// `request.parameters()`, `connection.parameters()`.
+    ClientParameters,
+    /// `connection.parameter('k')`.
+    ClientParameter,
+    /// `subscription.parameters()`.
+    SubscriptionParameters,
+    /// `subscription.parameter('k')`.
+    SubscriptionParameter,
+    /// `token_parameters.<name>`.
+    TokenParameter(Arc<str>),
+    /// `user_parameters.<name>`.
+    UserParameter(Arc<str>),
+}
+
+/// Who controls a request value: decides the "potentially dangerous" warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParameterUsage {
+    Authenticated,
+    Unauthenticated,
+    Subscription,
+}
+
+impl RequestValue {
+    pub(crate) fn usage(&self) -> ParameterUsage {
+        match self {
+            RequestValue::UserId
+            | RequestValue::TokenPayload
+            | RequestValue::TokenPayloadField
+            | RequestValue::TokenParameter(_) => ParameterUsage::Authenticated,
+            RequestValue::ClientParameters | RequestValue::ClientParameter | RequestValue::UserParameter(_) => {
+                ParameterUsage::Unauthenticated
+            }
+            RequestValue::SubscriptionParameters | RequestValue::SubscriptionParameter => {
+                ParameterUsage::Subscription
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Expr {
+    Const(SqliteValue),
+    /// A column of the source row, by the query's slot number.
+    Column(usize),
+    /// A column of the `json_each` row of a table-valued parameter query.
+    EachColumn(Arc<str>),
+    Request(RequestValue, Vec<Expr>),
+    Call(&'static FunctionDef, Vec<Expr>),
+    Compare(CompareOp, Box<Expr>, Box<Expr>),
+    Arith(ArithOp, Box<Expr>, Box<Expr>),
+    Concat(Box<Expr>, Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    IsNull(Box<Expr>, bool),
+    Cast(Box<Expr>, CastType),
+    JsonArrow(Box<Expr>, Box<Expr>),
+    JsonLongArrow(Box<Expr>, Box<Expr>),
+    In(Box<Expr>, Box<Expr>),
+    Overlap(Box<Expr>, Box<Expr>),
+}
+
+/// How a query's column slot is filled for one source table.
+#[derive(Debug, Clone)]
+pub(crate) enum SlotBinding {
+    Index(usize),
+    /// A column the table does not have (NULL) or a pseudo-column such as `_table_suffix`.
+    Value(SqliteValue),
+}
+
+/// Values an expression may read.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct EvalContext<'a> {
+    pub row: Option<(&'a [SqliteValue], &'a [SlotBinding])>,
+    pub request: Option<&'a RequestParameters>,
+    pub subscription: Option<&'a SubscriptionParameters>,
+    pub each_row: Option<&'a JsonEachRow>,
+    pub compat: Option<&'a Compatibility>,
+}
+
+static LEGACY: Compatibility = Compatibility {
+    edition: 1,
+    timestamps_iso8601: false,
+    versioned_bucket_ids: false,
+    fixed_json_extract: false,
+    custom_postgres_types: false,
+    unstable_sqlite_expression_engine: false,
+    timestamp_max_precision: crate::compat::TimestampPrecision::Microseconds,
+};
+
+impl Expr {
+    pub(crate) fn eval(&self, ctx: &EvalContext<'_>) -> Result<SqliteValue, EvalError> {
+        let compat = ctx.compat.unwrap_or(&LEGACY);
+        Ok(match self {
+            Expr::Const(v) => v.clone(),
+            Expr::Column(slot) => match ctx.row {
+                Some((values, slots)) => match slots.get(*slot) {
+                    Some(SlotBinding::Index(i)) => values.get(*i).cloned().unwrap_or_default(),
+                    Some(SlotBinding::Value(v)) => v.clone(),
+                    None => SqliteValue::Null,
+                },
+                None => SqliteValue::Null,
+            },
+            Expr::EachColumn(name) => {
+                ctx.each_row.and_then(|r| r.column(name)).cloned().unwrap_or_default()
+            }
+            Expr::Request(value, args) => eval_request(value, args, ctx)?,
+            Expr::Call(def, args) => {
+                let values = args.iter().map(|a| a.eval(ctx)).collect::<Result<Vec<_>, _>>()?;
+                (def.call)(&values, compat)?
+            }
+            Expr::Compare(op, a, b) => functions::compare(*op, &a.eval(ctx)?, &b.eval(ctx)?)?,
+            Expr::Arith(op, a, b) => functions::arithmetic(*op, &a.eval(ctx)?, &b.eval(ctx)?),
+            Expr::Concat(a, b) => functions::concat(&a.eval(ctx)?, &b.eval(ctx)?),
+            Expr::And(a, b) => functions::and(&a.eval(ctx)?, &b.eval(ctx)?),
+            Expr::Or(a, b) => functions::or(&a.eval(ctx)?, &b.eval(ctx)?),
+            Expr::Not(a) => functions::not(&a.eval(ctx)?),
+            Expr::IsNull(a, negated) => {
+                let is_null = a.eval(ctx)?.is_null();
+                SqliteValue::from(is_null != *negated)
+            }
+            Expr::Cast(a, to) => functions::cast(&a.eval(ctx)?, *to),
+            Expr::JsonArrow(a, b) => functions::json_arrow(&a.eval(ctx)?, &b.eval(ctx)?, compat)?,
+            Expr::JsonLongArrow(a, b) => functions::json_long_arrow(&a.eval(ctx)?, &b.eval(ctx)?, compat)?,
+            Expr::In(a, b) => functions::json_array_contains(&a.eval(ctx)?, &b.eval(ctx)?)?,
+            Expr::Overlap(a, b) => functions::json_arrays_overlap(&a.eval(ctx)?, &b.eval(ctx)?)?,
+        })
+    }
+
+    /// Visits every node (pre-order).
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Const(_) | Expr::Column(_) | Expr::EachColumn(_) => {}
+            Expr::Request(_, args) | Expr::Call(_, args) => args.iter().for_each(|a| a.visit(f)),
+            Expr::Not(a) | Expr::IsNull(a, _) | Expr::Cast(a, _) => a.visit(f),
+            Expr::Compare(_, a, b)
+            | Expr::Arith(_, a, b)
+            | Expr::Concat(a, b)
+            | Expr::And(a, b)
+            | Expr::Or(a, b)
+            | Expr::JsonArrow(a, b)
+            | Expr::JsonLongArrow(a, b)
+            | Expr::In(a, b)
+            | Expr::Overlap(a, b) => {
+                a.visit(f);
+                b.visit(f);
+            }
+        }
+    }
+
+    /// Which kinds of request values this expression reads.
+    pub(crate) fn usages(&self) -> Vec<ParameterUsage> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let Expr::Request(v, _) = e {
+                out.push(v.usage());
+            }
+        });
+        out
+    }
+}
+
+fn eval_request(value: &RequestValue, args: &[Expr], ctx: &EvalContext<'_>) -> Result<SqliteValue, EvalError> {
+    let Some(request) = ctx.request else {
+        return Ok(SqliteValue::Null);
+    };
+    let empty = Map::new();
+    let subscription_map = ctx.subscription.map_or(&empty, |s| &s.parsed);
+    let key = |ctx: &EvalContext<'_>| -> Result<Option<SqliteValue>, EvalError> {
+        match args.first() {
+            Some(a) => Ok(Some(a.eval(ctx)?)),
+            None => Ok(None),
+        }
+    };
+    Ok(match value {
+        RequestValue::UserId => request.user_id.clone(),
+        RequestValue::TokenPayload => SqliteValue::Text(Arc::clone(&request.raw_token_payload)),
+        RequestValue::ClientParameters => SqliteValue::Text(Arc::clone(&request.raw_client_parameters)),
+        RequestValue::SubscriptionParameters => match ctx.subscription {
+            Some(s) => SqliteValue::Text(Arc::clone(&s.raw)),
+            None => SqliteValue::from("{}"),
+        },
+        RequestValue::TokenPayloadField => extract_from_record(&request.token_payload, key(ctx)?),
+        RequestValue::ClientParameter => extract_from_record(&request.client_parameters, key(ctx)?),
+        RequestValue::SubscriptionParameter => extract_from_record(subscription_map, key(ctx)?),
+        RequestValue::TokenParameter(name) => {
+            request.token_parameters.get(name.as_ref()).map_or(SqliteValue::Null, SqliteValue::from_json)
+        }
+        RequestValue::UserParameter(name) => {
+            request.client_parameters.get(name.as_ref()).map_or(SqliteValue::Null, SqliteValue::from_json)
+        }
+    })
+}
+
+/// `x.parameter('path')`: a top-level key, or a `$.`-path that splits on dots (always, in every edition).
+fn extract_from_record(record: &Map<String, Value>, key: Option<SqliteValue>) -> SqliteValue {
+    let Some(SqliteValue::Text(path)) = key else {
+        return SqliteValue::Null;
+    };
+    let found = match path.strip_prefix("$.") {
+        Some(rest) => {
+            let mut parts = rest.split('.');
+            let first = parts.next().unwrap_or_default();
+            parts.try_fold(record.get(first), |current, part| Some(current?.get(part)))
+        }
+        None => Some(record.get(path.as_ref())),
+    };
+    found.flatten().map_or(SqliteValue::Null, SqliteValue::from_json)
+}

@@ -1,0 +1,745 @@
+//! Compiled sync rules and their evaluation: rows into buckets, parameter rows into lookup
+//! entries, and a connection's request into the buckets it may download.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+use syncgate_protocol::{BucketName, BucketPriority};
+
+use crate::compat::Compatibility;
+use crate::compiler::clause::{MatchFilter, MatchInput, ParamSet};
+use crate::diagnostic::Diagnostic;
+use crate::error::EvalError;
+use crate::expr::{EvalContext, Expr, SlotBinding};
+use crate::functions;
+use crate::request::{ConnectionRequest, SubscriptionParameters};
+use crate::table::{SourceTable, TablePattern};
+use crate::value::{SqliteValue, write_json_string};
+
+/// Sync rules compiled from YAML, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct SyncRules {
+    pub(crate) compat: Compatibility,
+    /// The deployment version used as bucket id prefix when `versioned_bucket_ids` is on.
+    pub(crate) version: u64,
+    pub(crate) definitions: Vec<Definition>,
+    pub(crate) data_queries: Vec<DataQuery>,
+    pub(crate) lookup_queries: Vec<LookupQuery>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Definition {
+    pub name: Arc<str>,
+    pub kind: DefinitionKind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum DefinitionKind {
+    Buckets { queriers: Vec<ParameterQuerier> },
+    Stream { auto_subscribe: bool, priority: BucketPriority, variants: Vec<StreamVariant> },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ParameterQuerier {
+    pub priority: BucketPriority,
+    pub kind: QuerierKind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum QuerierKind {
+    /// No FROM: bucket parameters computed from request values.
+    Static { filter: Option<Expr>, outputs: Vec<Expr> },
+    /// `FROM json_each(<request value>)`.
+    TableValued { call: Expr, filter: Option<Expr>, outputs: Vec<Expr> },
+    /// `FROM <table> WHERE <match>`: looked up in the parameter index.
+    Lookup { query: usize },
+}
+
+/// A query over a parameter table, indexed as the table replicates.
+#[derive(Debug, Clone)]
+pub(crate) struct LookupQuery {
+    pub definition: usize,
+    pub id: Arc<str>,
+    pub table: TablePattern,
+    pub slots: Vec<Arc<str>>,
+    pub filter: MatchFilter,
+    pub inputs: Vec<MatchInput>,
+    pub expanded_input: Option<usize>,
+    /// Stored with each index entry.
+    pub row_outputs: Vec<Expr>,
+    /// For each bucket parameter: a stored row output, or a request expression.
+    pub bucket_parameters: Vec<LookupOutput>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum LookupOutput {
+    Row(usize),
+    Request(Expr),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum OutputColumn {
+    Star,
+    Named { name: Arc<str>, expr: Expr, index_like: bool },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DataQuery {
+    pub definition: usize,
+    /// `by_user` or `stream|0`; the version prefix is added at evaluation.
+    pub bucket_prefix: Arc<str>,
+    pub table: TablePattern,
+    /// Output table name; `None` means "the source table's own name" (unaliased wildcard).
+    pub output_table: Option<Arc<str>>,
+    pub slots: Vec<Arc<str>>,
+    pub columns: Vec<OutputColumn>,
+    pub filter: MatchFilter,
+    /// For each bucket parameter, the filter input that supplies it.
+    pub parameter_inputs: Vec<Option<usize>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StreamVariant {
+    pub bucket_prefix: Arc<str>,
+    pub parameters: Vec<StreamParameter>,
+    pub request_filters: Vec<Expr>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum StreamParameter {
+    /// One value.
+    Value(Expr),
+    /// Each element of a JSON array value.
+    ArrayElements(Expr),
+    /// The values a parameter lookup finds.
+    Lookup(usize),
+}
+
+/// A row placed into a bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluatedRow {
+    pub bucket: BucketName,
+    /// Output table name.
+    pub table: Arc<str>,
+    /// Row id within the output table.
+    pub id: Arc<str>,
+    /// The synced data as a JSON object (SYNC_RULES.md §8.1).
+    pub data: Arc<str>,
+}
+
+/// An error evaluating one row for one query: that query skips the row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub definition: Arc<str>,
+    pub message: String,
+}
+
+/// The result of evaluating one source row.
+#[derive(Debug, Clone, Default)]
+pub struct RowEvaluation {
+    pub rows: Vec<EvaluatedRow>,
+    pub errors: Vec<RowError>,
+}
+
+/// The key under which a parameter row is indexed, and that a connection looks up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterLookup {
+    pub definition: Arc<str>,
+    pub query: Arc<str>,
+    pub values: Vec<SqliteValue>,
+}
+
+impl ParameterLookup {
+    /// Canonical text form for storage keys: numbers compare by value (2 and 2.0 are one key).
+    pub fn key(&self) -> String {
+        let mut s = String::with_capacity(32);
+        s.push('[');
+        write_json_string(&self.definition, &mut s);
+        s.push(',');
+        write_json_string(&self.query, &mut s);
+        for v in &self.values {
+            s.push(',');
+            v.write_bucket_param(&mut s);
+        }
+        s.push(']');
+        s
+    }
+}
+
+/// One entry of the parameter index produced by a parameter-table row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterEntry {
+    pub lookup: ParameterLookup,
+    /// The row's stored values (the query's row outputs).
+    pub values: Vec<SqliteValue>,
+}
+
+/// A bucket a connection may download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedBucket {
+    pub bucket: BucketName,
+    pub definition: Arc<str>,
+    pub priority: BucketPriority,
+}
+
+/// The queries that apply to one source table, with column slots resolved. Build it once per
+/// table (schema) and reuse it for every row.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    pub table: SourceTable,
+    data: Vec<BoundQuery>,
+    lookups: Vec<BoundQuery>,
+}
+
+#[derive(Debug, Clone)]
+struct BoundQuery {
+    query: usize,
+    slots: Vec<SlotBinding>,
+    output_table: Arc<str>,
+}
+
+impl TablePlan {
+    /// Whether any data query places rows of this table.
+    pub fn has_data_queries(&self) -> bool {
+        !self.data.is_empty()
+    }
+
+    /// Whether any parameter query indexes rows of this table.
+    pub fn has_parameter_queries(&self) -> bool {
+        !self.lookups.is_empty()
+    }
+}
+
+/// Result of compiling a rules file.
+#[derive(Debug, Clone)]
+pub struct CompileResult {
+    /// `None` when there are errors.
+    pub rules: Option<SyncRules>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl SyncRules {
+    pub fn compatibility(&self) -> &Compatibility {
+        &self.compat
+    }
+
+    /// Table patterns that data or parameter queries read: what replication must include.
+    pub fn source_tables(&self) -> Vec<TablePattern> {
+        let mut out: Vec<TablePattern> = Vec::new();
+        let patterns =
+            self.data_queries.iter().map(|q| &q.table).chain(self.lookup_queries.iter().map(|q| &q.table));
+        for p in patterns {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
+    /// Names of definitions and streams, in file order.
+    pub fn definition_names(&self) -> impl Iterator<Item = &str> {
+        self.definitions.iter().map(|d| d.name.as_ref())
+    }
+
+    /// Resolves the queries that apply to `table`.
+    pub fn plan_table(&self, table: &SourceTable) -> TablePlan {
+        let bind = |slots: &[Arc<str>], pattern: &TablePattern| -> Vec<SlotBinding> {
+            slots
+                .iter()
+                .map(|name| match table.column_index(name) {
+                    Some(i) => SlotBinding::Index(i),
+                    None if pattern.wildcard && name.as_ref() == "_table_suffix" => {
+                        SlotBinding::Value(SqliteValue::from(pattern.suffix(&table.name)))
+                    }
+                    None => SlotBinding::Value(SqliteValue::Null),
+                })
+                .collect()
+        };
+        let data = self
+            .data_queries
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.table.matches(table))
+            .map(|(i, q)| BoundQuery {
+                query: i,
+                slots: bind(&q.slots, &q.table),
+                output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
+            })
+            .collect();
+        let lookups = self
+            .lookup_queries
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.table.matches(table))
+            .map(|(i, q)| BoundQuery { query: i, slots: bind(&q.slots, &q.table), output_table: Arc::from("") })
+            .collect();
+        TablePlan { table: table.clone(), data, lookups }
+    }
+
+    fn bucket_id(&self, prefix: &str, values: impl Iterator<Item = SqliteValue>) -> BucketName {
+        let mut s = String::with_capacity(prefix.len() + 24);
+        if self.compat.versioned_bucket_ids {
+            let _ = write!(s, "{}#", self.version);
+        }
+        s.push_str(prefix);
+        s.push('[');
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            v.write_bucket_param(&mut s);
+        }
+        s.push(']');
+        BucketName::new(s)
+    }
+
+    /// Places one source row (values in the plan's table column order) into buckets.
+    pub fn evaluate_row(&self, plan: &TablePlan, values: &[SqliteValue], out: &mut RowEvaluation) {
+        for bound in &plan.data {
+            let query = &self.data_queries[bound.query];
+            let ctx = EvalContext {
+                row: Some((values, &bound.slots)),
+                compat: Some(&self.compat),
+                ..EvalContext::default()
+            };
+            let result = query.filter.evaluate(&ctx).and_then(|sets| {
+                if sets.is_empty() {
+                    return Ok(None);
+                }
+                let (id, data) = transform_row(query, &ctx, &plan.table, values)?;
+                Ok(Some((sets, id, data)))
+            });
+            match result {
+                Ok(None) => {}
+                Ok(Some((sets, id, data))) => {
+                    for set in sets {
+                        let params = query.parameter_inputs.iter().map(|input| param_value(&set, *input));
+                        out.rows.push(EvaluatedRow {
+                            bucket: self.bucket_id(&query.bucket_prefix, params),
+                            table: Arc::clone(&bound.output_table),
+                            id: Arc::clone(&id),
+                            data: Arc::clone(&data),
+                        });
+                    }
+                }
+                Err(e) => out.errors.push(RowError {
+                    definition: Arc::clone(&self.definitions[query.definition].name),
+                    message: e.message,
+                }),
+            }
+        }
+    }
+
+    /// Index entries for one row of a parameter table.
+    pub fn evaluate_parameter_row(
+        &self,
+        plan: &TablePlan,
+        values: &[SqliteValue],
+        entries: &mut Vec<ParameterEntry>,
+        errors: &mut Vec<RowError>,
+    ) {
+        for bound in &plan.lookups {
+            let query = &self.lookup_queries[bound.query];
+            let ctx = EvalContext {
+                row: Some((values, &bound.slots)),
+                compat: Some(&self.compat),
+                ..EvalContext::default()
+            };
+            let result = (|| -> Result<(), EvalError> {
+                let sets = query.filter.evaluate(&ctx)?;
+                if sets.is_empty() {
+                    return Ok(());
+                }
+                let stored = query.row_outputs.iter().map(|e| e.eval(&ctx)).collect::<Result<Vec<_>, _>>()?;
+                let stored: Vec<SqliteValue> =
+                    stored.into_iter().map(|v| if matches!(v, SqliteValue::Blob(_)) { SqliteValue::Null } else { v }).collect();
+                for set in sets {
+                    let lookup_values = (0..query.inputs.len()).map(|i| normalize(param_value(&set, Some(i)))).collect();
+                    entries.push(ParameterEntry {
+                        lookup: ParameterLookup {
+                            definition: Arc::clone(&self.definitions[query.definition].name),
+                            query: Arc::clone(&query.id),
+                            values: lookup_values,
+                        },
+                        values: stored.clone(),
+                    });
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                errors.push(RowError {
+                    definition: Arc::clone(&self.definitions[query.definition].name),
+                    message: e.message,
+                });
+            }
+        }
+    }
+
+    /// The lookups one parameter query needs for a request.
+    fn lookups_for(
+        &self,
+        query_index: usize,
+        ctx: &EvalContext<'_>,
+    ) -> Result<Vec<ParameterLookup>, EvalError> {
+        let query = &self.lookup_queries[query_index];
+        let mut base = Vec::with_capacity(query.inputs.len());
+        for input in &query.inputs {
+            let v = match &input.expr {
+                Some(e) => e.eval(ctx)?,
+                None => SqliteValue::Null,
+            };
+            base.push(v);
+        }
+        let make = |values: Vec<SqliteValue>| ParameterLookup {
+            definition: Arc::clone(&self.definitions[query.definition].name),
+            query: Arc::clone(&query.id),
+            values,
+        };
+        match query.expanded_input {
+            None => {
+                if base.iter().any(|v| matches!(v, SqliteValue::Blob(_))) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![make(base.into_iter().map(normalize).collect())])
+            }
+            Some(expanded) => {
+                let array = &base[expanded];
+                let SqliteValue::Text(_) = array else {
+                    return Ok(Vec::new());
+                };
+                let Ok(elements) = functions::json_array_elements(array) else {
+                    return Ok(Vec::new());
+                };
+                Ok(elements
+                    .into_iter()
+                    .map(|element| {
+                        let mut values = base.clone();
+                        values[expanded] = element;
+                        make(values.into_iter().map(normalize).collect())
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Resolves the buckets of a connection. `lookup` answers parameter lookups from the
+    /// parameter index: for each lookup, the stored values of every matching entry.
+    pub fn resolve_buckets<E>(
+        &self,
+        request: &ConnectionRequest,
+        mut lookup: impl FnMut(&[ParameterLookup]) -> Result<Vec<Vec<Vec<SqliteValue>>>, E>,
+    ) -> Result<Vec<ResolvedBucket>, E> {
+        let contexts = self.evaluation_contexts(request);
+        // Phase 1: every lookup any querier needs, answered in one call.
+        let mut pending: Vec<ParameterLookup> = Vec::new();
+        for unit in &contexts {
+            for query in unit.lookup_queries(self) {
+                if let Ok(lookups) = self.lookups_for(query, &unit.ctx(request, &self.compat)) {
+                    for l in lookups {
+                        if !pending.contains(&l) {
+                            pending.push(l);
+                        }
+                    }
+                }
+            }
+        }
+        let answers = if pending.is_empty() { Vec::new() } else { lookup(&pending)? };
+        let results: HashMap<String, &Vec<Vec<SqliteValue>>> =
+            pending.iter().map(|l| l.key()).zip(answers.iter()).collect();
+        let empty = Vec::new();
+        let find = |l: &ParameterLookup| -> &Vec<Vec<SqliteValue>> { results.get(&l.key()).copied().unwrap_or(&empty) };
+
+        // Phase 2: buckets.
+        let mut buckets: Vec<ResolvedBucket> = Vec::new();
+        let mut add = |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority| {
+            match buckets.iter_mut().find(|b| b.bucket == bucket) {
+                Some(existing) => existing.priority = existing.priority.min(priority),
+                None => buckets.push(ResolvedBucket { bucket, definition: Arc::clone(definition), priority }),
+            }
+        };
+        for unit in &contexts {
+            let definition = &self.definitions[unit.definition];
+            let ctx = unit.ctx(request, &self.compat);
+            match &definition.kind {
+                DefinitionKind::Buckets { queriers } => {
+                    for querier in queriers {
+                        for values in self.querier_tuples(querier, &ctx, &find) {
+                            add(self.bucket_id(&definition.name, values.into_iter()), &definition.name, querier.priority);
+                        }
+                    }
+                }
+                DefinitionKind::Stream { priority, variants, .. } => {
+                    let priority = unit.override_priority.unwrap_or(*priority);
+                    for variant in variants {
+                        for values in self.variant_tuples(variant, &ctx, &find) {
+                            add(self.bucket_id(&variant.bucket_prefix, values.into_iter()), &definition.name, priority);
+                        }
+                    }
+                }
+            }
+        }
+        buckets.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+        Ok(buckets)
+    }
+
+    fn evaluation_contexts(&self, request: &ConnectionRequest) -> Vec<Unit> {
+        let mut units = Vec::new();
+        for (i, d) in self.definitions.iter().enumerate() {
+            match &d.kind {
+                DefinitionKind::Buckets { .. } => {
+                    units.push(Unit { definition: i, subscription: None, override_priority: None })
+                }
+                DefinitionKind::Stream { auto_subscribe, .. } => {
+                    if *auto_subscribe && request.include_defaults {
+                        units.push(Unit { definition: i, subscription: None, override_priority: None });
+                    }
+                    for s in request.subscriptions.iter().filter(|s| s.stream == d.name.as_ref()) {
+                        units.push(Unit {
+                            definition: i,
+                            subscription: Some(SubscriptionParameters::new(s.parameters.as_ref())),
+                            override_priority: s.override_priority.and_then(|p| BucketPriority::new(i64::from(p))),
+                        });
+                    }
+                }
+            }
+        }
+        units
+    }
+
+    fn querier_tuples(
+        &self,
+        querier: &ParameterQuerier,
+        ctx: &EvalContext<'_>,
+        find: &dyn Fn(&ParameterLookup) -> &Vec<Vec<SqliteValue>>,
+    ) -> Vec<Vec<SqliteValue>> {
+        let evaluate_all = |exprs: &[Expr], ctx: &EvalContext<'_>| -> Option<Vec<SqliteValue>> {
+            let values: Vec<SqliteValue> = exprs.iter().map(|e| e.eval(ctx).ok()).collect::<Option<_>>()?;
+            // A blob cannot be a bucket parameter.
+            (!values.iter().any(|v| matches!(v, SqliteValue::Blob(_)))).then_some(values)
+        };
+        match &querier.kind {
+            QuerierKind::Static { filter, outputs } => {
+                let Some(filter) = filter else { return Vec::new() };
+                if !filter.eval(ctx).is_ok_and(|v| v.is_truthy()) {
+                    return Vec::new();
+                }
+                evaluate_all(outputs, ctx).into_iter().collect()
+            }
+            QuerierKind::TableValued { call, filter, outputs } => {
+                let Ok(input) = call.eval(ctx) else { return Vec::new() };
+                let Ok(rows) = functions::json_each(&input) else { return Vec::new() };
+                let mut out = Vec::new();
+                for row in &rows {
+                    let row_ctx = EvalContext { each_row: Some(row), ..*ctx };
+                    if let Some(f) = filter
+                        && !f.eval(&row_ctx).is_ok_and(|v| v.is_truthy())
+                    {
+                        continue;
+                    }
+                    if let Some(values) = evaluate_all(outputs, &row_ctx) {
+                        out.push(values);
+                    }
+                }
+                out
+            }
+            QuerierKind::Lookup { query } => {
+                let q = &self.lookup_queries[*query];
+                let Ok(lookups) = self.lookups_for(*query, ctx) else { return Vec::new() };
+                let mut out = Vec::new();
+                for l in &lookups {
+                    'rows: for stored in find(l) {
+                        let mut values = Vec::with_capacity(q.bucket_parameters.len());
+                        for output in &q.bucket_parameters {
+                            let v = match output {
+                                LookupOutput::Row(i) => stored.get(*i).cloned().unwrap_or_default(),
+                                LookupOutput::Request(e) => match e.eval(ctx) {
+                                    Ok(SqliteValue::Blob(_)) | Err(_) => continue 'rows,
+                                    Ok(v) => v,
+                                },
+                            };
+                            values.push(v);
+                        }
+                        out.push(values);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn variant_tuples(
+        &self,
+        variant: &StreamVariant,
+        ctx: &EvalContext<'_>,
+        find: &dyn Fn(&ParameterLookup) -> &Vec<Vec<SqliteValue>>,
+    ) -> Vec<Vec<SqliteValue>> {
+        for f in &variant.request_filters {
+            if !f.eval(ctx).is_ok_and(|v| v.is_truthy()) {
+                return Vec::new();
+            }
+        }
+        let mut tuples: Vec<Vec<SqliteValue>> = vec![Vec::new()];
+        for parameter in &variant.parameters {
+            let choices: Vec<SqliteValue> = match parameter {
+                StreamParameter::Value(e) => e.eval(ctx).into_iter().collect(),
+                StreamParameter::ArrayElements(e) => match e.eval(ctx) {
+                    Ok(v @ SqliteValue::Text(_)) => functions::json_array_elements(&v).unwrap_or_default(),
+                    _ => Vec::new(),
+                },
+                StreamParameter::Lookup(query) => {
+                    let Ok(lookups) = self.lookups_for(*query, ctx) else { return Vec::new() };
+                    let mut values = Vec::new();
+                    for l in &lookups {
+                        for stored in find(l) {
+                            if let Some(v) = stored.first()
+                                && !values.iter().any(|x: &SqliteValue| x.key_eq(v))
+                            {
+                                values.push(v.clone());
+                            }
+                        }
+                    }
+                    values
+                }
+            };
+            let mut next = Vec::with_capacity(tuples.len() * choices.len());
+            for t in &tuples {
+                for c in &choices {
+                    let mut n = t.clone();
+                    n.push(c.clone());
+                    next.push(n);
+                }
+            }
+            tuples = next;
+            if tuples.is_empty() {
+                break;
+            }
+        }
+        tuples
+    }
+}
+
+/// One definition evaluated for one connection (streams: once per subscription).
+struct Unit {
+    definition: usize,
+    subscription: Option<SubscriptionParameters>,
+    override_priority: Option<BucketPriority>,
+}
+
+impl Unit {
+    fn ctx<'a>(&'a self, request: &'a ConnectionRequest, compat: &'a Compatibility) -> EvalContext<'a> {
+        EvalContext {
+            request: Some(&request.parameters),
+            subscription: self.subscription.as_ref(),
+            compat: Some(compat),
+            ..EvalContext::default()
+        }
+    }
+
+    fn lookup_queries(&self, rules: &SyncRules) -> Vec<usize> {
+        match &rules.definitions[self.definition].kind {
+            DefinitionKind::Buckets { queriers } => queriers
+                .iter()
+                .filter_map(|q| match q.kind {
+                    QuerierKind::Lookup { query } => Some(query),
+                    _ => None,
+                })
+                .collect(),
+            DefinitionKind::Stream { variants, .. } => variants
+                .iter()
+                .flat_map(|v| v.parameters.iter())
+                .filter_map(|p| match p {
+                    StreamParameter::Lookup(q) => Some(*q),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn param_value(set: &ParamSet, input: Option<usize>) -> SqliteValue {
+    input.and_then(|i| set.iter().find(|(k, _)| *k == i).map(|(_, v)| v.clone())).unwrap_or_default()
+}
+
+/// Lookup keys compare numbers by value: whole reals become integers.
+fn normalize(v: SqliteValue) -> SqliteValue {
+    match v {
+        #[allow(clippy::cast_possible_truncation)]
+        SqliteValue::Real(f) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => SqliteValue::Integer(f as i64),
+        other => other,
+    }
+}
+
+/// Whether a key is a canonical array index, which JavaScript objects order first.
+pub(crate) fn is_index_like(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 10
+        && key.bytes().all(|b| b.is_ascii_digit())
+        && (key == "0" || !key.starts_with('0'))
+        && key.parse::<u64>().is_ok_and(|n| n < 4_294_967_295)
+}
+
+/// Builds the output row of a data query: `(id, JSON data)`.
+fn transform_row(
+    query: &DataQuery,
+    ctx: &EvalContext<'_>,
+    table: &SourceTable,
+    values: &[SqliteValue],
+) -> Result<(Arc<str>, Arc<str>), EvalError> {
+    let mut out: SmallVec<[(Arc<str>, SqliteValue, bool); 16]> = SmallVec::new();
+    for column in &query.columns {
+        match column {
+            OutputColumn::Named { name, expr, index_like } => {
+                let v = expr.eval(ctx)?;
+                match out.iter_mut().find(|(k, _, _)| k == name) {
+                    Some(slot) => slot.1 = v,
+                    None => out.push((Arc::clone(name), v, *index_like)),
+                }
+            }
+            OutputColumn::Star => {
+                for (i, name) in table.columns.iter().enumerate() {
+                    if name.starts_with('_') {
+                        continue;
+                    }
+                    let v = values.get(i).cloned().unwrap_or_default();
+                    match out.iter_mut().find(|(k, _, _)| k == name) {
+                        // An explicit column before `*` wins unless it is NULL.
+                        Some(slot) => {
+                            if slot.1.is_null() {
+                                slot.1 = v;
+                            }
+                        }
+                        None => out.push((Arc::clone(name), v, is_index_like(name))),
+                    }
+                }
+            }
+        }
+    }
+    // Blobs are never synced.
+    out.retain(|(_, v, _)| !matches!(v, SqliteValue::Blob(_)));
+    let id: Arc<str> = out
+        .iter()
+        .find(|(k, _, _)| k.as_ref() == "id")
+        .and_then(|(_, v, _)| v.to_text())
+        .unwrap_or_else(|| Arc::from(""));
+    if out.iter().any(|(_, _, index_like)| *index_like) {
+        // JavaScript objects list array-index keys first, ascending.
+        let (mut indexed, rest): (SmallVec<[_; 16]>, SmallVec<[_; 16]>) = out.into_iter().partition(|e| e.2);
+        indexed.sort_by_key(|(k, _, _)| k.parse::<u64>().unwrap_or(u64::MAX));
+        indexed.extend(rest);
+        out = indexed;
+    }
+    let mut json = String::with_capacity(16 + out.len() * 16);
+    json.push('{');
+    for (i, (k, v, _)) in out.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        write_json_string(k, &mut json);
+        json.push(':');
+        v.write_json(&mut json);
+    }
+    json.push('}');
+    Ok((id, Arc::from(json)))
+}
