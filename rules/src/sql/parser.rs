@@ -18,7 +18,7 @@ const MAX_NESTING: usize = 64;
 
 /// Maximum depth of the produced expression tree, counting left-associative chains such as
 /// `a OR b OR ...` too: code that walks or drops the tree recursively must not overflow the stack.
-pub const MAX_TREE_DEPTH: usize = 500;
+const MAX_TREE_DEPTH: usize = 500;
 
 /// Binding powers, lowest first (PostgreSQL's table, "Operator Precedence").
 mod prec {
@@ -41,57 +41,13 @@ mod prec {
 /// Words that cannot be a bare alias or an unquoted column name, because they start or continue a
 /// clause. Kept to what the grammar needs (plus `all`/`array`/`case`/`cast`), so unusual column
 /// names such as `value`, `type` or `level` stay usable.
+#[rustfmt::skip]
 const RESERVED: &[&str] = &[
-    "all",
-    "and",
-    "array",
-    "as",
-    "between",
-    "case",
-    "cast",
-    "cross",
-    "distinct",
-    "else",
-    "end",
-    "except",
-    "false",
-    "fetch",
-    "for",
-    "from",
-    "full",
-    "group",
-    "having",
-    "ilike",
-    "in",
-    "inner",
-    "intersect",
-    "into",
-    "is",
-    "isnull",
-    "join",
-    "left",
-    "like",
-    "limit",
-    "natural",
-    "not",
-    "notnull",
-    "null",
-    "offset",
-    "on",
-    "or",
-    "order",
-    "outer",
-    "right",
-    "select",
-    "similar",
-    "then",
-    "true",
-    "union",
-    "using",
-    "when",
-    "where",
-    "window",
-    "with",
+    "all", "and", "array", "as", "between", "case", "cast", "cross", "distinct", "else", "end",
+    "except", "false", "fetch", "for", "from", "full", "group", "having", "ilike", "in", "inner",
+    "intersect", "into", "is", "isnull", "join", "left", "like", "limit", "natural", "not",
+    "notnull", "null", "offset", "on", "or", "order", "outer", "right", "select", "similar", "then",
+    "true", "union", "using", "when", "where", "window", "with",
 ];
 
 fn is_reserved(word: &str) -> bool {
@@ -99,7 +55,8 @@ fn is_reserved(word: &str) -> bool {
 }
 
 /// Parses one or more `;`-separated statements. A trailing `;`, empty statements, whitespace and
-/// comments are fine.
+/// comments are fine. Nesting deeper than 64 levels, or an expression tree deeper than 500 levels
+/// (e.g. a chain of 500 `OR`s), is an error, so walking the tree recursively is safe.
 pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParseError> {
     let mut parser = Parser::new(sql)?;
     let mut statements = Vec::new();
