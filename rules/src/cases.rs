@@ -54,7 +54,8 @@ pub struct CaseAuth {
 pub struct CaseSubscription {
     pub stream: String,
     pub parameters: Option<Value>,
-    pub priority: Option<u8>,
+    /// The wire's `override_priority`; a JSON number, possibly written `1.0`.
+    pub priority: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,7 +217,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
         .map(|s| StreamSubscription {
             stream: s.stream.clone(),
             parameters: s.parameters.clone(),
-            override_priority: s.priority,
+            override_priority: s.priority.and_then(priority_from_number),
         })
         .collect();
     let resolved = rules
@@ -283,6 +284,14 @@ pub fn run_case(case: &Case) -> Result<(), String> {
         problems.push(format!("unexpected row error {t}/{id}: {message:?}"));
     }
     finish(problems, &result.diagnostics)
+}
+
+fn priority_from_number(p: f64) -> Option<u8> {
+    (p.fract() == 0.0 && (0.0..=3.0).contains(&p)).then(|| {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let p = p as u8;
+        p
+    })
 }
 
 fn finish(problems: Vec<String>, diagnostics: &[crate::Diagnostic]) -> Result<(), String> {

@@ -446,10 +446,7 @@ impl SyncRules {
             }
         }
         let answers = if pending.is_empty() { Vec::new() } else { lookup(&pending)? };
-        let results: HashMap<String, &Vec<Vec<SqliteValue>>> =
-            pending.iter().map(|l| l.key()).zip(answers.iter()).collect();
-        let empty = Vec::new();
-        let find = |l: &ParameterLookup| -> &Vec<Vec<SqliteValue>> { results.get(&l.key()).copied().unwrap_or(&empty) };
+        let find = LookupResults(pending.iter().map(|l| l.key()).zip(answers).collect());
 
         // Phase 2: buckets.
         let mut buckets: Vec<ResolvedBucket> = Vec::new();
@@ -512,7 +509,7 @@ impl SyncRules {
         &self,
         querier: &ParameterQuerier,
         ctx: &EvalContext<'_>,
-        find: &dyn Fn(&ParameterLookup) -> &Vec<Vec<SqliteValue>>,
+        find: &LookupResults,
     ) -> Vec<Vec<SqliteValue>> {
         let evaluate_all = |exprs: &[Expr], ctx: &EvalContext<'_>| -> Option<Vec<SqliteValue>> {
             let values: Vec<SqliteValue> = exprs.iter().map(|e| e.eval(ctx).ok()).collect::<Option<_>>()?;
@@ -549,7 +546,7 @@ impl SyncRules {
                 let Ok(lookups) = self.lookups_for(*query, ctx) else { return Vec::new() };
                 let mut out = Vec::new();
                 for l in &lookups {
-                    'rows: for stored in find(l) {
+                    'rows: for stored in find.get(l) {
                         let mut values = Vec::with_capacity(q.bucket_parameters.len());
                         for output in &q.bucket_parameters {
                             let v = match output {
@@ -573,7 +570,7 @@ impl SyncRules {
         &self,
         variant: &StreamVariant,
         ctx: &EvalContext<'_>,
-        find: &dyn Fn(&ParameterLookup) -> &Vec<Vec<SqliteValue>>,
+        find: &LookupResults,
     ) -> Vec<Vec<SqliteValue>> {
         for f in &variant.request_filters {
             if !f.eval(ctx).is_ok_and(|v| v.is_truthy()) {
@@ -592,7 +589,7 @@ impl SyncRules {
                     let Ok(lookups) = self.lookups_for(*query, ctx) else { return Vec::new() };
                     let mut values = Vec::new();
                     for l in &lookups {
-                        for stored in find(l) {
+                        for stored in find.get(l) {
                             if let Some(v) = stored.first()
                                 && !values.iter().any(|x: &SqliteValue| x.key_eq(v))
                             {
@@ -617,6 +614,15 @@ impl SyncRules {
             }
         }
         tuples
+    }
+}
+
+/// Answers to the parameter lookups of one resolution, by lookup key.
+struct LookupResults(HashMap<String, Vec<Vec<SqliteValue>>>);
+
+impl LookupResults {
+    fn get(&self, lookup: &ParameterLookup) -> &[Vec<SqliteValue>] {
+        self.0.get(&lookup.key()).map(Vec::as_slice).unwrap_or_default()
     }
 }
 
