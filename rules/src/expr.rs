@@ -148,39 +148,6 @@ impl Expr {
             Expr::Overlap(a, b) => functions::json_arrays_overlap(&a.eval(ctx)?, &b.eval(ctx)?)?,
         })
     }
-
-    /// Visits every node (pre-order).
-    pub(crate) fn visit(&self, f: &mut dyn FnMut(&Expr)) {
-        f(self);
-        match self {
-            Expr::Const(_) | Expr::Column(_) | Expr::EachColumn(_) => {}
-            Expr::Request(_, args) | Expr::Call(_, args) => args.iter().for_each(|a| a.visit(f)),
-            Expr::Not(a) | Expr::IsNull(a, _) | Expr::Cast(a, _) => a.visit(f),
-            Expr::Compare(_, a, b)
-            | Expr::Arith(_, a, b)
-            | Expr::Concat(a, b)
-            | Expr::And(a, b)
-            | Expr::Or(a, b)
-            | Expr::JsonArrow(a, b)
-            | Expr::JsonLongArrow(a, b)
-            | Expr::In(a, b)
-            | Expr::Overlap(a, b) => {
-                a.visit(f);
-                b.visit(f);
-            }
-        }
-    }
-
-    /// Which kinds of request values this expression reads.
-    pub(crate) fn usages(&self) -> Vec<ParameterUsage> {
-        let mut out = Vec::new();
-        self.visit(&mut |e| {
-            if let Expr::Request(v, _) = e {
-                out.push(v.usage());
-            }
-        });
-        out
-    }
 }
 
 fn eval_request(value: &RequestValue, args: &[Expr], ctx: &EvalContext<'_>) -> Result<SqliteValue, EvalError> {

@@ -82,7 +82,7 @@ pub(crate) enum LookupOutput {
 #[derive(Debug, Clone)]
 pub(crate) enum OutputColumn {
     Star,
-    Named { name: Arc<str>, expr: Expr, index_like: bool },
+    Named { name: Arc<str>, expr: Expr },
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +198,32 @@ struct BoundQuery {
     query: usize,
     slots: Vec<SlotBinding>,
     output_table: Arc<str>,
+    /// Data queries: the output object's keys in order, and where each value comes from.
+    layout: Vec<OutputSlot>,
+    /// Data queries: `<version>#<prefix>[`, the start of every bucket id.
+    bucket_id_start: Box<str>,
+}
+
+/// One key of a data query's output object for one table, resolved at plan time: the key
+/// order follows from the SELECT list and the table's columns, only the values vary per row.
+#[derive(Debug, Clone)]
+struct OutputSlot {
+    /// `"key":`, escaped once.
+    key_prefix: Box<str>,
+    is_id: bool,
+    source: OutputSource,
+}
+
+#[derive(Debug, Clone)]
+enum OutputSource {
+    /// The n-th named expression of the SELECT list.
+    Expr(usize),
+    /// A column of the row (`*`, or a plain column reference).
+    Column(usize),
+    /// A constant (a column the table lacks, `_table_suffix`).
+    Const(SqliteValue),
+    /// An explicit column before `*`: its value, or the row's column of that name when NULL.
+    ElseColumn(Box<OutputSource>, usize),
 }
 
 impl TablePlan {
@@ -262,10 +288,15 @@ impl SyncRules {
             .iter()
             .enumerate()
             .filter(|(_, q)| q.table.matches(table))
-            .map(|(i, q)| BoundQuery {
-                query: i,
-                slots: bind(&q.slots, &q.table),
-                output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
+            .map(|(i, q)| {
+                let slots = bind(&q.slots, &q.table);
+                BoundQuery {
+                    query: i,
+                    layout: output_layout(q, table, &slots),
+                    bucket_id_start: self.bucket_id_start(&q.bucket_prefix),
+                    slots,
+                    output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
+                }
             })
             .collect();
         let lookups = self
@@ -273,26 +304,29 @@ impl SyncRules {
             .iter()
             .enumerate()
             .filter(|(_, q)| q.table.matches(table))
-            .map(|(i, q)| BoundQuery { query: i, slots: bind(&q.slots, &q.table), output_table: Arc::from("") })
+            .map(|(i, q)| BoundQuery {
+                query: i,
+                slots: bind(&q.slots, &q.table),
+                output_table: Arc::from(""),
+                layout: Vec::new(),
+                bucket_id_start: Box::from(""),
+            })
             .collect();
         TablePlan { table: table.clone(), data, lookups }
     }
 
-    fn bucket_id(&self, prefix: &str, values: impl Iterator<Item = SqliteValue>) -> BucketName {
-        let mut s = String::with_capacity(prefix.len() + 24);
+    fn bucket_id_start(&self, prefix: &str) -> Box<str> {
+        let mut s = String::with_capacity(prefix.len() + 8);
         if self.compat.versioned_bucket_ids {
             let _ = write!(s, "{}#", self.version);
         }
         s.push_str(prefix);
         s.push('[');
-        for (i, v) in values.enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            v.write_bucket_param(&mut s);
-        }
-        s.push(']');
-        BucketName::new(s)
+        s.into_boxed_str()
+    }
+
+    fn bucket_id(&self, prefix: &str, values: impl Iterator<Item = SqliteValue>) -> BucketName {
+        bucket_id_from(&self.bucket_id_start(prefix), values)
     }
 
     /// Places one source row (values in the plan's table column order) into buckets.
@@ -308,7 +342,7 @@ impl SyncRules {
                 if sets.is_empty() {
                     return Ok(None);
                 }
-                let (id, data) = transform_row(query, &ctx, &plan.table, values)?;
+                let (id, data) = transform_row(query, &bound.layout, &ctx, values)?;
                 Ok(Some((sets, id, data)))
             });
             match result {
@@ -317,7 +351,7 @@ impl SyncRules {
                     for set in sets {
                         let params = query.parameter_inputs.iter().map(|input| param_value(&set, *input));
                         out.rows.push(EvaluatedRow {
-                            bucket: self.bucket_id(&query.bucket_prefix, params),
+                            bucket: bucket_id_from(&bound.bucket_id_start, params),
                             table: Arc::clone(&bound.output_table),
                             id: Arc::clone(&id),
                             data: Arc::clone(&data),
@@ -664,6 +698,20 @@ impl Unit {
     }
 }
 
+/// `start` is `<version>#<prefix>[`; the values follow as a JSON array's elements.
+fn bucket_id_from(start: &str, values: impl Iterator<Item = SqliteValue>) -> BucketName {
+    let mut s = String::with_capacity(start.len() + 24);
+    s.push_str(start);
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        v.write_bucket_param(&mut s);
+    }
+    s.push(']');
+    BucketName::new(s)
+}
+
 fn param_value(set: &ParamSet, input: Option<usize>) -> SqliteValue {
     input.and_then(|i| set.iter().find(|(k, _)| *k == i).map(|(_, v)| v.clone())).unwrap_or_default()
 }
@@ -686,21 +734,26 @@ pub(crate) fn is_index_like(key: &str) -> bool {
         && key.parse::<u64>().is_ok_and(|n| n < 4_294_967_295)
 }
 
-/// Builds the output row of a data query: `(id, JSON data)`.
-fn transform_row(
-    query: &DataQuery,
-    ctx: &EvalContext<'_>,
-    table: &SourceTable,
-    values: &[SqliteValue],
-) -> Result<(Arc<str>, Arc<str>), EvalError> {
-    let mut out: SmallVec<[(Arc<str>, SqliteValue, bool); 16]> = SmallVec::new();
+/// Resolves a data query's output object for one table (see [`OutputSlot`]).
+fn output_layout(query: &DataQuery, table: &SourceTable, slots: &[SlotBinding]) -> Vec<OutputSlot> {
+    let mut entries: Vec<(Arc<str>, OutputSource)> = Vec::new();
+    let mut named = 0;
     for column in &query.columns {
         match column {
-            OutputColumn::Named { name, expr, index_like } => {
-                let v = expr.eval(ctx)?;
-                match out.iter_mut().find(|(k, _, _)| k == name) {
-                    Some(slot) => slot.1 = v,
-                    None => out.push((Arc::clone(name), v, *index_like)),
+            OutputColumn::Named { name, expr, .. } => {
+                // A plain column reference reads the row directly, without evaluation.
+                let source = match expr {
+                    Expr::Column(slot) => match &slots[*slot] {
+                        SlotBinding::Index(i) => OutputSource::Column(*i),
+                        SlotBinding::Value(v) => OutputSource::Const(v.clone()),
+                    },
+                    _ => OutputSource::Expr(named),
+                };
+                named += 1;
+                match entries.iter_mut().find(|(k, _)| k == name) {
+                    // A later column with the same name replaces the value, keeping the position.
+                    Some(entry) => entry.1 = source,
+                    None => entries.push((Arc::clone(name), source)),
                 }
             }
             OutputColumn::Star => {
@@ -708,44 +761,93 @@ fn transform_row(
                     if name.starts_with('_') {
                         continue;
                     }
-                    let v = values.get(i).cloned().unwrap_or_default();
-                    match out.iter_mut().find(|(k, _, _)| k == name) {
+                    match entries.iter_mut().find(|(k, _)| k == name) {
                         // An explicit column before `*` wins unless it is NULL.
-                        Some(slot) => {
-                            if slot.1.is_null() {
-                                slot.1 = v;
+                        Some(entry) => {
+                            entry.1 = match std::mem::replace(&mut entry.1, OutputSource::Column(i)) {
+                                OutputSource::Const(SqliteValue::Null) => OutputSource::Column(i),
+                                OutputSource::Column(j) if j == i => OutputSource::Column(i),
+                                fallback @ OutputSource::ElseColumn(..) => fallback,
+                                primary => OutputSource::ElseColumn(Box::new(primary), i),
                             }
                         }
-                        None => out.push((Arc::clone(name), v, is_index_like(name))),
+                        None => entries.push((Arc::clone(name), OutputSource::Column(i))),
                     }
                 }
             }
         }
     }
-    // Blobs are never synced.
-    out.retain(|(_, v, _)| !matches!(v, SqliteValue::Blob(_)));
-    let id: Arc<str> = out
-        .iter()
-        .find(|(k, _, _)| k.as_ref() == "id")
-        .and_then(|(_, v, _)| v.to_text())
-        .unwrap_or_else(|| Arc::from(""));
-    if out.iter().any(|(_, _, index_like)| *index_like) {
-        // JavaScript objects list array-index keys first, ascending.
-        let (mut indexed, rest): (SmallVec<[_; 16]>, SmallVec<[_; 16]>) = out.into_iter().partition(|e| e.2);
-        indexed.sort_by_key(|(k, _, _)| k.parse::<u64>().unwrap_or(u64::MAX));
-        indexed.extend(rest);
-        out = indexed;
+    // JavaScript objects list array-index keys first, ascending; the reference builds one.
+    let (mut ordered, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(k, _)| is_index_like(k));
+    ordered.sort_by_key(|(k, _)| k.parse::<u64>().unwrap_or(u64::MAX));
+    ordered.extend(rest);
+    ordered
+        .into_iter()
+        .map(|(key, source)| {
+            let mut key_prefix = String::with_capacity(key.len() + 3);
+            write_json_string(&key, &mut key_prefix);
+            key_prefix.push(':');
+            OutputSlot { key_prefix: key_prefix.into_boxed_str(), is_id: key.as_ref() == "id", source }
+        })
+        .collect()
+}
+
+impl OutputSource {
+    fn value<'v>(&'v self, evaluated: &'v [SqliteValue], values: &'v [SqliteValue]) -> &'v SqliteValue {
+        static NULL: SqliteValue = SqliteValue::Null;
+        match self {
+            OutputSource::Expr(k) => evaluated.get(*k).unwrap_or(&NULL),
+            OutputSource::Column(i) => values.get(*i).unwrap_or(&NULL),
+            OutputSource::Const(v) => v,
+            OutputSource::ElseColumn(primary, _) => primary.value(evaluated, values),
+        }
     }
-    let mut json = String::with_capacity(16 + out.len() * 16);
+}
+
+/// Builds the output row of a data query: `(id, JSON data)`.
+fn transform_row(
+    query: &DataQuery,
+    layout: &[OutputSlot],
+    ctx: &EvalContext<'_>,
+    values: &[SqliteValue],
+) -> Result<(Arc<str>, Arc<str>), EvalError> {
+    // Every named expression is evaluated (an error in any of them skips the row).
+    let mut evaluated: SmallVec<[SqliteValue; 8]> = SmallVec::new();
+    for column in &query.columns {
+        if let OutputColumn::Named { expr, .. } = column {
+            evaluated.push(match expr {
+                Expr::Column(_) => SqliteValue::Null,
+                e => e.eval(ctx)?,
+            });
+        }
+    }
+    let null = SqliteValue::Null;
+    let mut id: Option<Arc<str>> = None;
+    let mut json = String::with_capacity(64 + layout.len() * 24);
     json.push('{');
-    for (i, (k, v, _)) in out.iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    for slot in layout {
+        let value = match &slot.source {
+            OutputSource::ElseColumn(primary, i) => match primary.value(&evaluated, values) {
+                SqliteValue::Null => values.get(*i).unwrap_or(&null),
+                v => v,
+            },
+            source => source.value(&evaluated, values),
+        };
+        // Blobs are never synced.
+        if matches!(value, SqliteValue::Blob(_)) {
+            continue;
+        }
+        if slot.is_id {
+            id = value.to_text();
+        }
+        if !first {
             json.push(',');
         }
-        write_json_string(k, &mut json);
-        json.push(':');
-        v.write_json(&mut json);
+        first = false;
+        json.push_str(&slot.key_prefix);
+        value.write_json(&mut json);
     }
     json.push('}');
-    Ok((id, Arc::from(json)))
+    Ok((id.unwrap_or_else(|| Arc::from("")), Arc::from(json)))
 }

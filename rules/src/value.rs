@@ -123,7 +123,7 @@ impl SqliteValue {
     pub fn to_text(&self) -> Option<Arc<str>> {
         match self {
             SqliteValue::Null => None,
-            SqliteValue::Integer(i) => Some(Arc::from(i.to_string())),
+            SqliteValue::Integer(i) => Some(Arc::from(itoa::Buffer::new().format(*i))),
             SqliteValue::Real(f) => Some(Arc::from(js_number_to_string(*f))),
             SqliteValue::Text(s) => Some(Arc::clone(s)),
             SqliteValue::Blob(b) => Some(Arc::from(String::from_utf8_lossy(b).as_ref())),
@@ -140,7 +140,7 @@ impl SqliteValue {
                 true
             }
             SqliteValue::Integer(i) => {
-                let _ = write!(out, "{i}");
+                out.push_str(itoa::Buffer::new().format(*i));
                 true
             }
             SqliteValue::Real(f) => write_json_real(*f, out),
@@ -155,9 +155,7 @@ impl SqliteValue {
     pub fn write_bucket_param(&self, out: &mut String) {
         match self {
             SqliteValue::Null | SqliteValue::Blob(_) => out.push_str("null"),
-            SqliteValue::Integer(i) => {
-                let _ = write!(out, "{i}");
-            }
+            SqliteValue::Integer(i) => out.push_str(itoa::Buffer::new().format(*i)),
             SqliteValue::Real(f) if f.is_finite() => out.push_str(&js_number_to_string(*f)),
             SqliteValue::Real(_) => out.push_str("null"),
             SqliteValue::Text(s) => write_json_string(s, out),
@@ -299,31 +297,66 @@ fn write_json_real(f: f64, out: &mut String) -> bool {
 pub fn write_json_string(s: &str, out: &mut String) {
     out.reserve(s.len() + 2);
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            b'\n' => Some("\\n"),
-            b'\r' => Some("\\r"),
-            b'\t' => Some("\\t"),
-            0x08 => Some("\\b"),
-            0x0c => Some("\\f"),
-            0..=0x1f => None,
-            _ => continue,
-        };
+    // Most synced strings need no escaping: skip clean 8-byte words, then scan with a table,
+    // copying clean runs in bulk.
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 8 <= bytes.len() {
+            let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
+            if !word_needs_escape(word) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            i += 1;
+            continue;
+        }
         out.push_str(&s[start..i]);
-        match escape {
-            Some(e) => out.push_str(e),
-            None => {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
                 let _ = write!(out, "\\u{b:04x}");
             }
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
 }
+
+/// Whether any byte of the word is a control character, `"` or `\\` (SWAR: no per-byte branches).
+fn word_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    // Bytes below 0x20; bytes >= 0x80 are never flagged because `!word` clears their high bit.
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    (below_space | has_zero(word ^ (ONES * u64::from(b'"'))) | has_zero(word ^ (ONES * u64::from(b'\\')))) != 0
+}
+
+/// Bytes that JSON strings must escape: control characters, `"` and `\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Whether JavaScript `parseInt(text)` gives a nonzero number (SYNC_RULES.md §5.1).
 fn js_parse_int_is_nonzero(s: &str) -> bool {
@@ -420,6 +453,19 @@ mod tests {
             "9223372036854775807"
         );
         assert_eq!(json(&SqliteValue::Null), "null");
+    }
+
+    #[test]
+    fn long_strings_escape_in_every_word_position() {
+        for pos in 0..20 {
+            for special in ['"', '\\', '\n', '\u{1}', 'ü'] {
+                let mut text: String = "a".repeat(20);
+                text.replace_range(pos..pos + 1, &special.to_string());
+                let mut ours = String::new();
+                write_json_string(&text, &mut ours);
+                assert_eq!(ours, serde_json::to_string(&text).unwrap(), "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -101,41 +101,46 @@ pub(crate) struct ParamMatch {
 /// One set of input values that make a match true for a row.
 pub(crate) type ParamSet = SmallVec<[(usize, SqliteValue); 4]>;
 
+/// All sets that make a match true for one row (usually zero or one).
+pub(crate) type ParamSets = SmallVec<[ParamSet; 1]>;
+
 impl MatchFilter {
-    pub(crate) fn evaluate(&self, ctx: &EvalContext<'_>) -> Result<Vec<ParamSet>, EvalError> {
+    pub(crate) fn evaluate(&self, ctx: &EvalContext<'_>) -> Result<ParamSets, EvalError> {
         Ok(match self {
             MatchFilter::Condition(e) => {
                 if e.eval(ctx)?.is_truthy() {
-                    vec![ParamSet::new()]
+                    smallvec::smallvec![ParamSet::new()]
                 } else {
-                    Vec::new()
+                    ParamSets::new()
                 }
             }
             MatchFilter::Equals { input, row } => {
                 let v = row.eval(ctx)?;
                 // NULL never equals anything, and blobs cannot be bucket parameters.
                 if matches!(v, SqliteValue::Null | SqliteValue::Blob(_)) {
-                    Vec::new()
+                    ParamSets::new()
                 } else {
-                    vec![smallvec::smallvec![(*input, v)]]
+                    smallvec::smallvec![smallvec::smallvec![(*input, v)]]
                 }
             }
             MatchFilter::InRowArray { input, row } => {
                 let v = row.eval(ctx)?;
                 if v.is_null() {
-                    return Ok(Vec::new());
+                    return Ok(ParamSets::new());
                 }
                 let elements = functions::json_array_elements(&v)?;
                 elements.into_iter().map(|e| smallvec::smallvec![(*input, e)]).collect()
             }
-            MatchFilter::ParameterTrue { input } => vec![smallvec::smallvec![(*input, SqliteValue::Integer(1))]],
+            MatchFilter::ParameterTrue { input } => {
+                smallvec::smallvec![smallvec::smallvec![(*input, SqliteValue::Integer(1))]]
+            }
             MatchFilter::And(a, b) => {
                 let left = a.evaluate(ctx)?;
                 if left.is_empty() {
                     return Ok(left);
                 }
                 let right = b.evaluate(ctx)?;
-                let mut out = Vec::with_capacity(left.len() * right.len());
+                let mut out = ParamSets::with_capacity(left.len() * right.len());
                 for l in &left {
                     for r in &right {
                         let mut combined = l.clone();
@@ -230,8 +235,6 @@ pub(crate) enum RequestFunctions {
 /// A table whose columns are row values in this query.
 #[derive(Debug, Clone)]
 pub(crate) struct ValueTable {
-    /// Name in the schema (for slot lookups and messages).
-    pub name: String,
     /// Name the query uses (alias or name).
     pub sql_name: String,
     /// Columns known from a schema, for "column not found" warnings.
@@ -567,8 +570,8 @@ impl<'a> QueryScope<'a> {
     /// `IN` and `&&`: plain composition where possible; otherwise the parameter-expanding forms.
     fn compile_membership(&mut self, composer: Composer, l: Clause, r: Clause, ls: Span, rs: Span) -> Clause {
         match self.compose_type(&composer, &[&l, &r], &[ls, rs]) {
-            Err(ComposeError::Reported) => return Clause::Error,
-            Ok(_) => return self.compose(composer, vec![l, r], &[ls, rs]),
+            Err(ComposeError::Reported) => Clause::Error,
+            Ok(_) => self.compose(composer, vec![l, r], &[ls, rs]),
             Err(ComposeError::Message(message, span)) => {
                 let is_overlap = matches!(composer, Composer::Overlap);
                 match (&l, &r) {

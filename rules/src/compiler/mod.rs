@@ -53,13 +53,17 @@ pub fn compile(text: &str, options: &CompileOptions) -> CompileResult {
     let has_errors = c.diagnostics.iter().any(Diagnostic::is_error);
     let mut diagnostics = c.diagnostics;
     diagnostics.sort_by_key(|d| (d.line, d.column));
-    let rules = (!has_errors).then(|| SyncRules {
-        compat: c.compat,
-        version: options.version,
-        definitions: c.definitions,
-        data_queries: c.data_queries,
-        lookup_queries: c.lookup_queries,
-    });
+    let rules = if has_errors {
+        None
+    } else {
+        Some(SyncRules {
+            compat: c.compat,
+            version: options.version,
+            definitions: c.definitions,
+            data_queries: c.data_queries,
+            lookup_queries: c.lookup_queries,
+        })
+    };
     CompileResult { rules, diagnostics }
 }
 

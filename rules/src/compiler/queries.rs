@@ -11,12 +11,15 @@ use crate::expr::Expr;
 use crate::sql::ast::{self, FromItem, Literal, Select, SelectItem, Statement, TableSource};
 use crate::sql::parse_statements;
 use crate::sync_rules::{
-    DataQuery, LookupOutput, LookupQuery, OutputColumn, ParameterQuerier, QuerierKind, is_index_like,
+    DataQuery, LookupOutput, LookupQuery, OutputColumn, ParameterQuerier, QuerierKind,
 };
 use crate::table::{DEFAULT_CONNECTION_TAG, TablePattern};
 use crate::value::SqliteValue;
 
 const DANGEROUS_QUERY_WARNING: &str = "Potentially dangerous query based on parameters set by the client. The client can send any value for these parameters so it's not a good place to do authorization.";
+
+/// Output columns by name.
+type NamedExprs = Vec<(Arc<str>, Expr)>;
 
 pub(crate) struct ParameterQueryOptions {
     pub definition: usize,
@@ -181,7 +184,6 @@ impl Compiler<'_> {
         let known_columns = self.schema_columns(source, &pattern, table_span);
         let mut scope = QueryScope::new(source.sql, self.compat);
         scope.value_table = Some(ValueTable {
-            name: table_name.name.clone(),
             sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
             known_columns: known_columns.clone(),
         });
@@ -271,8 +273,7 @@ impl Compiler<'_> {
                         has_id = true;
                     }
                     if let Some(e) = scope.compile_row_value(expr) {
-                        let index_like = is_index_like(&name);
-                        columns.push(OutputColumn::Named { name, expr: e, index_like });
+                        columns.push(OutputColumn::Named { name, expr: e });
                     }
                 }
             }
@@ -395,7 +396,7 @@ impl Compiler<'_> {
         options: &ParameterQueryOptions,
         priority: &mut Option<BucketPriority>,
         row_columns_allowed: bool,
-    ) -> (Vec<(Arc<str>, Expr)>, Vec<(Arc<str>, Expr)>, Usage) {
+    ) -> (NamedExprs, NamedExprs, Usage) {
         let mut request_outputs = Vec::new();
         let mut row_outputs = Vec::new();
         let mut usage = Usage::default();
@@ -504,7 +505,6 @@ impl Compiler<'_> {
         let known_columns = self.schema_columns(source, &pattern, table_span);
         let mut scope = self.parameter_scope(source.sql);
         scope.value_table = Some(ValueTable {
-            name: table_name.name.clone(),
             sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
             known_columns,
         });

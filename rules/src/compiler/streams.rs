@@ -142,7 +142,6 @@ impl Compiler<'_> {
             let known_columns = self.schema_columns(source, &pattern, table_span);
             let mut scope = self.stream_scope(source.sql);
             scope.value_table = Some(ValueTable {
-                name: table_name.name.clone(),
                 sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
                 known_columns: known_columns.clone(),
             });
@@ -384,7 +383,6 @@ impl Compiler<'_> {
         let known_columns = self.schema_columns(source, &pattern, table_span);
         let mut scope = self.stream_scope(source.sql);
         scope.value_table = Some(ValueTable {
-            name: table_name.name.clone(),
             sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
             known_columns,
         });
