@@ -233,7 +233,7 @@ fn cmp_int_real(a: i64, b: f64) -> Ordering {
     match af.partial_cmp(&b) {
         Some(Ordering::Equal) => {
             // af == b: b is integral and within i64 range unless af rounded up to 2^63.
-            if b >= 9.223_372_036_854_775_807e18 {
+            if b >= 9.223_372_036_854_776e18 {
                 return Ordering::Less;
             }
             #[allow(clippy::cast_possible_truncation)]
@@ -458,7 +458,7 @@ mod tests {
         assert_eq!(
             cmp(
                 SqliteValue::Integer(i64::MAX),
-                SqliteValue::Real(9.223372036854775807e18)
+                SqliteValue::Real(9.223_372_036_854_776e18)
             ),
             Some(Less)
         );
