@@ -1,1 +1,0 @@
-//! Postgres → synced value mapping (SYNC_RULES.md §8).

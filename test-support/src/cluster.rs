@@ -1,0 +1,694 @@
+//! Throwaway PostgreSQL clusters.
+//!
+//! A cluster lives in its own temporary directory (`/tmp/syncgate-pg-…`): data directory, Unix
+//! socket and server log. `initdb` and `postgres` refuse to run as root, so when the tests run as
+//! root the cluster runs as the unprivileged OS user [`TEST_OS_USER`], created on first use.
+//!
+//! **Cleanup.** The server is started by a small watchdog shell (see [`WATCHDOG_SCRIPT`]) whose
+//! stdin is a pipe held by the test process. When the pipe closes — the [`PgCluster`] is dropped,
+//! or the test process exits or is killed, which also covers the never-dropped
+//! [`shared_cluster`] — the shell stops the server (immediate shutdown) and deletes the directory.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::TcpListener;
+use std::os::unix::fs::{DirBuilderExt, chown};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Session settings the replication connection sets explicitly (SYNC_RULES.md §8): pgoutput sends
+/// values as text formatted by the walsender session, and the value mapping parses exactly these
+/// forms. ISO dates, `postgres` intervals, UTC offsets (`+00`), shortest-exact floats.
+///
+/// The URLs handed out by this harness include them (`options=`), and the [`psql`] helpers set
+/// them through `PGOPTIONS`. The *server* defaults are deliberately different (see
+/// [`CLUSTER_SETTINGS`]), so a connection that forgets them produces text the tests notice.
+///
+/// [`psql`]: PgCluster::psql
+pub const REPLICATION_SESSION_OPTIONS: &str =
+    "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3";
+
+/// The cluster's superuser (trust authentication, no password).
+pub const SUPERUSER: &str = "postgres";
+
+/// The OS user that owns and runs clusters when the tests run as root.
+pub const TEST_OS_USER: &str = "syncgate-test";
+
+const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const HOST: &str = "127.0.0.1";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts to find a free port: another process can take the probed port before the server binds it.
+const START_ATTEMPTS: usize = 5;
+
+/// Appended to `postgresql.conf`. `unix_socket_directories` is added separately (the data dir,
+/// never the system-wide /var/run/postgresql, which an unprivileged user cannot write).
+const CLUSTER_SETTINGS: &str = "
+# --- syncgate test cluster (test-support/src/cluster.rs) ---
+# TCP on loopback only; the port is given on the command line.
+listen_addresses = '127.0.0.1'
+# Parallel tests each hold connections, walsenders and slots: well above the defaults of 100/10/10.
+max_connections = 200
+wal_level = logical
+max_replication_slots = 64
+max_wal_senders = 64
+# Walsenders of killed test clients go away after 5 s instead of 60 s and free their slots.
+wal_sender_timeout = '5s'
+# Test speed: durability is worthless for a throwaway cluster (data is lost on an OS crash only).
+fsync = off
+full_page_writes = off
+# synchronous_commit stays on: logical decoding (walsender and pg_logical_slot_*_changes) only
+# reads flushed WAL, so with it off a just-committed change could arrive up to ~0.6 s late. With
+# fsync off, the flush at commit is a plain write() anyway.
+# Server defaults unlike the replication session settings (REPLICATION_SESSION_OPTIONS), so that
+# a connection that does not set them gets different text and the tests fail loudly.
+timezone = 'Asia/Kathmandu'
+datestyle = 'SQL, DMY'
+intervalstyle = 'sql_standard'
+";
+
+const PG_HBA: &str = "\
+# syncgate test cluster: trust on loopback and the socket, including replication connections.
+local   all          all                 trust
+local   replication  all                 trust
+host    all          all   127.0.0.1/32  trust
+host    replication  all   127.0.0.1/32  trust
+";
+
+/// Starts the server, prints its pid, then blocks reading stdin. EOF (the harness dropped the
+/// cluster or its process ended) → immediate shutdown (SIGQUIT), wait, delete the cluster dir.
+const WATCHDOG_SCRIPT: &str = r#"
+"$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" </dev/null >>"$PG_LOG" 2>&1 &
+pg=$!
+echo "$pg"
+while read -r _; do :; done
+kill -QUIT "$pg" 2>/dev/null
+wait "$pg"
+rm -rf "$PG_ROOT"
+"#;
+
+/// Errors starting or using a test cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("PostgreSQL binaries not found in {0} (set SYNCGATE_PG_BIN to the bin directory)")]
+    MissingBinaries(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}):\n{output}")]
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("could not create the OS user {user}: {detail}")]
+    User { user: String, detail: String },
+    #[error("PostgreSQL did not start: {reason}\n--- server log (last lines) ---\n{log}")]
+    Start {
+        reason: String,
+        log: String,
+        port_conflict: bool,
+    },
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let context = context.into();
+    move |source| HarnessError::Io { context, source }
+}
+
+/// A running throwaway cluster. Dropping it stops the server and deletes its directory.
+pub struct PgCluster {
+    bin_dir: PathBuf,
+    root: PathBuf,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    port: u16,
+    watchdog: Child,
+    /// Closing this pipe tells the watchdog to stop the server and clean up.
+    watchdog_stdin: Option<ChildStdin>,
+    next_database: AtomicU64,
+}
+
+impl std::fmt::Debug for PgCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgCluster")
+            .field("port", &self.port)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process-wide cluster, started on first use and stopped when the test process exits.
+/// Tests that just need a database call `shared_cluster().create_database()`.
+///
+/// Panics if the cluster cannot be started (the error includes the server log).
+pub fn shared_cluster() -> &'static PgCluster {
+    static SHARED: OnceLock<PgCluster> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        PgCluster::start()
+            .unwrap_or_else(|e| panic!("could not start the shared PostgreSQL test cluster: {e}"))
+    })
+}
+
+impl PgCluster {
+    /// Initialises and starts a new cluster (PostgreSQL binaries from `$SYNCGATE_PG_BIN`, default
+    /// /usr/lib/postgresql/15/bin) and waits until it accepts connections.
+    pub fn start() -> Result<PgCluster, HarnessError> {
+        let bin_dir =
+            std::env::var_os("SYNCGATE_PG_BIN").map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from);
+        if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
+            return Err(HarnessError::MissingBinaries(bin_dir));
+        }
+        let run_as = if rustix::process::geteuid().is_root() {
+            Some(ensure_os_user(TEST_OS_USER)?)
+        } else {
+            None
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(&bin_dir, run_as) {
+                Err(HarnessError::Start {
+                    port_conflict: true, ..
+                }) if attempt < START_ATTEMPTS => continue,
+                result => return result,
+            }
+        }
+    }
+
+    fn try_start(bin_dir: &Path, run_as: Option<(u32, u32)>) -> Result<PgCluster, HarnessError> {
+        let root = create_cluster_dir(run_as)?;
+        let data_dir = root.join("data");
+        let log_file = root.join("server.log");
+        if let Err(e) = init_data_dir(bin_dir, &root, &data_dir, run_as) {
+            let _ = fs::remove_dir_all(&root);
+            return Err(e);
+        }
+        let port = match free_port() {
+            Ok(port) => port,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&root);
+                return Err(e);
+            }
+        };
+
+        let mut command = as_user(run_as, "sh");
+        command
+            .args(["-c", WATCHDOG_SCRIPT])
+            .env("PG_BIN", bin_dir)
+            .env("PG_DATA", &data_dir)
+            .env("PG_ROOT", &root)
+            .env("PG_LOG", &log_file)
+            .env("PG_PORT", port.to_string())
+            .current_dir(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut watchdog = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&root);
+                return Err(io_error("spawning the server watchdog")(e));
+            }
+        };
+        let watchdog_stdin = watchdog.stdin.take();
+        let postmaster_pid = watchdog.stdout.take().and_then(|stdout| {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).ok()?;
+            line.trim().parse::<u32>().ok()
+        });
+        // From here on, dropping `cluster` cleans up whatever happens.
+        let cluster = PgCluster {
+            bin_dir: bin_dir.to_owned(),
+            root,
+            data_dir,
+            log_file,
+            port,
+            watchdog,
+            watchdog_stdin,
+            next_database: AtomicU64::new(1),
+        };
+        let Some(postmaster_pid) = postmaster_pid else {
+            return Err(cluster.start_error("the watchdog did not report the server's pid".into(), false));
+        };
+        cluster.wait_until_ready(postmaster_pid)?;
+        Ok(cluster)
+    }
+
+    fn wait_until_ready(&self, postmaster_pid: u32) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        loop {
+            if !process_alive(postmaster_pid) {
+                let log = self.log_tail(40);
+                let conflict = log.contains("could not bind") || log.contains("Address already in use");
+                return Err(self.start_error(format!("the server exited (port {})", self.port), conflict));
+            }
+            let ready = Command::new(self.bin_dir.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    HOST,
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "-d",
+                    "postgres",
+                    "-t",
+                    "2",
+                ])
+                .stdin(Stdio::null())
+                .status()
+                .map_err(io_error("running pg_isready"))?;
+            if ready.success() {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(self.start_error(
+                    format!("not accepting connections after {READY_TIMEOUT:?}"),
+                    false,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_error(&self, reason: String, port_conflict: bool) -> HarnessError {
+        HarnessError::Start {
+            reason,
+            log: self.log_tail(40),
+            port_conflict,
+        }
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn host(&self) -> &'static str {
+        HOST
+    }
+
+    /// The superuser name (trust authentication).
+    pub fn superuser(&self) -> &'static str {
+        SUPERUSER
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/DB?options=…` with [`REPLICATION_SESSION_OPTIONS`].
+    pub fn connection_string(&self, database: &str) -> String {
+        database_url(self.port, database, None)
+    }
+
+    /// The last `lines` lines of the server log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = fs::read_to_string(&self.log_file).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Creates a database with a name unique in this cluster.
+    pub fn create_database(&self) -> Result<TestDatabase, HarnessError> {
+        let n = self.next_database.fetch_add(1, Ordering::Relaxed);
+        let name = format!("test_{}_{n}", std::process::id());
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;
+        Ok(TestDatabase {
+            name,
+            port: self.port,
+            psql: self.bin_dir.join("psql"),
+        })
+    }
+
+    /// Runs SQL with psql as the superuser (session settings as [`REPLICATION_SESSION_OPTIONS`]);
+    /// returns the unaligned, tuples-only output. Statements run one by one in autocommit mode,
+    /// so `CREATE DATABASE` and the like work.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, HarnessError> {
+        run_psql(&self.bin_dir.join("psql"), self.port, database, sql)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        // EOF on the watchdog's stdin: it stops the server and removes the directory.
+        drop(self.watchdog_stdin.take());
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// A database in a test cluster. Dropping it drops the database (with its replication slots),
+/// best effort.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    port: u16,
+    psql: PathBuf,
+}
+
+impl TestDatabase {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn host(&self) -> &'static str {
+        HOST
+    }
+
+    pub fn user(&self) -> &'static str {
+        SUPERUSER
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/NAME?options=…` with [`REPLICATION_SESSION_OPTIONS`].
+    pub fn url(&self) -> String {
+        database_url(self.port, &self.name, None)
+    }
+
+    /// Like [`url`](Self::url), plus `replication=database` (a logical replication connection).
+    pub fn replication_url(&self) -> String {
+        database_url(self.port, &self.name, Some("database"))
+    }
+
+    /// A URL *without* the session settings: the connection sees the server defaults.
+    pub fn url_without_session_options(&self) -> String {
+        format!("postgres://{SUPERUSER}@{HOST}:{}/{}", self.port, self.name)
+    }
+
+    /// Connects with tokio-postgres (using [`url`](Self::url)); the connection task is spawned on
+    /// the current tokio runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            // Errors surface on the client's next call; nothing to do with them here.
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs SQL in this database with psql; see [`PgCluster::psql`].
+    pub fn psql(&self, sql: &str) -> Result<String, HarnessError> {
+        run_psql(&self.psql, self.port, &self.name, sql)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Slots block DROP DATABASE and count against max_replication_slots: end their walsenders
+        // (they may take a moment to release the slot) and drop them first.
+        let name = self.name.replace('\'', "''");
+        let sql = format!(
+            "DO $$
+             DECLARE tries int := 0; slot record;
+             BEGIN
+               LOOP
+                 PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+                   WHERE datname = '{name}' AND pid <> pg_backend_pid();
+                 BEGIN
+                   FOR slot IN SELECT slot_name FROM pg_replication_slots WHERE database = '{name}' LOOP
+                     PERFORM pg_drop_replication_slot(slot.slot_name);
+                   END LOOP;
+                   EXIT;
+                 EXCEPTION WHEN object_in_use THEN
+                   tries := tries + 1;
+                   IF tries > 200 THEN RAISE; END IF;
+                   PERFORM pg_sleep(0.05);
+                 END;
+               END LOOP;
+             END $$;
+             DROP DATABASE IF EXISTS \"{}\" WITH (FORCE);",
+            self.name.replace('"', "\"\"")
+        );
+        let _ = run_psql(&self.psql, self.port, "postgres", &sql);
+    }
+}
+
+fn run_psql(psql: &Path, port: u16, database: &str, sql: &str) -> Result<String, HarnessError> {
+    let mut child = Command::new(psql)
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            HOST,
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["-U", SUPERUSER, "-d", database, "-f", "-"])
+        .env("PGOPTIONS", REPLICATION_SESSION_OPTIONS)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_error("running psql"))?;
+    // Written from a thread: psql may fill its stdout pipe before it has read all of the SQL.
+    let writer = child.stdin.take().map(|mut stdin| {
+        let sql = sql.to_owned();
+        std::thread::spawn(move || stdin.write_all(sql.as_bytes()))
+    });
+    let output = child.wait_with_output().map_err(io_error("running psql"))?;
+    if let Some(writer) = writer {
+        // A write error means psql exited early: its output explains why.
+        let _ = writer.join();
+    }
+    check_output(&format!("psql -d {database}"), output)
+}
+
+fn check_output(command: &str, output: Output) -> Result<String, HarnessError> {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        return Ok(stdout);
+    }
+    Err(HarnessError::Command {
+        command: command.to_owned(),
+        status: output.status.to_string(),
+        output: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+    })
+}
+
+fn database_url(port: u16, database: &str, replication: Option<&str>) -> String {
+    let mut url = format!(
+        "postgres://{SUPERUSER}@{HOST}:{port}/{}?",
+        percent_encode(database)
+    );
+    if let Some(mode) = replication {
+        let _ = write!(url, "replication={mode}&");
+    }
+    let _ = write!(url, "options={}", percent_encode(REPLICATION_SESSION_OPTIONS));
+    url
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A command run as `run_as` (uid, gid) via setpriv when set, directly otherwise.
+fn as_user(run_as: Option<(u32, u32)>, program: &str) -> Command {
+    match run_as {
+        Some((uid, gid)) => {
+            let mut command = Command::new("setpriv");
+            command
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .args(["--clear-groups", "--", program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A fresh directory for one cluster, owned by the user that will run it.
+fn create_cluster_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, HarnessError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // As root, TMPDIR might point somewhere the unprivileged user cannot reach.
+    let base = if run_as.is_some() {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..100 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let root = base.join(format!("syncgate-pg-{}-{n}-{nanos:x}", std::process::id()));
+        match fs::DirBuilder::new().mode(0o700).create(&root) {
+            Ok(()) => {
+                if let Some((uid, gid)) = run_as {
+                    chown(&root, Some(uid), Some(gid))
+                        .map_err(io_error(format!("chown {}", root.display())))?;
+                }
+                return Ok(root);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(format!("creating {}", root.display()))(e)),
+        }
+    }
+    Err(HarnessError::Io {
+        context: format!("creating a cluster directory in {}", base.display()),
+        source: std::io::ErrorKind::AlreadyExists.into(),
+    })
+}
+
+fn init_data_dir(
+    bin_dir: &Path,
+    root: &Path,
+    data_dir: &Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), HarnessError> {
+    let initdb = bin_dir.join("initdb");
+    let output = as_user(run_as, &initdb.to_string_lossy())
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
+        // No fsync of the new files: the cluster is thrown away anyway.
+        .args(["--no-sync", "--no-instructions"])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_error("running initdb"))?;
+    check_output("initdb", output)?;
+
+    let conf = data_dir.join("postgresql.conf");
+    let mut settings = String::from(CLUSTER_SETTINGS);
+    let _ = writeln!(settings, "unix_socket_directories = '{}'", data_dir.display());
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&conf)
+        .and_then(|mut f| f.write_all(settings.as_bytes()))
+        .map_err(io_error(format!("writing {}", conf.display())))?;
+    // Truncating the existing file keeps its owner (the server's user) and mode.
+    let hba = data_dir.join("pg_hba.conf");
+    fs::write(&hba, PG_HBA).map_err(io_error(format!("writing {}", hba.display())))
+}
+
+/// A port that was free a moment ago (the server may still lose a race for it: retried).
+fn free_port() -> Result<u16, HarnessError> {
+    let listener = TcpListener::bind((HOST, 0)).map_err(io_error("finding a free port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_error("finding a free port"))?
+        .port();
+    Ok(port)
+}
+
+/// Whether a process exists and is not a zombie (the watchdog reaps the server only at the end).
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S …`: the state follows the last `)`.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// (uid, gid) of an OS user, creating it (as a system user without home) if needed. Parallel
+/// test processes may race: "already exists" and a locked passwd file are retried.
+fn ensure_os_user(user: &str) -> Result<(u32, u32), HarnessError> {
+    let mut last_error = String::new();
+    for _ in 0..50 {
+        if let Some(ids) = lookup_os_user(user) {
+            return Ok(ids);
+        }
+        let output = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| HarnessError::User {
+                user: user.to_owned(),
+                detail: format!("running useradd: {e}"),
+            })?;
+        match output.status.code() {
+            Some(0) => {}
+            // 9: the user appeared meanwhile; 10: passwd file locked by a concurrent useradd.
+            Some(9 | 10) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                return Err(HarnessError::User {
+                    user: user.to_owned(),
+                    detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                });
+            }
+        }
+        last_error = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    }
+    Err(HarnessError::User {
+        user: user.to_owned(),
+        detail: format!("not found after useradd: {last_error}"),
+    })
+}
+
+fn lookup_os_user(user: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != user {
+            return None;
+        }
+        let _password = fields.next()?;
+        Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_carry_the_session_options() {
+        let url = database_url(5432, "db", None);
+        assert_eq!(
+            url,
+            "postgres://postgres@127.0.0.1:5432/db?options=-c%20DateStyle%3DISO%20-c%20IntervalStyle%3Dpostgres\
+             %20-c%20TimeZone%3DUTC%20-c%20extra_float_digits%3D3"
+        );
+        assert!(database_url(1, "db", Some("database")).contains("?replication=database&options=-c%20"));
+        // tokio-postgres reads the options back as they were.
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_options(), Some(REPLICATION_SESSION_OPTIONS));
+        assert_eq!(config.get_dbname(), Some("db"));
+    }
+
+    #[test]
+    fn passwd_lookup() {
+        assert_eq!(lookup_os_user("root"), Some((0, 0)));
+        assert_eq!(lookup_os_user("no-such-user-here"), None);
+    }
+
+    #[test]
+    fn zombie_detection() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX));
+    }
+}
