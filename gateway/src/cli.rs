@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::rules_cmd;
 
 #[derive(Parser)]
-#[command(name = "syncgate", version, about = "Postgres ⇄ SQLite sync gateway (PowerSync-compatible)")]
+#[command(
+    name = "syncgate",
+    version,
+    about = "Postgres ⇄ SQLite sync gateway (PowerSync-compatible)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -13,7 +13,14 @@ pub fn validate(file_name: &str, text: &str) -> ExitCode {
     let result = compile(text, &CompileOptions::default());
     let mut stdout = std::io::stdout().lock();
     for d in &result.diagnostics {
-        let _ = writeln!(stdout, "{file_name}:{}:{}: {}: {}", d.line, d.column, d.severity.as_str(), d.message);
+        let _ = writeln!(
+            stdout,
+            "{file_name}:{}:{}: {}: {}",
+            d.line,
+            d.column,
+            d.severity.as_str(),
+            d.message
+        );
     }
     let errors = result.diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = result.diagnostics.len() - errors;
@@ -66,7 +73,11 @@ pub fn test_cases(files: &[PathBuf], verbose: bool) -> anyhow::Result<ExitCode> 
         }
     }
     writeln!(stdout, "{passed} passed, {failed} failed")?;
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

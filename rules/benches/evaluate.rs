@@ -8,9 +8,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use syncgate_rules::{
-    CompileOptions, ConnectionRequest, RowEvaluation, SourceTable, SqliteValue, compile,
-};
+use syncgate_rules::{CompileOptions, ConnectionRequest, RowEvaluation, SourceTable, SqliteValue, compile};
 
 /// Five bucket definitions over one 10-column table: a global filter, a token parameter, a
 /// table lookup, a `json_each` over a token array matched with a row array, and a two-condition match.
@@ -59,7 +57,18 @@ fn evaluate_rows(c: &mut Criterion) {
     let table = SourceTable::new(
         "public",
         "items",
-        &["id", "owner_id", "org_id", "assignee_id", "title", "status", "priority", "tags", "updated_at", "score"],
+        &[
+            "id",
+            "owner_id",
+            "org_id",
+            "assignee_id",
+            "title",
+            "status",
+            "priority",
+            "tags",
+            "updated_at",
+            "score",
+        ],
     );
     let plan = rules.plan_table(&table);
     let rows: Vec<Vec<SqliteValue>> = (0..1024).map(item_row).collect();
@@ -96,7 +105,9 @@ bucket_definitions:
 "#;
 
 fn resolve_buckets(c: &mut Criterion) {
-    let rules = compile(RESOLVE_RULES, &CompileOptions::default()).rules.expect("benchmark rules compile");
+    let rules = compile(RESOLVE_RULES, &CompileOptions::default())
+        .rules
+        .expect("benchmark rules compile");
     // The parameter index as storage would hold it: each user belongs to three orgs.
     let memberships = SourceTable::new("public", "memberships", &["id", "user_id", "org_id"]);
     let plan = rules.plan_table(&memberships);
@@ -116,7 +127,12 @@ fn resolve_buckets(c: &mut Criterion) {
         }
     }
     let requests: Vec<ConnectionRequest> = (0..100)
-        .map(|u| ConnectionRequest::new(&json!({"sub": format!("user-{u}"), "tags": ["t1", "t2"]}), &json!({})))
+        .map(|u| {
+            ConnectionRequest::new(
+                &json!({"sub": format!("user-{u}"), "tags": ["t1", "t2"]}),
+                &json!({}),
+            )
+        })
         .collect();
     let mut group = c.benchmark_group("resolve_buckets");
     group.throughput(Throughput::Elements(1));
@@ -127,7 +143,10 @@ fn resolve_buckets(c: &mut Criterion) {
             i += 1;
             let buckets = rules
                 .resolve_buckets(request, |lookups| -> Result<_, std::convert::Infallible> {
-                    Ok(lookups.iter().map(|l| index.get(&l.key()).cloned().unwrap_or_default()).collect())
+                    Ok(lookups
+                        .iter()
+                        .map(|l| index.get(&l.key()).cloned().unwrap_or_default())
+                        .collect())
                 })
                 .unwrap_or_else(|never| match never {});
             assert_eq!(buckets.len(), 6);

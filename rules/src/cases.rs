@@ -96,8 +96,11 @@ pub struct ExpectedRowError {
 }
 
 /// Texts that come from the reference's YAML, SQL or JSON-schema libraries: any error matches them.
-const LIBRARY_MESSAGES: &[&str] =
-    &["must NOT have additional properties", "must be equal to one of the allowed values", "is invalid"];
+const LIBRARY_MESSAGES: &[&str] = &[
+    "must NOT have additional properties",
+    "must be equal to one of the allowed values",
+    "is invalid",
+];
 
 /// A row as produced: `(table, id, data JSON)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,20 +121,39 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                 connection_tag: crate::table::DEFAULT_CONNECTION_TAG.into(),
                 schema: t.schema.clone().unwrap_or_else(|| "public".into()),
                 name: t.name.clone(),
-                columns: t.columns.iter().map(|(c, ty)| (c.clone(), ty.as_str().unwrap_or("text").to_string())).collect(),
+                columns: t
+                    .columns
+                    .iter()
+                    .map(|(c, ty)| (c.clone(), ty.as_str().unwrap_or("text").to_string()))
+                    .collect(),
             })
             .collect(),
     });
-    let options = CompileOptions { schema, ..CompileOptions::default() };
+    let options = CompileOptions {
+        schema,
+        ..CompileOptions::default()
+    };
     let result = compile(&case.rules, &options);
-    let errors: Vec<&str> =
-        result.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.message.as_str()).collect();
-    let warnings: Vec<&str> =
-        result.diagnostics.iter().filter(|d| d.severity == Severity::Warning).map(|d| d.message.as_str()).collect();
+    let errors: Vec<&str> = result
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.message.as_str())
+        .collect();
+    let warnings: Vec<&str> = result
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .map(|d| d.message.as_str())
+        .collect();
 
     for expected in &case.expected.errors {
         let library = LIBRARY_MESSAGES.iter().any(|m| expected.contains(m));
-        let matched = if library { !errors.is_empty() } else { errors.iter().any(|e| e.contains(expected.as_str())) };
+        let matched = if library {
+            !errors.is_empty()
+        } else {
+            errors.iter().any(|e| e.contains(expected.as_str()))
+        };
         if !matched {
             problems.push(format!("missing error: {expected:?}"));
         }
@@ -163,9 +185,16 @@ pub fn run_case(case: &Case) -> Result<(), String> {
     let mut row_errors: Vec<(String, String, String, bool)> = Vec::new();
     for table in &case.tables {
         let column_names: Vec<&str> = table.columns.keys().map(String::as_str).collect();
-        let types: Vec<PgType> =
-            table.columns.values().map(|t| PgType::from_name(t.as_str().unwrap_or("text"))).collect();
-        let source = SourceTable::new(table.schema.as_deref().unwrap_or("public"), &table.name, &column_names);
+        let types: Vec<PgType> = table
+            .columns
+            .values()
+            .map(|t| PgType::from_name(t.as_str().unwrap_or("text")))
+            .collect();
+        let source = SourceTable::new(
+            table.schema.as_deref().unwrap_or("public"),
+            &table.name,
+            &column_names,
+        );
         let plan = rules.plan_table(&source);
         for row in &table.rows {
             let values: Vec<SqliteValue> = column_names
@@ -176,7 +205,11 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     _ => SqliteValue::Null,
                 })
                 .collect();
-            let row_id = row.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let row_id = row
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let mut evaluation = crate::RowEvaluation::default();
             rules.evaluate_row(&plan, &values, &mut evaluation);
             for r in evaluation.rows {
@@ -222,7 +255,10 @@ pub fn run_case(case: &Case) -> Result<(), String> {
         .collect();
     let resolved = rules
         .resolve_buckets(&request, |lookups| -> Result<_, std::convert::Infallible> {
-            Ok(lookups.iter().map(|l| index.get(&l.key()).cloned().unwrap_or_default()).collect())
+            Ok(lookups
+                .iter()
+                .map(|l| index.get(&l.key()).cloned().unwrap_or_default())
+                .collect())
         })
         .unwrap_or_else(|never| match never {});
 
@@ -234,32 +270,55 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                     if let Some(def) = &e.definition
                         && b.definition.as_ref() != def
                     {
-                        problems.push(format!("bucket {}: definition {} != expected {}", e.bucket, b.definition, def));
+                        problems.push(format!(
+                            "bucket {}: definition {} != expected {}",
+                            e.bucket, b.definition, def
+                        ));
                     }
                     if let Some(p) = e.priority
                         && b.priority.get() != p
                     {
-                        problems.push(format!("bucket {}: priority {} != expected {}", e.bucket, b.priority.get(), p));
+                        problems.push(format!(
+                            "bucket {}: priority {} != expected {}",
+                            e.bucket,
+                            b.priority.get(),
+                            p
+                        ));
                     }
                 }
             }
-            compare_rows(&e.bucket, &e.rows, placed.get(&e.bucket).map(Vec::as_slice).unwrap_or_default(), &mut problems);
+            compare_rows(
+                &e.bucket,
+                &e.rows,
+                placed.get(&e.bucket).map(Vec::as_slice).unwrap_or_default(),
+                &mut problems,
+            );
         }
         for b in &resolved {
             if !expected.iter().any(|e| e.bucket == b.bucket.as_str()) {
-                problems.push(format!("unexpected bucket {} (definition {})", b.bucket, b.definition));
+                problems.push(format!(
+                    "unexpected bucket {} (definition {})",
+                    b.bucket, b.definition
+                ));
             }
         }
     }
     if let Some(expected) = &case.expected.other_buckets {
-        let mut others: Vec<&String> =
-            placed.keys().filter(|k| !resolved.iter().any(|b| b.bucket.as_str() == k.as_str())).collect();
+        let mut others: Vec<&String> = placed
+            .keys()
+            .filter(|k| !resolved.iter().any(|b| b.bucket.as_str() == k.as_str()))
+            .collect();
         others.sort();
         for e in expected {
             if !others.iter().any(|o| **o == e.bucket) {
                 problems.push(format!("missing other bucket {}", e.bucket));
             }
-            compare_rows(&e.bucket, &e.rows, placed.get(&e.bucket).map(Vec::as_slice).unwrap_or_default(), &mut problems);
+            compare_rows(
+                &e.bucket,
+                &e.rows,
+                placed.get(&e.bucket).map(Vec::as_slice).unwrap_or_default(),
+                &mut problems,
+            );
         }
         for o in others {
             if !expected.iter().any(|e| &e.bucket == o) {
@@ -277,7 +336,10 @@ pub fn run_case(case: &Case) -> Result<(), String> {
             Some(i) => {
                 unmatched.remove(i);
             }
-            None => problems.push(format!("missing row error {}/{}: {:?}", e.table, e.row_id, e.error)),
+            None => problems.push(format!(
+                "missing row error {}/{}: {:?}",
+                e.table, e.row_id, e.error
+            )),
         }
     }
     for (t, id, message, _) in unmatched {
@@ -315,7 +377,10 @@ fn finish(problems: Vec<String>, diagnostics: &[crate::Diagnostic]) -> Result<()
 fn compare_rows(bucket: &str, expected: &[ExpectedRow], actual: &[ActualRow], problems: &mut Vec<String>) {
     let mut remaining: Vec<&ActualRow> = actual.iter().collect();
     for e in expected {
-        match remaining.iter().position(|a| a.table == e.table && a.id == e.id && data_matches(e, &a.data)) {
+        match remaining
+            .iter()
+            .position(|a| a.table == e.table && a.id == e.id && data_matches(e, &a.data))
+        {
             Some(i) => {
                 remaining.remove(i);
             }
@@ -330,13 +395,23 @@ fn compare_rows(bucket: &str, expected: &[ExpectedRow], actual: &[ActualRow], pr
                         Value::Object(e.data.clone()),
                         Value::Object(e.types.clone())
                     ),
-                    None => format!("bucket {bucket}: missing row {}/{} {}", e.table, e.id, Value::Object(e.data.clone())),
+                    None => format!(
+                        "bucket {bucket}: missing row {}/{} {}",
+                        e.table,
+                        e.id,
+                        Value::Object(e.data.clone())
+                    ),
                 });
             }
         }
     }
     for a in remaining {
-        problems.push(format!("bucket {bucket}: unexpected row {}/{} {}", a.table, a.id, Value::Object(a.data.clone())));
+        problems.push(format!(
+            "bucket {bucket}: unexpected row {}/{} {}",
+            a.table,
+            a.id,
+            Value::Object(a.data.clone())
+        ));
     }
 }
 

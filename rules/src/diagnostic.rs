@@ -30,7 +30,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(severity: Severity, message: impl Into<String>, position: Position) -> Self {
-        Diagnostic { severity, message: message.into(), line: position.line, column: position.column }
+        Diagnostic {
+            severity,
+            message: message.into(),
+            line: position.line,
+            column: position.column,
+        }
     }
 
     pub fn is_error(&self) -> bool {
@@ -40,6 +45,13 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.line, self.column, self.severity.as_str(), self.message)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.line,
+            self.column,
+            self.severity.as_str(),
+            self.message
+        )
     }
 }

@@ -49,9 +49,9 @@ impl RequestValue {
             | RequestValue::TokenPayload
             | RequestValue::TokenPayloadField
             | RequestValue::TokenParameter(_) => ParameterUsage::Authenticated,
-            RequestValue::ClientParameters | RequestValue::ClientParameter | RequestValue::UserParameter(_) => {
-                ParameterUsage::Unauthenticated
-            }
+            RequestValue::ClientParameters
+            | RequestValue::ClientParameter
+            | RequestValue::UserParameter(_) => ParameterUsage::Unauthenticated,
             RequestValue::SubscriptionParameters | RequestValue::SubscriptionParameter => {
                 ParameterUsage::Subscription
             }
@@ -123,9 +123,11 @@ impl Expr {
                 },
                 None => SqliteValue::Null,
             },
-            Expr::EachColumn(name) => {
-                ctx.each_row.and_then(|r| r.column(name)).cloned().unwrap_or_default()
-            }
+            Expr::EachColumn(name) => ctx
+                .each_row
+                .and_then(|r| r.column(name))
+                .cloned()
+                .unwrap_or_default(),
             Expr::Request(value, args) => eval_request(value, args, ctx)?,
             Expr::Call(def, args) => {
                 let values = args.iter().map(|a| a.eval(ctx)).collect::<Result<Vec<_>, _>>()?;
@@ -150,7 +152,11 @@ impl Expr {
     }
 }
 
-fn eval_request(value: &RequestValue, args: &[Expr], ctx: &EvalContext<'_>) -> Result<SqliteValue, EvalError> {
+fn eval_request(
+    value: &RequestValue,
+    args: &[Expr],
+    ctx: &EvalContext<'_>,
+) -> Result<SqliteValue, EvalError> {
     let Some(request) = ctx.request else {
         return Ok(SqliteValue::Null);
     };
@@ -173,12 +179,14 @@ fn eval_request(value: &RequestValue, args: &[Expr], ctx: &EvalContext<'_>) -> R
         RequestValue::TokenPayloadField => extract_from_record(&request.token_payload, key(ctx)?),
         RequestValue::ClientParameter => extract_from_record(&request.client_parameters, key(ctx)?),
         RequestValue::SubscriptionParameter => extract_from_record(subscription_map, key(ctx)?),
-        RequestValue::TokenParameter(name) => {
-            request.token_parameters.get(name.as_ref()).map_or(SqliteValue::Null, SqliteValue::from_json)
-        }
-        RequestValue::UserParameter(name) => {
-            request.client_parameters.get(name.as_ref()).map_or(SqliteValue::Null, SqliteValue::from_json)
-        }
+        RequestValue::TokenParameter(name) => request
+            .token_parameters
+            .get(name.as_ref())
+            .map_or(SqliteValue::Null, SqliteValue::from_json),
+        RequestValue::UserParameter(name) => request
+            .client_parameters
+            .get(name.as_ref())
+            .map_or(SqliteValue::Null, SqliteValue::from_json),
     })
 }
 

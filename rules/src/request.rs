@@ -57,7 +57,10 @@ pub struct SubscriptionParameters {
 impl SubscriptionParameters {
     pub fn new(parameters: Option<&Value>) -> Self {
         let parsed = parameters.and_then(Value::as_object).cloned().unwrap_or_default();
-        SubscriptionParameters { raw: Arc::from(Value::Object(parsed.clone()).to_string()), parsed }
+        SubscriptionParameters {
+            raw: Arc::from(Value::Object(parsed.clone()).to_string()),
+            parsed,
+        }
     }
 }
 

@@ -37,8 +37,14 @@ pub(crate) struct Definition {
 
 #[derive(Debug, Clone)]
 pub(crate) enum DefinitionKind {
-    Buckets { queriers: Vec<ParameterQuerier> },
-    Stream { auto_subscribe: bool, priority: BucketPriority, variants: Vec<StreamVariant> },
+    Buckets {
+        queriers: Vec<ParameterQuerier>,
+    },
+    Stream {
+        auto_subscribe: bool,
+        priority: BucketPriority,
+        variants: Vec<StreamVariant>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -50,9 +56,16 @@ pub(crate) struct ParameterQuerier {
 #[derive(Debug, Clone)]
 pub(crate) enum QuerierKind {
     /// No FROM: bucket parameters computed from request values.
-    Static { filter: Option<Expr>, outputs: Vec<Expr> },
+    Static {
+        filter: Option<Expr>,
+        outputs: Vec<Expr>,
+    },
     /// `FROM json_each(<request value>)`.
-    TableValued { call: Expr, filter: Option<Expr>, outputs: Vec<Expr> },
+    TableValued {
+        call: Expr,
+        filter: Option<Expr>,
+        outputs: Vec<Expr>,
+    },
     /// `FROM <table> WHERE <match>`: looked up in the parameter index.
     Lookup { query: usize },
 }
@@ -254,8 +267,11 @@ impl SyncRules {
     /// Table patterns that data or parameter queries read: what replication must include.
     pub fn source_tables(&self) -> Vec<TablePattern> {
         let mut out: Vec<TablePattern> = Vec::new();
-        let patterns =
-            self.data_queries.iter().map(|q| &q.table).chain(self.lookup_queries.iter().map(|q| &q.table));
+        let patterns = self
+            .data_queries
+            .iter()
+            .map(|q| &q.table)
+            .chain(self.lookup_queries.iter().map(|q| &q.table));
         for p in patterns {
             if !out.contains(p) {
                 out.push(p.clone());
@@ -312,7 +328,11 @@ impl SyncRules {
                 bucket_id_start: Box::from(""),
             })
             .collect();
-        TablePlan { table: table.clone(), data, lookups }
+        TablePlan {
+            table: table.clone(),
+            data,
+            lookups,
+        }
     }
 
     fn bucket_id_start(&self, prefix: &str) -> Box<str> {
@@ -349,7 +369,10 @@ impl SyncRules {
                 Ok(None) => {}
                 Ok(Some((sets, id, data))) => {
                     for set in sets {
-                        let params = query.parameter_inputs.iter().map(|input| param_value(&set, *input));
+                        let params = query
+                            .parameter_inputs
+                            .iter()
+                            .map(|input| param_value(&set, *input));
                         out.rows.push(EvaluatedRow {
                             bucket: bucket_id_from(&bound.bucket_id_start, params),
                             table: Arc::clone(&bound.output_table),
@@ -386,11 +409,25 @@ impl SyncRules {
                 if sets.is_empty() {
                     return Ok(());
                 }
-                let stored = query.row_outputs.iter().map(|e| e.eval(&ctx)).collect::<Result<Vec<_>, _>>()?;
-                let stored: Vec<SqliteValue> =
-                    stored.into_iter().map(|v| if matches!(v, SqliteValue::Blob(_)) { SqliteValue::Null } else { v }).collect();
+                let stored = query
+                    .row_outputs
+                    .iter()
+                    .map(|e| e.eval(&ctx))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let stored: Vec<SqliteValue> = stored
+                    .into_iter()
+                    .map(|v| {
+                        if matches!(v, SqliteValue::Blob(_)) {
+                            SqliteValue::Null
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
                 for set in sets {
-                    let lookup_values = (0..query.inputs.len()).map(|i| normalize(param_value(&set, Some(i)))).collect();
+                    let lookup_values = (0..query.inputs.len())
+                        .map(|i| normalize(param_value(&set, Some(i))))
+                        .collect();
                     entries.push(ParameterEntry {
                         lookup: ParameterLookup {
                             definition: Arc::clone(&self.definitions[query.definition].name),
@@ -479,16 +516,25 @@ impl SyncRules {
                 }
             }
         }
-        let answers = if pending.is_empty() { Vec::new() } else { lookup(&pending)? };
+        let answers = if pending.is_empty() {
+            Vec::new()
+        } else {
+            lookup(&pending)?
+        };
         let find = LookupResults(pending.iter().map(|l| l.key()).zip(answers).collect());
 
         // Phase 2: buckets.
         let mut buckets: Vec<ResolvedBucket> = Vec::new();
-        let mut add = |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority| {
-            match buckets.iter_mut().find(|b| b.bucket == bucket) {
-                Some(existing) => existing.priority = existing.priority.min(priority),
-                None => buckets.push(ResolvedBucket { bucket, definition: Arc::clone(definition), priority }),
-            }
+        let mut add = |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority| match buckets
+            .iter_mut()
+            .find(|b| b.bucket == bucket)
+        {
+            Some(existing) => existing.priority = existing.priority.min(priority),
+            None => buckets.push(ResolvedBucket {
+                bucket,
+                definition: Arc::clone(definition),
+                priority,
+            }),
         };
         for unit in &contexts {
             let definition = &self.definitions[unit.definition];
@@ -497,15 +543,25 @@ impl SyncRules {
                 DefinitionKind::Buckets { queriers } => {
                     for querier in queriers {
                         for values in self.querier_tuples(querier, &ctx, &find) {
-                            add(self.bucket_id(&definition.name, values.into_iter()), &definition.name, querier.priority);
+                            add(
+                                self.bucket_id(&definition.name, values.into_iter()),
+                                &definition.name,
+                                querier.priority,
+                            );
                         }
                     }
                 }
-                DefinitionKind::Stream { priority, variants, .. } => {
+                DefinitionKind::Stream {
+                    priority, variants, ..
+                } => {
                     let priority = unit.override_priority.unwrap_or(*priority);
                     for variant in variants {
                         for values in self.variant_tuples(variant, &ctx, &find) {
-                            add(self.bucket_id(&variant.bucket_prefix, values.into_iter()), &definition.name, priority);
+                            add(
+                                self.bucket_id(&variant.bucket_prefix, values.into_iter()),
+                                &definition.name,
+                                priority,
+                            );
                         }
                     }
                 }
@@ -519,18 +575,30 @@ impl SyncRules {
         let mut units = Vec::new();
         for (i, d) in self.definitions.iter().enumerate() {
             match &d.kind {
-                DefinitionKind::Buckets { .. } => {
-                    units.push(Unit { definition: i, subscription: None, override_priority: None })
-                }
+                DefinitionKind::Buckets { .. } => units.push(Unit {
+                    definition: i,
+                    subscription: None,
+                    override_priority: None,
+                }),
                 DefinitionKind::Stream { auto_subscribe, .. } => {
                     if *auto_subscribe && request.include_defaults {
-                        units.push(Unit { definition: i, subscription: None, override_priority: None });
+                        units.push(Unit {
+                            definition: i,
+                            subscription: None,
+                            override_priority: None,
+                        });
                     }
-                    for s in request.subscriptions.iter().filter(|s| s.stream == d.name.as_ref()) {
+                    for s in request
+                        .subscriptions
+                        .iter()
+                        .filter(|s| s.stream == d.name.as_ref())
+                    {
                         units.push(Unit {
                             definition: i,
                             subscription: Some(SubscriptionParameters::new(s.parameters.as_ref())),
-                            override_priority: s.override_priority.and_then(|p| BucketPriority::new(i64::from(p))),
+                            override_priority: s
+                                .override_priority
+                                .and_then(|p| BucketPriority::new(i64::from(p))),
                         });
                     }
                 }
@@ -558,12 +626,23 @@ impl SyncRules {
                 }
                 evaluate_all(outputs, ctx).into_iter().collect()
             }
-            QuerierKind::TableValued { call, filter, outputs } => {
-                let Ok(input) = call.eval(ctx) else { return Vec::new() };
-                let Ok(rows) = functions::json_each(&input) else { return Vec::new() };
+            QuerierKind::TableValued {
+                call,
+                filter,
+                outputs,
+            } => {
+                let Ok(input) = call.eval(ctx) else {
+                    return Vec::new();
+                };
+                let Ok(rows) = functions::json_each(&input) else {
+                    return Vec::new();
+                };
                 let mut out = Vec::new();
                 for row in &rows {
-                    let row_ctx = EvalContext { each_row: Some(row), ..*ctx };
+                    let row_ctx = EvalContext {
+                        each_row: Some(row),
+                        ..*ctx
+                    };
                     if let Some(f) = filter
                         && !f.eval(&row_ctx).is_ok_and(|v| v.is_truthy())
                     {
@@ -577,7 +656,9 @@ impl SyncRules {
             }
             QuerierKind::Lookup { query } => {
                 let q = &self.lookup_queries[*query];
-                let Ok(lookups) = self.lookups_for(*query, ctx) else { return Vec::new() };
+                let Ok(lookups) = self.lookups_for(*query, ctx) else {
+                    return Vec::new();
+                };
                 let mut out = Vec::new();
                 for l in &lookups {
                     'rows: for stored in find.get(l) {
@@ -620,7 +701,9 @@ impl SyncRules {
                     _ => Vec::new(),
                 },
                 StreamParameter::Lookup(query) => {
-                    let Ok(lookups) = self.lookups_for(*query, ctx) else { return Vec::new() };
+                    let Ok(lookups) = self.lookups_for(*query, ctx) else {
+                        return Vec::new();
+                    };
                     let mut values = Vec::new();
                     for l in &lookups {
                         for stored in find.get(l) {
@@ -713,14 +796,18 @@ fn bucket_id_from(start: &str, values: impl Iterator<Item = SqliteValue>) -> Buc
 }
 
 fn param_value(set: &ParamSet, input: Option<usize>) -> SqliteValue {
-    input.and_then(|i| set.iter().find(|(k, _)| *k == i).map(|(_, v)| v.clone())).unwrap_or_default()
+    input
+        .and_then(|i| set.iter().find(|(k, _)| *k == i).map(|(_, v)| v.clone()))
+        .unwrap_or_default()
 }
 
 /// Lookup keys compare numbers by value: whole reals become integers.
 fn normalize(v: SqliteValue) -> SqliteValue {
     match v {
         #[allow(clippy::cast_possible_truncation)]
-        SqliteValue::Real(f) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => SqliteValue::Integer(f as i64),
+        SqliteValue::Real(f) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => {
+            SqliteValue::Integer(f as i64)
+        }
         other => other,
     }
 }
@@ -787,7 +874,11 @@ fn output_layout(query: &DataQuery, table: &SourceTable, slots: &[SlotBinding]) 
             let mut key_prefix = String::with_capacity(key.len() + 3);
             write_json_string(&key, &mut key_prefix);
             key_prefix.push(':');
-            OutputSlot { key_prefix: key_prefix.into_boxed_str(), is_id: key.as_ref() == "id", source }
+            OutputSlot {
+                key_prefix: key_prefix.into_boxed_str(),
+                is_id: key.as_ref() == "id",
+                source,
+            }
         })
         .collect()
 }

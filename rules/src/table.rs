@@ -57,7 +57,11 @@ impl TablePattern {
     pub fn matches(&self, table: &SourceTable) -> bool {
         self.connection_tag == table.connection_tag
             && self.schema == table.schema
-            && if self.wildcard { table.name.starts_with(self.name.as_ref()) } else { self.name == table.name }
+            && if self.wildcard {
+                table.name.starts_with(self.name.as_ref())
+            } else {
+                self.name == table.name
+            }
     }
 
     /// What a wildcard matched: the table name after the prefix.
@@ -67,7 +71,11 @@ impl TablePattern {
 
     /// The pattern as written (`todos_%`).
     pub fn display_name(&self) -> String {
-        if self.wildcard { format!("{}%", self.name) } else { self.name.to_string() }
+        if self.wildcard {
+            format!("{}%", self.name)
+        } else {
+            self.name.to_string()
+        }
     }
 }
 
@@ -87,7 +95,10 @@ pub struct SchemaTable {
 }
 
 impl SourceSchema {
-    pub fn tables_matching<'s>(&'s self, pattern: &'s TablePattern) -> impl Iterator<Item = &'s SchemaTable> + 's {
+    pub fn tables_matching<'s>(
+        &'s self,
+        pattern: &'s TablePattern,
+    ) -> impl Iterator<Item = &'s SchemaTable> + 's {
         self.tables.iter().filter(move |t| {
             let as_source = SourceTable {
                 connection_tag: Arc::from(t.connection_tag.as_str()),

@@ -342,7 +342,8 @@ fn word_needs_escape(word: u64) -> bool {
     let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     // Bytes below 0x20; bytes >= 0x80 are never flagged because `!word` clears their high bit.
     let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    (below_space | has_zero(word ^ (ONES * u64::from(b'"'))) | has_zero(word ^ (ONES * u64::from(b'\\')))) != 0
+    (below_space | has_zero(word ^ (ONES * u64::from(b'"'))) | has_zero(word ^ (ONES * u64::from(b'\\'))))
+        != 0
 }
 
 /// Bytes that JSON strings must escape: control characters, `"` and `\`.

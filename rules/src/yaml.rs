@@ -26,7 +26,10 @@ pub enum ScalarStyle {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum YamlKind {
-    Scalar { value: String, style: ScalarStyle },
+    Scalar {
+        value: String,
+        style: ScalarStyle,
+    },
     Sequence(Vec<YamlNode>),
     Mapping(Vec<(YamlNode, YamlNode)>),
     /// An alias (`*name`): resolved aliases are not needed for sync rules; treated as an unsupported value.
@@ -81,7 +84,10 @@ impl YamlNode {
 
     /// Looks up a key of a mapping node (first occurrence).
     pub fn get(&self, key: &str) -> Option<(&YamlNode, &YamlNode)> {
-        self.as_mapping()?.iter().find(|(k, _)| k.as_scalar() == Some(key)).map(|(k, v)| (k, v))
+        self.as_mapping()?
+            .iter()
+            .find(|(k, _)| k.as_scalar() == Some(key))
+            .map(|(k, v)| (k, v))
     }
 
     /// Human-readable kind, for "must be ..." messages.
@@ -98,7 +104,10 @@ impl YamlNode {
     /// Core-schema interpretation of a plain scalar as a boolean.
     pub fn as_bool(&self) -> Option<bool> {
         match &self.kind {
-            YamlKind::Scalar { value, style: ScalarStyle::Plain } => match value.as_str() {
+            YamlKind::Scalar {
+                value,
+                style: ScalarStyle::Plain,
+            } => match value.as_str() {
                 "true" | "True" | "TRUE" => Some(true),
                 "false" | "False" | "FALSE" => Some(false),
                 _ => None,
@@ -110,7 +119,10 @@ impl YamlNode {
     /// Core-schema interpretation of a plain scalar as an integer.
     pub fn as_integer(&self) -> Option<i64> {
         match &self.kind {
-            YamlKind::Scalar { value, style: ScalarStyle::Plain } => {
+            YamlKind::Scalar {
+                value,
+                style: ScalarStyle::Plain,
+            } => {
                 let v = value.as_str();
                 if let Some(hex) = v.strip_prefix("0x") {
                     i64::from_str_radix(hex, 16).ok()
@@ -127,7 +139,10 @@ impl YamlNode {
     /// Whether a plain scalar reads as a number (integer or float) in the core schema.
     pub fn is_numeric(&self) -> bool {
         match &self.kind {
-            YamlKind::Scalar { value, style: ScalarStyle::Plain } => {
+            YamlKind::Scalar {
+                value,
+                style: ScalarStyle::Plain,
+            } => {
                 self.as_integer().is_some()
                     || (value.parse::<f64>().is_ok() && !value.eq_ignore_ascii_case("nan"))
                     || matches!(value.as_str(), ".inf" | "-.inf" | ".nan")
@@ -139,9 +154,10 @@ impl YamlNode {
     /// Whether this node is a string in the core schema (quoted, block, or plain non-null/bool/number).
     pub fn is_string(&self) -> bool {
         match &self.kind {
-            YamlKind::Scalar { style: ScalarStyle::Plain, .. } => {
-                !self.is_null() && self.as_bool().is_none() && !self.is_numeric()
-            }
+            YamlKind::Scalar {
+                style: ScalarStyle::Plain,
+                ..
+            } => !self.is_null() && self.as_bool().is_none() && !self.is_numeric(),
             YamlKind::Scalar { .. } => true,
             _ => false,
         }
@@ -160,7 +176,10 @@ enum Frame {
 }
 
 fn position(mark: Marker) -> Position {
-    Position { line: mark.line(), column: mark.col() + 1 }
+    Position {
+        line: mark.line(),
+        column: mark.col() + 1,
+    }
 }
 
 impl TreeBuilder {
@@ -176,7 +195,12 @@ impl TreeBuilder {
     }
 
     fn shell(kind: YamlKind, mark: Marker, tag: Option<String>) -> YamlNode {
-        YamlNode { kind, position: position(mark), char_index: mark.index(), tag }
+        YamlNode {
+            kind,
+            position: position(mark),
+            char_index: mark.index(),
+            tag,
+        }
     }
 }
 
@@ -198,11 +222,17 @@ impl MarkedEventReceiver for TreeBuilder {
             Event::Alias(_) => self.push_value(Self::shell(YamlKind::Alias, mark, None)),
             Event::SequenceStart(_, tag) => {
                 let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                self.stack.push(Frame::Sequence(Self::shell(YamlKind::Alias, mark, tag), Vec::new()));
+                self.stack.push(Frame::Sequence(
+                    Self::shell(YamlKind::Alias, mark, tag),
+                    Vec::new(),
+                ));
             }
             Event::MappingStart(_, tag) => {
                 let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                self.stack.push(Frame::Mapping(Self::shell(YamlKind::Alias, mark, tag), Vec::new()));
+                self.stack.push(Frame::Mapping(
+                    Self::shell(YamlKind::Alias, mark, tag),
+                    Vec::new(),
+                ));
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Sequence(mut node, items)) = self.stack.pop() {
@@ -228,7 +258,11 @@ impl MarkedEventReceiver for TreeBuilder {
 
 /// Parses a YAML document into a positioned tree. An empty document gives `Ok(None)`.
 pub fn parse(text: &str) -> Result<Option<YamlNode>, YamlSyntaxError> {
-    let mut builder = TreeBuilder { stack: Vec::new(), root: None, documents: 0 };
+    let mut builder = TreeBuilder {
+        stack: Vec::new(),
+        root: None,
+        documents: 0,
+    };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, true).map_err(|e| YamlSyntaxError {
         message: format!("YAML syntax is invalid: {}", e.info()),
@@ -259,7 +293,11 @@ impl<'a> SourceMap<'a> {
                 line_starts.push(i + 1);
             }
         }
-        SourceMap { chars, line_starts, _text: text }
+        SourceMap {
+            chars,
+            line_starts,
+            _text: text,
+        }
     }
 
     fn position_of_char(&self, index: usize) -> Position {
@@ -267,7 +305,10 @@ impl<'a> SourceMap<'a> {
             Ok(l) => l,
             Err(l) => l - 1,
         };
-        Position { line: line + 1, column: index - self.line_starts[line] + 1 }
+        Position {
+            line: line + 1,
+            column: index - self.line_starts[line] + 1,
+        }
     }
 
     /// Position of the character at `byte_offset` in a scalar's value, or the scalar's start where
@@ -276,19 +317,30 @@ impl<'a> SourceMap<'a> {
         let YamlKind::Scalar { value, style } = &node.kind else {
             return node.position;
         };
-        let char_offset = value.get(..byte_offset).map_or(0, |prefix| prefix.chars().count());
+        let char_offset = value
+            .get(..byte_offset)
+            .map_or(0, |prefix| prefix.chars().count());
         let start = node.char_index;
         match style {
             ScalarStyle::Plain | ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => {
-                let content_start = if *style == ScalarStyle::Plain { start } else { start + 1 };
-                let verbatim = value.chars().enumerate().all(|(i, c)| self.chars.get(content_start + i) == Some(&c));
+                let content_start = if *style == ScalarStyle::Plain {
+                    start
+                } else {
+                    start + 1
+                };
+                let verbatim = value
+                    .chars()
+                    .enumerate()
+                    .all(|(i, c)| self.chars.get(content_start + i) == Some(&c));
                 if verbatim {
                     self.position_of_char(content_start + char_offset)
                 } else {
                     node.position
                 }
             }
-            ScalarStyle::Literal => self.literal_position(node, value, char_offset).unwrap_or(node.position),
+            ScalarStyle::Literal => self
+                .literal_position(node, value, char_offset)
+                .unwrap_or(node.position),
             ScalarStyle::Folded => node.position,
         }
     }
@@ -332,13 +384,23 @@ impl<'a> SourceMap<'a> {
             return None;
         }
         let indent = holds(file_line, &value_lines[line_in_value])?;
-        Some(Position { line: file_line, column: indent + col_in_line + 1 })
+        Some(Position {
+            line: file_line,
+            column: indent + col_in_line + 1,
+        })
     }
 
     fn line_text(&self, line: usize) -> &[char] {
         let start = self.line_starts[line - 1];
-        let end = self.line_starts.get(line).map_or(self.chars.len(), |next| next - 1);
-        let end = if end > start && self.chars.get(end - 1) == Some(&'\r') { end - 1 } else { end };
+        let end = self
+            .line_starts
+            .get(line)
+            .map_or(self.chars.len(), |next| next - 1);
+        let end = if end > start && self.chars.get(end - 1) == Some(&'\r') {
+            end - 1
+        } else {
+            end
+        };
         &self.chars[start..end.max(start)]
     }
 }

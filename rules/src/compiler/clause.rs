@@ -46,11 +46,19 @@ impl Usage {
 
     fn of(usage: ParameterUsage) -> Usage {
         match usage {
-            ParameterUsage::Authenticated => Usage { authenticated: true, ..Usage::default() },
-            ParameterUsage::Unauthenticated => Usage { unauthenticated: true, ..Usage::default() },
-            ParameterUsage::Subscription => {
-                Usage { unauthenticated: true, subscription: true, ..Usage::default() }
-            }
+            ParameterUsage::Authenticated => Usage {
+                authenticated: true,
+                ..Usage::default()
+            },
+            ParameterUsage::Unauthenticated => Usage {
+                unauthenticated: true,
+                ..Usage::default()
+            },
+            ParameterUsage::Subscription => Usage {
+                unauthenticated: true,
+                subscription: true,
+                ..Usage::default()
+            },
         }
     }
 }
@@ -81,11 +89,19 @@ pub(crate) enum MatchFilter {
     /// A row-only condition: all-or-nothing.
     Condition(Expr),
     /// `row_value = <input>`.
-    Equals { input: usize, row: Expr },
+    Equals {
+        input: usize,
+        row: Expr,
+    },
     /// `<input> IN row_json_array` or `row_json_array && <input>`: one set per array element.
-    InRowArray { input: usize, row: Expr },
+    InRowArray {
+        input: usize,
+        row: Expr,
+    },
     /// A boolean parameter condition: the row side is always 1.
-    ParameterTrue { input: usize },
+    ParameterTrue {
+        input: usize,
+    },
     And(Box<MatchFilter>, Box<MatchFilter>),
     Or(Box<MatchFilter>, Box<MatchFilter>),
 }
@@ -129,7 +145,10 @@ impl MatchFilter {
                     return Ok(ParamSets::new());
                 }
                 let elements = functions::json_array_elements(&v)?;
-                elements.into_iter().map(|e| smallvec::smallvec![(*input, e)]).collect()
+                elements
+                    .into_iter()
+                    .map(|e| smallvec::smallvec![(*input, e)])
+                    .collect()
             }
             MatchFilter::ParameterTrue { input } => {
                 smallvec::smallvec![smallvec::smallvec![(*input, SqliteValue::Integer(1))]]
@@ -276,12 +295,20 @@ impl<'a> QueryScope<'a> {
     }
 
     pub(crate) fn error(&mut self, message: impl Into<String>, span: Option<Span>) -> Clause {
-        self.diagnostics.push(SqlDiagnostic { severity: Severity::Error, message: message.into(), span });
+        self.diagnostics.push(SqlDiagnostic {
+            severity: Severity::Error,
+            message: message.into(),
+            span,
+        });
         Clause::Error
     }
 
     pub(crate) fn warn(&mut self, message: impl Into<String>, span: Option<Span>) {
-        self.diagnostics.push(SqlDiagnostic { severity: Severity::Warning, message: message.into(), span });
+        self.diagnostics.push(SqlDiagnostic {
+            severity: Severity::Warning,
+            message: message.into(),
+            span,
+        });
     }
 
     pub(crate) fn slot(&mut self, column: &str) -> usize {
@@ -355,21 +382,28 @@ impl<'a> QueryScope<'a> {
             }),
             ExprKind::Column { qualifiers, name } => self.compile_column(expr, qualifiers, name),
             ExprKind::Binary { op, left, right, .. } => self.compile_binary(expr, *op, left, right),
-            ExprKind::Unary { op: UnaryOp::Not, operand } => {
+            ExprKind::Unary {
+                op: UnaryOp::Not,
+                operand,
+            } => {
                 let c = self.compile(operand);
                 self.compose(Composer::Not, vec![c], &[operand.span])
             }
-            ExprKind::Unary { op: UnaryOp::Minus, .. } => {
-                self.error("Operator - is not supported", Some(expr.span))
-            }
-            ExprKind::Unary { op: UnaryOp::Plus, .. } => {
-                self.error("Operator + is not supported", Some(expr.span))
-            }
+            ExprKind::Unary {
+                op: UnaryOp::Minus, ..
+            } => self.error("Operator - is not supported", Some(expr.span)),
+            ExprKind::Unary {
+                op: UnaryOp::Plus, ..
+            } => self.error("Operator + is not supported", Some(expr.span)),
             ExprKind::IsNull { operand, negated } => {
                 let c = self.compile(operand);
                 self.compose(Composer::IsNull(*negated), vec![c], &[operand.span])
             }
-            ExprKind::In { operand, rhs, negated } => {
+            ExprKind::In {
+                operand,
+                rhs,
+                negated,
+            } => {
                 if *negated {
                     return self.error("Operator NOT IN is not supported", Some(expr.span));
                 }
@@ -380,17 +414,28 @@ impl<'a> QueryScope<'a> {
                     InRhs::Subquery(_) => self.error("select not supported here", Some(expr.span)),
                 }
             }
-            ExprKind::Call { qualifiers, name, args, star, .. } => {
+            ExprKind::Call {
+                qualifiers,
+                name,
+                args,
+                star,
+                ..
+            } => {
                 if *star {
                     return self.error(format!("Function '{}' is not defined", name.raw), Some(expr.span));
                 }
                 self.compile_call(expr, qualifiers, name, args)
             }
-            ExprKind::Cast { operand, type_name, .. } => {
+            ExprKind::Cast {
+                operand, type_name, ..
+            } => {
                 let c = self.compile(operand);
                 match CastType::from_name(&type_name.text) {
                     Some(to) => self.compose(Composer::Cast(to), vec![c], &[operand.span]),
-                    None => self.error(format!("CAST not supported for '{}'", type_name.text), Some(expr.span)),
+                    None => self.error(
+                        format!("CAST not supported for '{}'", type_name.text),
+                        Some(expr.span),
+                    ),
                 }
             }
             ExprKind::Case { .. } => self.error("case not supported here", Some(expr.span)),
@@ -436,8 +481,15 @@ impl<'a> QueryScope<'a> {
             let slot = self.slot(&name.name);
             return Clause::Row(Expr::Column(slot));
         }
-        let reference = qualifiers.iter().map(|q| q.name.as_str()).chain([name.name.as_str()]).collect::<Vec<_>>();
-        self.error(format!("Undefined reference: {}", reference.join(".")), Some(expr.span))
+        let reference = qualifiers
+            .iter()
+            .map(|q| q.name.as_str())
+            .chain([name.name.as_str()])
+            .collect::<Vec<_>>();
+        self.error(
+            format!("Undefined reference: {}", reference.join(".")),
+            Some(expr.span),
+        )
     }
 
     fn parameter_reference(&mut self, table: &str, column: &str) -> Clause {
@@ -445,11 +497,17 @@ impl<'a> QueryScope<'a> {
         let (expr, usage) = match table {
             "bucket" => (None, Usage::default()),
             "token_parameters" => (
-                Some(Expr::Request(RequestValue::TokenParameter(Arc::from(column)), Vec::new())),
+                Some(Expr::Request(
+                    RequestValue::TokenParameter(Arc::from(column)),
+                    Vec::new(),
+                )),
                 Usage::of(ParameterUsage::Authenticated),
             ),
             "user_parameters" => (
-                Some(Expr::Request(RequestValue::UserParameter(Arc::from(column)), Vec::new())),
+                Some(Expr::Request(
+                    RequestValue::UserParameter(Arc::from(column)),
+                    Vec::new(),
+                )),
                 Usage::of(ParameterUsage::Unauthenticated),
             ),
             _ => (Some(Expr::EachColumn(Arc::from(column))), Usage::default()),
@@ -461,13 +519,22 @@ impl<'a> QueryScope<'a> {
     pub(crate) fn check_identifier_case(&mut self, ident: &ast::Ident) {
         if !ident.quoted && ident.raw != ident.name {
             self.warn(
-                format!("Unquoted identifiers are converted to lower-case. Use \"{}\" instead.", ident.raw),
+                format!(
+                    "Unquoted identifiers are converted to lower-case. Use \"{}\" instead.",
+                    ident.raw
+                ),
                 Some(ident.span),
             );
         }
     }
 
-    fn compile_binary(&mut self, expr: &ast::Expr, op: BinaryOp, left: &ast::Expr, right: &ast::Expr) -> Clause {
+    fn compile_binary(
+        &mut self,
+        expr: &ast::Expr,
+        op: BinaryOp,
+        left: &ast::Expr,
+        right: &ast::Expr,
+    ) -> Clause {
         let composer = match op {
             BinaryOp::And | BinaryOp::Or => {
                 let l = self.compile(left);
@@ -499,7 +566,10 @@ impl<'a> QueryScope<'a> {
             BinaryOp::Mod => return self.error("Operator not supported: %", Some(expr.span)),
             BinaryOp::Like | BinaryOp::NotLike => {
                 return self.error(
-                    format!("Operator not supported: {}", if op == BinaryOp::Like { "LIKE" } else { "NOT LIKE" }),
+                    format!(
+                        "Operator not supported: {}",
+                        if op == BinaryOp::Like { "LIKE" } else { "NOT LIKE" }
+                    ),
                     Some(expr.span),
                 );
             }
@@ -507,7 +577,11 @@ impl<'a> QueryScope<'a> {
                 return self.error("Operator not supported: ILIKE", Some(expr.span));
             }
             BinaryOp::Other => {
-                let text = self.sql.get(expr.span.start..expr.span.end).unwrap_or_default().to_string();
+                let text = self
+                    .sql
+                    .get(expr.span.start..expr.span.end)
+                    .unwrap_or_default()
+                    .to_string();
                 return self.error(format!("Operator not supported in: {text}"), Some(expr.span));
             }
         };
@@ -523,10 +597,17 @@ impl<'a> QueryScope<'a> {
             return Clause::Error;
         }
         if self.supports_parameter_expressions && l.is_param() && r.is_param() {
-            return self.compose(Composer::Compare(CompareOp::Eq), vec![l, r], &[left.span, right.span]);
+            return self.compose(
+                Composer::Compare(CompareOp::Eq),
+                vec![l, r],
+                &[left.span, right.span],
+            );
         }
         if !l.is_row() && !r.is_row() {
-            return self.error("Cannot have bucket parameters on both sides of = operator", Some(expr.span));
+            return self.error(
+                "Cannot have bucket parameters on both sides of = operator",
+                Some(expr.span),
+            );
         }
         let (row, other) = if l.is_row() { (l, r) } else { (r, l) };
         match other {
@@ -544,9 +625,16 @@ impl<'a> QueryScope<'a> {
                 let row_expr = row.row_expr().unwrap_or(Expr::Const(SqliteValue::Null));
                 let usage = p.usage;
                 Clause::Match(ParamMatch {
-                    inputs: vec![MatchInput { key: p.key, expands: false, expr: p.expr }],
+                    inputs: vec![MatchInput {
+                        key: p.key,
+                        expands: false,
+                        expr: p.expr,
+                    }],
                     unbounded: false,
-                    filter: MatchFilter::Equals { input: 0, row: row_expr },
+                    filter: MatchFilter::Equals {
+                        input: 0,
+                        row: row_expr,
+                    },
                     usage,
                 })
             }
@@ -579,7 +667,11 @@ impl<'a> QueryScope<'a> {
                     (Clause::Param(p), right) if right.is_row() => {
                         let row = right.row_expr().unwrap_or(Expr::Const(SqliteValue::Null));
                         Clause::Match(ParamMatch {
-                            inputs: vec![MatchInput { key: p.key.clone(), expands: false, expr: p.expr.clone() }],
+                            inputs: vec![MatchInput {
+                                key: p.key.clone(),
+                                expands: false,
+                                expr: p.expr.clone(),
+                            }],
                             unbounded: true,
                             filter: MatchFilter::InRowArray { input: 0, row },
                             usage: p.usage,
@@ -588,13 +680,22 @@ impl<'a> QueryScope<'a> {
                     // row.value IN request_array: one lookup per array element.
                     (left, Clause::Param(p)) if self.supports_expanding && left.is_row() => {
                         let row = left.row_expr().unwrap_or(Expr::Const(SqliteValue::Null));
-                        let input = MatchInput { key: format!("{}[*]", p.key), expands: true, expr: p.expr.clone() };
+                        let input = MatchInput {
+                            key: format!("{}[*]", p.key),
+                            expands: true,
+                            expr: p.expr.clone(),
+                        };
                         let filter = if is_overlap {
                             MatchFilter::InRowArray { input: 0, row }
                         } else {
                             MatchFilter::Equals { input: 0, row }
                         };
-                        Clause::Match(ParamMatch { inputs: vec![input], unbounded: false, filter, usage: p.usage })
+                        Clause::Match(ParamMatch {
+                            inputs: vec![input],
+                            unbounded: false,
+                            filter,
+                            usage: p.usage,
+                        })
                     }
                     _ => self.error(message, Some(span)),
                 }
@@ -612,11 +713,18 @@ impl<'a> QueryScope<'a> {
         match qualifiers {
             [] => {
                 let Some(def) = functions::lookup_function(&name.name) else {
-                    return self.error(format!("Function '{}' is not defined", name.name), Some(expr.span));
+                    return self.error(
+                        format!("Function '{}' is not defined", name.name),
+                        Some(expr.span),
+                    );
                 };
                 if args.len() < def.min_args || args.len() > def.max_args {
                     return self.error(
-                        format!("Function '{}' got {} arguments, which is not supported", name.name, args.len()),
+                        format!(
+                            "Function '{}' got {} arguments, which is not supported",
+                            name.name,
+                            args.len()
+                        ),
                         Some(expr.span),
                     );
                 }
@@ -626,27 +734,50 @@ impl<'a> QueryScope<'a> {
             }
             [schema] => self.compile_request_call(expr, &schema.name, &name.name, args),
             _ => {
-                let full = qualifiers.iter().map(|q| q.name.as_str()).chain([name.name.as_str()]).collect::<Vec<_>>();
-                self.error(format!("Function '{}' is not defined", full.join(".")), Some(expr.span))
+                let full = qualifiers
+                    .iter()
+                    .map(|q| q.name.as_str())
+                    .chain([name.name.as_str()])
+                    .collect::<Vec<_>>();
+                self.error(
+                    format!("Function '{}' is not defined", full.join(".")),
+                    Some(expr.span),
+                )
             }
         }
     }
 
-    fn compile_request_call(&mut self, expr: &ast::Expr, schema: &str, function: &str, args: &[ast::Expr]) -> Clause {
+    fn compile_request_call(
+        &mut self,
+        expr: &ast::Expr,
+        schema: &str,
+        function: &str,
+        args: &[ast::Expr],
+    ) -> Clause {
         let known_schema = match self.request_functions {
             Some(RequestFunctions::Request) => schema == "request",
             Some(RequestFunctions::Streams) => matches!(schema, "auth" | "subscription" | "connection"),
             None => false,
         };
         if !known_schema {
-            if matches!(schema, "request" | "auth" | "subscription" | "connection") && !self.supports_parameter_expressions
+            if matches!(schema, "request" | "auth" | "subscription" | "connection")
+                && !self.supports_parameter_expressions
             {
-                return self.error(format!("{schema} schema is not available in data queries"), Some(expr.span));
+                return self.error(
+                    format!("{schema} schema is not available in data queries"),
+                    Some(expr.span),
+                );
             }
-            return self.error(format!("Function '{schema}.{function}' is not defined"), Some(expr.span));
+            return self.error(
+                format!("Function '{schema}.{function}' is not defined"),
+                Some(expr.span),
+            );
         }
         if !self.supports_parameter_expressions {
-            return self.error(format!("{schema} schema is not available in data queries"), Some(expr.span));
+            return self.error(
+                format!("{schema} schema is not available in data queries"),
+                Some(expr.span),
+            );
         }
         let (value, arity) = match (schema, function) {
             ("request", "user_id") | ("auth", "user_id") => (RequestValue::UserId, 0),
@@ -657,10 +788,18 @@ impl<'a> QueryScope<'a> {
             ("connection", "parameter") => (RequestValue::ClientParameter, 1),
             ("subscription", "parameters") => (RequestValue::SubscriptionParameters, 0),
             ("subscription", "parameter") => (RequestValue::SubscriptionParameter, 1),
-            _ => return self.error(format!("Function '{schema}.{function}' is not defined"), Some(expr.span)),
+            _ => {
+                return self.error(
+                    format!("Function '{schema}.{function}' is not defined"),
+                    Some(expr.span),
+                );
+            }
         };
         if args.len() != arity {
-            return self.error(format!("Function '{schema}.{function}' takes {arity} arguments."), Some(expr.span));
+            return self.error(
+                format!("Function '{schema}.{function}' takes {arity} arguments."),
+                Some(expr.span),
+            );
         }
         let mut arg_exprs = Vec::new();
         let mut usage = Usage::of(value.usage());
@@ -686,7 +825,12 @@ impl<'a> QueryScope<'a> {
         })
     }
 
-    fn compose_type(&self, composer: &Composer, args: &[&Clause], spans: &[Span]) -> Result<ArgsType, ComposeError> {
+    fn compose_type(
+        &self,
+        composer: &Composer,
+        args: &[&Clause],
+        spans: &[Span],
+    ) -> Result<ArgsType, ComposeError> {
         let mut args_type = ArgsType::Static;
         for (clause, span) in args.iter().zip(spans) {
             match clause {
@@ -719,7 +863,10 @@ impl<'a> QueryScope<'a> {
                     args_type = ArgsType::Row;
                 }
                 Clause::Match(_) => {
-                    return Err(ComposeError::Message("Parameter match clauses cannot be used here".into(), *span));
+                    return Err(ComposeError::Message(
+                        "Parameter match clauses cannot be used here".into(),
+                        *span,
+                    ));
                 }
             }
         }
@@ -738,7 +885,10 @@ impl<'a> QueryScope<'a> {
                 let exprs: Vec<Expr> = args.iter().filter_map(Clause::row_expr).collect();
                 let expr = composer.build(exprs);
                 if args_type == ArgsType::Static {
-                    let ctx = EvalContext { compat: Some(&self.compat), ..EvalContext::default() };
+                    let ctx = EvalContext {
+                        compat: Some(&self.compat),
+                        ..EvalContext::default()
+                    };
                     match expr.eval(&ctx) {
                         Ok(v) => Clause::Static(v),
                         Err(e) => self.error(e.message, spans.first().copied()),
@@ -840,7 +990,11 @@ impl Composer {
 fn combine_logical(is_and: bool, a: Clause, b: Clause) -> Result<Clause, String> {
     if a.is_row() && b.is_row() {
         let (ea, eb) = (a.row_expr().expect("row"), b.row_expr().expect("row"));
-        let expr = if is_and { Expr::And(Box::new(ea), Box::new(eb)) } else { Expr::Or(Box::new(ea), Box::new(eb)) };
+        let expr = if is_and {
+            Expr::And(Box::new(ea), Box::new(eb))
+        } else {
+            Expr::Or(Box::new(ea), Box::new(eb))
+        };
         if let (Clause::Static(_), Clause::Static(_)) = (&a, &b) {
             let v = expr.eval(&EvalContext::default()).map_err(|e| e.message)?;
             return Ok(Clause::Static(v));
@@ -849,9 +1003,15 @@ fn combine_logical(is_and: bool, a: Clause, b: Clause) -> Result<Clause, String>
     }
     if a.is_param() && b.is_param() {
         let (pa, pb) = (a.param_value().expect("param"), b.param_value().expect("param"));
-        let (ea, eb) =
-            (pa.expr.unwrap_or(Expr::Const(SqliteValue::Null)), pb.expr.unwrap_or(Expr::Const(SqliteValue::Null)));
-        let expr = if is_and { Expr::And(Box::new(ea), Box::new(eb)) } else { Expr::Or(Box::new(ea), Box::new(eb)) };
+        let (ea, eb) = (
+            pa.expr.unwrap_or(Expr::Const(SqliteValue::Null)),
+            pb.expr.unwrap_or(Expr::Const(SqliteValue::Null)),
+        );
+        let expr = if is_and {
+            Expr::And(Box::new(ea), Box::new(eb))
+        } else {
+            Expr::Or(Box::new(ea), Box::new(eb))
+        };
         return Ok(Clause::Param(ParamValue {
             key: format!("{}{},{}", if is_and { "and" } else { "or" }, pa.key, pb.key),
             expr: Some(expr),
@@ -911,7 +1071,12 @@ fn merge(a: ParamMatch, b: ParamMatch, is_and: bool) -> ParamMatch {
     } else {
         MatchFilter::Or(Box::new(a.filter), Box::new(bf))
     };
-    ParamMatch { inputs, unbounded: a.unbounded || b.unbounded, filter, usage: a.usage.union(b.usage) }
+    ParamMatch {
+        inputs,
+        unbounded: a.unbounded || b.unbounded,
+        filter,
+        usage: a.usage.union(b.usage),
+    }
 }
 
 /// Any clause as a parameter match: row conditions become all-or-nothing filters and parameter
@@ -935,7 +1100,11 @@ pub(crate) fn to_match(clause: Clause) -> Option<ParamMatch> {
             // The request side must be truthy: compare its boolean value with the constant 1.
             let expr = p.expr.map(|e| Expr::Not(Box::new(Expr::Not(Box::new(e)))));
             Some(ParamMatch {
-                inputs: vec![MatchInput { key: p.key, expands: false, expr }],
+                inputs: vec![MatchInput {
+                    key: p.key,
+                    expands: false,
+                    expr,
+                }],
                 unbounded: false,
                 filter: MatchFilter::ParameterTrue { input: 0 },
                 usage: p.usage,

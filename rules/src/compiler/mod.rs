@@ -33,7 +33,11 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { default_schema: "public".into(), schema: None, version: 1 }
+        CompileOptions {
+            default_schema: "public".into(),
+            schema: None,
+            version: 1,
+        }
     }
 }
 
@@ -67,7 +71,13 @@ pub fn compile(text: &str, options: &CompileOptions) -> CompileResult {
     CompileResult { rules, diagnostics }
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["config", "bucket_definitions", "streams", "with", "event_definitions"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "config",
+    "bucket_definitions",
+    "streams",
+    "with",
+    "event_definitions",
+];
 const CONFIG_KEYS: &[&str] = &[
     "edition",
     "timestamps_iso8601",
@@ -78,9 +88,20 @@ const CONFIG_KEYS: &[&str] = &[
     "timestamp_max_precision",
     "storage_version",
 ];
-const BUCKET_KEYS: &[&str] = &["priority", "parameters", "data", "accept_potentially_dangerous_queries"];
-const STREAM_KEYS: &[&str] =
-    &["query", "queries", "auto_subscribe", "priority", "accept_potentially_dangerous_queries", "with"];
+const BUCKET_KEYS: &[&str] = &[
+    "priority",
+    "parameters",
+    "data",
+    "accept_potentially_dangerous_queries",
+];
+const STREAM_KEYS: &[&str] = &[
+    "query",
+    "queries",
+    "auto_subscribe",
+    "priority",
+    "accept_potentially_dangerous_queries",
+    "with",
+];
 /// Storage versions the reference accepts.
 const SUPPORTED_STORAGE_VERSIONS: &[i64] = &[1, 2];
 
@@ -103,7 +124,8 @@ pub(crate) struct SqlSource<'n> {
 
 impl<'a> Compiler<'a> {
     pub(crate) fn report(&mut self, severity: Severity, message: impl Into<String>, position: Position) {
-        self.diagnostics.push(Diagnostic::new(severity, message, position));
+        self.diagnostics
+            .push(Diagnostic::new(severity, message, position));
     }
 
     pub(crate) fn error_at(&mut self, node: &YamlNode, message: impl Into<String>) {
@@ -129,7 +151,11 @@ impl<'a> Compiler<'a> {
         let root = match yaml::parse(text) {
             Ok(Some(root)) => root,
             Ok(None) => {
-                self.report(Severity::Error, "Sync rules must be a YAML map.", Position { line: 1, column: 1 });
+                self.report(
+                    Severity::Error,
+                    "Sync rules must be a YAML map.",
+                    Position { line: 1, column: 1 },
+                );
                 return;
             }
             Err(e) => {
@@ -164,10 +190,17 @@ impl<'a> Compiler<'a> {
             return;
         }
         if let Some((key, _)) = with {
-            self.error_at(key, "Common table expressions are not supported without the `sync_config_compiler` option.");
+            self.error_at(
+                key,
+                "Common table expressions are not supported without the `sync_config_compiler` option.",
+            );
         }
         if bucket_definitions.is_none() && streams.is_none() {
-            self.report(Severity::Error, "'bucket_definitions' or 'streams' is required", root.position);
+            self.report(
+                Severity::Error,
+                "'bucket_definitions' or 'streams' is required",
+                root.position,
+            );
             return;
         }
         if let Some((key, map)) = bucket_definitions {
@@ -249,11 +282,20 @@ impl<'a> Compiler<'a> {
         }
         if compat.unstable_sqlite_expression_engine {
             if edition < 3 {
-                self.error_at(config, "Enabling unstable_sqlite_expression_engine requires edition: 3");
+                self.error_at(
+                    config,
+                    "Enabling unstable_sqlite_expression_engine requires edition: 3",
+                );
             } else if !compat.fixed_json_extract {
-                self.error_at(config, "Enabling unstable_sqlite_expression_engine requires fixed_json_extract");
+                self.error_at(
+                    config,
+                    "Enabling unstable_sqlite_expression_engine requires fixed_json_extract",
+                );
             } else {
-                self.error_at(config, "unstable_sqlite_expression_engine is not supported by syncgate");
+                self.error_at(
+                    config,
+                    "unstable_sqlite_expression_engine is not supported by syncgate",
+                );
             }
         }
         if let Some((_, v)) = config.get("storage_version") {
@@ -286,7 +328,10 @@ impl<'a> Compiler<'a> {
         match v.as_integer().and_then(BucketPriority::new) {
             Some(p) => Some(p),
             None => {
-                self.error_at(v, "Invalid priority, expected a number between 0 and 3 (inclusive).");
+                self.error_at(
+                    v,
+                    "Invalid priority, expected a number between 0 and 3 (inclusive).",
+                );
                 None
             }
         }
@@ -326,7 +371,9 @@ impl<'a> Compiler<'a> {
     }
 
     fn compile_bucket_definition(&mut self, key: &YamlNode, def: &YamlNode) {
-        let Some(name) = self.check_unique_name(key) else { return };
+        let Some(name) = self.check_unique_name(key) else {
+            return;
+        };
         let Some(entries) = def.as_mapping() else {
             self.error_at(def, format!("'{name}' bucket definition must be an object"));
             return;
@@ -346,17 +393,25 @@ impl<'a> Compiler<'a> {
         match def.get("parameters") {
             None => {
                 implicit_global = YamlNode {
-                    kind: YamlKind::Scalar { value: "SELECT".into(), style: yaml::ScalarStyle::Plain },
+                    kind: YamlKind::Scalar {
+                        value: "SELECT".into(),
+                        style: yaml::ScalarStyle::Plain,
+                    },
                     position: key.position,
                     char_index: key.char_index,
                     tag: None,
                 };
-                parameter_sources.push(SqlSource { sql: "SELECT", node: &implicit_global });
+                parameter_sources.push(SqlSource {
+                    sql: "SELECT",
+                    node: &implicit_global,
+                });
             }
             Some((_, p)) => match &p.kind {
                 YamlKind::Sequence(items) => {
                     for item in items {
-                        if let Some(s) = self.sql_scalar(item, "Parameters must be a string or array of strings") {
+                        if let Some(s) =
+                            self.sql_scalar(item, "Parameters must be a string or array of strings")
+                        {
                             parameter_sources.push(s);
                         }
                     }
@@ -378,7 +433,9 @@ impl<'a> Compiler<'a> {
                 priority,
                 accept_dangerous,
             };
-            let Some(compiled) = self.compile_parameter_query(source, &options) else { continue };
+            let Some(compiled) = self.compile_parameter_query(source, &options) else {
+                continue;
+            };
             match &bucket_parameters {
                 None => bucket_parameters = Some(compiled.bucket_parameters.clone()),
                 Some(existing) => {
@@ -417,7 +474,9 @@ impl<'a> Compiler<'a> {
             }
         };
         for item in data.unwrap_or_default() {
-            let Some(source) = self.sql_scalar(item, "Must be a string.") else { continue };
+            let Some(source) = self.sql_scalar(item, "Must be a string.") else {
+                continue;
+            };
             match &bucket_parameters {
                 None => {
                     let position = source.node.position;
@@ -447,7 +506,9 @@ impl<'a> Compiler<'a> {
         };
         let mut used_ctes = vec![false; global_ctes.len()];
         for (key, def) in entries {
-            let Some(name) = self.check_unique_name(key) else { continue };
+            let Some(name) = self.check_unique_name(key) else {
+                continue;
+            };
             let Some(stream_entries) = def.as_mapping() else {
                 self.error_at(def, format!("'{name}' stream must be an object"));
                 continue;
@@ -481,7 +542,10 @@ impl<'a> Compiler<'a> {
                     self.error_at(k, "Common table expressions are not supported without the `sync_config_compiler` option.");
                 }
                 if let Some((k, _)) = many {
-                    self.error_at(k, "Multiple queries not supported without the `sync_config_compiler` option.");
+                    self.error_at(
+                        k,
+                        "Multiple queries not supported without the `sync_config_compiler` option.",
+                    );
                 }
                 if query.is_none() {
                     self.error_at(key, "'query' is required: Must be a string.");
@@ -525,13 +589,21 @@ impl<'a> Compiler<'a> {
             }
             for l in &local_ctes {
                 if !used.iter().any(|u| u.eq_ignore_ascii_case(&l.name)) {
-                    self.report(Severity::Warning, "This common table expression isn't referenced.", l.position);
+                    self.report(
+                        Severity::Warning,
+                        "This common table expression isn't referenced.",
+                        l.position,
+                    );
                 }
             }
         }
         for (i, g) in global_ctes.iter().enumerate() {
             if !used_ctes[i] {
-                self.report(Severity::Warning, "This common table expression isn't referenced.", g.position);
+                self.report(
+                    Severity::Warning,
+                    "This common table expression isn't referenced.",
+                    g.position,
+                );
             }
         }
     }

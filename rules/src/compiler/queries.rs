@@ -10,9 +10,7 @@ use crate::diagnostic::Severity;
 use crate::expr::Expr;
 use crate::sql::ast::{self, FromItem, Literal, Select, SelectItem, Statement, TableSource};
 use crate::sql::parse_statements;
-use crate::sync_rules::{
-    DataQuery, LookupOutput, LookupQuery, OutputColumn, ParameterQuerier, QuerierKind,
-};
+use crate::sync_rules::{DataQuery, LookupOutput, LookupQuery, OutputColumn, ParameterQuerier, QuerierKind};
 use crate::table::{DEFAULT_CONNECTION_TAG, TablePattern};
 use crate::value::SqliteValue;
 
@@ -37,16 +35,30 @@ pub(crate) struct CompiledParameterQuery {
 }
 
 enum PendingKind {
-    Static { filter: Option<Expr>, outputs: Vec<(Arc<str>, Expr)> },
-    TableValued { call: Expr, filter: Option<Expr>, outputs: Vec<(Arc<str>, Expr)> },
-    Lookup { query: LookupQuery, row_names: Vec<Arc<str>>, request_outputs: Vec<(Arc<str>, Expr)> },
+    Static {
+        filter: Option<Expr>,
+        outputs: Vec<(Arc<str>, Expr)>,
+    },
+    TableValued {
+        call: Expr,
+        filter: Option<Expr>,
+        outputs: Vec<(Arc<str>, Expr)>,
+    },
+    Lookup {
+        query: LookupQuery,
+        row_names: Vec<Arc<str>>,
+        request_outputs: Vec<(Arc<str>, Expr)>,
+    },
 }
 
 fn ordered(outputs: &[(Arc<str>, Expr)], names: &[Arc<str>]) -> Vec<Expr> {
     names
         .iter()
         .map(|n| {
-            outputs.iter().find(|(o, _)| o == n).map_or(Expr::Const(SqliteValue::Null), |(_, e)| e.clone())
+            outputs
+                .iter()
+                .find(|(o, _)| o == n)
+                .map_or(Expr::Const(SqliteValue::Null), |(_, e)| e.clone())
         })
         .collect()
 }
@@ -56,7 +68,9 @@ fn output_name(item: &SelectItem) -> Result<Arc<str>, (&'static str, ast::Span)>
     match item {
         SelectItem::Star { .. } => Ok(Arc::from("*")),
         SelectItem::Expr { alias: Some(a), .. } => Ok(Arc::from(a.name.as_str())),
-        SelectItem::Expr { expr, alias: None, .. } => match &expr.kind {
+        SelectItem::Expr {
+            expr, alias: None, ..
+        } => match &expr.kind {
             ast::ExprKind::Column { name, .. } => Ok(Arc::from(name.name.as_str())),
             _ => Err(("alias is required", expr.span)),
         },
@@ -70,7 +84,11 @@ impl Compiler<'_> {
             Ok(s) => s,
             Err(e) => {
                 let position = self.sql_position(source, Some(e.span));
-                self.report(Severity::Error, format!("SQL is invalid: {}", e.message), position);
+                self.report(
+                    Severity::Error,
+                    format!("SQL is invalid: {}", e.message),
+                    position,
+                );
                 return None;
             }
         };
@@ -80,7 +98,11 @@ impl Compiler<'_> {
                 Statement::Other { span, .. } => *span,
             };
             let position = self.sql_position(source, Some(span));
-            self.report(Severity::Error, "Only a single SELECT statement is supported", position);
+            self.report(
+                Severity::Error,
+                "Only a single SELECT statement is supported",
+                position,
+            );
             return None;
         }
         match statements.into_iter().next() {
@@ -124,9 +146,18 @@ impl Compiler<'_> {
         select: &'s Select,
     ) -> Option<(TablePattern, &'s ast::Ident, Option<&'s ast::Ident>, ast::Span)> {
         let single = match select.from.as_slice() {
-            [FromItem { source: TableSource::Table { qualifiers, name, alias, span }, joins }] if joins.is_empty() => {
-                Some((qualifiers, name, alias.as_ref(), *span))
-            }
+            [
+                FromItem {
+                    source:
+                        TableSource::Table {
+                            qualifiers,
+                            name,
+                            alias,
+                            span,
+                        },
+                    joins,
+                },
+            ] if joins.is_empty() => Some((qualifiers, name, alias.as_ref(), *span)),
             _ => None,
         };
         let Some((qualifiers, name, alias, span)) = single else {
@@ -176,7 +207,9 @@ impl Compiler<'_> {
         definition_name: &Arc<str>,
         bucket_parameters: &[Arc<str>],
     ) {
-        let Some(select) = self.parse_select(source) else { return };
+        let Some(select) = self.parse_select(source) else {
+            return;
+        };
         self.check_unsupported_clauses(source, &select);
         let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
             return;
@@ -193,7 +226,10 @@ impl Compiler<'_> {
         }
         let filter = scope.compile_where(select.where_clause.as_ref());
 
-        let input_names: Vec<String> = filter.as_ref().map(|f| f.inputs.iter().map(|i| i.key.clone()).collect()).unwrap_or_default();
+        let input_names: Vec<String> = filter
+            .as_ref()
+            .map(|f| f.inputs.iter().map(|i| i.key.clone()).collect())
+            .unwrap_or_default();
         let bucket_names: Vec<String> = bucket_parameters.iter().map(|p| format!("bucket.{p}")).collect();
         let mut all = input_names.clone();
         for b in &bucket_names {
@@ -218,7 +254,10 @@ impl Compiler<'_> {
         self.report_sql(source, diagnostics);
 
         let Some(filter) = filter else { return };
-        let parameter_inputs = bucket_names.iter().map(|b| filter.inputs.iter().position(|i| &i.key == b)).collect();
+        let parameter_inputs = bucket_names
+            .iter()
+            .map(|b| filter.inputs.iter().position(|i| &i.key == b))
+            .collect();
         let output_table = match (alias, pattern.wildcard) {
             (Some(a), _) => Some(Arc::from(a.name.as_str())),
             (None, true) => None,
@@ -283,7 +322,11 @@ impl Compiler<'_> {
                 SelectItem::Star { span, .. } | SelectItem::Expr { span, .. } => *span,
             });
             let position = self.sql_position(source, span.or(Some(select.span)));
-            let severity = if has_wildcard { Severity::Warning } else { Severity::Error };
+            let severity = if has_wildcard {
+                Severity::Warning
+            } else {
+                Severity::Error
+            };
             self.report(severity, "Query must return an \"id\" column", position);
         }
         Some(columns)
@@ -297,7 +340,10 @@ impl Compiler<'_> {
         };
         let priority = BucketPriority::new(value);
         if priority.is_none() {
-            scope.error("Invalid value for priority, must be between 0 and 3 (inclusive).", Some(expr.span));
+            scope.error(
+                "Invalid value for priority, must be between 0 and 3 (inclusive).",
+                Some(expr.span),
+            );
         }
         priority
     }
@@ -318,13 +364,24 @@ impl Compiler<'_> {
             return None;
         }
         match &select.from[0].source {
-            TableSource::Function { name, args, alias, span } => {
+            TableSource::Function {
+                name,
+                args,
+                alias,
+                span,
+            } => {
                 if name.name != "json_each" {
                     let position = self.sql_position(source, Some(*span));
-                    self.report(Severity::Error, format!("Table-valued function {} is not defined.", name.name), position);
+                    self.report(
+                        Severity::Error,
+                        format!("Table-valued function {} is not defined.", name.name),
+                        position,
+                    );
                     return None;
                 }
-                let alias = alias.as_ref().map_or_else(|| name.name.clone(), |a| a.name.clone());
+                let alias = alias
+                    .as_ref()
+                    .map_or_else(|| name.name.clone(), |a| a.name.clone());
                 self.compile_table_valued_query(source, &select, args, alias, options)
             }
             TableSource::Subquery { span, .. } => {
@@ -379,7 +436,13 @@ impl Compiler<'_> {
         Some(names)
     }
 
-    fn finish_scope(&mut self, source: &SqlSource<'_>, scope: &mut QueryScope<'_>, dangerous: bool, options: &ParameterQueryOptions) {
+    fn finish_scope(
+        &mut self,
+        source: &SqlSource<'_>,
+        scope: &mut QueryScope<'_>,
+        dangerous: bool,
+        options: &ParameterQueryOptions,
+    ) {
         let diagnostics = std::mem::take(&mut scope.diagnostics);
         self.report_sql(source, diagnostics);
         if dangerous && !options.accept_dangerous {
@@ -401,7 +464,9 @@ impl Compiler<'_> {
         let mut row_outputs = Vec::new();
         let mut usage = Usage::default();
         for item in &select.columns {
-            let SelectItem::Expr { expr, alias, .. } = item else { continue };
+            let SelectItem::Expr { expr, alias, .. } = item else {
+                continue;
+            };
             let Ok(name) = output_name(item) else { continue };
             if let Some(a) = alias {
                 scope.check_identifier_case(a);
@@ -444,14 +509,19 @@ impl Compiler<'_> {
         };
         let bucket_parameters = self.parameter_outputs(source, &mut scope, select)?;
         let mut priority = None;
-        let (outputs, _, output_usage) = self.request_outputs(&mut scope, select, options, &mut priority, false);
+        let (outputs, _, output_usage) =
+            self.request_outputs(&mut scope, select, options, &mut priority, false);
         let filter_usage = filter.as_ref().map(|f| f.usage).unwrap_or_default();
-        let dangerous = (filter_usage.unauthenticated || output_usage.unauthenticated) && !output_usage.authenticated;
+        let dangerous =
+            (filter_usage.unauthenticated || output_usage.unauthenticated) && !output_usage.authenticated;
         self.finish_scope(source, &mut scope, dangerous, options);
         Some(CompiledParameterQuery {
             bucket_parameters,
             priority: priority.or(options.priority).unwrap_or_default(),
-            kind: PendingKind::Static { filter: filter.and_then(|f| f.expr), outputs },
+            kind: PendingKind::Static {
+                filter: filter.and_then(|f| f.expr),
+                outputs,
+            },
         })
     }
 
@@ -479,15 +549,25 @@ impl Compiler<'_> {
         };
         let bucket_parameters = self.parameter_outputs(source, &mut scope, select)?;
         let mut priority = None;
-        let (outputs, _, output_usage) = self.request_outputs(&mut scope, select, options, &mut priority, false);
-        let usage = filter.as_ref().map(|f| f.usage).unwrap_or_default().union(call.as_ref().map(|c| c.usage).unwrap_or_default());
-        let dangerous = (usage.unauthenticated || output_usage.unauthenticated) && !output_usage.authenticated;
+        let (outputs, _, output_usage) =
+            self.request_outputs(&mut scope, select, options, &mut priority, false);
+        let usage = filter
+            .as_ref()
+            .map(|f| f.usage)
+            .unwrap_or_default()
+            .union(call.as_ref().map(|c| c.usage).unwrap_or_default());
+        let dangerous =
+            (usage.unauthenticated || output_usage.unauthenticated) && !output_usage.authenticated;
         self.finish_scope(source, &mut scope, dangerous, options);
         let call = call.and_then(|c| c.expr)?;
         Some(CompiledParameterQuery {
             bucket_parameters,
             priority: priority.or(options.priority).unwrap_or_default(),
-            kind: PendingKind::TableValued { call, filter: filter.and_then(|f| f.expr), outputs },
+            kind: PendingKind::TableValued {
+                call,
+                filter: filter.and_then(|f| f.expr),
+                outputs,
+            },
         })
     }
 
@@ -500,7 +580,11 @@ impl Compiler<'_> {
         let (pattern, table_name, alias, table_span) = self.single_table(source, select)?;
         if alias.is_some() {
             let position = self.sql_position(source, Some(table_span));
-            self.report(Severity::Error, "Table aliases not supported in parameter queries", position);
+            self.report(
+                Severity::Error,
+                "Table aliases not supported in parameter queries",
+                position,
+            );
         }
         let known_columns = self.schema_columns(source, &pattern, table_span);
         let mut scope = self.parameter_scope(source.sql);
@@ -519,7 +603,14 @@ impl Compiler<'_> {
             self.request_outputs(&mut scope, select, options, &mut priority, true);
         let expanded: Vec<usize> = filter
             .as_ref()
-            .map(|f| f.inputs.iter().enumerate().filter(|(_, i)| i.expands).map(|(n, _)| n).collect())
+            .map(|f| {
+                f.inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.expands)
+                    .map(|(n, _)| n)
+                    .collect()
+            })
             .unwrap_or_default();
         if expanded.len() > 1 {
             scope.error("Cannot have multiple array input parameters", None);
@@ -545,7 +636,11 @@ impl Compiler<'_> {
         Some(CompiledParameterQuery {
             bucket_parameters,
             priority: priority.or(options.priority).unwrap_or_default(),
-            kind: PendingKind::Lookup { query, row_names, request_outputs },
+            kind: PendingKind::Lookup {
+                query,
+                row_names,
+                request_outputs,
+            },
         })
     }
 }
@@ -554,11 +649,24 @@ impl CompiledParameterQuery {
     /// Orders outputs as the definition's bucket parameters (set by its first parameter query).
     pub(crate) fn into_querier(self, compiler: &mut Compiler<'_>, names: &[Arc<str>]) -> ParameterQuerier {
         let kind = match self.kind {
-            PendingKind::Static { filter, outputs } => QuerierKind::Static { filter, outputs: ordered(&outputs, names) },
-            PendingKind::TableValued { call, filter, outputs } => {
-                QuerierKind::TableValued { call, filter, outputs: ordered(&outputs, names) }
-            }
-            PendingKind::Lookup { mut query, row_names, request_outputs } => {
+            PendingKind::Static { filter, outputs } => QuerierKind::Static {
+                filter,
+                outputs: ordered(&outputs, names),
+            },
+            PendingKind::TableValued {
+                call,
+                filter,
+                outputs,
+            } => QuerierKind::TableValued {
+                call,
+                filter,
+                outputs: ordered(&outputs, names),
+            },
+            PendingKind::Lookup {
+                mut query,
+                row_names,
+                request_outputs,
+            } => {
                 query.bucket_parameters = names
                     .iter()
                     .map(|n| match row_names.iter().position(|r| r == n) {
@@ -572,9 +680,14 @@ impl CompiledParameterQuery {
                     })
                     .collect();
                 compiler.lookup_queries.push(query);
-                QuerierKind::Lookup { query: compiler.lookup_queries.len() - 1 }
+                QuerierKind::Lookup {
+                    query: compiler.lookup_queries.len() - 1,
+                }
             }
         };
-        ParameterQuerier { priority: self.priority, kind }
+        ParameterQuerier {
+            priority: self.priority,
+            kind,
+        }
     }
 }

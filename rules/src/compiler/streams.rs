@@ -41,27 +41,74 @@ struct Atom<'e> {
 
 fn to_dnf(expr: &ast::Expr, negated: bool) -> Vec<Vec<Atom<'_>>> {
     match (&expr.kind, negated) {
-        (ExprKind::Binary { op: BinaryOp::And, left, right, .. }, false)
-        | (ExprKind::Binary { op: BinaryOp::Or, left, right, .. }, true) => {
+        (
+            ExprKind::Binary {
+                op: BinaryOp::And,
+                left,
+                right,
+                ..
+            },
+            false,
+        )
+        | (
+            ExprKind::Binary {
+                op: BinaryOp::Or,
+                left,
+                right,
+                ..
+            },
+            true,
+        ) => {
             let l = to_dnf(left, negated);
             let r = to_dnf(right, negated);
             let mut out = Vec::with_capacity(l.len() * r.len());
             for a in &l {
                 for b in &r {
-                    let mut c: Vec<Atom<'_>> = a.iter().map(|x| Atom { expr: x.expr, negated: x.negated }).collect();
-                    c.extend(b.iter().map(|x| Atom { expr: x.expr, negated: x.negated }));
+                    let mut c: Vec<Atom<'_>> = a
+                        .iter()
+                        .map(|x| Atom {
+                            expr: x.expr,
+                            negated: x.negated,
+                        })
+                        .collect();
+                    c.extend(b.iter().map(|x| Atom {
+                        expr: x.expr,
+                        negated: x.negated,
+                    }));
                     out.push(c);
                 }
             }
             out
         }
-        (ExprKind::Binary { op: BinaryOp::Or, left, right, .. }, false)
-        | (ExprKind::Binary { op: BinaryOp::And, left, right, .. }, true) => {
+        (
+            ExprKind::Binary {
+                op: BinaryOp::Or,
+                left,
+                right,
+                ..
+            },
+            false,
+        )
+        | (
+            ExprKind::Binary {
+                op: BinaryOp::And,
+                left,
+                right,
+                ..
+            },
+            true,
+        ) => {
             let mut out = to_dnf(left, negated);
             out.extend(to_dnf(right, negated));
             out
         }
-        (ExprKind::Unary { op: UnaryOp::Not, operand }, _) => to_dnf(operand, !negated),
+        (
+            ExprKind::Unary {
+                op: UnaryOp::Not,
+                operand,
+            },
+            _,
+        ) => to_dnf(operand, !negated),
         _ => vec![vec![Atom { expr, negated }]],
     }
 }
@@ -83,7 +130,9 @@ impl Compiler<'_> {
         let mut out = Vec::new();
         for (key, value) in entries {
             let Some(name) = key.as_scalar() else { continue };
-            let Some(source) = self.sql_scalar(value, "Must be a string.") else { continue };
+            let Some(source) = self.sql_scalar(value, "Must be a string.") else {
+                continue;
+            };
             let select = match parse_statements(source.sql) {
                 Ok(mut statements) if statements.len() == 1 => match statements.remove(0) {
                     ast::Statement::Select(s) => *s,
@@ -98,19 +147,35 @@ impl Compiler<'_> {
                 }
                 Err(e) => {
                     let position = self.sql_position(&source, Some(e.span));
-                    self.report(Severity::Error, format!("SQL is invalid: {}", e.message), position);
+                    self.report(
+                        Severity::Error,
+                        format!("SQL is invalid: {}", e.message),
+                        position,
+                    );
                     continue;
                 }
             };
-            if select.columns.iter().any(|c| matches!(c, SelectItem::Star { .. })) {
-                self.error_at(value, "* columns are not allowed in subqueries or common table expressions");
+            if select
+                .columns
+                .iter()
+                .any(|c| matches!(c, SelectItem::Star { .. }))
+            {
+                self.error_at(
+                    value,
+                    "* columns are not allowed in subqueries or common table expressions",
+                );
                 continue;
             }
             if select.columns.len() != 1 {
                 self.error_at(value, "Common-table expression must return a single column");
                 continue;
             }
-            out.push(Cte { name: name.to_string(), position: key.position, node: value.clone(), select });
+            out.push(Cte {
+                name: name.to_string(),
+                position: key.position,
+                node: value.clone(),
+                select,
+            });
         }
         out
     }
@@ -134,7 +199,9 @@ impl Compiler<'_> {
         let mut used_ctes = Vec::new();
         let mut variants: Vec<(StreamVariant, Vec<String>)> = Vec::new();
         for (query_index, source) in queries.iter().enumerate() {
-            let Some(select) = self.parse_stream_select(source) else { continue };
+            let Some(select) = self.parse_stream_select(source) else {
+                continue;
+            };
             self.check_unsupported_clauses(source, &select);
             let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
                 continue;
@@ -154,14 +221,17 @@ impl Compiler<'_> {
             };
             let mut parts = Vec::new();
             for conjunct in &conjuncts {
-                let compiled = self.compile_conjunct(source, &mut scope, conjunct, ctes, definition, &mut used_ctes);
+                let compiled =
+                    self.compile_conjunct(source, &mut scope, conjunct, ctes, definition, &mut used_ctes);
                 parts.push(compiled);
             }
             let columns = self.output_columns(source, &mut scope, &select, known_columns.as_deref());
             let diagnostics = std::mem::take(&mut scope.diagnostics);
             let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
             self.report_sql(source, diagnostics);
-            let (Some(columns), false) = (columns, failed) else { continue };
+            let (Some(columns), false) = (columns, failed) else {
+                continue;
+            };
             let parts: Vec<VariantParts> = parts.into_iter().flatten().collect();
             if parts.len() != conjuncts.len() {
                 continue;
@@ -170,7 +240,12 @@ impl Compiler<'_> {
             for part in parts {
                 // Queries of one stream share a bucket source when their parameters match.
                 let shared = (query_index > 0)
-                    .then(|| variants.iter().enumerate().position(|(i, (_, sig))| !taken[i] && *sig == part.signature))
+                    .then(|| {
+                        variants
+                            .iter()
+                            .enumerate()
+                            .position(|(i, (_, sig))| !taken[i] && *sig == part.signature)
+                    })
                     .flatten();
                 let variant_index = match shared {
                     Some(i) => {
@@ -193,7 +268,9 @@ impl Compiler<'_> {
                     .data_filters
                     .into_iter()
                     .reduce(|a, b| MatchFilter::And(Box::new(a), Box::new(b)))
-                    .unwrap_or(MatchFilter::Condition(Expr::Const(crate::value::SqliteValue::Integer(1))));
+                    .unwrap_or(MatchFilter::Condition(Expr::Const(
+                        crate::value::SqliteValue::Integer(1),
+                    )));
                 let parameter_count = variants[variant_index].0.parameters.len();
                 let output_table = match (alias, pattern.wildcard) {
                     (Some(a), _) => Some(Arc::from(a.name.as_str())),
@@ -230,7 +307,11 @@ impl Compiler<'_> {
                             ast::Statement::Other { span, .. } => span,
                         };
                         let position = self.sql_position(source, Some(span));
-                        self.report(Severity::Error, "Only a single SELECT statement is supported", position);
+                        self.report(
+                            Severity::Error,
+                            "Only a single SELECT statement is supported",
+                            position,
+                        );
                         None
                     }
                     _ => {
@@ -242,7 +323,11 @@ impl Compiler<'_> {
             }
             Err(e) => {
                 let position = self.sql_position(source, Some(e.span));
-                self.report(Severity::Error, format!("SQL is invalid: {}", e.message), position);
+                self.report(
+                    Severity::Error,
+                    format!("SQL is invalid: {}", e.message),
+                    position,
+                );
                 None
             }
         }
@@ -265,23 +350,38 @@ impl Compiler<'_> {
         definition: usize,
         used_ctes: &mut Vec<String>,
     ) -> Option<VariantParts> {
-        let mut parts =
-            VariantParts { parameters: Vec::new(), signature: Vec::new(), data_filters: Vec::new(), request_filters: Vec::new() };
+        let mut parts = VariantParts {
+            parameters: Vec::new(),
+            signature: Vec::new(),
+            data_filters: Vec::new(),
+            request_filters: Vec::new(),
+        };
         let mut ok = true;
         for atom in atoms {
             // Subquery forms: `row IN (SELECT ...)`, `row IN cte`, `row_array && (SELECT ...)`.
             let subquery = match &atom.expr.kind {
-                ExprKind::In { operand, rhs: InRhs::Subquery(select), negated: false } => {
-                    Some((operand.as_ref(), SubquerySource::Inline(select), false))
-                }
-                ExprKind::In { operand, rhs: InRhs::Bare(target), negated: false } => match &target.kind {
+                ExprKind::In {
+                    operand,
+                    rhs: InRhs::Subquery(select),
+                    negated: false,
+                } => Some((operand.as_ref(), SubquerySource::Inline(select), false)),
+                ExprKind::In {
+                    operand,
+                    rhs: InRhs::Bare(target),
+                    negated: false,
+                } => match &target.kind {
                     ExprKind::Column { qualifiers, name } if qualifiers.is_empty() => ctes
                         .iter()
                         .find(|c| c.name.eq_ignore_ascii_case(&name.name))
                         .map(|c| (operand.as_ref(), SubquerySource::Cte(c), false)),
                     _ => None,
                 },
-                ExprKind::Binary { op: BinaryOp::Overlap, left, right, .. } => match &right.kind {
+                ExprKind::Binary {
+                    op: BinaryOp::Overlap,
+                    left,
+                    right,
+                    ..
+                } => match &right.kind {
                     ExprKind::Subquery(select) => Some((left.as_ref(), SubquerySource::Inline(select), true)),
                     _ => None,
                 },
@@ -298,14 +398,20 @@ impl Compiler<'_> {
                     continue;
                 };
                 let lookup = match sub {
-                    SubquerySource::Inline(select) => self.compile_subquery(source, select, definition, scope),
+                    SubquerySource::Inline(select) => {
+                        self.compile_subquery(source, select, definition, scope)
+                    }
                     SubquerySource::Cte(cte) => {
                         if !used_ctes.contains(&cte.name) {
                             used_ctes.push(cte.name.clone());
                         }
-                        let cte_source = SqlSource { sql: cte.node.as_scalar().unwrap_or_default(), node: &cte.node };
+                        let cte_source = SqlSource {
+                            sql: cte.node.as_scalar().unwrap_or_default(),
+                            node: &cte.node,
+                        };
                         let mut cte_scope = self.stream_scope(cte_source.sql);
-                        let lookup = self.compile_subquery(&cte_source, &cte.select, definition, &mut cte_scope);
+                        let lookup =
+                            self.compile_subquery(&cte_source, &cte.select, definition, &mut cte_scope);
                         let diagnostics = std::mem::take(&mut cte_scope.diagnostics);
                         self.report_sql(&cte_source, diagnostics);
                         lookup
@@ -329,27 +435,45 @@ impl Compiler<'_> {
                 Clause::Error => ok = false,
                 Clause::Static(v) => {
                     let e = Expr::Const(v);
-                    parts.data_filters.push(MatchFilter::Condition(negate(e, atom.negated)));
+                    parts
+                        .data_filters
+                        .push(MatchFilter::Condition(negate(e, atom.negated)));
                 }
-                Clause::Row(e) => parts.data_filters.push(MatchFilter::Condition(negate(e, atom.negated))),
+                Clause::Row(e) => parts
+                    .data_filters
+                    .push(MatchFilter::Condition(negate(e, atom.negated))),
                 Clause::Param(p) => {
                     parts.signature.push(format!("filter:{}", p.key));
-                    parts.request_filters.push(negate(p.expr.unwrap_or(Expr::Const(Default::default())), atom.negated));
+                    parts.request_filters.push(negate(
+                        p.expr.unwrap_or(Expr::Const(Default::default())),
+                        atom.negated,
+                    ));
                 }
                 Clause::Match(m) => {
                     let single = match (&m.filter, m.inputs.as_slice(), atom.negated) {
-                        (MatchFilter::Equals { row, .. }, [input], false) => Some((row.clone(), input, false)),
-                        (MatchFilter::InRowArray { row, .. }, [input], false) => Some((row.clone(), input, true)),
+                        (MatchFilter::Equals { row, .. }, [input], false) => {
+                            Some((row.clone(), input, false))
+                        }
+                        (MatchFilter::InRowArray { row, .. }, [input], false) => {
+                            Some((row.clone(), input, true))
+                        }
                         _ => None,
                     };
                     let Some((row, input, in_row_array)) = single else {
-                        scope.error("This condition is not supported in sync streams", Some(atom.expr.span));
+                        scope.error(
+                            "This condition is not supported in sync streams",
+                            Some(atom.expr.span),
+                        );
                         ok = false;
                         continue;
                     };
                     let index = parts.parameters.len();
                     let request = input.expr.clone().unwrap_or(Expr::Const(Default::default()));
-                    parts.signature.push(format!("{}:{}", if input.expands { "each" } else { "value" }, input.key));
+                    parts.signature.push(format!(
+                        "{}:{}",
+                        if input.expands { "each" } else { "value" },
+                        input.key
+                    ));
                     parts.parameters.push(if input.expands {
                         StreamParameter::ArrayElements(request)
                     } else {
@@ -375,7 +499,10 @@ impl Compiler<'_> {
         outer: &mut QueryScope<'_>,
     ) -> Option<usize> {
         if select.columns.len() != 1 || matches!(select.columns[0], SelectItem::Star { .. }) {
-            outer.error("* columns are not allowed in subqueries or common table expressions", Some(select.span));
+            outer.error(
+                "* columns are not allowed in subqueries or common table expressions",
+                Some(select.span),
+            );
             return None;
         }
         self.check_unsupported_clauses(source, select);
@@ -387,11 +514,20 @@ impl Compiler<'_> {
             known_columns,
         });
         let filter = scope.compile_where(select.where_clause.as_ref());
-        let SelectItem::Expr { expr, .. } = &select.columns[0] else { return None };
+        let SelectItem::Expr { expr, .. } = &select.columns[0] else {
+            return None;
+        };
         let output = scope.compile_row_value(expr);
         let expanded: Vec<usize> = filter
             .as_ref()
-            .map(|f| f.inputs.iter().enumerate().filter(|(_, i)| i.expands).map(|(n, _)| n).collect())
+            .map(|f| {
+                f.inputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| i.expands)
+                    .map(|(n, _)| n)
+                    .collect()
+            })
             .unwrap_or_default();
         if expanded.len() > 1 {
             scope.error("Cannot have multiple array input parameters", Some(select.span));

@@ -943,7 +943,7 @@ mod tests {
         assert_eq!(number_value("-9223372036854775808"), i(i64::MIN));
         assert_eq!(
             number_value("9223372036854775808"),
-            r(9.223_372_036_854_775_808e18)
+            r(9_223_372_036_854_775_808.0)
         );
         assert_eq!(number_value("2.0"), r(2.0));
         assert_eq!(number_value("1e2"), r(100.0));

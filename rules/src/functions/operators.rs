@@ -275,11 +275,11 @@ mod tests {
         use ArithOp::*;
         assert_eq!(
             arithmetic(Add, &i(i64::MAX), &i(1)),
-            r(9.223_372_036_854_775_808e18)
+            r(9_223_372_036_854_775_808.0)
         );
         assert_eq!(
             arithmetic(Sub, &i(i64::MIN), &i(1)),
-            r(-9.223_372_036_854_775_808e18)
+            r(-9_223_372_036_854_775_808.0)
         );
         assert_eq!(
             arithmetic(Mul, &i(i64::MAX), &i(2)),
@@ -287,7 +287,7 @@ mod tests {
         );
         assert_eq!(
             arithmetic(Div, &i(i64::MIN), &i(-1)),
-            r(9.223_372_036_854_775_808e18)
+            r(9_223_372_036_854_775_808.0)
         );
     }
 
