@@ -78,8 +78,7 @@ fn evaluate_rows(c: &mut Criterion) {
     let mut i = 0usize;
     group.bench_function("10 columns, 5 bucket definitions", |b| {
         b.iter(|| {
-            out.rows.clear();
-            out.errors.clear();
+            out.clear();
             rules.evaluate_row(&plan, black_box(&rows[i % rows.len()]), &mut out);
             i += 1;
             black_box(out.rows.len())

@@ -1,7 +1,10 @@
 //! Compiled expressions: the SQL tree reduced to what evaluation needs, with column references
 //! resolved to slots and functions resolved to their implementations.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use serde_json::{Map, Value};
 
@@ -112,43 +115,52 @@ static LEGACY: Compatibility = Compatibility {
 
 impl Expr {
     pub(crate) fn eval(&self, ctx: &EvalContext<'_>) -> Result<SqliteValue, EvalError> {
+        self.eval_ref(ctx).map(Cow::into_owned)
+    }
+
+    /// Evaluates without copying constants and row columns: they are borrowed (hot path).
+    pub(crate) fn eval_ref<'r>(&'r self, ctx: &EvalContext<'r>) -> Result<Cow<'r, SqliteValue>, EvalError> {
+        static NULL: SqliteValue = SqliteValue::Null;
         let compat = ctx.compat.unwrap_or(&LEGACY);
-        Ok(match self {
-            Expr::Const(v) => v.clone(),
-            Expr::Column(slot) => match ctx.row {
-                Some((values, slots)) => match slots.get(*slot) {
-                    Some(SlotBinding::Index(i)) => values.get(*i).cloned().unwrap_or_default(),
-                    Some(SlotBinding::Value(v)) => v.clone(),
-                    None => SqliteValue::Null,
-                },
-                None => SqliteValue::Null,
-            },
-            Expr::EachColumn(name) => ctx
-                .each_row
-                .and_then(|r| r.column(name))
-                .cloned()
-                .unwrap_or_default(),
+        let owned = match self {
+            Expr::Const(v) => return Ok(Cow::Borrowed(v)),
+            Expr::Column(slot) => {
+                return Ok(Cow::Borrowed(match ctx.row {
+                    Some((values, slots)) => match slots.get(*slot) {
+                        Some(SlotBinding::Index(i)) => values.get(*i).unwrap_or(&NULL),
+                        Some(SlotBinding::Value(v)) => v,
+                        None => &NULL,
+                    },
+                    None => &NULL,
+                }));
+            }
+            Expr::EachColumn(name) => {
+                return Ok(Cow::Borrowed(
+                    ctx.each_row.and_then(|r| r.column(name)).unwrap_or(&NULL),
+                ));
+            }
             Expr::Request(value, args) => eval_request(value, args, ctx)?,
             Expr::Call(def, args) => {
-                let values = args.iter().map(|a| a.eval(ctx)).collect::<Result<Vec<_>, _>>()?;
+                let values: SmallVec<[SqliteValue; 4]> =
+                    args.iter().map(|a| a.eval(ctx)).collect::<Result<_, _>>()?;
                 (def.call)(&values, compat)?
             }
-            Expr::Compare(op, a, b) => functions::compare(*op, &a.eval(ctx)?, &b.eval(ctx)?)?,
-            Expr::Arith(op, a, b) => functions::arithmetic(*op, &a.eval(ctx)?, &b.eval(ctx)?),
-            Expr::Concat(a, b) => functions::concat(&a.eval(ctx)?, &b.eval(ctx)?),
-            Expr::And(a, b) => functions::and(&a.eval(ctx)?, &b.eval(ctx)?),
-            Expr::Or(a, b) => functions::or(&a.eval(ctx)?, &b.eval(ctx)?),
-            Expr::Not(a) => functions::not(&a.eval(ctx)?),
-            Expr::IsNull(a, negated) => {
-                let is_null = a.eval(ctx)?.is_null();
-                SqliteValue::from(is_null != *negated)
+            Expr::Compare(op, a, b) => functions::compare(*op, &*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?)?,
+            Expr::Arith(op, a, b) => functions::arithmetic(*op, &*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
+            Expr::Concat(a, b) => functions::concat(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
+            Expr::And(a, b) => functions::and(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
+            Expr::Or(a, b) => functions::or(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
+            Expr::Not(a) => functions::not(&*a.eval_ref(ctx)?),
+            Expr::IsNull(a, negated) => SqliteValue::from(a.eval_ref(ctx)?.is_null() != *negated),
+            Expr::Cast(a, to) => functions::cast(&*a.eval_ref(ctx)?, *to),
+            Expr::JsonArrow(a, b) => functions::json_arrow(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?, compat)?,
+            Expr::JsonLongArrow(a, b) => {
+                functions::json_long_arrow(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?, compat)?
             }
-            Expr::Cast(a, to) => functions::cast(&a.eval(ctx)?, *to),
-            Expr::JsonArrow(a, b) => functions::json_arrow(&a.eval(ctx)?, &b.eval(ctx)?, compat)?,
-            Expr::JsonLongArrow(a, b) => functions::json_long_arrow(&a.eval(ctx)?, &b.eval(ctx)?, compat)?,
-            Expr::In(a, b) => functions::json_array_contains(&a.eval(ctx)?, &b.eval(ctx)?)?,
-            Expr::Overlap(a, b) => functions::json_arrays_overlap(&a.eval(ctx)?, &b.eval(ctx)?)?,
-        })
+            Expr::In(a, b) => functions::json_array_contains(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?)?,
+            Expr::Overlap(a, b) => functions::json_arrays_overlap(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?)?,
+        };
+        Ok(Cow::Owned(owned))
     }
 }
 

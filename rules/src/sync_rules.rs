@@ -1,6 +1,7 @@
 //! Compiled sync rules and their evaluation: rows into buckets, parameter rows into lookup
 //! entries, and a connection's request into the buckets it may download.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -154,6 +155,49 @@ pub struct RowError {
 pub struct RowEvaluation {
     pub rows: Vec<EvaluatedRow>,
     pub errors: Vec<RowError>,
+    /// Reused text buffer: ids and data are built here, then copied once into their `Arc<str>`.
+    scratch: String,
+    /// JSON of the row's columns, each serialized once however many queries output it.
+    column_json: ColumnJsonCache,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ColumnJsonCache {
+    text: String,
+    /// Per column: its JSON's range in `text`, or `None` until first needed.
+    ranges: Vec<Option<(usize, usize)>>,
+}
+
+impl ColumnJsonCache {
+    fn reset(&mut self, columns: usize) {
+        self.text.clear();
+        self.ranges.clear();
+        self.ranges.resize(columns, None);
+    }
+
+    fn json(&mut self, column: usize, value: &SqliteValue) -> &str {
+        let range = match self.ranges.get(column).copied().flatten() {
+            Some(range) => range,
+            None => {
+                let start = self.text.len();
+                value.write_json(&mut self.text);
+                let range = (start, self.text.len());
+                if let Some(slot) = self.ranges.get_mut(column) {
+                    *slot = Some(range);
+                }
+                range
+            }
+        };
+        &self.text[range.0..range.1]
+    }
+}
+
+impl RowEvaluation {
+    /// Clears the results, keeping allocated capacity for the next row.
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.errors.clear();
+    }
 }
 
 /// The key under which a parameter row is indexed, and that a connection looks up.
@@ -345,12 +389,13 @@ impl SyncRules {
         s.into_boxed_str()
     }
 
-    fn bucket_id(&self, prefix: &str, values: impl Iterator<Item = SqliteValue>) -> BucketName {
+    fn bucket_id<'v>(&self, prefix: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
         bucket_id_from(&self.bucket_id_start(prefix), values)
     }
 
     /// Places one source row (values in the plan's table column order) into buckets.
     pub fn evaluate_row(&self, plan: &TablePlan, values: &[SqliteValue], out: &mut RowEvaluation) {
+        out.column_json.reset(values.len());
         for bound in &plan.data {
             let query = &self.data_queries[bound.query];
             let ctx = EvalContext {
@@ -362,7 +407,14 @@ impl SyncRules {
                 if sets.is_empty() {
                     return Ok(None);
                 }
-                let (id, data) = transform_row(query, &bound.layout, &ctx, values)?;
+                let (id, data) = transform_row(
+                    query,
+                    &bound.layout,
+                    &ctx,
+                    values,
+                    &mut out.scratch,
+                    &mut out.column_json,
+                )?;
                 Ok(Some((sets, id, data)))
             });
             match result {
@@ -373,8 +425,9 @@ impl SyncRules {
                             .parameter_inputs
                             .iter()
                             .map(|input| param_value(&set, *input));
+                        let bucket = bucket_id_into(&bound.bucket_id_start, params, &mut out.scratch);
                         out.rows.push(EvaluatedRow {
-                            bucket: bucket_id_from(&bound.bucket_id_start, params),
+                            bucket,
                             table: Arc::clone(&bound.output_table),
                             id: Arc::clone(&id),
                             data: Arc::clone(&data),
@@ -426,7 +479,7 @@ impl SyncRules {
                     .collect();
                 for set in sets {
                     let lookup_values = (0..query.inputs.len())
-                        .map(|i| normalize(param_value(&set, Some(i))))
+                        .map(|i| normalize(param_value(&set, Some(i)).clone()))
                         .collect();
                     entries.push(ParameterEntry {
                         lookup: ParameterLookup {
@@ -544,7 +597,7 @@ impl SyncRules {
                     for querier in queriers {
                         for values in self.querier_tuples(querier, &ctx, &find) {
                             add(
-                                self.bucket_id(&definition.name, values.into_iter()),
+                                self.bucket_id(&definition.name, values.iter()),
                                 &definition.name,
                                 querier.priority,
                             );
@@ -558,7 +611,7 @@ impl SyncRules {
                     for variant in variants {
                         for values in self.variant_tuples(variant, &ctx, &find) {
                             add(
-                                self.bucket_id(&variant.bucket_prefix, values.into_iter()),
+                                self.bucket_id(&variant.bucket_prefix, values.iter()),
                                 &definition.name,
                                 priority,
                             );
@@ -782,23 +835,32 @@ impl Unit {
 }
 
 /// `start` is `<version>#<prefix>[`; the values follow as a JSON array's elements.
-fn bucket_id_from(start: &str, values: impl Iterator<Item = SqliteValue>) -> BucketName {
-    let mut s = String::with_capacity(start.len() + 24);
+fn bucket_id_from<'v>(start: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
+    bucket_id_into(start, values, &mut String::new())
+}
+
+fn bucket_id_into<'v>(
+    start: &str,
+    values: impl Iterator<Item = &'v SqliteValue>,
+    s: &mut String,
+) -> BucketName {
+    s.clear();
     s.push_str(start);
     for (i, v) in values.enumerate() {
         if i > 0 {
             s.push(',');
         }
-        v.write_bucket_param(&mut s);
+        v.write_bucket_param(s);
     }
     s.push(']');
-    BucketName::new(s)
+    BucketName::new(s.as_str())
 }
 
-fn param_value(set: &ParamSet, input: Option<usize>) -> SqliteValue {
+fn param_value(set: &ParamSet, input: Option<usize>) -> &SqliteValue {
+    static NULL: SqliteValue = SqliteValue::Null;
     input
-        .and_then(|i| set.iter().find(|(k, _)| *k == i).map(|(_, v)| v.clone()))
-        .unwrap_or_default()
+        .and_then(|i| set.iter().find(|(k, _)| *k == i).map(|(_, v)| v))
+        .unwrap_or(&NULL)
 }
 
 /// Lookup keys compare numbers by value: whole reals become integers.
@@ -820,6 +882,9 @@ pub(crate) fn is_index_like(key: &str) -> bool {
         && (key == "0" || !key.starts_with('0'))
         && key.parse::<u64>().is_ok_and(|n| n < 4_294_967_295)
 }
+
+/// The row id of a row without one (shared: no allocation per row).
+static EMPTY_ID: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
 
 /// Resolves a data query's output object for one table (see [`OutputSlot`]).
 fn output_layout(query: &DataQuery, table: &SourceTable, slots: &[SlotBinding]) -> Vec<OutputSlot> {
@@ -884,13 +949,25 @@ fn output_layout(query: &DataQuery, table: &SourceTable, slots: &[SlotBinding]) 
 }
 
 impl OutputSource {
-    fn value<'v>(&'v self, evaluated: &'v [SqliteValue], values: &'v [SqliteValue]) -> &'v SqliteValue {
+    fn value<'v>(
+        &'v self,
+        evaluated: &'v [Cow<'_, SqliteValue>],
+        values: &'v [SqliteValue],
+    ) -> &'v SqliteValue {
         static NULL: SqliteValue = SqliteValue::Null;
         match self {
-            OutputSource::Expr(k) => evaluated.get(*k).unwrap_or(&NULL),
+            OutputSource::Expr(k) => evaluated.get(*k).map_or(&NULL, |v| &**v),
             OutputSource::Column(i) => values.get(*i).unwrap_or(&NULL),
             OutputSource::Const(v) => v,
             OutputSource::ElseColumn(primary, _) => primary.value(evaluated, values),
+        }
+    }
+
+    /// The row column this source reads directly, if any.
+    fn column(&self) -> Option<usize> {
+        match self {
+            OutputSource::Column(i) => Some(*i),
+            _ => None,
         }
     }
 }
@@ -901,29 +978,33 @@ fn transform_row(
     layout: &[OutputSlot],
     ctx: &EvalContext<'_>,
     values: &[SqliteValue],
+    json: &mut String,
+    column_json: &mut ColumnJsonCache,
 ) -> Result<(Arc<str>, Arc<str>), EvalError> {
-    // Every named expression is evaluated (an error in any of them skips the row).
-    let mut evaluated: SmallVec<[SqliteValue; 8]> = SmallVec::new();
+    // Every named expression is evaluated (an error in any of them skips the row); plain
+    // column references are read straight from the row through the layout.
+    let mut evaluated: SmallVec<[Cow<'_, SqliteValue>; 8]> = SmallVec::new();
     for column in &query.columns {
         if let OutputColumn::Named { expr, .. } = column {
             evaluated.push(match expr {
-                Expr::Column(_) => SqliteValue::Null,
-                e => e.eval(ctx)?,
+                Expr::Column(_) => Cow::Owned(SqliteValue::Null),
+                e => e.eval_ref(ctx)?,
             });
         }
     }
     let null = SqliteValue::Null;
     let mut id: Option<Arc<str>> = None;
-    let mut json = String::with_capacity(64 + layout.len() * 24);
+    json.clear();
     json.push('{');
     let mut first = true;
     for slot in layout {
-        let value = match &slot.source {
+        let (value, column) = match &slot.source {
+            OutputSource::Column(i) => (values.get(*i).unwrap_or(&null), Some(*i)),
             OutputSource::ElseColumn(primary, i) => match primary.value(&evaluated, values) {
-                SqliteValue::Null => values.get(*i).unwrap_or(&null),
-                v => v,
+                SqliteValue::Null => (values.get(*i).unwrap_or(&null), Some(*i)),
+                v => (v, primary.column()),
             },
-            source => source.value(&evaluated, values),
+            source => (source.value(&evaluated, values), None),
         };
         // Blobs are never synced.
         if matches!(value, SqliteValue::Blob(_)) {
@@ -937,8 +1018,16 @@ fn transform_row(
         }
         first = false;
         json.push_str(&slot.key_prefix);
-        value.write_json(&mut json);
+        match column {
+            Some(i) => json.push_str(column_json.json(i, value)),
+            None => {
+                value.write_json(json);
+            }
+        }
     }
     json.push('}');
-    Ok((id.unwrap_or_else(|| Arc::from("")), Arc::from(json)))
+    Ok((
+        id.unwrap_or_else(|| Arc::clone(&EMPTY_ID)),
+        Arc::from(json.as_str()),
+    ))
 }

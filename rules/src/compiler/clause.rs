@@ -124,7 +124,7 @@ impl MatchFilter {
     pub(crate) fn evaluate(&self, ctx: &EvalContext<'_>) -> Result<ParamSets, EvalError> {
         Ok(match self {
             MatchFilter::Condition(e) => {
-                if e.eval(ctx)?.is_truthy() {
+                if e.eval_ref(ctx)?.is_truthy() {
                     smallvec::smallvec![ParamSet::new()]
                 } else {
                     ParamSets::new()
@@ -140,7 +140,7 @@ impl MatchFilter {
                 }
             }
             MatchFilter::InRowArray { input, row } => {
-                let v = row.eval(ctx)?;
+                let v = row.eval_ref(ctx)?;
                 if v.is_null() {
                     return Ok(ParamSets::new());
                 }

@@ -690,11 +690,119 @@ pub fn json_array_elements(array: &SqliteValue) -> Result<Vec<SqliteValue>, Eval
     if matches!(array, SqliteValue::Blob(_)) {
         return Err(EvalError::new("Not an array"));
     }
+    if let SqliteValue::Text(text) = array
+        && let Some(elements) = flat_array_elements(text)
+    {
+        return Ok(elements);
+    }
     match parse_value(array)? {
         None => Ok(Vec::new()),
         Some(Json::Array(items)) => Ok(items.iter().map(Json::to_sqlite).collect()),
         Some(_) => Err(EvalError::new("Not an array")),
     }
+}
+
+/// Fast path for the common row-array column: a flat array of unescaped strings, numbers,
+/// booleans and nulls, converted without building a document tree. `None` for anything else
+/// (nesting, escapes, invalid JSON), which the full parser then handles.
+fn flat_array_elements(text: &str) -> Option<Vec<SqliteValue>> {
+    let b = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    let mut out = Vec::new();
+    if b.get(i) == Some(&b']') {
+        return (skip_ws(i + 1) == b.len()).then_some(out);
+    }
+    loop {
+        match *b.get(i)? {
+            b'"' => {
+                let start = i + 1;
+                let len = b[start..]
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+                if b[start + len] != b'"' {
+                    return None;
+                }
+                out.push(SqliteValue::Text(Arc::from(&text[start..start + len])));
+                i = start + len + 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                if !is_valid_number(token) {
+                    return None;
+                }
+                out.push(number_value(token));
+            }
+            b't' if text[i..].starts_with("true") => {
+                out.push(bool_value(true));
+                i += 4;
+            }
+            b'f' if text[i..].starts_with("false") => {
+                out.push(bool_value(false));
+                i += 5;
+            }
+            b'n' if text[i..].starts_with("null") => {
+                out.push(SqliteValue::Null);
+                i += 4;
+            }
+            _ => return None,
+        }
+        i = skip_ws(i);
+        match *b.get(i)? {
+            b',' => i = skip_ws(i + 1),
+            b']' => return (skip_ws(i + 1) == b.len()).then_some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// JSON number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_valid_number(token: &str) -> bool {
+    let b = token.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
 }
 
 /// One row of `json_each(value)`, with SQLite's columns.
@@ -807,6 +915,53 @@ fn object_fullkey(key: &str) -> String {
         let _ = write!(out, "$.\"{key}\"");
     }
     out
+}
+
+#[cfg(test)]
+mod flat_array_tests {
+    use super::*;
+
+    /// The fast path must agree with the full parser on every input it accepts.
+    #[test]
+    fn flat_arrays_agree_with_the_full_parser() {
+        for text in [
+            "[]",
+            " [ ] ",
+            r#"["a","b","a"]"#,
+            r#"[1, -2, 3.5, 1e3, 0, -0.0, 9007199254740993, 99999999999999999999]"#,
+            r#"[true,false,null,"x"]"#,
+            r#"["ü", "x y"]"#,
+        ] {
+            let fast = flat_array_elements(text).expect("flat");
+            let Json::Array(items) = parse_json(text).unwrap() else {
+                panic!("array")
+            };
+            let full: Vec<SqliteValue> = items.iter().map(Json::to_sqlite).collect();
+            assert_eq!(fast, full, "{text}");
+        }
+    }
+
+    #[test]
+    fn anything_else_goes_to_the_full_parser() {
+        for text in [
+            r#"["a\"b"]"#,
+            "[[1]]",
+            r#"[{"a":1}]"#,
+            "[01]",
+            "[1.]",
+            "[-]",
+            "[1,]",
+            "[1 2]",
+            "[1] x",
+            "",
+            "{}",
+            "[tru]",
+            "[\"a]",
+            "[1e]",
+        ] {
+            assert_eq!(flat_array_elements(text), None, "{text}");
+        }
+    }
 }
 
 #[cfg(test)]
