@@ -259,6 +259,8 @@ struct BoundQuery {
     layout: Vec<OutputSlot>,
     /// Data queries: `<version>#<prefix>[`, the start of every bucket id.
     bucket_id_start: Box<str>,
+    /// Data queries without bucket parameters: their one bucket id, built once.
+    constant_bucket: Option<BucketName>,
 }
 
 /// One key of a data query's output object for one table, resolved at plan time: the key
@@ -354,6 +356,10 @@ impl SyncRules {
                     query: i,
                     layout: output_layout(q, table, &slots),
                     bucket_id_start: self.bucket_id_start(&q.bucket_prefix),
+                    constant_bucket: q
+                        .parameter_inputs
+                        .is_empty()
+                        .then(|| bucket_id_from(&self.bucket_id_start(&q.bucket_prefix), std::iter::empty())),
                     slots,
                     output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
                 }
@@ -370,6 +376,7 @@ impl SyncRules {
                 output_table: Arc::from(""),
                 layout: Vec::new(),
                 bucket_id_start: Box::from(""),
+                constant_bucket: None,
             })
             .collect();
         TablePlan {
@@ -425,7 +432,10 @@ impl SyncRules {
                             .parameter_inputs
                             .iter()
                             .map(|input| param_value(&set, *input));
-                        let bucket = bucket_id_into(&bound.bucket_id_start, params, &mut out.scratch);
+                        let bucket = match &bound.constant_bucket {
+                            Some(bucket) => bucket.clone(),
+                            None => bucket_id_into(&bound.bucket_id_start, params, &mut out.scratch),
+                        };
                         out.rows.push(EvaluatedRow {
                             bucket,
                             table: Arc::clone(&bound.output_table),
