@@ -697,9 +697,19 @@ impl SyncRules {
                 let Ok(input) = call.eval(ctx) else {
                     return Vec::new();
                 };
-                let Ok(rows) = functions::json_each(&input) else {
+                let Ok(mut rows) = functions::json_each(&input) else {
                     return Vec::new();
                 };
+                // Without `fixed_json_extract`, a JSON `null` element's value is the text 'null',
+                // as for `->>` (SYNC_RULES.md §5.2 JSON-null handling; the reference converts
+                // json_each values with the same rule). Its `type` column stays 'null'.
+                if !self.compat.fixed_json_extract {
+                    for row in &mut rows {
+                        if row.type_.as_text() == Some("null") {
+                            row.value = SqliteValue::from("null");
+                        }
+                    }
+                }
                 let mut out = Vec::new();
                 for row in &rows {
                     let row_ctx = EvalContext {

@@ -194,8 +194,12 @@ impl SqliteValue {
             (V::Null, _) | (_, V::Null) => None,
             (V::Integer(a), V::Integer(b)) => Some(a.cmp(b)),
             (V::Integer(a), V::Real(b)) => Some(cmp_int_real(*a, *b)),
+            (V::Real(a), V::Integer(_)) if a.is_nan() => Some(Ordering::Less),
             (V::Real(a), V::Integer(b)) => Some(cmp_int_real(*b, *a).reverse()),
-            (V::Real(a), V::Real(b)) => Some(a.partial_cmp(b).unwrap_or(Ordering::Equal)),
+            // NaN (a float4/float8 column can hold it) equals nothing, itself included. The
+            // reference's `compare()` answers "less" for any NaN comparison, so `=` is false and
+            // `!=` true; this used to say "equal", which made `NaN = 1.5` true.
+            (V::Real(a), V::Real(b)) => Some(a.partial_cmp(b).unwrap_or(Ordering::Less)),
             (V::Text(a), V::Text(b)) => Some(a.as_bytes().cmp(b.as_bytes())),
             (V::Blob(a), V::Blob(b)) => Some(a.as_ref().cmp(b.as_ref())),
             (a, b) => Some(a.class_rank().cmp(&b.class_rank())),
@@ -221,9 +225,10 @@ impl SqliteValue {
     }
 }
 
+/// `a` compared with `b`; a comparison with NaN is `Less`, as in [`SqliteValue::sql_cmp`].
 fn cmp_int_real(a: i64, b: f64) -> Ordering {
     if b.is_nan() {
-        return Ordering::Greater;
+        return Ordering::Less;
     }
     // Exact comparison without losing precision for |a| > 2^53.
     #[allow(clippy::cast_precision_loss)]

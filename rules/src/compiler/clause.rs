@@ -144,8 +144,18 @@ impl MatchFilter {
                 if v.is_null() {
                     return Ok(ParamSets::new());
                 }
-                let elements = functions::json_array_elements(&v)?;
-                elements
+                // One set per *distinct* element (SYNC_RULES.md §3: "duplicates are removed"),
+                // compared as bucket parameters are (1 and 1.0 are the same). Unlike `OR`, whose
+                // branches may legitimately place a row twice, `["a","a"]` places it once.
+                // (The reference 0.38.1 places it once per element, duplicates included; the
+                // spec's rule is followed here, see SYNC_RULES.md §3.)
+                let mut distinct: Vec<SqliteValue> = Vec::new();
+                for e in functions::json_array_elements(&v)? {
+                    if !distinct.iter().any(|d| d.key_eq(&e)) {
+                        distinct.push(e);
+                    }
+                }
+                distinct
                     .into_iter()
                     .map(|e| smallvec::smallvec![(*input, e)])
                     .collect()
