@@ -215,6 +215,14 @@ impl<'a> Compiler<'a> {
             }
         }
         if let Some((key, map)) = streams {
+            if self.compat.edition < 2 {
+                // Alpha streams rely on edition-2 behaviour (versioned bucket ids), as in the reference.
+                self.error_at(
+                    key,
+                    "Sync streams require edition 2 or later. Add `config: {edition: 2}` (or 3) to the rules file.",
+                );
+                return;
+            }
             self.report(
                 Severity::Warning,
                 "This is using an alpha version of Sync Streams. We recommend upgrading `config.edition` to version 3 to support the latest features.",
@@ -606,5 +614,19 @@ impl<'a> Compiler<'a> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_need_edition_two() {
+        let result = compile("streams:\n  s:\n    query: SELECT * FROM t\n", &CompileOptions::default());
+        assert!(result.rules.is_none());
+        let d = &result.diagnostics[0];
+        assert_eq!((d.severity, d.line, d.column), (Severity::Error, 1, 1));
+        assert!(d.message.starts_with("Sync streams require edition 2 or later"), "{}", d.message);
     }
 }
