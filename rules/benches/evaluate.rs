@@ -81,7 +81,7 @@ fn evaluate_rows(c: &mut Criterion) {
             out.clear();
             rules.evaluate_row(&plan, black_box(&rows[i % rows.len()]), &mut out);
             i += 1;
-            black_box(out.rows.len())
+            black_box(out.len())
         })
     });
     group.finish();

@@ -74,7 +74,7 @@ fn main() {
     for i in 0..rows {
         out.clear();
         rules.evaluate_row(&plan, &data[i % data.len()], &mut out);
-        placed += out.rows.len();
+        placed += out.len();
     }
     let elapsed = start.elapsed();
     #[allow(clippy::cast_precision_loss)]

@@ -212,7 +212,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
                 .to_string();
             let mut evaluation = crate::RowEvaluation::default();
             rules.evaluate_row(&plan, &values, &mut evaluation);
-            for r in evaluation.rows {
+            for r in evaluation.rows() {
                 let data: Map<String, Value> = match serde_json::from_str(&r.data) {
                     Ok(Value::Object(m)) => m,
                     _ => {

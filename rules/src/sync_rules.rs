@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -150,15 +151,88 @@ pub struct RowError {
     pub message: String,
 }
 
-/// The result of evaluating one source row.
+/// The result of evaluating one source row: its placements and row errors.
+///
+/// Placements live in one text arena that is reused from row to row, so placing a row
+/// allocates nothing once the buffers have grown; [`RowEvaluation::rows`] lends them out.
 #[derive(Debug, Clone, Default)]
 pub struct RowEvaluation {
-    pub rows: Vec<EvaluatedRow>,
+    /// Ids, data and bucket ids of this row's placements, back to back.
+    text: String,
+    outputs: Vec<QueryOutput>,
+    placements: Vec<Placement>,
     pub errors: Vec<RowError>,
-    /// Reused text buffer: ids and data are built here, then copied once into their `Arc<str>`.
-    scratch: String,
     /// JSON of the row's columns, each serialized once however many queries output it.
     column_json: ColumnJsonCache,
+}
+
+/// One data query's output row: shared by the buckets it is placed in.
+#[derive(Debug, Clone)]
+struct QueryOutput {
+    table: Arc<str>,
+    id: Range<usize>,
+    data: Range<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Placement {
+    output: usize,
+    bucket: Range<usize>,
+}
+
+/// A row placed into a bucket, borrowed from a [`RowEvaluation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacedRow<'a> {
+    pub bucket: &'a str,
+    /// Output table name.
+    pub table: &'a str,
+    /// Row id within the output table.
+    pub id: &'a str,
+    /// The synced data as a JSON object (SYNC_RULES.md §8.1).
+    pub data: &'a str,
+}
+
+impl PlacedRow<'_> {
+    pub fn to_owned(&self) -> EvaluatedRow {
+        EvaluatedRow {
+            bucket: BucketName::new(self.bucket),
+            table: Arc::from(self.table),
+            id: Arc::from(self.id),
+            data: Arc::from(self.data),
+        }
+    }
+}
+
+impl RowEvaluation {
+    /// Clears the results, keeping allocated capacity for the next row.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.outputs.clear();
+        self.placements.clear();
+        self.errors.clear();
+    }
+
+    /// Number of placements.
+    pub fn len(&self) -> usize {
+        self.placements.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.placements.is_empty()
+    }
+
+    /// The placements, in query order.
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = PlacedRow<'_>> + '_ {
+        self.placements.iter().map(|p| {
+            let output = &self.outputs[p.output];
+            PlacedRow {
+                bucket: &self.text[p.bucket.clone()],
+                table: &output.table,
+                id: &self.text[output.id.clone()],
+                data: &self.text[output.data.clone()],
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -189,14 +263,6 @@ impl ColumnJsonCache {
             }
         };
         &self.text[range.0..range.1]
-    }
-}
-
-impl RowEvaluation {
-    /// Clears the results, keeping allocated capacity for the next row.
-    pub fn clear(&mut self) {
-        self.rows.clear();
-        self.errors.clear();
     }
 }
 
@@ -345,26 +411,25 @@ impl SyncRules {
                 })
                 .collect()
         };
-        let data = self
-            .data_queries
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| q.table.matches(table))
-            .map(|(i, q)| {
-                let slots = bind(&q.slots, &q.table);
-                BoundQuery {
-                    query: i,
-                    layout: output_layout(q, table, &slots),
-                    bucket_id_start: self.bucket_id_start(&q.bucket_prefix),
-                    constant_bucket: q
-                        .parameter_inputs
-                        .is_empty()
-                        .then(|| bucket_id_from(&self.bucket_id_start(&q.bucket_prefix), std::iter::empty())),
-                    slots,
-                    output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
-                }
-            })
-            .collect();
+        let data =
+            self.data_queries
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.table.matches(table))
+                .map(|(i, q)| {
+                    let slots = bind(&q.slots, &q.table);
+                    BoundQuery {
+                        query: i,
+                        layout: output_layout(q, table, &slots),
+                        bucket_id_start: self.bucket_id_start(&q.bucket_prefix),
+                        constant_bucket: q.parameter_inputs.is_empty().then(|| {
+                            bucket_id_from(&self.bucket_id_start(&q.bucket_prefix), std::iter::empty())
+                        }),
+                        slots,
+                        output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
+                    }
+                })
+                .collect();
         let lookups = self
             .lookup_queries
             .iter()
@@ -419,7 +484,7 @@ impl SyncRules {
                     &bound.layout,
                     &ctx,
                     values,
-                    &mut out.scratch,
+                    &mut out.text,
                     &mut out.column_json,
                 )?;
                 Ok(Some((sets, id, data)))
@@ -427,20 +492,27 @@ impl SyncRules {
             match result {
                 Ok(None) => {}
                 Ok(Some((sets, id, data))) => {
+                    let output = out.outputs.len();
+                    out.outputs.push(QueryOutput {
+                        table: Arc::clone(&bound.output_table),
+                        id,
+                        data,
+                    });
                     for set in sets {
-                        let params = query
-                            .parameter_inputs
-                            .iter()
-                            .map(|input| param_value(&set, *input));
-                        let bucket = match &bound.constant_bucket {
-                            Some(bucket) => bucket.clone(),
-                            None => bucket_id_into(&bound.bucket_id_start, params, &mut out.scratch),
-                        };
-                        out.rows.push(EvaluatedRow {
-                            bucket,
-                            table: Arc::clone(&bound.output_table),
-                            id: Arc::clone(&id),
-                            data: Arc::clone(&data),
+                        let start = out.text.len();
+                        match &bound.constant_bucket {
+                            Some(bucket) => out.text.push_str(bucket.as_str()),
+                            None => {
+                                let params = query
+                                    .parameter_inputs
+                                    .iter()
+                                    .map(|input| param_value(&set, *input));
+                                write_bucket_id(&bound.bucket_id_start, params, &mut out.text);
+                            }
+                        }
+                        out.placements.push(Placement {
+                            output,
+                            bucket: start..out.text.len(),
                         });
                     }
                 }
@@ -856,15 +928,13 @@ impl Unit {
 
 /// `start` is `<version>#<prefix>[`; the values follow as a JSON array's elements.
 fn bucket_id_from<'v>(start: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
-    bucket_id_into(start, values, &mut String::new())
+    let mut s = String::with_capacity(start.len() + 24);
+    write_bucket_id(start, values, &mut s);
+    BucketName::new(s)
 }
 
-fn bucket_id_into<'v>(
-    start: &str,
-    values: impl Iterator<Item = &'v SqliteValue>,
-    s: &mut String,
-) -> BucketName {
-    s.clear();
+/// Appends a bucket id to `s`.
+fn write_bucket_id<'v>(start: &str, values: impl Iterator<Item = &'v SqliteValue>, s: &mut String) {
     s.push_str(start);
     for (i, v) in values.enumerate() {
         if i > 0 {
@@ -873,7 +943,6 @@ fn bucket_id_into<'v>(
         v.write_bucket_param(s);
     }
     s.push(']');
-    BucketName::new(s.as_str())
 }
 
 fn param_value(set: &ParamSet, input: Option<usize>) -> &SqliteValue {
@@ -902,9 +971,6 @@ pub(crate) fn is_index_like(key: &str) -> bool {
         && (key == "0" || !key.starts_with('0'))
         && key.parse::<u64>().is_ok_and(|n| n < 4_294_967_295)
 }
-
-/// The row id of a row without one (shared: no allocation per row).
-static EMPTY_ID: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
 
 /// Resolves a data query's output object for one table (see [`OutputSlot`]).
 fn output_layout(query: &DataQuery, table: &SourceTable, slots: &[SlotBinding]) -> Vec<OutputSlot> {
@@ -992,17 +1058,17 @@ impl OutputSource {
     }
 }
 
-/// Builds the output row of a data query: `(id, JSON data)`.
+/// Appends the output row of a data query to `text`: returns the ranges of its id and JSON data.
 fn transform_row(
     query: &DataQuery,
     layout: &[OutputSlot],
     ctx: &EvalContext<'_>,
     values: &[SqliteValue],
-    json: &mut String,
+    text: &mut String,
     column_json: &mut ColumnJsonCache,
-) -> Result<(Arc<str>, Arc<str>), EvalError> {
-    // Every named expression is evaluated (an error in any of them skips the row); plain
-    // column references are read straight from the row through the layout.
+) -> Result<(Range<usize>, Range<usize>), EvalError> {
+    // Every named expression is evaluated first (an error in any of them skips the row, and
+    // nothing has been written yet); plain column references are read through the layout.
     let mut evaluated: SmallVec<[Cow<'_, SqliteValue>; 8]> = SmallVec::new();
     for column in &query.columns {
         if let OutputColumn::Named { expr, .. } = column {
@@ -1013,9 +1079,9 @@ fn transform_row(
         }
     }
     let null = SqliteValue::Null;
-    let mut id: Option<Arc<str>> = None;
-    json.clear();
-    json.push('{');
+    let mut id: Option<&SqliteValue> = None;
+    let data_start = text.len();
+    text.push('{');
     let mut first = true;
     for slot in layout {
         let (value, column) = match &slot.source {
@@ -1031,23 +1097,25 @@ fn transform_row(
             continue;
         }
         if slot.is_id {
-            id = value.to_text();
+            id = Some(value);
         }
         if !first {
-            json.push(',');
+            text.push(',');
         }
         first = false;
-        json.push_str(&slot.key_prefix);
+        text.push_str(&slot.key_prefix);
         match column {
-            Some(i) => json.push_str(column_json.json(i, value)),
+            Some(i) => text.push_str(column_json.json(i, value)),
             None => {
-                value.write_json(json);
+                value.write_json(text);
             }
         }
     }
-    json.push('}');
-    Ok((
-        id.unwrap_or_else(|| Arc::clone(&EMPTY_ID)),
-        Arc::from(json.as_str()),
-    ))
+    text.push('}');
+    let data = data_start..text.len();
+    // The row id: the text rule of `id`, "" when there is none or it is NULL.
+    if let Some(v) = id {
+        v.write_text(text);
+    }
+    Ok((data.end..text.len(), data))
 }

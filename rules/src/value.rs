@@ -130,6 +130,17 @@ impl SqliteValue {
         }
     }
 
+    /// Appends the text rule form (see [`SqliteValue::to_text`]); NULL appends nothing.
+    pub fn write_text(&self, out: &mut String) {
+        match self {
+            SqliteValue::Null => {}
+            SqliteValue::Integer(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            SqliteValue::Real(f) => out.push_str(ryu_js::Buffer::new().format(*f)),
+            SqliteValue::Text(s) => out.push_str(s),
+            SqliteValue::Blob(b) => out.push_str(&String::from_utf8_lossy(b)),
+        }
+    }
+
     /// Appends this value as synced JSON (SYNC_RULES.md §8.1). Blobs are never synced; callers
     /// skip them before calling this, and a stray one is written as `null`.
     /// NaN and ±Infinity have no JSON form: they are written as `null` and reported by returning `false`.

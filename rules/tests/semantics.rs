@@ -106,7 +106,7 @@ impl Db {
         let plan = self.rules.plan_table(&t.source);
         let mut evaluation = RowEvaluation::default();
         self.rules.evaluate_row(&plan, &values, &mut evaluation);
-        for r in evaluation.rows {
+        for r in evaluation.rows() {
             self.placed.push((
                 r.bucket.to_string(),
                 format!("{}/{}", r.table, r.id),

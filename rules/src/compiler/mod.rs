@@ -623,10 +623,17 @@ mod tests {
 
     #[test]
     fn streams_need_edition_two() {
-        let result = compile("streams:\n  s:\n    query: SELECT * FROM t\n", &CompileOptions::default());
+        let result = compile(
+            "streams:\n  s:\n    query: SELECT * FROM t\n",
+            &CompileOptions::default(),
+        );
         assert!(result.rules.is_none());
         let d = &result.diagnostics[0];
         assert_eq!((d.severity, d.line, d.column), (Severity::Error, 1, 1));
-        assert!(d.message.starts_with("Sync streams require edition 2 or later"), "{}", d.message);
+        assert!(
+            d.message.starts_with("Sync streams require edition 2 or later"),
+            "{}",
+            d.message
+        );
     }
 }
