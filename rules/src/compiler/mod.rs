@@ -102,6 +102,7 @@ const STREAM_KEYS: &[&str] = &[
     "accept_potentially_dangerous_queries",
     "with",
 ];
+const EVENT_KEYS: &[&str] = &["payloads"];
 /// Storage versions the reference accepts.
 const SUPPORTED_STORAGE_VERSIONS: &[i64] = &[1, 2];
 
@@ -171,6 +172,9 @@ impl<'a> Compiler<'a> {
 
         if let Some((_, config)) = root.get("config") {
             self.compile_config(config);
+        }
+        if let Some((_, events)) = root.get("event_definitions") {
+            self.compile_event_definitions(events);
         }
         let bucket_definitions = root.get("bucket_definitions");
         let streams = root.get("streams");
@@ -321,6 +325,39 @@ impl<'a> Compiler<'a> {
             }
         }
         self.compat = compat;
+    }
+
+    /// `event_definitions`: validated only (events are not part of bucket sync). They used to be
+    /// accepted unchecked, so a broken payload query went unnoticed.
+    fn compile_event_definitions(&mut self, events: &YamlNode) {
+        let Some(entries) = events.as_mapping() else {
+            if !events.is_null() {
+                self.error_at(events, "'event_definitions' must be an object");
+            }
+            return;
+        };
+        for (name, def) in entries {
+            let Some(def_entries) = def.as_mapping() else {
+                self.error_at(def, "Event definitions must be objects.");
+                continue;
+            };
+            self.check_keys(def_entries, EVENT_KEYS);
+            let payloads = match def.get("payloads") {
+                Some((_, p)) => p.as_sequence().or_else(|| {
+                    self.error_at(p, "Event definition payloads must be an array.");
+                    None
+                }),
+                None => {
+                    self.error_at(name, "Event definition payloads must be an array.");
+                    None
+                }
+            };
+            for item in payloads.unwrap_or_default() {
+                if let Some(source) = self.sql_scalar(item, "Payload queries for events must be scalar.") {
+                    self.compile_event_query(&source);
+                }
+            }
+        }
     }
 
     /// A definition name must be unique across bucket definitions and streams.

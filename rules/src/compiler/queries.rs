@@ -289,6 +289,40 @@ impl Compiler<'_> {
         });
     }
 
+    /// An `event_definitions` payload query: one SELECT from one table with valid output
+    /// columns (like a data query, without bucket parameters or the `id` requirement). Only
+    /// checked: events are not part of bucket sync.
+    pub(crate) fn compile_event_query(&mut self, source: &SqlSource<'_>) {
+        let Some(select) = self.parse_select(source) else {
+            return;
+        };
+        self.check_unsupported_clauses(source, &select);
+        let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
+            return;
+        };
+        let known_columns = self.schema_columns(source, &pattern, table_span);
+        let mut scope = QueryScope::new(source.sql, self.compat);
+        scope.value_table = Some(ValueTable {
+            sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
+            known_columns,
+        });
+        for item in &select.columns {
+            let SelectItem::Expr { expr, .. } = item else {
+                continue;
+            };
+            match output_name(item) {
+                Ok(_) => {
+                    scope.compile_row_value(expr);
+                }
+                Err((message, span)) => {
+                    scope.error(message, Some(span));
+                }
+            }
+        }
+        let diagnostics = std::mem::take(&mut scope.diagnostics);
+        self.report_sql(source, diagnostics);
+    }
+
     /// The SELECT list of a data query or stream: output columns, and the `id` check.
     /// `None` after an error that aborts the query.
     pub(crate) fn output_columns(
