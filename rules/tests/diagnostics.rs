@@ -99,6 +99,10 @@ bucket_definitions:
     parameters: SELECT request.parameters() ->> 'org' AS org
     data:
       - SELECT * FROM todos WHERE org_id = bucket.org
+event_definitions:
+  write_checkpoints:
+    payloads:
+      - SELECT user_id, client_id, checkpoint FROM checkpoints
 ",
         &[],
     );
@@ -1477,6 +1481,43 @@ streams:
         FROM tasks WHERE assignee = auth.user_id())
 ",
         &[(Error, "SQL is invalid", 9, 51)],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event definitions.
+
+#[test]
+fn event_payload_with_order_by() {
+    // "SELECT user_id, client_id, checkpoint FROM checkpoints ORDER BY checkpoint": ORDER is at
+    // offset 55 → column 9 + 55 = 64.
+    expect(
+        "\
+bucket_definitions:
+  global:
+    data: [SELECT id FROM t]
+event_definitions:
+  write_checkpoints:
+    payloads:
+      - SELECT user_id, client_id, checkpoint FROM checkpoints ORDER BY checkpoint
+",
+        &[(Error, "ORDER BY is not supported", 7, 64)],
+    );
+}
+
+#[test]
+fn event_payloads_not_a_list() {
+    // "    payloads: SELECT ...": the value starts at column 15.
+    expect(
+        "\
+bucket_definitions:
+  global:
+    data: [SELECT id FROM t]
+event_definitions:
+  write_checkpoints:
+    payloads: SELECT user_id FROM checkpoints
+",
+        &[(Error, "Event definition payloads must be an array.", 6, 15)],
     );
 }
 
