@@ -527,9 +527,14 @@ impl<'a> SourceMap<'a> {
                     node.position
                 }
             }
-            ScalarStyle::Literal => self
-                .literal_position(node, value, char_offset)
-                .unwrap_or(node.position),
+            ScalarStyle::Literal => {
+                // The block's final line break(s) are not on a content line: an offset there
+                // (the end of the SQL, e.g. "Unexpected end of input") maps to the end of the
+                // last content line instead of falling back to the block's start.
+                let content = value.trim_end_matches(['\n', '\r']).chars().count();
+                self.literal_position(node, value, char_offset.min(content))
+                    .unwrap_or(node.position)
+            }
             ScalarStyle::Folded => node.position,
         }
     }
