@@ -774,6 +774,25 @@ bucket_definitions:
 }
 
 #[test]
+fn unexpected_end_of_a_literal_block() {
+    // The SQL ends too early: the error is right after its last character, on file line 6
+    // ("        FROM t WHERE": `F` = 9, "FROM t WHERE" is 12 characters → column 21), not at
+    // the block's start or on the next item.
+    expect(
+        "\
+bucket_definitions:
+  global:
+    data:
+      - |
+        SELECT id
+        FROM t WHERE
+      - SELECT id FROM u
+",
+        &[(Error, "SQL is invalid", 6, 21)],
+    );
+}
+
+#[test]
 fn literal_block_with_strip_chomping_and_a_blank_line() {
     // `|-` and an empty line inside the block: LIMIT is on file line 7, column 9.
     expect(
