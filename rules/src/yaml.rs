@@ -4,6 +4,10 @@
 //! SQL string can be mapped back to a line and column of the file (SYNC_RULES.md §10): plain and
 //! quoted single-line scalars and literal block scalars (`|`) map character by character; where
 //! the text was transformed (escapes, folding), positions fall back to the scalar's start.
+//!
+//! Node positions follow SYNC_RULES.md §10: where yaml-rust2's marks are elsewhere (a block
+//! mapping at its first `:`, a block scalar at its first content line, an empty value at the
+//! next token), they are moved to the node's start.
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -168,6 +172,8 @@ struct TreeBuilder {
     stack: Vec<Frame>,
     root: Option<YamlNode>,
     documents: usize,
+    /// The document text, to find where block scalars start.
+    chars: Vec<char>,
 }
 
 enum Frame {
@@ -183,7 +189,29 @@ fn position(mark: Marker) -> Position {
 }
 
 impl TreeBuilder {
-    fn push_value(&mut self, node: YamlNode) {
+    fn push_value(&mut self, mut node: YamlNode) {
+        // yaml-rust2 marks an empty (implicit null) value at the *next* token, which may be a
+        // later key lines further down. Such a value has no text of its own: report it at its
+        // key (`data:` with nothing after it) or at its `-`.
+        if matches!(&node.kind, YamlKind::Scalar { value, style: ScalarStyle::Plain } if value.is_empty()) {
+            match self.stack.last() {
+                Some(Frame::Mapping(_, items)) if items.len() % 2 == 1 => {
+                    if let Some(key) = items.last() {
+                        node.position = key.position;
+                        node.char_index = key.char_index;
+                    }
+                }
+                Some(Frame::Sequence(seq, items)) => {
+                    if let Some((char_index, position)) =
+                        block_entry(&self.chars, seq, items.len(), node.char_index)
+                    {
+                        node.position = position;
+                        node.char_index = char_index;
+                    }
+                }
+                _ => {}
+            }
+        }
         match self.stack.last_mut() {
             Some(Frame::Sequence(_, items)) | Some(Frame::Mapping(_, items)) => items.push(node),
             None => {
@@ -217,7 +245,15 @@ impl MarkedEventReceiver for TreeBuilder {
                     _ => ScalarStyle::Plain,
                 };
                 let tag = tag.map(|t| format!("{}{}", t.handle, t.suffix));
-                self.push_value(Self::shell(YamlKind::Scalar { value, style }, mark, tag));
+                let block = matches!(style, ScalarStyle::Literal | ScalarStyle::Folded);
+                let mut node = Self::shell(YamlKind::Scalar { value, style }, mark, tag);
+                // yaml-rust2 marks a block scalar at its first content line; the node starts at
+                // its `|` / `>` indicator, on the line of its key or `-`.
+                if block && let Some((char_index, position)) = block_indicator(&self.chars, mark) {
+                    node.char_index = char_index;
+                    node.position = position;
+                }
+                self.push_value(node);
             }
             Event::Alias(_) => self.push_value(Self::shell(YamlKind::Alias, mark, None)),
             Event::SequenceStart(_, tag) => {
@@ -242,6 +278,15 @@ impl MarkedEventReceiver for TreeBuilder {
             }
             Event::MappingEnd => {
                 if let Some(Frame::Mapping(mut node, items)) = self.stack.pop() {
+                    // yaml-rust2 marks a block mapping at the `:` after its first key; the
+                    // mapping starts at that key. (A flow mapping's mark, its `{`, comes before
+                    // the first key and is kept.)
+                    if let Some(first) = items.first()
+                        && first.char_index < node.char_index
+                    {
+                        node.position = first.position;
+                        node.char_index = first.char_index;
+                    }
                     let mut entries = Vec::with_capacity(items.len() / 2);
                     let mut iter = items.into_iter();
                     while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
@@ -256,17 +301,161 @@ impl MarkedEventReceiver for TreeBuilder {
     }
 }
 
+/// The `|` / `>` indicator of the block scalar whose content yaml-rust2 marked at `mark`: on the
+/// last non-blank line before the mark (or before the mark on its own line, for an empty block),
+/// the first indicator followed only by chomping/indentation indicators and an optional comment.
+fn block_indicator(chars: &[char], mark: Marker) -> Option<(usize, Position)> {
+    let mark_index = mark.index().min(chars.len());
+    let mut line = mark.line();
+    let mut start = mark_index.checked_sub(mark.col())?;
+    let mut end = mark_index;
+    loop {
+        let text = &chars[start..end];
+        let text = text.strip_suffix(&['\r']).unwrap_or(text);
+        if !text.iter().all(|c| c.is_whitespace()) {
+            let column = text.iter().enumerate().position(|(i, c)| {
+                matches!(c, '|' | '>') && {
+                    let rest = &text[i + 1..];
+                    let header = rest
+                        .iter()
+                        .take_while(|c| matches!(c, '-' | '+' | '1'..='9'))
+                        .count();
+                    let rest = &rest[header..];
+                    let blank = rest.iter().take_while(|c| matches!(c, ' ' | '\t')).count();
+                    rest.len() == blank || (blank > 0 && rest[blank] == '#')
+                }
+            })?;
+            return Some((
+                start + column,
+                Position {
+                    line,
+                    column: column + 1,
+                },
+            ));
+        }
+        // The previous line: `start - 1` is its line break.
+        end = start.checked_sub(1)?;
+        start = chars[..end].iter().rposition(|c| *c == '\n').map_or(0, |p| p + 1);
+        line = line.checked_sub(1)?;
+    }
+}
+
+/// The `-` of item `n` (0-based) of the block sequence `seq`, searched before char `end`: the
+/// `n + 1`-th `-` in the sequence's column that is followed by a blank or a line break and is
+/// not in a comment. (Deeper content is indented further, so it never has a `-` in that column.)
+fn block_entry(chars: &[char], seq: &YamlNode, n: usize, end: usize) -> Option<(usize, Position)> {
+    if chars.get(seq.char_index) != Some(&'-') {
+        return None;
+    }
+    let (mut line, mut column, mut in_comment) = (seq.position.line, seq.position.column, false);
+    let mut count = 0;
+    for i in seq.char_index..end.min(chars.len()) {
+        match chars[i] {
+            '\n' => {
+                line += 1;
+                column = 1;
+                in_comment = false;
+                continue;
+            }
+            '#' if i == 0 || matches!(chars[i - 1], ' ' | '\t' | '\n') => in_comment = true,
+            '-' if !in_comment
+                && column == seq.position.column
+                && chars.get(i + 1).is_none_or(|c| c.is_whitespace()) =>
+            {
+                count += 1;
+                if count == n + 1 {
+                    return Some((i, Position { line, column }));
+                }
+            }
+            _ => {}
+        }
+        column += 1;
+    }
+    None
+}
+
+/// A line with content (not blank, not only a comment) found walking back from a position.
+struct ContentLine {
+    /// 1-based line number.
+    line: usize,
+    /// Char index of the line start.
+    start: usize,
+    /// Char index of the first content character.
+    first: usize,
+}
+
+/// The nearest line with content at or before char `index` (on `index`'s own line only the part
+/// before `index` counts). `line` is the 1-based line of `index`. Used to position diagnostics that
+/// yaml-rust2 marks at the token *after* the node they are about.
+fn previous_content_line(chars: &[char], index: usize, line: usize) -> Option<ContentLine> {
+    let mut end = index.min(chars.len());
+    let mut line = line;
+    loop {
+        let start = chars[..end].iter().rposition(|c| *c == '\n').map_or(0, |p| p + 1);
+        let text = &chars[start..end];
+        // Cut a comment: `#` at the start or after a blank.
+        let cut = (0..text.len())
+            .find(|&i| text[i] == '#' && (i == 0 || matches!(text[i - 1], ' ' | '\t')))
+            .unwrap_or(text.len());
+        let content = &text[..cut];
+        if let Some(first) = content.iter().position(|c| !c.is_whitespace()) {
+            return Some(ContentLine {
+                line,
+                start,
+                first: start + first,
+            });
+        }
+        end = start.checked_sub(1)?;
+        line = line.checked_sub(1)?;
+    }
+}
+
+/// Where a YAML syntax error points. yaml-rust2 reports a missing `:` after a would-be key
+/// ("simple key expect ':'", "simple key expected") where it notices it, at the next token, often
+/// the next key; the offending node is the would-be key itself, the first thing on the previous
+/// line with content. Positions past the end of the text (the scanner adds a final line break)
+/// are moved to the end of the last line.
+fn syntax_error_position(chars: &[char], info: &str, mark: Marker) -> Position {
+    let index = mark.index().min(chars.len());
+    if info.starts_with("simple key expect") {
+        let line_start = chars[..index]
+            .iter()
+            .rposition(|c| *c == '\n')
+            .map_or(0, |p| p + 1);
+        let line = chars[..index].iter().filter(|c| **c == '\n').count() + 1;
+        // The mark is the first token of its line (or the forced line break at the end).
+        if (mark.col() == 0 || chars[line_start..index].iter().all(|c| c.is_whitespace()))
+            && let Some(key) = previous_content_line(chars, index, line)
+        {
+            return Position {
+                line: key.line,
+                column: key.first - key.start + 1,
+            };
+        }
+    }
+    let lines = chars.iter().filter(|c| **c == '\n').count() + 1;
+    if mark.line() > lines {
+        let last_start = chars.iter().rposition(|c| *c == '\n').map_or(0, |p| p + 1);
+        return Position {
+            line: lines,
+            column: chars.len() - last_start + 1,
+        };
+    }
+    position(mark)
+}
+
 /// Parses a YAML document into a positioned tree. An empty document gives `Ok(None)`.
 pub fn parse(text: &str) -> Result<Option<YamlNode>, YamlSyntaxError> {
     let mut builder = TreeBuilder {
         stack: Vec::new(),
         root: None,
         documents: 0,
+        chars: text.chars().collect(),
     };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, true).map_err(|e| YamlSyntaxError {
         message: format!("YAML syntax is invalid: {}", e.info()),
-        position: position(*e.marker()),
+        position: syntax_error_position(&builder.chars, e.info(), *e.marker()),
     })?;
     if builder.documents > 1 {
         return Err(YamlSyntaxError {
@@ -338,9 +527,14 @@ impl<'a> SourceMap<'a> {
                     node.position
                 }
             }
-            ScalarStyle::Literal => self
-                .literal_position(node, value, char_offset)
-                .unwrap_or(node.position),
+            ScalarStyle::Literal => {
+                // The block's final line break(s) are not on a content line: an offset there
+                // (the end of the SQL, e.g. "Unexpected end of input") maps to the end of the
+                // last content line instead of falling back to the block's start.
+                let content = value.trim_end_matches(['\n', '\r']).chars().count();
+                self.literal_position(node, value, char_offset.min(content))
+                    .unwrap_or(node.position)
+            }
             ScalarStyle::Folded => node.position,
         }
     }
@@ -456,6 +650,48 @@ mod tests {
         assert_eq!(map.scalar_position(q, from), Position { line: 4, column: 3 });
         assert_eq!(map.scalar_position(q, from + 5), Position { line: 4, column: 8 });
         assert_eq!(map.scalar_position(q, 7), Position { line: 2, column: 10 });
+    }
+
+    #[test]
+    fn block_mappings_start_at_their_first_key() {
+        // yaml-rust2 marks a block mapping at the `:` of its first key.
+        let r = root("# c\na:\n  b: 1\nf: {x: 1}\n");
+        assert_eq!(r.position, Position { line: 2, column: 1 });
+        assert_eq!(r.get("a").unwrap().1.position, Position { line: 3, column: 3 });
+        assert_eq!(r.get("f").unwrap().1.position, Position { line: 4, column: 4 });
+    }
+
+    #[test]
+    fn block_scalars_start_at_their_indicator() {
+        let text = "a: |\n\n  x\nb: >- # note | x\n  y\nc: |\nd: 1\n";
+        let r = root(text);
+        assert_eq!(r.get("a").unwrap().1.position, Position { line: 1, column: 4 });
+        assert_eq!(r.get("b").unwrap().1.position, Position { line: 4, column: 4 });
+        assert_eq!(r.get("c").unwrap().1.position, Position { line: 6, column: 4 });
+        // Offsets inside the block still map to the content lines.
+        let map = SourceMap::new(text);
+        assert_eq!(
+            map.scalar_position(r.get("a").unwrap().1, 1),
+            Position { line: 3, column: 3 }
+        );
+    }
+
+    #[test]
+    fn empty_values_sit_at_their_key_or_dash() {
+        let r = root("a:\n  # nothing\nb:\n  -\n  # c\n  -\n  - x\n");
+        assert_eq!(r.get("a").unwrap().1.position, Position { line: 1, column: 1 });
+        let items = r.get("b").unwrap().1.as_sequence().unwrap();
+        assert_eq!(items[0].position, Position { line: 4, column: 3 });
+        assert_eq!(items[1].position, Position { line: 6, column: 3 });
+    }
+
+    #[test]
+    fn missing_colon_points_at_the_would_be_key() {
+        let err = parse("a: 1\nb\n# c\n\nc: 2\n").unwrap_err();
+        assert_eq!(err.position, Position { line: 2, column: 1 });
+        // At the end of a text without a final line break (the scanner adds one).
+        let err = parse("a: 1\nbad").unwrap_err();
+        assert_eq!(err.position, Position { line: 2, column: 1 });
     }
 
     #[test]

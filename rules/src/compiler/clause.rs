@@ -81,6 +81,8 @@ pub(crate) struct MatchInput {
     pub expands: bool,
     /// Request-side value (already converted to 1/0 for boolean inputs).
     pub expr: Option<Expr>,
+    /// The condition that introduced the input, for diagnostics about it.
+    pub span: Option<Span>,
 }
 
 /// The row-side evaluation of a parameter match.
@@ -639,6 +641,7 @@ impl<'a> QueryScope<'a> {
                         key: p.key,
                         expands: false,
                         expr: p.expr,
+                        span: Some(expr.span),
                     }],
                     unbounded: false,
                     filter: MatchFilter::Equals {
@@ -681,6 +684,7 @@ impl<'a> QueryScope<'a> {
                                 key: p.key.clone(),
                                 expands: false,
                                 expr: p.expr.clone(),
+                                span: Some(ls.to(rs)),
                             }],
                             unbounded: true,
                             filter: MatchFilter::InRowArray { input: 0, row },
@@ -694,6 +698,7 @@ impl<'a> QueryScope<'a> {
                             key: format!("{}[*]", p.key),
                             expands: true,
                             expr: p.expr.clone(),
+                            span: Some(ls.to(rs)),
                         };
                         let filter = if is_overlap {
                             MatchFilter::InRowArray { input: 0, row }
@@ -1114,6 +1119,7 @@ pub(crate) fn to_match(clause: Clause) -> Option<ParamMatch> {
                     key: p.key,
                     expands: false,
                     expr,
+                    span: None,
                 }],
                 unbounded: false,
                 filter: MatchFilter::ParameterTrue { input: 0 },

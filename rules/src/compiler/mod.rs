@@ -102,6 +102,7 @@ const STREAM_KEYS: &[&str] = &[
     "accept_potentially_dangerous_queries",
     "with",
 ];
+const EVENT_KEYS: &[&str] = &["payloads"];
 /// Storage versions the reference accepts.
 const SUPPORTED_STORAGE_VERSIONS: &[i64] = &[1, 2];
 
@@ -172,6 +173,9 @@ impl<'a> Compiler<'a> {
         if let Some((_, config)) = root.get("config") {
             self.compile_config(config);
         }
+        if let Some((_, events)) = root.get("event_definitions") {
+            self.compile_event_definitions(events);
+        }
         let bucket_definitions = root.get("bucket_definitions");
         let streams = root.get("streams");
         let with = root.get("with");
@@ -203,7 +207,7 @@ impl<'a> Compiler<'a> {
             );
             return;
         }
-        if let Some((key, map)) = bucket_definitions {
+        if let Some((_, map)) = bucket_definitions {
             match map.as_mapping() {
                 Some(defs) => {
                     for (name, def) in defs {
@@ -211,7 +215,8 @@ impl<'a> Compiler<'a> {
                     }
                 }
                 None if map.is_null() => {}
-                None => self.error_at(key, "'bucket_definitions' must be an object"),
+                // A wrong value is reported at the value (§10), not at its key.
+                None => self.error_at(map, "'bucket_definitions' must be an object"),
             }
         }
         if let Some((key, map)) = streams {
@@ -232,11 +237,19 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    /// JSON-schema-style unknown-key check.
+    /// JSON-schema-style unknown-key check, plus duplicate keys: lookups use the first
+    /// occurrence, so a repeated key would otherwise be silently ignored.
     fn check_keys(&mut self, entries: &[(YamlNode, YamlNode)], allowed: &[&str]) {
-        for (key, _) in entries {
+        for (i, (key, _)) in entries.iter().enumerate() {
             match key.as_scalar() {
-                Some(k) if allowed.contains(&k) => {}
+                Some(k) if allowed.contains(&k) => {
+                    if entries[..i]
+                        .iter()
+                        .any(|(earlier, _)| earlier.as_scalar() == Some(k))
+                    {
+                        self.error_at(key, format!("Map keys must be unique: '{k}'"));
+                    }
+                }
                 Some(k) => self.error_at(key, format!("must NOT have additional properties: '{k}'")),
                 None => self.error_at(key, "must NOT have additional properties: keys must be strings"),
             }
@@ -274,12 +287,14 @@ impl<'a> Compiler<'a> {
                 None => self.error_at(value, format!("'{name}' must be boolean")),
             }
         }
-        if let Some((_, v)) = config.get("timestamp_max_precision") {
+        if let Some((key, v)) = config.get("timestamp_max_precision") {
             match v.as_scalar().and_then(TimestampPrecision::parse) {
                 Some(p) => {
                     compat.timestamp_max_precision = p;
+                    // The option that needs the other one is the offending node; `config`
+                    // itself would point at whichever option happens to come first.
                     if !compat.timestamps_iso8601 {
-                        self.error_at(config, "'timestamp_max_precision' requires 'timestamps_iso8601' to be enabled.");
+                        self.error_at(key, "'timestamp_max_precision' requires 'timestamps_iso8601' to be enabled.");
                     }
                 }
                 None => self.error_at(
@@ -289,19 +304,23 @@ impl<'a> Compiler<'a> {
             }
         }
         if compat.unstable_sqlite_expression_engine {
+            // Point at the option when it is set explicitly (as for timestamp_max_precision).
+            let at = config
+                .get("unstable_sqlite_expression_engine")
+                .map_or(config, |(k, _)| k);
             if edition < 3 {
                 self.error_at(
-                    config,
+                    at,
                     "Enabling unstable_sqlite_expression_engine requires edition: 3",
                 );
             } else if !compat.fixed_json_extract {
                 self.error_at(
-                    config,
+                    at,
                     "Enabling unstable_sqlite_expression_engine requires fixed_json_extract",
                 );
             } else {
                 self.error_at(
-                    config,
+                    at,
                     "unstable_sqlite_expression_engine is not supported by syncgate",
                 );
             }
@@ -314,6 +333,39 @@ impl<'a> Compiler<'a> {
             }
         }
         self.compat = compat;
+    }
+
+    /// `event_definitions`: validated only (events are not part of bucket sync). They used to be
+    /// accepted unchecked, so a broken payload query went unnoticed.
+    fn compile_event_definitions(&mut self, events: &YamlNode) {
+        let Some(entries) = events.as_mapping() else {
+            if !events.is_null() {
+                self.error_at(events, "'event_definitions' must be an object");
+            }
+            return;
+        };
+        for (name, def) in entries {
+            let Some(def_entries) = def.as_mapping() else {
+                self.error_at(def, "Event definitions must be objects.");
+                continue;
+            };
+            self.check_keys(def_entries, EVENT_KEYS);
+            let payloads = match def.get("payloads") {
+                Some((_, p)) => p.as_sequence().or_else(|| {
+                    self.error_at(p, "Event definition payloads must be an array.");
+                    None
+                }),
+                None => {
+                    self.error_at(name, "Event definition payloads must be an array.");
+                    None
+                }
+            };
+            for item in payloads.unwrap_or_default() {
+                if let Some(source) = self.sql_scalar(item, "Payload queries for events must be scalar.") {
+                    self.compile_event_query(&source);
+                }
+            }
+        }
     }
 
     /// A definition name must be unique across bucket definitions and streams.

@@ -63,6 +63,21 @@ fn ordered(outputs: &[(Arc<str>, Expr)], names: &[Arc<str>]) -> Vec<Expr> {
         .collect()
 }
 
+/// Where "Must SELECT from a single table" points: the first JOIN or the second item of a comma
+/// join, i.e. the table that is one too many (the first table is fine on its own); a FROM
+/// subquery or a missing FROM points at the first item or the SELECT.
+fn extra_table_span(select: &Select) -> ast::Span {
+    match select.from.as_slice() {
+        [] => select.span,
+        [first, rest @ ..] => first
+            .joins
+            .first()
+            .map(|j| j.span)
+            .or_else(|| rest.first().map(|f| f.source.span()))
+            .unwrap_or_else(|| first.source.span()),
+    }
+}
+
 /// The output name of a SELECT item: its alias or column name.
 fn output_name(item: &SelectItem) -> Result<Arc<str>, (&'static str, ast::Span)> {
     match item {
@@ -79,7 +94,7 @@ fn output_name(item: &SelectItem) -> Result<Arc<str>, (&'static str, ast::Span)>
 
 impl Compiler<'_> {
     /// Parses an SQL string that must be exactly one SELECT.
-    fn parse_select(&mut self, source: &SqlSource<'_>) -> Option<Select> {
+    pub(crate) fn parse_select(&mut self, source: &SqlSource<'_>) -> Option<Select> {
         let statements = match parse_statements(source.sql) {
             Ok(s) => s,
             Err(e) => {
@@ -161,8 +176,7 @@ impl Compiler<'_> {
             _ => None,
         };
         let Some((qualifiers, name, alias, span)) = single else {
-            let span = select.from.first().map_or(select.span, |f| f.source.span());
-            let position = self.sql_position(source, Some(span));
+            let position = self.sql_position(source, Some(extra_table_span(select)));
             self.report(Severity::Error, "Must SELECT from a single table", position);
             return None;
         };
@@ -275,6 +289,40 @@ impl Compiler<'_> {
         });
     }
 
+    /// An `event_definitions` payload query: one SELECT from one table with valid output
+    /// columns (like a data query, without bucket parameters or the `id` requirement). Only
+    /// checked: events are not part of bucket sync.
+    pub(crate) fn compile_event_query(&mut self, source: &SqlSource<'_>) {
+        let Some(select) = self.parse_select(source) else {
+            return;
+        };
+        self.check_unsupported_clauses(source, &select);
+        let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
+            return;
+        };
+        let known_columns = self.schema_columns(source, &pattern, table_span);
+        let mut scope = QueryScope::new(source.sql, self.compat);
+        scope.value_table = Some(ValueTable {
+            sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
+            known_columns,
+        });
+        for item in &select.columns {
+            let SelectItem::Expr { expr, .. } = item else {
+                continue;
+            };
+            match output_name(item) {
+                Ok(_) => {
+                    scope.compile_row_value(expr);
+                }
+                Err((message, span)) => {
+                    scope.error(message, Some(span));
+                }
+            }
+        }
+        let diagnostics = std::mem::take(&mut scope.diagnostics);
+        self.report_sql(source, diagnostics);
+    }
+
     /// The SELECT list of a data query or stream: output columns, and the `id` check.
     /// `None` after an error that aborts the query.
     pub(crate) fn output_columns(
@@ -359,7 +407,7 @@ impl Compiler<'_> {
         }
         self.check_unsupported_clauses(source, &select);
         if select.from.len() != 1 || !select.from[0].joins.is_empty() {
-            let position = self.sql_position(source, Some(select.from[0].source.span()));
+            let position = self.sql_position(source, Some(extra_table_span(&select)));
             self.report(Severity::Error, "Must SELECT from a single table", position);
             return None;
         }
@@ -473,7 +521,8 @@ impl Compiler<'_> {
             }
             if name.as_ref() == "_priority" {
                 if priority.is_some() || options.priority.is_some() {
-                    scope.error("Cannot set priority multiple times.", None);
+                    // At the `_priority` column that sets it again, not at the whole query.
+                    scope.error("Cannot set priority multiple times.", Some(expr.span));
                     continue;
                 }
                 *priority = self.extract_priority(scope, expr);
@@ -612,8 +661,10 @@ impl Compiler<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        if expanded.len() > 1 {
-            scope.error("Cannot have multiple array input parameters", None);
+        if let Some(&second) = expanded.get(1) {
+            // At the second expanding IN, the one that is too many.
+            let span = filter.as_ref().and_then(|f| f.inputs[second].span);
+            scope.error("Cannot have multiple array input parameters", span);
         }
         let match_usage = filter.as_ref().map(|f| f.usage).unwrap_or_default();
         let dangerous = (match_usage.unauthenticated || output_usage.unauthenticated)

@@ -15,7 +15,6 @@ use super::{Compiler, SqlSource};
 use crate::diagnostic::Severity;
 use crate::expr::Expr;
 use crate::sql::ast::{self, BinaryOp, ExprKind, InRhs, Select, SelectItem, UnaryOp};
-use crate::sql::parse_statements;
 use crate::sync_rules::{DataQuery, Definition, DefinitionKind, LookupQuery, StreamParameter, StreamVariant};
 use crate::yaml::{Position, YamlNode};
 
@@ -128,46 +127,36 @@ impl Compiler<'_> {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (key, value) in entries {
+        for (i, (key, value)) in entries.iter().enumerate() {
             let Some(name) = key.as_scalar() else { continue };
+            // A repeated name would silently lose to the first one.
+            if entries[..i].iter().any(|(k, _)| k.as_scalar() == Some(name)) {
+                self.error_at(key, format!("Map keys must be unique: '{name}'"));
+                continue;
+            }
             let Some(source) = self.sql_scalar(value, "Must be a string.") else {
                 continue;
             };
-            let select = match parse_statements(source.sql) {
-                Ok(mut statements) if statements.len() == 1 => match statements.remove(0) {
-                    ast::Statement::Select(s) => *s,
-                    ast::Statement::Other { .. } => {
-                        self.error_at(value, "Only SELECT statements are supported");
-                        continue;
-                    }
-                },
-                Ok(_) => {
-                    self.error_at(value, "Only a single SELECT statement is supported");
-                    continue;
-                }
-                Err(e) => {
-                    let position = self.sql_position(&source, Some(e.span));
-                    self.report(
-                        Severity::Error,
-                        format!("SQL is invalid: {}", e.message),
-                        position,
-                    );
-                    continue;
-                }
+            // SQL errors point at the offending token, as in every other query (§10).
+            let Some(select) = self.parse_stream_select(&source) else {
+                continue;
             };
-            if select
-                .columns
-                .iter()
-                .any(|c| matches!(c, SelectItem::Star { .. }))
-            {
-                self.error_at(
-                    value,
+            if let Some(span) = star_span(&select) {
+                let position = self.sql_position(&source, Some(span));
+                self.report(
+                    Severity::Error,
                     "* columns are not allowed in subqueries or common table expressions",
+                    position,
                 );
                 continue;
             }
             if select.columns.len() != 1 {
-                self.error_at(value, "Common-table expression must return a single column");
+                let position = self.sql_position(&source, Some(select.span));
+                self.report(
+                    Severity::Error,
+                    "Common-table expression must return a single column",
+                    position,
+                );
                 continue;
             }
             out.push(Cte {
@@ -295,42 +284,9 @@ impl Compiler<'_> {
         used_ctes
     }
 
+    /// One SELECT statement; shares the checks (and positions) of bucket-definition queries.
     fn parse_stream_select(&mut self, source: &SqlSource<'_>) -> Option<Select> {
-        match parse_statements(source.sql) {
-            Ok(statements) => {
-                let mut iter = statements.into_iter();
-                match (iter.next(), iter.next()) {
-                    (Some(ast::Statement::Select(s)), None) => Some(*s),
-                    (Some(_), Some(second)) => {
-                        let span = match second {
-                            ast::Statement::Select(s) => s.span,
-                            ast::Statement::Other { span, .. } => span,
-                        };
-                        let position = self.sql_position(source, Some(span));
-                        self.report(
-                            Severity::Error,
-                            "Only a single SELECT statement is supported",
-                            position,
-                        );
-                        None
-                    }
-                    _ => {
-                        let position = source.node.position;
-                        self.report(Severity::Error, "Only SELECT statements are supported", position);
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                let position = self.sql_position(source, Some(e.span));
-                self.report(
-                    Severity::Error,
-                    format!("SQL is invalid: {}", e.message),
-                    position,
-                );
-                None
-            }
-        }
+        self.parse_select(source)
     }
 
     fn stream_scope<'s>(&self, sql: &'s str) -> QueryScope<'s> {
@@ -498,11 +454,17 @@ impl Compiler<'_> {
         definition: usize,
         outer: &mut QueryScope<'_>,
     ) -> Option<usize> {
-        if select.columns.len() != 1 || matches!(select.columns[0], SelectItem::Star { .. }) {
+        // `*` is reported at the star; two columns are not a `*` problem (the message used to say
+        // so) but a column count one.
+        if let Some(span) = star_span(select) {
             outer.error(
                 "* columns are not allowed in subqueries or common table expressions",
-                Some(select.span),
+                Some(span),
             );
+            return None;
+        }
+        if select.columns.len() != 1 {
+            outer.error("This subquery must return exactly one column", Some(select.span));
             return None;
         }
         self.check_unsupported_clauses(source, select);
@@ -529,8 +491,12 @@ impl Compiler<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        if expanded.len() > 1 {
-            scope.error("Cannot have multiple array input parameters", Some(select.span));
+        if let Some(&second) = expanded.get(1) {
+            let span = filter.as_ref().and_then(|f| f.inputs[second].span);
+            scope.error(
+                "Cannot have multiple array input parameters",
+                span.or(Some(select.span)),
+            );
         }
         let diagnostics = std::mem::take(&mut scope.diagnostics);
         let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
@@ -553,6 +519,14 @@ impl Compiler<'_> {
         });
         Some(self.lookup_queries.len() - 1)
     }
+}
+
+/// The first `*` / `t.*` of a SELECT list.
+fn star_span(select: &Select) -> Option<ast::Span> {
+    select.columns.iter().find_map(|c| match c {
+        SelectItem::Star { span, .. } => Some(*span),
+        SelectItem::Expr { .. } => None,
+    })
 }
 
 enum SubquerySource<'s> {
