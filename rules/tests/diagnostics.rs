@@ -565,6 +565,8 @@ bucket_definitions:
 fn duplicate_name_across_buckets_and_streams() {
     expect(
         "\
+config:
+  edition: 2
 bucket_definitions:
   todos:
     data: [SELECT id FROM todos]
@@ -573,8 +575,8 @@ streams:
     query: SELECT * FROM todos
 ",
         &[
-            (Warning, ALPHA, 4, 1),
-            (Error, "Duplicate stream or bucket definition.", 5, 3),
+            (Warning, ALPHA, 6, 1),
+            (Error, "Duplicate stream or bucket definition.", 7, 3),
         ],
     );
 }
@@ -648,11 +650,33 @@ bucket_definitions:
 fn alpha_stream_without_query() {
     expect(
         "\
+config:
+  edition: 2
 streams:
   s:
     auto_subscribe: true
 ",
-        &[(Warning, ALPHA, 1, 1), (Error, "Must be a string.", 2, 3)],
+        &[(Warning, ALPHA, 3, 1), (Error, "Must be a string.", 4, 3)],
+    );
+}
+
+#[test]
+fn streams_in_edition_1() {
+    expect(
+        "\
+bucket_definitions:
+  global:
+    data: [SELECT id FROM t]
+streams:
+  s:
+    query: SELECT * FROM t
+",
+        &[(
+            Error,
+            "Sync streams require edition 2 or later. Add `config: {edition: 2}` (or 3) to the rules file.",
+            4,
+            1,
+        )],
     );
 }
 
