@@ -213,7 +213,7 @@ pub fn run_case(case: &Case) -> Result<(), String> {
             let mut evaluation = crate::RowEvaluation::default();
             rules.evaluate_row(&plan, &values, &mut evaluation);
             for r in evaluation.rows() {
-                let data: Map<String, Value> = match serde_json::from_str(&r.data) {
+                let data: Map<String, Value> = match serde_json::from_str(r.data) {
                     Ok(Value::Object(m)) => m,
                     _ => {
                         problems.push(format!("row data is not a JSON object: {}", r.data));

@@ -193,7 +193,7 @@ pub struct PlacedRow<'a> {
 }
 
 impl PlacedRow<'_> {
-    pub fn to_owned(&self) -> EvaluatedRow {
+    pub fn to_evaluated_row(self) -> EvaluatedRow {
         EvaluatedRow {
             bucket: BucketName::new(self.bucket),
             table: Arc::from(self.table),
