@@ -11,11 +11,11 @@ use smallvec::SmallVec;
 use syncgate_protocol::{BucketName, BucketPriority};
 
 use crate::compat::Compatibility;
-use crate::compiler::clause::{MatchFilter, MatchInput, ParamSet};
+use crate::compiler::clause::{FilterPart, MatchFilter, MatchInput, ParamSet, distinct_array_elements};
 use crate::diagnostic::Diagnostic;
 use crate::error::EvalError;
 use crate::expr::{EvalContext, Expr, SlotBinding};
-use crate::functions;
+use crate::functions::{self, JsonScalar};
 use crate::request::{ConnectionRequest, SubscriptionParameters};
 use crate::table::{SourceTable, TablePattern};
 use crate::value::{SqliteValue, write_json_string};
@@ -327,6 +327,8 @@ struct BoundQuery {
     bucket_id_start: Box<str>,
     /// Data queries without bucket parameters: their one bucket id, built once.
     constant_bucket: Option<BucketName>,
+    /// Data queries whose filter is a flat conjunction with at most one bucket parameter.
+    conjunction: Option<Vec<FilterPart>>,
 }
 
 /// One key of a data query's output object for one table, resolved at plan time: the key
@@ -425,6 +427,11 @@ impl SyncRules {
                         constant_bucket: q.parameter_inputs.is_empty().then(|| {
                             bucket_id_from(&self.bucket_id_start(&q.bucket_prefix), std::iter::empty())
                         }),
+                        conjunction: match q.parameter_inputs.as_slice() {
+                            [] => q.filter.conjunction(None),
+                            [Some(input)] => q.filter.conjunction(Some(*input)),
+                            _ => None,
+                        },
                         slots,
                         output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
                     }
@@ -442,6 +449,7 @@ impl SyncRules {
                 layout: Vec::new(),
                 bucket_id_start: Box::from(""),
                 constant_bucket: None,
+                conjunction: None,
             })
             .collect();
         TablePlan {
@@ -475,53 +483,166 @@ impl SyncRules {
                 compat: Some(&self.compat),
                 ..EvalContext::default()
             };
-            let result = query.filter.evaluate(&ctx).and_then(|sets| {
-                if sets.is_empty() {
-                    return Ok(None);
-                }
-                let (id, data) = transform_row(
-                    query,
-                    &bound.layout,
-                    &ctx,
-                    values,
-                    &mut out.text,
-                    &mut out.column_json,
-                )?;
-                Ok(Some((sets, id, data)))
-            });
-            match result {
-                Ok(None) => {}
-                Ok(Some((sets, id, data))) => {
-                    let output = out.outputs.len();
-                    out.outputs.push(QueryOutput {
-                        table: Arc::clone(&bound.output_table),
-                        id,
-                        data,
-                    });
-                    for set in sets {
-                        let start = out.text.len();
-                        match &bound.constant_bucket {
-                            Some(bucket) => out.text.push_str(bucket.as_str()),
-                            None => {
-                                let params = query
-                                    .parameter_inputs
-                                    .iter()
-                                    .map(|input| param_value(&set, *input));
-                                write_bucket_id(&bound.bucket_id_start, params, &mut out.text);
-                            }
-                        }
-                        out.placements.push(Placement {
-                            output,
-                            bucket: start..out.text.len(),
-                        });
-                    }
-                }
-                Err(e) => out.errors.push(RowError {
+            let placed = match &bound.conjunction {
+                Some(parts) => self.place_conjunction(bound, query, parts, &ctx, values, out),
+                None => self.place_general(bound, query, &ctx, values, out),
+            };
+            if let Err(e) = placed {
+                out.errors.push(RowError {
                     definition: Arc::clone(&self.definitions[query.definition].name),
                     message: e.message,
-                }),
+                });
             }
         }
+    }
+
+    /// Fast path: conditions and at most one parameter, evaluated in order without parameter sets.
+    fn place_conjunction(
+        &self,
+        bound: &BoundQuery,
+        query: &DataQuery,
+        parts: &[FilterPart],
+        ctx: &EvalContext<'_>,
+        values: &[SqliteValue],
+        out: &mut RowEvaluation,
+    ) -> Result<(), EvalError> {
+        let mut param: Option<Cow<'_, SqliteValue>> = None;
+        let mut array: Option<Cow<'_, SqliteValue>> = None;
+        for part in parts {
+            match part {
+                FilterPart::Condition(e) => {
+                    if !e.eval_ref(ctx)?.is_truthy() {
+                        return Ok(());
+                    }
+                }
+                FilterPart::Equals(e) => {
+                    let v = e.eval_ref(ctx)?;
+                    // NULL never equals anything, and blobs cannot be bucket parameters.
+                    if matches!(&*v, SqliteValue::Null | SqliteValue::Blob(_)) {
+                        return Ok(());
+                    }
+                    param = Some(v);
+                }
+                FilterPart::InRowArray(e) => {
+                    let v = e.eval_ref(ctx)?;
+                    if v.is_null() {
+                        return Ok(());
+                    }
+                    array = Some(v);
+                }
+            }
+        }
+        // `bucket.x IN row_array`: one placement per distinct element. Flat arrays of scalars
+        // (the usual case) are read in place; anything else goes through the JSON parser.
+        let mut scalars: SmallVec<[JsonScalar<'_>; 8]> = SmallVec::new();
+        let mut elements: Vec<SqliteValue> = Vec::new();
+        if let Some(array) = &array {
+            match array.as_text().and_then(functions::flat_array_scalars) {
+                Some(all) => {
+                    for e in all {
+                        if !scalars.iter().any(|d| scalar_key_eq(d, &e)) {
+                            scalars.push(e);
+                        }
+                    }
+                }
+                None => elements = distinct_array_elements(array)?,
+            }
+            if scalars.is_empty() && elements.is_empty() {
+                return Ok(());
+            }
+        }
+        let (id, data) = transform_row(
+            query,
+            &bound.layout,
+            ctx,
+            values,
+            &mut out.text,
+            &mut out.column_json,
+        )?;
+        let output = out.outputs.len();
+        out.outputs.push(QueryOutput {
+            table: Arc::clone(&bound.output_table),
+            id,
+            data,
+        });
+        let text = &mut out.text;
+        let mut place = |write: &dyn Fn(&mut String)| {
+            let start = text.len();
+            match &bound.constant_bucket {
+                Some(bucket) => text.push_str(bucket.as_str()),
+                None => {
+                    text.push_str(&bound.bucket_id_start);
+                    write(text);
+                    text.push(']');
+                }
+            }
+            out.placements.push(Placement {
+                output,
+                bucket: start..text.len(),
+            });
+        };
+        if array.is_some() {
+            for e in &scalars {
+                place(&|t: &mut String| write_scalar_param(e, t));
+            }
+            for e in &elements {
+                place(&|t: &mut String| e.write_bucket_param(t));
+            }
+        } else {
+            place(&|t: &mut String| {
+                if let Some(p) = &param {
+                    p.write_bucket_param(t);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Any filter: the parameter sets that make it true, one placement each.
+    fn place_general(
+        &self,
+        bound: &BoundQuery,
+        query: &DataQuery,
+        ctx: &EvalContext<'_>,
+        values: &[SqliteValue],
+        out: &mut RowEvaluation,
+    ) -> Result<(), EvalError> {
+        let sets = query.filter.evaluate(ctx)?;
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let (id, data) = transform_row(
+            query,
+            &bound.layout,
+            ctx,
+            values,
+            &mut out.text,
+            &mut out.column_json,
+        )?;
+        let output = out.outputs.len();
+        out.outputs.push(QueryOutput {
+            table: Arc::clone(&bound.output_table),
+            id,
+            data,
+        });
+        for set in sets {
+            let start = out.text.len();
+            match &bound.constant_bucket {
+                Some(bucket) => out.text.push_str(bucket.as_str()),
+                None => {
+                    let params = query
+                        .parameter_inputs
+                        .iter()
+                        .map(|input| param_value(&set, *input));
+                    write_bucket_id(&bound.bucket_id_start, params, &mut out.text);
+                }
+            }
+            out.placements.push(Placement {
+                output,
+                bucket: start..out.text.len(),
+            });
+        }
+        Ok(())
     }
 
     /// Index entries for one row of a parameter table.
@@ -923,6 +1044,22 @@ impl Unit {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Whether two array elements are the same bucket parameter (numbers by value).
+fn scalar_key_eq(a: &JsonScalar<'_>, b: &JsonScalar<'_>) -> bool {
+    match (a, b) {
+        (JsonScalar::Text(x), JsonScalar::Text(y)) => x == y,
+        (JsonScalar::Text(_), _) | (_, JsonScalar::Text(_)) => false,
+        _ => a.to_value().key_eq(&b.to_value()),
+    }
+}
+
+fn write_scalar_param(e: &JsonScalar<'_>, out: &mut String) {
+    match e {
+        JsonScalar::Text(s) => write_json_string(s, out),
+        other => other.to_value().write_bucket_param(out),
     }
 }
 

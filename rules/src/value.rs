@@ -135,7 +135,7 @@ impl SqliteValue {
         match self {
             SqliteValue::Null => {}
             SqliteValue::Integer(i) => out.push_str(itoa::Buffer::new().format(*i)),
-            SqliteValue::Real(f) => out.push_str(ryu_js::Buffer::new().format(*f)),
+            SqliteValue::Real(f) => write_js_number(*f, out),
             SqliteValue::Text(s) => out.push_str(s),
             SqliteValue::Blob(b) => out.push_str(&String::from_utf8_lossy(b)),
         }
@@ -167,7 +167,7 @@ impl SqliteValue {
         match self {
             SqliteValue::Null | SqliteValue::Blob(_) => out.push_str("null"),
             SqliteValue::Integer(i) => out.push_str(itoa::Buffer::new().format(*i)),
-            SqliteValue::Real(f) if f.is_finite() => out.push_str(&js_number_to_string(*f)),
+            SqliteValue::Real(f) if f.is_finite() => write_js_number(*f, out),
             SqliteValue::Real(_) => out.push_str("null"),
             SqliteValue::Text(s) => write_json_string(s, out),
         }
@@ -290,8 +290,67 @@ fn json_number_to_value(n: &serde_json::Number) -> SqliteValue {
 /// JavaScript `Number#toString` for a double: shortest round-trip digits, exponent form from
 /// 1e21 up and below 1e-6, `NaN`, `Infinity`, `-Infinity`, and `0` for negative zero.
 pub fn js_number_to_string(f: f64) -> String {
-    let mut buf = ryu_js::Buffer::new();
-    buf.format(f).to_string()
+    let mut s = String::new();
+    write_js_number(f, &mut s);
+    s
+}
+
+/// Appends JavaScript `Number#toString` of `f`.
+pub fn write_js_number(f: f64, out: &mut String) {
+    if write_short_decimal(f, out).is_none() {
+        out.push_str(ryu_js::Buffer::new().format(f));
+    }
+}
+
+/// Fast path of `Number#toString` for the common reals: |f| < 2^31 with at most six decimals
+/// (prices, scores, coordinates rounded by the app). Returns whether a fraction was written,
+/// or `None` (nothing written) for other values, which need the general shortest-digits search.
+///
+/// Why this is exact: below 2^31 the spacing of doubles is under 2.4e-7, so within one double's
+/// rounding interval there is at most one multiple of 10^-k for k ≤ 6. Trying k = 0, 1, … and
+/// taking the first `n = round(f·10^k)` whose quotient `n / 10^k` (correctly rounded, as parsing
+/// "n·10^-k" is) gives back `f` therefore yields the fewest digits that round-trip, which is
+/// what JavaScript prints (no exponent form is used in this range from 1e-6 up).
+fn write_short_decimal(f: f64, out: &mut String) -> Option<bool> {
+    const POWERS: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
+    if f == 0.0 {
+        out.push('0');
+        return Some(false);
+    }
+    let magnitude = f.abs();
+    if !(1e-6..2_147_483_648.0).contains(&magnitude) {
+        return None;
+    }
+    for (k, scale) in POWERS.iter().enumerate() {
+        let n = (f * scale).round();
+        if n / scale != f {
+            continue;
+        }
+        // |n| < 2^31 · 10^6 < 2^53: exact as an integer.
+        #[allow(clippy::cast_possible_truncation)]
+        let n = n as i64;
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n.unsigned_abs());
+        if n < 0 {
+            out.push('-');
+        }
+        if k == 0 {
+            out.push_str(digits);
+            return Some(false);
+        }
+        if digits.len() <= k {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', k - digits.len()));
+            out.push_str(digits);
+        } else {
+            let (int, frac) = digits.split_at(digits.len() - k);
+            out.push_str(int);
+            out.push('.');
+            out.push_str(frac);
+        }
+        return Some(true);
+    }
+    None
 }
 
 /// Synced-JSON form of a REAL: JS digits, `.0` appended when they are all digits.
@@ -300,35 +359,36 @@ fn write_json_real(f: f64, out: &mut String) -> bool {
         out.push_str("null");
         return false;
     }
-    let mut buf = ryu_js::Buffer::new();
-    let s = buf.format_finite(f);
-    out.push_str(s);
-    if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-        out.push_str(".0");
+    match write_short_decimal(f, out) {
+        Some(true) => {}
+        Some(false) => out.push_str(".0"),
+        None => {
+            let mut buf = ryu_js::Buffer::new();
+            let s = buf.format_finite(f);
+            out.push_str(s);
+            if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                out.push_str(".0");
+            }
+        }
     }
     true
 }
 
 /// JSON string escaping as JavaScript's `JSON.stringify` writes it.
 pub fn write_json_string(s: &str, out: &mut String) {
-    out.reserve(s.len() + 2);
+    if !needs_escape(s.as_bytes()) {
+        // The common case: one bulk copy.
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    out.reserve(s.len() + 8);
     out.push('"');
-    let bytes = s.as_bytes();
     let mut start = 0;
-    // Most synced strings need no escaping: skip clean 8-byte words, then scan with a table,
-    // copying clean runs in bulk.
-    let mut i = 0;
-    while i < bytes.len() {
-        if i + 8 <= bytes.len() {
-            let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
-            if !word_needs_escape(word) {
-                i += 8;
-                continue;
-            }
-        }
-        let b = bytes[i];
+    for (i, &b) in s.as_bytes().iter().enumerate() {
         if !NEEDS_ESCAPE[usize::from(b)] {
-            i += 1;
             continue;
         }
         out.push_str(&s[start..i]);
@@ -344,11 +404,28 @@ pub fn write_json_string(s: &str, out: &mut String) {
                 let _ = write!(out, "\\u{b:04x}");
             }
         }
-        i += 1;
-        start = i;
+        start = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Whether any byte needs escaping, checked a word at a time (SWAR).
+fn needs_escape(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if word_needs_escape(u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"))) {
+            return true;
+        }
+    }
+    let rest = chunks.remainder();
+    if rest.is_empty() {
+        return false;
+    }
+    // Pad the tail with spaces, which never need escaping.
+    let mut word = [b' '; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    word_needs_escape(u64::from_le_bytes(word))
 }
 
 /// Whether any byte of the word is a control character, `"` or `\\` (SWAR: no per-byte branches).
@@ -470,6 +547,34 @@ mod tests {
             "9223372036854775807"
         );
         assert_eq!(json(&SqliteValue::Null), "null");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn short_decimals_print_like_ryu_js(f in proptest::num::f64::ANY, n in -2_200_000_000_000i64..2_200_000_000_000, k in 0u32..8) {
+            #[allow(clippy::cast_precision_loss)]
+            let decimal = n as f64 / 10f64.powi(i32::try_from(k).unwrap());
+            for value in [f, decimal, decimal * 3.0, -decimal] {
+                let expected = ryu_js::Buffer::new().format(value).to_string();
+                proptest::prop_assert_eq!(js_number_to_string(value), expected.clone(), "{:?}", value);
+                if value.is_finite() {
+                    let mut json = String::new();
+                    write_json_real(value, &mut json);
+                    let whole = expected.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+                    let expected_json = if whole { format!("{expected}.0") } else { expected };
+                    // Negative zero is written as 0.0.
+                    let expected_json = if value == 0.0 { "0.0".to_string() } else { expected_json };
+                    proptest::prop_assert_eq!(json, expected_json);
+                }
+            }
+        }
+
+        #[test]
+        fn json_string_escaping_matches_serde_json(text in "\\PC*|[\\x00-\\x7f]{0,40}") {
+            let mut ours = String::new();
+            write_json_string(&text, &mut ours);
+            proptest::prop_assert_eq!(ours, serde_json::to_string(&text).unwrap());
+        }
     }
 
     #[test]

@@ -122,7 +122,61 @@ pub(crate) type ParamSet = SmallVec<[(usize, SqliteValue); 4]>;
 /// All sets that make a match true for one row (usually zero or one).
 pub(crate) type ParamSets = SmallVec<[ParamSet; 1]>;
 
+/// The distinct elements of a JSON array value, compared as bucket parameters are.
+pub(crate) fn distinct_array_elements(array: &SqliteValue) -> Result<Vec<SqliteValue>, EvalError> {
+    let mut distinct: Vec<SqliteValue> = Vec::new();
+    for e in functions::json_array_elements(array)? {
+        if !distinct.iter().any(|d| d.key_eq(&e)) {
+            distinct.push(e);
+        }
+    }
+    Ok(distinct)
+}
+
+/// One part of a conjunctive filter (see [`MatchFilter::conjunction`]).
+#[derive(Debug, Clone)]
+pub(crate) enum FilterPart {
+    Condition(Expr),
+    /// `row_value = <the parameter>`.
+    Equals(Expr),
+    /// `<the parameter> IN row_array`.
+    InRowArray(Expr),
+}
+
 impl MatchFilter {
+    /// The filter as a flat AND of row conditions and at most one parameter match on `input`,
+    /// in evaluation order; `None` for any other shape (OR, several parameters, boolean inputs).
+    /// Most data queries have this shape, and it evaluates without building parameter sets.
+    pub(crate) fn conjunction(&self, input: Option<usize>) -> Option<Vec<FilterPart>> {
+        let mut parts = Vec::new();
+        let mut params = 0;
+        fn collect(
+            f: &MatchFilter,
+            input: Option<usize>,
+            parts: &mut Vec<FilterPart>,
+            params: &mut usize,
+        ) -> bool {
+            match f {
+                MatchFilter::Condition(e) => parts.push(FilterPart::Condition(e.clone())),
+                MatchFilter::Equals { input: i, row } if Some(*i) == input => {
+                    *params += 1;
+                    parts.push(FilterPart::Equals(row.clone()));
+                }
+                MatchFilter::InRowArray { input: i, row } if Some(*i) == input => {
+                    *params += 1;
+                    parts.push(FilterPart::InRowArray(row.clone()));
+                }
+                MatchFilter::And(a, b) => {
+                    return collect(a, input, parts, params) && collect(b, input, parts, params);
+                }
+                _ => return false,
+            }
+            true
+        }
+        (collect(self, input, &mut parts, &mut params) && params == usize::from(input.is_some()))
+            .then_some(parts)
+    }
+
     pub(crate) fn evaluate(&self, ctx: &EvalContext<'_>) -> Result<ParamSets, EvalError> {
         Ok(match self {
             MatchFilter::Condition(e) => {
@@ -151,13 +205,7 @@ impl MatchFilter {
                 // branches may legitimately place a row twice, `["a","a"]` places it once.
                 // (The reference 0.38.1 places it once per element, duplicates included; the
                 // spec's rule is followed here, see SYNC_RULES.md §3.)
-                let mut distinct: Vec<SqliteValue> = Vec::new();
-                for e in functions::json_array_elements(&v)? {
-                    if !distinct.iter().any(|d| d.key_eq(&e)) {
-                        distinct.push(e);
-                    }
-                }
-                distinct
+                distinct_array_elements(&v)?
                     .into_iter()
                     .map(|e| smallvec::smallvec![(*input, e)])
                     .collect()

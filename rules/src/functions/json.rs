@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::{arg, bool_value, int_from_usize};
+use smallvec::SmallVec;
+
 use crate::compat::Compatibility;
 use crate::error::EvalError;
 use crate::value::{SqliteValue, write_json_string};
@@ -706,6 +708,40 @@ pub fn json_array_elements(array: &SqliteValue) -> Result<Vec<SqliteValue>, Eval
 /// booleans and nulls, converted without building a document tree. `None` for anything else
 /// (nesting, escapes, invalid JSON), which the full parser then handles.
 fn flat_array_elements(text: &str) -> Option<Vec<SqliteValue>> {
+    Some(
+        flat_array_scalars(text)?
+            .iter()
+            .map(JsonScalar::to_value)
+            .collect(),
+    )
+}
+
+/// An element of a flat JSON array, borrowed from the document text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum JsonScalar<'a> {
+    /// A string without escape sequences.
+    Text(&'a str),
+    /// A valid JSON number token, as written.
+    Number(&'a str),
+    Bool(bool),
+    Null,
+}
+
+impl JsonScalar<'_> {
+    /// The element as a value, with the JSON → SQLite conversion of [`json_array_elements`].
+    pub fn to_value(&self) -> SqliteValue {
+        match self {
+            JsonScalar::Text(s) => SqliteValue::Text(Arc::from(*s)),
+            JsonScalar::Number(n) => number_value(n),
+            JsonScalar::Bool(b) => bool_value(*b),
+            JsonScalar::Null => SqliteValue::Null,
+        }
+    }
+}
+
+/// The elements of a flat array of scalars (no nesting, no escaped strings), borrowed from
+/// `text`; `None` for anything else. Lets hot paths read array columns without allocating.
+pub fn flat_array_scalars(text: &str) -> Option<SmallVec<[JsonScalar<'_>; 8]>> {
     let b = text.as_bytes();
     let skip_ws = |mut i: usize| {
         while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
@@ -718,7 +754,7 @@ fn flat_array_elements(text: &str) -> Option<Vec<SqliteValue>> {
         return None;
     }
     i = skip_ws(i + 1);
-    let mut out = Vec::new();
+    let mut out = SmallVec::new();
     if b.get(i) == Some(&b']') {
         return (skip_ws(i + 1) == b.len()).then_some(out);
     }
@@ -732,7 +768,7 @@ fn flat_array_elements(text: &str) -> Option<Vec<SqliteValue>> {
                 if b[start + len] != b'"' {
                     return None;
                 }
-                out.push(SqliteValue::Text(Arc::from(&text[start..start + len])));
+                out.push(JsonScalar::Text(&text[start..start + len]));
                 i = start + len + 1;
             }
             b'-' | b'0'..=b'9' => {
@@ -744,18 +780,18 @@ fn flat_array_elements(text: &str) -> Option<Vec<SqliteValue>> {
                 if !is_valid_number(token) {
                     return None;
                 }
-                out.push(number_value(token));
+                out.push(JsonScalar::Number(token));
             }
             b't' if text[i..].starts_with("true") => {
-                out.push(bool_value(true));
+                out.push(JsonScalar::Bool(true));
                 i += 4;
             }
             b'f' if text[i..].starts_with("false") => {
-                out.push(bool_value(false));
+                out.push(JsonScalar::Bool(false));
                 i += 5;
             }
             b'n' if text[i..].starts_with("null") => {
-                out.push(SqliteValue::Null);
+                out.push(JsonScalar::Null);
                 i += 4;
             }
             _ => return None,

@@ -25,8 +25,8 @@ use crate::value::SqliteValue;
 
 pub use cast::{CastType, cast};
 pub use json::{
-    JsonEachRow, json_array_contains, json_array_elements, json_arrays_overlap, json_arrow, json_each,
-    json_long_arrow,
+    JsonEachRow, JsonScalar, flat_array_scalars, json_array_contains, json_array_elements,
+    json_arrays_overlap, json_arrow, json_each, json_long_arrow,
 };
 pub use operators::{ArithOp, CompareOp, and, arithmetic, compare, concat, is_not_null, is_null, not, or};
 

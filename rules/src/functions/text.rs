@@ -20,12 +20,24 @@ fn map_text(v: &SqliteValue, f: impl FnOnce(&str) -> String) -> SqliteValue {
 
 /// `upper(x)`: Unicode upper case of the text form (`ß` → `SS`, like JavaScript).
 pub(super) fn upper(args: &[SqliteValue], _: &Compatibility) -> FnResult {
-    Ok(map_text(arg(args, 0), str::to_uppercase))
+    Ok(map_text(arg(args, 0), |s| {
+        if s.is_ascii() {
+            s.to_ascii_uppercase()
+        } else {
+            s.to_uppercase()
+        }
+    }))
 }
 
 /// `lower(x)`: Unicode lower case of the text form.
 pub(super) fn lower(args: &[SqliteValue], _: &Compatibility) -> FnResult {
-    Ok(map_text(arg(args, 0), str::to_lowercase))
+    Ok(map_text(arg(args, 0), |s| {
+        if s.is_ascii() {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_lowercase()
+        }
+    }))
 }
 
 /// `substring(x, start[, len])` with SQLite `substr` semantics: characters of the text form, bytes of a
