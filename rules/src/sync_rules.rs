@@ -1256,3 +1256,69 @@ fn transform_row(
     }
     Ok((data.end..text.len(), data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CompileOptions, compile};
+
+    fn placements(out: &RowEvaluation) -> Vec<(String, String, String, String)> {
+        out.rows().map(|r| (r.bucket.into(), r.table.into(), r.id.into(), r.data.into())).collect()
+    }
+
+    /// The conjunction fast path must place rows exactly as the general parameter-set path does.
+    #[test]
+    fn conjunction_fast_path_agrees_with_the_general_path() {
+        let rules = compile(
+            r#"
+bucket_definitions:
+  global:
+    data:
+      - SELECT id, n FROM t WHERE n > 1
+  by_owner:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT * FROM t WHERE owner = bucket.owner AND n IS NOT NULL
+  by_tag:
+    parameters: SELECT value AS tag FROM json_each(request.jwt() -> 'tags')
+    data:
+      - SELECT id, upper(owner) AS o FROM t WHERE bucket.tag IN tags
+  checked:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, uuid_blob(owner) AS u FROM t WHERE owner = bucket.owner
+"#,
+            &CompileOptions::default(),
+        )
+        .rules
+        .expect("rules compile");
+        let table = SourceTable::new("public", "t", &["id", "owner", "n", "tags"]);
+        let fast = rules.plan_table(&table);
+        assert!(fast.data.iter().all(|b| b.conjunction.is_some()), "all four queries take the fast path");
+        let mut general = fast.clone();
+        for b in &mut general.data {
+            b.conjunction = None;
+        }
+        let text = |s: &str| SqliteValue::from(s);
+        let rows = [
+            vec![text("a"), text("u1"), SqliteValue::Integer(2), text(r#"["x","y","x"]"#)],
+            vec![text("b"), SqliteValue::Null, SqliteValue::Real(1.5), text("[1, 1.0, 2, null, true]")],
+            vec![text("c"), text("u\"2"), SqliteValue::Null, text(r#"["e\"s", {"a": 1}, [2]]"#)],
+            vec![text("d"), SqliteValue::from(vec![1u8]), SqliteValue::Integer(0), text("not json")],
+            vec![SqliteValue::Integer(7), text("u3"), SqliteValue::Integer(5), SqliteValue::Null],
+            vec![text("e"), text("00000000-0000-0000-0000-000000000000"), SqliteValue::Integer(3), text("[]")],
+        ];
+        let (mut placed, mut errors) = (0, 0);
+        for row in &rows {
+            let (mut a, mut b) = (RowEvaluation::default(), RowEvaluation::default());
+            rules.evaluate_row(&fast, row, &mut a);
+            rules.evaluate_row(&general, row, &mut b);
+            assert_eq!(placements(&a), placements(&b), "row {row:?}");
+            assert_eq!(a.errors, b.errors, "row {row:?}");
+            placed += a.len();
+            errors += a.errors.len();
+        }
+        // The rows exercise placements and row errors (uuid_blob, a non-array `tags`).
+        assert!(placed >= 10 && errors >= 2, "{placed} placements, {errors} errors");
+    }
+}
