@@ -113,7 +113,42 @@ static LEGACY: Compatibility = Compatibility {
     timestamp_max_precision: crate::compat::TimestampPrecision::Microseconds,
 };
 
+/// Binds each operand to `&SqliteValue`: constants and row columns directly (no `Cow`, no
+/// `Result`), anything else through a recursive evaluation kept alive in a local.
+macro_rules! operands {
+    ($ctx:expr, $($x:ident),+) => {
+        $(
+            let evaluated;
+            let $x: &SqliteValue = match $x.leaf($ctx) {
+                Some(v) => v,
+                None => {
+                    evaluated = $x.eval_ref($ctx)?;
+                    &evaluated
+                }
+            };
+        )+
+    };
+}
+
 impl Expr {
+    /// A constant or row column, borrowed; `None` for anything that needs evaluation.
+    #[inline]
+    fn leaf<'r>(&'r self, ctx: &EvalContext<'r>) -> Option<&'r SqliteValue> {
+        static NULL: SqliteValue = SqliteValue::Null;
+        match self {
+            Expr::Const(v) => Some(v),
+            Expr::Column(slot) => Some(match ctx.row {
+                Some((values, slots)) => match slots.get(*slot) {
+                    Some(SlotBinding::Index(i)) => values.get(*i).unwrap_or(&NULL),
+                    Some(SlotBinding::Value(v)) => v,
+                    None => &NULL,
+                },
+                None => &NULL,
+            }),
+            _ => None,
+        }
+    }
+
     pub(crate) fn eval(&self, ctx: &EvalContext<'_>) -> Result<SqliteValue, EvalError> {
         self.eval_ref(ctx).map(Cow::into_owned)
     }
@@ -123,17 +158,7 @@ impl Expr {
         static NULL: SqliteValue = SqliteValue::Null;
         let compat = ctx.compat.unwrap_or(&LEGACY);
         let owned = match self {
-            Expr::Const(v) => return Ok(Cow::Borrowed(v)),
-            Expr::Column(slot) => {
-                return Ok(Cow::Borrowed(match ctx.row {
-                    Some((values, slots)) => match slots.get(*slot) {
-                        Some(SlotBinding::Index(i)) => values.get(*i).unwrap_or(&NULL),
-                        Some(SlotBinding::Value(v)) => v,
-                        None => &NULL,
-                    },
-                    None => &NULL,
-                }));
-            }
+            Expr::Const(_) | Expr::Column(_) => return Ok(Cow::Borrowed(self.leaf(ctx).unwrap_or(&NULL))),
             Expr::EachColumn(name) => {
                 return Ok(Cow::Borrowed(
                     ctx.each_row.and_then(|r| r.column(name)).unwrap_or(&NULL),
@@ -145,22 +170,67 @@ impl Expr {
                     args.iter().map(|a| a.eval(ctx)).collect::<Result<_, _>>()?;
                 (def.call)(&values, compat)?
             }
-            Expr::Compare(op, a, b) => functions::compare(*op, &*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?)?,
-            Expr::Arith(op, a, b) => functions::arithmetic(*op, &*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
-            Expr::Concat(a, b) => functions::concat(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
-            Expr::And(a, b) => functions::and(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
-            Expr::Or(a, b) => functions::or(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?),
+            Expr::Compare(op, a, b) => {
+                operands!(ctx, a, b);
+                functions::compare(*op, a, b)?
+            }
+            Expr::Arith(op, a, b) => {
+                operands!(ctx, a, b);
+                functions::arithmetic(*op, a, b)
+            }
+            Expr::Concat(a, b) => {
+                operands!(ctx, a, b);
+                functions::concat(a, b)
+            }
+            Expr::And(a, b) => {
+                operands!(ctx, a, b);
+                functions::and(a, b)
+            }
+            Expr::Or(a, b) => {
+                operands!(ctx, a, b);
+                functions::or(a, b)
+            }
             Expr::Not(a) => functions::not(&*a.eval_ref(ctx)?),
             Expr::IsNull(a, negated) => SqliteValue::from(a.eval_ref(ctx)?.is_null() != *negated),
             Expr::Cast(a, to) => functions::cast(&*a.eval_ref(ctx)?, *to),
-            Expr::JsonArrow(a, b) => functions::json_arrow(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?, compat)?,
-            Expr::JsonLongArrow(a, b) => {
-                functions::json_long_arrow(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?, compat)?
+            Expr::JsonArrow(a, b) | Expr::JsonLongArrow(a, b) => {
+                let long = matches!(self, Expr::JsonLongArrow(..));
+                match parsed_request_json(a, ctx) {
+                    Some(doc) => functions::json_arrow_parsed(doc, &*b.eval_ref(ctx)?, long, compat)?,
+                    None if long => {
+                        functions::json_long_arrow(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?, compat)?
+                    }
+                    None => functions::json_arrow(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?, compat)?,
+                }
             }
             Expr::In(a, b) => functions::json_array_contains(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?)?,
             Expr::Overlap(a, b) => functions::json_arrays_overlap(&*a.eval_ref(ctx)?, &*b.eval_ref(ctx)?)?,
         };
         Ok(Cow::Owned(owned))
+    }
+}
+
+/// The parsed JSON of a whole request object (`request.jwt()`, `request.parameters()`,
+/// `subscription.parameters()`, ...), so that `request.jwt() ->> 'x'` does not re-parse the
+/// token for every lookup. `None` when `expr` is anything else.
+fn parsed_request_json<'r>(expr: &Expr, ctx: &EvalContext<'r>) -> Option<&'r crate::functions::Json> {
+    let Expr::Request(value, args) = expr else {
+        return None;
+    };
+    if !args.is_empty() {
+        return None;
+    }
+    let request = ctx.request?;
+    match value {
+        RequestValue::TokenPayload => request.parsed_token_payload.get(&request.raw_token_payload),
+        RequestValue::ClientParameters => request
+            .parsed_client_parameters
+            .get(&request.raw_client_parameters),
+        RequestValue::SubscriptionParameters => {
+            let s = ctx.subscription?;
+            s.parsed_json.get(&s.raw)
+        }
+        _ => None,
     }
 }
 

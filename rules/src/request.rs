@@ -1,11 +1,22 @@
 //! What a connection brings to bucket resolution: its verified token, its client parameters and,
 //! for sync streams, its subscriptions.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
+use crate::functions::{Json, parse_json};
 use crate::value::SqliteValue;
+
+/// A request value's JSON text, parsed on first use and kept for every later `->`/`->>` on it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ParsedOnce(OnceLock<Option<Json>>);
+
+impl ParsedOnce {
+    pub(crate) fn get(&self, text: &str) -> Option<&Json> {
+        self.0.get_or_init(|| parse_json(text).ok()).as_ref()
+    }
+}
 
 /// The authenticated request values of one connection (SYNC_RULES.md §5.4).
 #[derive(Debug, Clone)]
@@ -17,6 +28,8 @@ pub struct RequestParameters {
     pub(crate) token_parameters: Map<String, Value>,
     pub(crate) raw_client_parameters: Arc<str>,
     pub(crate) client_parameters: Map<String, Value>,
+    pub(crate) parsed_token_payload: ParsedOnce,
+    pub(crate) parsed_client_parameters: ParsedOnce,
 }
 
 impl RequestParameters {
@@ -39,6 +52,8 @@ impl RequestParameters {
             token_parameters,
             raw_client_parameters: Arc::from(Value::Object(client_parameters.clone()).to_string()),
             client_parameters,
+            parsed_token_payload: ParsedOnce::default(),
+            parsed_client_parameters: ParsedOnce::default(),
         }
     }
 
@@ -52,6 +67,7 @@ impl RequestParameters {
 pub struct SubscriptionParameters {
     pub(crate) raw: Arc<str>,
     pub(crate) parsed: Map<String, Value>,
+    pub(crate) parsed_json: ParsedOnce,
 }
 
 impl SubscriptionParameters {
@@ -60,6 +76,7 @@ impl SubscriptionParameters {
         SubscriptionParameters {
             raw: Arc::from(Value::Object(parsed.clone()).to_string()),
             parsed,
+            parsed_json: ParsedOnce::default(),
         }
     }
 }

@@ -335,7 +335,7 @@ struct BoundQuery {
 /// order follows from the SELECT list and the table's columns, only the values vary per row.
 #[derive(Debug, Clone)]
 struct OutputSlot {
-    /// `"key":`, escaped once.
+    /// `,"key":`, escaped once.
     key_prefix: Box<str>,
     is_id: bool,
     source: OutputSource,
@@ -470,7 +470,21 @@ impl SyncRules {
     }
 
     fn bucket_id<'v>(&self, prefix: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
-        bucket_id_from(&self.bucket_id_start(prefix), values)
+        let mut s = String::with_capacity(prefix.len() + 32);
+        if self.compat.versioned_bucket_ids {
+            s.push_str(itoa::Buffer::new().format(self.version));
+            s.push('#');
+        }
+        s.push_str(prefix);
+        s.push('[');
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            v.write_bucket_param(&mut s);
+        }
+        s.push(']');
+        BucketName::new(s.as_str())
     }
 
     /// Places one source row (values in the plan's table column order) into buckets.
@@ -1159,7 +1173,8 @@ fn output_layout(query: &DataQuery, table: &SourceTable, slots: &[SlotBinding]) 
     ordered
         .into_iter()
         .map(|(key, source)| {
-            let mut key_prefix = String::with_capacity(key.len() + 3);
+            let mut key_prefix = String::with_capacity(key.len() + 4);
+            key_prefix.push(',');
             write_json_string(&key, &mut key_prefix);
             key_prefix.push(':');
             OutputSlot {
@@ -1236,11 +1251,13 @@ fn transform_row(
         if slot.is_id {
             id = Some(value);
         }
-        if !first {
-            text.push(',');
-        }
+        // The prefix is `,"key":`; the first member goes without the comma.
+        text.push_str(if first {
+            &slot.key_prefix[1..]
+        } else {
+            &slot.key_prefix
+        });
         first = false;
-        text.push_str(&slot.key_prefix);
         match column {
             Some(i) => text.push_str(column_json.json(i, value)),
             None => {
@@ -1263,7 +1280,9 @@ mod tests {
     use crate::{CompileOptions, compile};
 
     fn placements(out: &RowEvaluation) -> Vec<(String, String, String, String)> {
-        out.rows().map(|r| (r.bucket.into(), r.table.into(), r.id.into(), r.data.into())).collect()
+        out.rows()
+            .map(|r| (r.bucket.into(), r.table.into(), r.id.into(), r.data.into()))
+            .collect()
     }
 
     /// The conjunction fast path must place rows exactly as the general parameter-set path does.
@@ -1294,19 +1313,52 @@ bucket_definitions:
         .expect("rules compile");
         let table = SourceTable::new("public", "t", &["id", "owner", "n", "tags"]);
         let fast = rules.plan_table(&table);
-        assert!(fast.data.iter().all(|b| b.conjunction.is_some()), "all four queries take the fast path");
+        assert!(
+            fast.data.iter().all(|b| b.conjunction.is_some()),
+            "all four queries take the fast path"
+        );
         let mut general = fast.clone();
         for b in &mut general.data {
             b.conjunction = None;
         }
         let text = |s: &str| SqliteValue::from(s);
         let rows = [
-            vec![text("a"), text("u1"), SqliteValue::Integer(2), text(r#"["x","y","x"]"#)],
-            vec![text("b"), SqliteValue::Null, SqliteValue::Real(1.5), text("[1, 1.0, 2, null, true]")],
-            vec![text("c"), text("u\"2"), SqliteValue::Null, text(r#"["e\"s", {"a": 1}, [2]]"#)],
-            vec![text("d"), SqliteValue::from(vec![1u8]), SqliteValue::Integer(0), text("not json")],
-            vec![SqliteValue::Integer(7), text("u3"), SqliteValue::Integer(5), SqliteValue::Null],
-            vec![text("e"), text("00000000-0000-0000-0000-000000000000"), SqliteValue::Integer(3), text("[]")],
+            vec![
+                text("a"),
+                text("u1"),
+                SqliteValue::Integer(2),
+                text(r#"["x","y","x"]"#),
+            ],
+            vec![
+                text("b"),
+                SqliteValue::Null,
+                SqliteValue::Real(1.5),
+                text("[1, 1.0, 2, null, true]"),
+            ],
+            vec![
+                text("c"),
+                text("u\"2"),
+                SqliteValue::Null,
+                text(r#"["e\"s", {"a": 1}, [2]]"#),
+            ],
+            vec![
+                text("d"),
+                SqliteValue::from(vec![1u8]),
+                SqliteValue::Integer(0),
+                text("not json"),
+            ],
+            vec![
+                SqliteValue::Integer(7),
+                text("u3"),
+                SqliteValue::Integer(5),
+                SqliteValue::Null,
+            ],
+            vec![
+                text("e"),
+                text("00000000-0000-0000-0000-000000000000"),
+                SqliteValue::Integer(3),
+                text("[]"),
+            ],
         ];
         let (mut placed, mut errors) = (0, 0);
         for row in &rows {
@@ -1319,6 +1371,9 @@ bucket_definitions:
             errors += a.errors.len();
         }
         // The rows exercise placements and row errors (uuid_blob, a non-array `tags`).
-        assert!(placed >= 10 && errors >= 2, "{placed} placements, {errors} errors");
+        assert!(
+            placed >= 10 && errors >= 2,
+            "{placed} placements, {errors} errors"
+        );
     }
 }

@@ -544,15 +544,38 @@ fn extract(
     let Some(doc) = parse_value(json)? else {
         return Ok(SqliteValue::Null);
     };
+    extract_parsed(&doc, path, fixed, op)
+}
+
+/// `->` / `->>` on a document parsed once and reused (request values read many times).
+pub(crate) fn json_arrow_parsed(
+    doc: &Json,
+    path: &SqliteValue,
+    long: bool,
+    compat: &Compatibility,
+) -> Result<SqliteValue, EvalError> {
+    if path.is_null() {
+        return Ok(SqliteValue::Null);
+    }
+    let op = if long { Extract::LongArrow } else { Extract::Arrow };
+    extract_parsed(doc, path, compat.fixed_json_extract, op)
+}
+
+fn extract_parsed(
+    doc: &Json,
+    path: &SqliteValue,
+    fixed: bool,
+    op: Extract,
+) -> Result<SqliteValue, EvalError> {
     // A JSON null document gives NULL for every operator, before the path is looked at.
-    if doc == Json::Null {
+    if *doc == Json::Null {
         return Ok(SqliteValue::Null);
     }
     let path = path.to_text().unwrap_or_default();
     if op == Extract::Function && !path.starts_with('$') {
         return Err(EvalError::new("JSON path must start with $."));
     }
-    Ok(match (resolve(&doc, &path, fixed), op) {
+    Ok(match (resolve(doc, &path, fixed), op) {
         (Found::Missing, _) => SqliteValue::Null,
         // Legacy `->` turns JSON null into SQL NULL; fixed keeps it as the JSON text `null`.
         (Found::Value(Json::Null), Extract::Arrow) if fixed => SqliteValue::from("null"),
@@ -862,6 +885,22 @@ pub struct JsonEachRow {
     pub path: SqliteValue,
 }
 
+/// The few fixed texts of `json_each` rows (type names, `$`), allocated once and shared.
+fn shared_text(text: &'static str) -> SqliteValue {
+    static SHARED: std::sync::LazyLock<Vec<(&'static str, SqliteValue)>> = std::sync::LazyLock::new(|| {
+        [
+            "null", "true", "false", "integer", "real", "text", "array", "object", "$",
+        ]
+        .into_iter()
+        .map(|t| (t, SqliteValue::from(t)))
+        .collect()
+    });
+    SHARED
+        .iter()
+        .find(|(t, _)| *t == text)
+        .map_or_else(|| SqliteValue::from(text), |(_, v)| v.clone())
+}
+
 impl JsonEachRow {
     /// A column by (ASCII case-insensitive) name.
     pub fn column(&self, name: &str) -> Option<&SqliteValue> {
@@ -890,12 +929,12 @@ impl JsonEachRow {
         JsonEachRow {
             key,
             value,
-            type_: SqliteValue::from(element.type_name()),
+            type_: shared_text(element.type_name()),
             atom,
             id: int_from_usize(id),
             parent: SqliteValue::Null,
             fullkey: SqliteValue::from(fullkey),
-            path: SqliteValue::from("$"),
+            path: shared_text("$"),
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::error::EvalError;
 use crate::value::SqliteValue;
 
 pub use cast::{CastType, cast};
+pub(crate) use json::{Json, json_arrow_parsed, parse_json};
 pub use json::{
     JsonEachRow, JsonScalar, flat_array_scalars, json_array_contains, json_array_elements,
     json_arrays_overlap, json_arrow, json_each, json_long_arrow,
