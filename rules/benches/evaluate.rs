@@ -76,6 +76,26 @@ fn evaluate_rows(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let mut out = RowEvaluation::default();
     let mut i = 0usize;
+    // Baseline on the same machine in the same run: serializing the row once as a JSON object
+    // with serde_json. The VM's speed varies run to run; the ratio to this is stable.
+    let names = table.columns.clone();
+    let mut j = 0usize;
+    group.bench_function("baseline: serde_json of the row", |b| {
+        b.iter(|| {
+            let row = &rows[j % rows.len()];
+            j += 1;
+            let object: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .zip(row)
+                .map(|(n, v)| (n.to_string(), v.to_json()))
+                .collect();
+            black_box(
+                serde_json::to_string(&object)
+                    .map(|s| s.len())
+                    .unwrap_or_default(),
+            )
+        })
+    });
     group.bench_function("10 columns, 5 bucket definitions", |b| {
         b.iter(|| {
             out.clear();
@@ -135,6 +155,22 @@ fn resolve_buckets(c: &mut Criterion) {
         .collect();
     let mut group = c.benchmark_group("resolve_buckets");
     group.throughput(Throughput::Elements(1));
+    // Baseline: parsing one connection's token payload with serde_json.
+    let payloads: Vec<String> = (0..100)
+        .map(|u| json!({"sub": format!("user-{u}"), "tags": ["t1", "t2"]}).to_string())
+        .collect();
+    let mut k = 0usize;
+    group.bench_function("baseline: serde_json parse of the token payload", |b| {
+        b.iter(|| {
+            let payload = &payloads[k % payloads.len()];
+            k += 1;
+            black_box(
+                serde_json::from_str::<serde_json::Value>(payload)
+                    .map(|v| v.is_object())
+                    .unwrap_or_default(),
+            )
+        })
+    });
     let mut i = 0usize;
     group.bench_function("3 parameter queries", |b| {
         b.iter(|| {
