@@ -16,6 +16,7 @@
 //! [`sql`] (the SQL dialect's hand-written, position-preserving parser), [`functions`]
 //! (scalar functions and operators), [`yaml`] (YAML with positions).
 
+mod calendar;
 pub mod cases;
 pub mod compat;
 mod compiler;
