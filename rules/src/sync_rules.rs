@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -221,6 +220,47 @@ impl RowEvaluation {
         self.placements.is_empty()
     }
 
+    /// Appends a data query's output row for the current source row.
+    fn push_output(
+        &mut self,
+        bound: &BoundQuery,
+        query: &DataQuery,
+        ctx: &EvalContext<'_>,
+        values: &[SqliteValue],
+    ) -> Result<usize, EvalError> {
+        let (id, data) = transform_row(
+            query,
+            &bound.layout,
+            ctx,
+            values,
+            &mut self.text,
+            &mut self.column_json,
+        )?;
+        self.outputs.push(QueryOutput {
+            table: Arc::clone(&bound.output_table),
+            id,
+            data,
+        });
+        Ok(self.outputs.len() - 1)
+    }
+
+    /// Places output `output` into one bucket; `write_params` appends the bucket parameters.
+    fn place(&mut self, bound: &BoundQuery, output: usize, write_params: impl FnOnce(&mut String)) {
+        let start = self.text.len();
+        match &bound.constant_bucket {
+            Some(bucket) => self.text.push_str(bucket.as_str()),
+            None => {
+                self.text.push_str(&bound.bucket_id_start);
+                write_params(&mut self.text);
+                self.text.push(']');
+            }
+        }
+        self.placements.push(Placement {
+            output,
+            bucket: start..self.text.len(),
+        });
+    }
+
     /// The placements, in query order.
     pub fn rows(&self) -> impl ExactSizeIterator<Item = PlacedRow<'_>> + '_ {
         self.placements.iter().map(|p| {
@@ -413,30 +453,31 @@ impl SyncRules {
                 })
                 .collect()
         };
-        let data =
-            self.data_queries
-                .iter()
-                .enumerate()
-                .filter(|(_, q)| q.table.matches(table))
-                .map(|(i, q)| {
-                    let slots = bind(&q.slots, &q.table);
-                    BoundQuery {
-                        query: i,
-                        layout: output_layout(q, table, &slots),
-                        bucket_id_start: self.bucket_id_start(&q.bucket_prefix),
-                        constant_bucket: q.parameter_inputs.is_empty().then(|| {
-                            bucket_id_from(&self.bucket_id_start(&q.bucket_prefix), std::iter::empty())
-                        }),
-                        conjunction: match q.parameter_inputs.as_slice() {
-                            [] => q.filter.conjunction(None),
-                            [Some(input)] => q.filter.conjunction(Some(*input)),
-                            _ => None,
-                        },
-                        slots,
-                        output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
-                    }
-                })
-                .collect();
+        let data = self
+            .data_queries
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.table.matches(table))
+            .map(|(i, q)| {
+                let slots = bind(&q.slots, &q.table);
+                BoundQuery {
+                    query: i,
+                    layout: output_layout(q, table, &slots),
+                    bucket_id_start: self.bucket_id_start(&q.bucket_prefix),
+                    constant_bucket: q
+                        .parameter_inputs
+                        .is_empty()
+                        .then(|| self.bucket_id(&q.bucket_prefix, std::iter::empty())),
+                    conjunction: match q.parameter_inputs.as_slice() {
+                        [] => q.filter.conjunction(None),
+                        [Some(input)] => q.filter.conjunction(Some(*input)),
+                        _ => None,
+                    },
+                    slots,
+                    output_table: q.output_table.clone().unwrap_or_else(|| Arc::clone(&table.name)),
+                }
+            })
+            .collect();
         let lookups = self
             .lookup_queries
             .iter()
@@ -459,24 +500,25 @@ impl SyncRules {
         }
     }
 
-    fn bucket_id_start(&self, prefix: &str) -> Box<str> {
-        let mut s = String::with_capacity(prefix.len() + 8);
-        if self.compat.versioned_bucket_ids {
-            let _ = write!(s, "{}#", self.version);
-        }
-        s.push_str(prefix);
-        s.push('[');
-        s.into_boxed_str()
-    }
-
-    fn bucket_id<'v>(&self, prefix: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
-        let mut s = String::with_capacity(prefix.len() + 32);
+    /// Appends `<version>#<prefix>[`, the start of every bucket id of a definition or variant.
+    fn write_bucket_id_start(&self, prefix: &str, s: &mut String) {
         if self.compat.versioned_bucket_ids {
             s.push_str(itoa::Buffer::new().format(self.version));
             s.push('#');
         }
         s.push_str(prefix);
         s.push('[');
+    }
+
+    fn bucket_id_start(&self, prefix: &str) -> Box<str> {
+        let mut s = String::with_capacity(prefix.len() + 8);
+        self.write_bucket_id_start(prefix, &mut s);
+        s.into_boxed_str()
+    }
+
+    fn bucket_id<'v>(&self, prefix: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
+        let mut s = String::with_capacity(prefix.len() + 32);
+        self.write_bucket_id_start(prefix, &mut s);
         for (i, v) in values.enumerate() {
             if i > 0 {
                 s.push(',');
@@ -565,45 +607,16 @@ impl SyncRules {
                 return Ok(());
             }
         }
-        let (id, data) = transform_row(
-            query,
-            &bound.layout,
-            ctx,
-            values,
-            &mut out.text,
-            &mut out.column_json,
-        )?;
-        let output = out.outputs.len();
-        out.outputs.push(QueryOutput {
-            table: Arc::clone(&bound.output_table),
-            id,
-            data,
-        });
-        let text = &mut out.text;
-        let mut place = |write: &dyn Fn(&mut String)| {
-            let start = text.len();
-            match &bound.constant_bucket {
-                Some(bucket) => text.push_str(bucket.as_str()),
-                None => {
-                    text.push_str(&bound.bucket_id_start);
-                    write(text);
-                    text.push(']');
-                }
-            }
-            out.placements.push(Placement {
-                output,
-                bucket: start..text.len(),
-            });
-        };
+        let output = out.push_output(bound, query, ctx, values)?;
         if array.is_some() {
             for e in &scalars {
-                place(&|t: &mut String| write_scalar_param(e, t));
+                out.place(bound, output, |t| write_scalar_param(e, t));
             }
             for e in &elements {
-                place(&|t: &mut String| e.write_bucket_param(t));
+                out.place(bound, output, |t| e.write_bucket_param(t));
             }
         } else {
-            place(&|t: &mut String| {
+            out.place(bound, output, |t| {
                 if let Some(p) = &param {
                     p.write_bucket_param(t);
                 }
@@ -625,35 +638,15 @@ impl SyncRules {
         if sets.is_empty() {
             return Ok(());
         }
-        let (id, data) = transform_row(
-            query,
-            &bound.layout,
-            ctx,
-            values,
-            &mut out.text,
-            &mut out.column_json,
-        )?;
-        let output = out.outputs.len();
-        out.outputs.push(QueryOutput {
-            table: Arc::clone(&bound.output_table),
-            id,
-            data,
-        });
+        let output = out.push_output(bound, query, ctx, values)?;
         for set in sets {
-            let start = out.text.len();
-            match &bound.constant_bucket {
-                Some(bucket) => out.text.push_str(bucket.as_str()),
-                None => {
-                    let params = query
-                        .parameter_inputs
-                        .iter()
-                        .map(|input| param_value(&set, *input));
-                    write_bucket_id(&bound.bucket_id_start, params, &mut out.text);
+            out.place(bound, output, |t| {
+                for (i, input) in query.parameter_inputs.iter().enumerate() {
+                    if i > 0 {
+                        t.push(',');
+                    }
+                    param_value(&set, *input).write_bucket_param(t);
                 }
-            }
-            out.placements.push(Placement {
-                output,
-                bucket: start..out.text.len(),
             });
         }
         Ok(())
@@ -1075,25 +1068,6 @@ fn write_scalar_param(e: &JsonScalar<'_>, out: &mut String) {
         JsonScalar::Text(s) => write_json_string(s, out),
         other => other.to_value().write_bucket_param(out),
     }
-}
-
-/// `start` is `<version>#<prefix>[`; the values follow as a JSON array's elements.
-fn bucket_id_from<'v>(start: &str, values: impl Iterator<Item = &'v SqliteValue>) -> BucketName {
-    let mut s = String::with_capacity(start.len() + 24);
-    write_bucket_id(start, values, &mut s);
-    BucketName::new(s)
-}
-
-/// Appends a bucket id to `s`.
-fn write_bucket_id<'v>(start: &str, values: impl Iterator<Item = &'v SqliteValue>, s: &mut String) {
-    s.push_str(start);
-    for (i, v) in values.enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        v.write_bucket_param(s);
-    }
-    s.push(']');
 }
 
 fn param_value(set: &ParamSet, input: Option<usize>) -> &SqliteValue {
