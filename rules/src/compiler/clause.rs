@@ -390,6 +390,25 @@ impl<'a> QueryScope<'a> {
         to_match(clause)
     }
 
+    /// The one input of a WHERE match that expands a request array (`row IN request_array`),
+    /// reporting a second one as an error (at it, else at `fallback`).
+    pub(crate) fn expanded_input(
+        &mut self,
+        filter: Option<&ParamMatch>,
+        fallback: Option<Span>,
+    ) -> Option<usize> {
+        let filter = filter?;
+        let mut expanding = filter.inputs.iter().enumerate().filter(|(_, i)| i.expands);
+        let first = expanding.next().map(|(n, _)| n);
+        if let Some((_, second)) = expanding.next() {
+            self.error(
+                "Cannot have multiple array input parameters",
+                second.span.or(fallback),
+            );
+        }
+        first
+    }
+
     /// A SELECT-list expression that must be a row value.
     pub(crate) fn compile_row_value(&mut self, expr: &ast::Expr) -> Option<Expr> {
         match self.compile(expr) {

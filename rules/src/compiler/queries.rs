@@ -650,22 +650,7 @@ impl Compiler<'_> {
         let mut priority = None;
         let (request_outputs, row_outputs, output_usage) =
             self.request_outputs(&mut scope, select, options, &mut priority, true);
-        let expanded: Vec<usize> = filter
-            .as_ref()
-            .map(|f| {
-                f.inputs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, i)| i.expands)
-                    .map(|(n, _)| n)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(&second) = expanded.get(1) {
-            // At the second expanding IN, the one that is too many.
-            let span = filter.as_ref().and_then(|f| f.inputs[second].span);
-            scope.error("Cannot have multiple array input parameters", span);
-        }
+        let expanded_input = scope.expanded_input(filter.as_ref(), None);
         let match_usage = filter.as_ref().map(|f| f.usage).unwrap_or_default();
         let dangerous = (match_usage.unauthenticated || output_usage.unauthenticated)
             && !output_usage.authenticated
@@ -680,7 +665,7 @@ impl Compiler<'_> {
             slots: scope.slots,
             filter: filter.filter,
             inputs: filter.inputs,
-            expanded_input: expanded.first().copied(),
+            expanded_input,
             row_outputs: row_outputs.into_iter().map(|(_, e)| e).collect(),
             bucket_parameters: Vec::new(),
         };

@@ -480,24 +480,7 @@ impl Compiler<'_> {
             return None;
         };
         let output = scope.compile_row_value(expr);
-        let expanded: Vec<usize> = filter
-            .as_ref()
-            .map(|f| {
-                f.inputs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, i)| i.expands)
-                    .map(|(n, _)| n)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(&second) = expanded.get(1) {
-            let span = filter.as_ref().and_then(|f| f.inputs[second].span);
-            scope.error(
-                "Cannot have multiple array input parameters",
-                span.or(Some(select.span)),
-            );
-        }
+        let expanded_input = scope.expanded_input(filter.as_ref(), Some(select.span));
         let diagnostics = std::mem::take(&mut scope.diagnostics);
         let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
         outer.diagnostics.extend(diagnostics);
@@ -513,7 +496,7 @@ impl Compiler<'_> {
             slots: scope.slots,
             filter: filter.filter,
             inputs: filter.inputs,
-            expanded_input: expanded.first().copied(),
+            expanded_input,
             row_outputs: vec![output],
             bucket_parameters: Vec::new(),
         });
