@@ -4,7 +4,7 @@
 //! problems at the token inside the scalar where its text maps back character by character.
 
 pub(crate) mod clause;
-mod queries;
+pub(crate) mod queries;
 mod streams;
 
 use std::sync::Arc;

@@ -19,6 +19,15 @@ const DANGEROUS_QUERY_WARNING: &str = "Potentially dangerous query based on para
 /// Output columns by name.
 type NamedExprs = Vec<(Arc<str>, Expr)>;
 
+/// A query's one source table (see [`Compiler::bind_single_table`]).
+pub(crate) struct BoundTable<'s> {
+    pub pattern: TablePattern,
+    pub name: &'s ast::Ident,
+    pub alias: Option<&'s ast::Ident>,
+    pub span: ast::Span,
+    pub known_columns: Option<Vec<String>>,
+}
+
 pub(crate) struct ParameterQueryOptions {
     pub definition: usize,
     pub query_id: Arc<str>,
@@ -188,6 +197,29 @@ impl Compiler<'_> {
         Some((TablePattern::new(tag, schema, &name.name), name, alias, span))
     }
 
+    /// The single table of a query, bound as the scope's row table (with the columns a schema
+    /// knows for it). Reports "Must SELECT from a single table" otherwise.
+    pub(crate) fn bind_single_table<'s>(
+        &mut self,
+        source: &SqlSource<'_>,
+        select: &'s Select,
+        scope: &mut QueryScope<'_>,
+    ) -> Option<BoundTable<'s>> {
+        let (pattern, name, alias, span) = self.single_table(source, select)?;
+        let known_columns = self.schema_columns(source, &pattern, span);
+        scope.value_table = Some(ValueTable {
+            sql_name: alias.map_or_else(|| name.name.clone(), |a| a.name.clone()),
+            known_columns: known_columns.clone(),
+        });
+        Some(BoundTable {
+            pattern,
+            name,
+            alias,
+            span,
+            known_columns,
+        })
+    }
+
     /// Known columns of the tables a pattern matches; warns when there are none.
     pub(crate) fn schema_columns(
         &mut self,
@@ -225,15 +257,17 @@ impl Compiler<'_> {
             return;
         };
         self.check_unsupported_clauses(source, &select);
-        let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
+        let mut scope = QueryScope::new(source.sql, self.compat);
+        let Some(BoundTable {
+            pattern,
+            name: table_name,
+            alias,
+            known_columns,
+            ..
+        }) = self.bind_single_table(source, &select, &mut scope)
+        else {
             return;
         };
-        let known_columns = self.schema_columns(source, &pattern, table_span);
-        let mut scope = QueryScope::new(source.sql, self.compat);
-        scope.value_table = Some(ValueTable {
-            sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
-            known_columns: known_columns.clone(),
-        });
         scope.parameter_tables = vec!["bucket".into()];
         if alias.is_none() {
             scope.check_identifier_case(table_name);
@@ -297,15 +331,10 @@ impl Compiler<'_> {
             return;
         };
         self.check_unsupported_clauses(source, &select);
-        let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
-            return;
-        };
-        let known_columns = self.schema_columns(source, &pattern, table_span);
         let mut scope = QueryScope::new(source.sql, self.compat);
-        scope.value_table = Some(ValueTable {
-            sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
-            known_columns,
-        });
+        if self.bind_single_table(source, &select, &mut scope).is_none() {
+            return;
+        }
         for item in &select.columns {
             let SelectItem::Expr { expr, .. } = item else {
                 continue;
@@ -626,7 +655,14 @@ impl Compiler<'_> {
         select: &Select,
         options: &ParameterQueryOptions,
     ) -> Option<CompiledParameterQuery> {
-        let (pattern, table_name, alias, table_span) = self.single_table(source, select)?;
+        let mut scope = self.parameter_scope(source.sql);
+        let BoundTable {
+            pattern,
+            name: table_name,
+            alias,
+            span: table_span,
+            ..
+        } = self.bind_single_table(source, select, &mut scope)?;
         if alias.is_some() {
             let position = self.sql_position(source, Some(table_span));
             self.report(
@@ -635,12 +671,6 @@ impl Compiler<'_> {
                 position,
             );
         }
-        let known_columns = self.schema_columns(source, &pattern, table_span);
-        let mut scope = self.parameter_scope(source.sql);
-        scope.value_table = Some(ValueTable {
-            sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
-            known_columns,
-        });
         scope.supports_expanding = true;
         if alias.is_none() {
             scope.check_identifier_case(table_name);

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use syncgate_protocol::BucketPriority;
 
-use super::clause::{Clause, MatchFilter, QueryScope, RequestFunctions, ValueTable};
+use super::clause::{Clause, MatchFilter, QueryScope, RequestFunctions};
+use super::queries::BoundTable;
 use super::{Compiler, SqlSource};
 use crate::diagnostic::Severity;
 use crate::expr::Expr;
@@ -192,15 +193,17 @@ impl Compiler<'_> {
                 continue;
             };
             self.check_unsupported_clauses(source, &select);
-            let Some((pattern, table_name, alias, table_span)) = self.single_table(source, &select) else {
+            let mut scope = self.stream_scope(source.sql);
+            let Some(BoundTable {
+                pattern,
+                name: table_name,
+                alias,
+                known_columns,
+                ..
+            }) = self.bind_single_table(source, &select, &mut scope)
+            else {
                 continue;
             };
-            let known_columns = self.schema_columns(source, &pattern, table_span);
-            let mut scope = self.stream_scope(source.sql);
-            scope.value_table = Some(ValueTable {
-                sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
-                known_columns: known_columns.clone(),
-            });
             if alias.is_none() {
                 scope.check_identifier_case(table_name);
             }
@@ -468,13 +471,8 @@ impl Compiler<'_> {
             return None;
         }
         self.check_unsupported_clauses(source, select);
-        let (pattern, table_name, alias, table_span) = self.single_table(source, select)?;
-        let known_columns = self.schema_columns(source, &pattern, table_span);
         let mut scope = self.stream_scope(source.sql);
-        scope.value_table = Some(ValueTable {
-            sql_name: alias.map_or_else(|| table_name.name.clone(), |a| a.name.clone()),
-            known_columns,
-        });
+        let pattern = self.bind_single_table(source, select, &mut scope)?.pattern;
         let filter = scope.compile_where(select.where_clause.as_ref());
         let SelectItem::Expr { expr, .. } = &select.columns[0] else {
             return None;
