@@ -19,6 +19,20 @@ const DANGEROUS_QUERY_WARNING: &str = "Potentially dangerous query based on para
 /// Output columns by name.
 type NamedExprs = Vec<(Arc<str>, Expr)>;
 
+/// The output table of a data query: its alias, else the table's name; `None` for an
+/// unaliased wildcard, whose rows keep their own table's name.
+pub(crate) fn output_table_name(
+    pattern: &TablePattern,
+    name: &ast::Ident,
+    alias: Option<&ast::Ident>,
+) -> Option<Arc<str>> {
+    match (alias, pattern.wildcard) {
+        (Some(a), _) => Some(Arc::from(a.name.as_str())),
+        (None, true) => None,
+        (None, false) => Some(Arc::from(name.name.as_str())),
+    }
+}
+
 /// A query's one source table (see [`Compiler::bind_single_table`]).
 pub(crate) struct BoundTable<'s> {
     pub pattern: TablePattern,
@@ -306,11 +320,7 @@ impl Compiler<'_> {
             .iter()
             .map(|b| filter.inputs.iter().position(|i| &i.key == b))
             .collect();
-        let output_table = match (alias, pattern.wildcard) {
-            (Some(a), _) => Some(Arc::from(a.name.as_str())),
-            (None, true) => None,
-            (None, false) => Some(Arc::from(table_name.name.as_str())),
-        };
+        let output_table = output_table_name(&pattern, table_name, alias);
         self.data_queries.push(DataQuery {
             definition,
             bucket_prefix: Arc::clone(definition_name),

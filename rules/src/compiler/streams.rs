@@ -11,7 +11,7 @@ use std::sync::Arc;
 use syncgate_protocol::BucketPriority;
 
 use super::clause::{Clause, MatchFilter, QueryScope, RequestFunctions};
-use super::queries::BoundTable;
+use super::queries::{BoundTable, output_table_name};
 use super::{Compiler, SqlSource};
 use crate::diagnostic::Severity;
 use crate::expr::Expr;
@@ -264,11 +264,7 @@ impl Compiler<'_> {
                         crate::value::SqliteValue::Integer(1),
                     )));
                 let parameter_count = variants[variant_index].0.parameters.len();
-                let output_table = match (alias, pattern.wildcard) {
-                    (Some(a), _) => Some(Arc::from(a.name.as_str())),
-                    (None, true) => None,
-                    (None, false) => Some(Arc::from(table_name.name.as_str())),
-                };
+                let output_table = output_table_name(&pattern, table_name, alias);
                 self.data_queries.push(DataQuery {
                     definition,
                     bucket_prefix: Arc::clone(&variants[variant_index].0.bucket_prefix),

@@ -275,13 +275,9 @@ fn format_datetime(ms: i64, subsec: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::test_values::{N, t};
     use proptest::prelude::*;
 
-    const N: SqliteValue = SqliteValue::Null;
-
-    fn t(v: &str) -> SqliteValue {
-        SqliteValue::from(v)
-    }
     fn epoch(args: &[SqliteValue]) -> SqliteValue {
         unixepoch(args, &Compatibility::default()).unwrap()
     }

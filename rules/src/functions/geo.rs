@@ -420,14 +420,11 @@ pub(super) fn st_y(args: &[SqliteValue], _: &Compatibility) -> Result<SqliteValu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::test_values::{N, t};
     use proptest::prelude::*;
 
-    const N: SqliteValue = SqliteValue::Null;
     const POINT_EWKB: &str = "0101000020E6100000000000000000F03F0000000000000040";
 
-    fn t(v: &str) -> SqliteValue {
-        SqliteValue::from(v)
-    }
     fn call(
         f: fn(&[SqliteValue], &Compatibility) -> Result<SqliteValue, EvalError>,
         v: SqliteValue,

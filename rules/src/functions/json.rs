@@ -1042,25 +1042,9 @@ mod flat_array_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::test_values::{N, fixed, i, legacy, r, t};
     use proptest::prelude::*;
 
-    const N: SqliteValue = SqliteValue::Null;
-
-    fn i(v: i64) -> SqliteValue {
-        SqliteValue::Integer(v)
-    }
-    fn r(v: f64) -> SqliteValue {
-        SqliteValue::Real(v)
-    }
-    fn t(v: &str) -> SqliteValue {
-        SqliteValue::from(v)
-    }
-    fn legacy() -> Compatibility {
-        Compatibility::for_edition(1)
-    }
-    fn fixed() -> Compatibility {
-        Compatibility::for_edition(2)
-    }
     fn arrow(j: &str, p: SqliteValue, c: &Compatibility) -> SqliteValue {
         json_arrow(&t(j), &p, c).unwrap()
     }

@@ -14,6 +14,8 @@ mod datetime;
 mod geo;
 mod json;
 mod operators;
+#[cfg(test)]
+mod test_values;
 mod text;
 
 #[cfg(test)]

@@ -137,22 +137,9 @@ pub fn is_not_null(a: &SqliteValue) -> SqliteValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::test_values::{N, b, i, r, t};
     use proptest::prelude::*;
 
-    const N: SqliteValue = SqliteValue::Null;
-
-    fn i(v: i64) -> SqliteValue {
-        SqliteValue::Integer(v)
-    }
-    fn r(v: f64) -> SqliteValue {
-        SqliteValue::Real(v)
-    }
-    fn t(v: &str) -> SqliteValue {
-        SqliteValue::from(v)
-    }
-    fn b(v: &[u8]) -> SqliteValue {
-        SqliteValue::from(v.to_vec())
-    }
     fn cmp(op: CompareOp, a: &SqliteValue, b: &SqliteValue) -> SqliteValue {
         compare(op, a, b).unwrap()
     }

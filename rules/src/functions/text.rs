@@ -221,24 +221,11 @@ pub(super) fn instr(args: &[SqliteValue], _: &Compatibility) -> FnResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::test_values::{N, b, i, r, t};
     use proptest::prelude::*;
-
-    const N: SqliteValue = SqliteValue::Null;
 
     fn call(f: fn(&[SqliteValue], &Compatibility) -> FnResult, args: &[SqliteValue]) -> SqliteValue {
         f(args, &Compatibility::default()).unwrap()
-    }
-    fn i(v: i64) -> SqliteValue {
-        SqliteValue::Integer(v)
-    }
-    fn r(v: f64) -> SqliteValue {
-        SqliteValue::Real(v)
-    }
-    fn t(v: &str) -> SqliteValue {
-        SqliteValue::from(v)
-    }
-    fn b(v: &[u8]) -> SqliteValue {
-        SqliteValue::from(v.to_vec())
     }
 
     #[test]

@@ -4,24 +4,7 @@
 //! text form `…Z`), and each expression is composed from the same calls the evaluator makes.
 
 use super::*;
-
-const N: SqliteValue = SqliteValue::Null;
-
-fn i(v: i64) -> SqliteValue {
-    SqliteValue::Integer(v)
-}
-fn r(v: f64) -> SqliteValue {
-    SqliteValue::Real(v)
-}
-fn t(v: &str) -> SqliteValue {
-    SqliteValue::from(v)
-}
-fn b(v: &[u8]) -> SqliteValue {
-    SqliteValue::from(v.to_vec())
-}
-fn legacy() -> Compatibility {
-    Compatibility::for_edition(1)
-}
+use crate::functions::test_values::{N, b, i, legacy, r, t};
 
 fn call_with(name: &str, args: &[SqliteValue], compat: &Compatibility) -> Result<SqliteValue, EvalError> {
     let f = lookup_function(name).unwrap_or_else(|| panic!("{name} not defined"));
