@@ -13,31 +13,38 @@ use crate::value::SqliteValue;
 
 type FnResult = Result<SqliteValue, EvalError>;
 
-fn map_text(v: &SqliteValue, f: impl FnOnce(&str) -> String) -> SqliteValue {
-    v.to_text()
-        .map_or(SqliteValue::Null, |t| SqliteValue::from(f(&t)))
-}
-
 /// `upper(x)`: Unicode upper case of the text form (`ß` → `SS`, like JavaScript).
 pub(super) fn upper(args: &[SqliteValue], _: &Compatibility) -> FnResult {
-    Ok(map_text(arg(args, 0), |s| {
-        if s.is_ascii() {
-            s.to_ascii_uppercase()
-        } else {
-            s.to_uppercase()
-        }
-    }))
+    Ok(map_case(
+        arg(args, 0),
+        str::make_ascii_uppercase,
+        str::to_uppercase,
+    ))
 }
 
 /// `lower(x)`: Unicode lower case of the text form.
 pub(super) fn lower(args: &[SqliteValue], _: &Compatibility) -> FnResult {
-    Ok(map_text(arg(args, 0), |s| {
-        if s.is_ascii() {
-            s.to_ascii_lowercase()
-        } else {
-            s.to_lowercase()
-        }
-    }))
+    Ok(map_case(
+        arg(args, 0),
+        str::make_ascii_lowercase,
+        str::to_lowercase,
+    ))
+}
+
+/// Case mapping of the text form. ASCII text (the common case) is mapped in place in a fresh
+/// `Arc<str>`: one allocation instead of a `String` plus its copy.
+fn map_case(v: &SqliteValue, ascii: fn(&mut str), unicode: fn(&str) -> String) -> SqliteValue {
+    let Some(text) = v.to_text() else {
+        return SqliteValue::Null;
+    };
+    if !text.is_ascii() {
+        return SqliteValue::from(unicode(&text));
+    }
+    let mut mapped: Arc<str> = Arc::from(&*text);
+    if let Some(m) = Arc::get_mut(&mut mapped) {
+        ascii(m);
+    }
+    SqliteValue::Text(mapped)
 }
 
 /// `substring(x, start[, len])` with SQLite `substr` semantics: characters of the text form, bytes of a
