@@ -10,6 +10,7 @@
 //! [`CheckpointComplete`]; the client applies data only when the wrapping sum of the op checksums it holds
 //! matches each bucket checksum. Op ids are JSON strings, checksums numbers, PUT data a JSON string.
 
+pub mod bson;
 pub mod checksum;
 pub mod line;
 pub mod op_id;

@@ -66,19 +66,26 @@ impl SyncLine {
         let text = text.trim();
         match serde_json::from_str::<SyncLine>(text) {
             Ok(line) => Ok(Some(line)),
+            // The fast path failed: find out whether it is an unknown line type or a broken line.
             Err(err) => match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(map)) if map.len() == 1 => {
-                    let unknown = map.keys().all(|k| !KNOWN_LINE_TYPES.contains(&k.as_str()));
-                    if unknown {
-                        Ok(None)
-                    } else {
-                        Err(LineError::Json(err))
-                    }
-                }
-                Ok(_) => Err(LineError::NotOneKey),
+                Ok(value) => Self::from_value(value),
                 Err(_) => Err(LineError::Json(err)),
             },
         }
+    }
+
+    /// Reads an already parsed line (JSON, or a decoded BSON document) with the rules of
+    /// [`SyncLine::from_json`].
+    pub fn from_value(value: serde_json::Value) -> Result<Option<SyncLine>, LineError> {
+        match &value {
+            serde_json::Value::Object(map) if map.len() == 1 => {
+                if !map.keys().any(|k| KNOWN_LINE_TYPES.contains(&k.as_str())) {
+                    return Ok(None);
+                }
+            }
+            _ => return Err(LineError::NotOneKey),
+        }
+        serde_json::from_value(value).map(Some).map_err(LineError::Json)
     }
 }
 
