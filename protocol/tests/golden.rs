@@ -1,5 +1,8 @@
 //! Conformance against bytes captured from the reference PowerSync service (testdata/golden, unchanged
-//! copies of the shared golden files; see its README for how they were recorded).
+//! copies of the shared golden files; see its README for how they were recorded). The crate's one
+//! integration-test binary: shapes the transcripts do not show are in the `roundtrip` module.
+
+mod roundtrip;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
