@@ -1,7 +1,32 @@
 //! # syncgate-protocol
 //!
-//! Wire-level identifiers shared by the gateway, the rules engine and the client.
-//! The sync protocol is PowerSync's; see docs/ and the spec for the line types.
+//! Wire types shared by the gateway, the rules engine and the client. No I/O: only values, their
+//! JSON/NDJSON/BSON forms and the checksum arithmetic, so the gateway and a sans-IO client can both be
+//! tested against the reference's golden transcripts.
+//!
+//! The sync protocol is PowerSync's (spec: PROTOCOL.md). In one breath: the client posts a
+//! [`SyncRequest`]; the server streams [`SyncLine`]s — a [`Checkpoint`] listing every bucket with its
+//! [`Checksum`] and count, [`DataLine`]s with [`OplogEntry`] ops after the client's [`OpId`], then
+//! [`CheckpointComplete`]; the client applies data only when the wrapping sum of the op checksums it holds
+//! matches each bucket checksum. Op ids are JSON strings, checksums numbers, PUT data a JSON string.
+
+pub mod bson;
+pub mod checksum;
+pub mod line;
+pub mod op_id;
+pub mod oplog;
+pub mod request;
+pub mod response;
+
+pub use checksum::Checksum;
+pub use line::{
+    BucketChecksum, BucketSubscription, Checkpoint, CheckpointComplete, CheckpointDiff, DataLine, LineError,
+    PartialCheckpointComplete, StreamDescription, StreamError, SubscriptionRef, SyncLine,
+};
+pub use op_id::{OpId, StringIntError, WriteCheckpointId};
+pub use oplog::{OpType, OplogEntry, Subkey};
+pub use request::{BucketPosition, ClientId, RequestError, StreamSubscription, StreamsRequest, SyncRequest};
+pub use response::{ErrorBody, ErrorCode, ErrorResponse, WriteCheckpointData, WriteCheckpointResponse};
 
 use std::fmt;
 use std::sync::Arc;
