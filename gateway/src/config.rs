@@ -108,8 +108,18 @@ pub struct SyncRulesConfig {
 pub enum SyncRulesSource {
     /// `sync_rules.path`, absolute (resolved against the config file's directory).
     Path(PathBuf),
-    /// `sync_rules.content`, inline in the config file.
-    Content,
+    /// `sync_rules.content`, inline in the config file. `origin` is known for a literal block (`|`),
+    /// whose lines map one to one to lines of the config file.
+    Content { origin: Option<ContentOrigin> },
+}
+
+/// Where a literal block of inline rules sits in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentOrigin {
+    /// The config file line of the content's first line.
+    pub first_line: usize,
+    /// The block's indentation in columns.
+    pub indent: usize,
 }
 
 impl SyncRulesConfig {
@@ -117,7 +127,23 @@ impl SyncRulesConfig {
     pub fn display_name(&self, config_file: &Path) -> String {
         match &self.source {
             SyncRulesSource::Path(path) => path.display().to_string(),
-            SyncRulesSource::Content => format!("{}[sync_rules.content]", config_file.display()),
+            SyncRulesSource::Content { .. } => format!("{}[sync_rules.content]", config_file.display()),
+        }
+    }
+
+    /// `FILE:LINE:COL` for a 1-based position in the rules text: in the config file itself for a
+    /// literal block, else relative to the content (`CONFIG[sync_rules.content]:LINE:COL`).
+    pub fn locate(&self, config_file: &Path, line: usize, column: usize) -> String {
+        match &self.source {
+            SyncRulesSource::Content {
+                origin: Some(ContentOrigin { first_line, indent }),
+            } => format!(
+                "{}:{}:{}",
+                config_file.display(),
+                first_line + line - 1,
+                column + indent
+            ),
+            _ => format!("{}:{line}:{column}", self.display_name(config_file)),
         }
     }
 }

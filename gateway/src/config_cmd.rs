@@ -26,14 +26,8 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let rules_name = config.sync_rules.display_name(&config.file);
     let result = compile(&config.sync_rules.text, &CompileOptions::default());
     for d in &result.diagnostics {
-        writeln!(
-            stdout,
-            "{rules_name}:{}:{}: {}: {}",
-            d.line,
-            d.column,
-            d.severity.as_str(),
-            d.message
-        )?;
+        let at = config.sync_rules.locate(&config.file, d.line, d.column);
+        writeln!(stdout, "{at}: {}: {}", d.severity.as_str(), d.message)?;
     }
     let errors = result.diagnostics.iter().filter(|d| d.is_error()).count();
     if errors > 0 {

@@ -121,3 +121,18 @@ fn env_overrides_show_in_the_summary() {
     );
     assert!(stdout.contains("port 9999"), "{stdout}");
 }
+
+#[test]
+fn inline_rules_errors_point_into_the_config_file() {
+    let config = CONFIG.replace(
+        "sync_rules:\n  path: rules.yaml\n",
+        "sync_rules:\n  content: |\n    bucket_definitions:\n      global:\n        data:\n          - SELECT id FROM t LIMIT 1\n",
+    );
+    let dir = setup(&config, RULES);
+    let out = check(dir.path(), &[("PS_DATA_SOURCE_URI", "postgresql://u@h/d")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    // Line 4, column 26 of the rules is line 11, column 30 of the config file.
+    let expected = format!("{}:11:30: error: ", dir.path().join("powersync.yaml").display());
+    assert!(stdout.contains(&expected), "{stdout}");
+}

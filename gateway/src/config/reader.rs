@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use syncgate_rules::yaml::{self, Position, ScalarStyle, YamlKind, YamlNode};
 
+use super::ContentOrigin;
 use super::postgres::{UriParts, parse_uri};
 use super::{
     ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS, DEFAULT_PORT,
@@ -66,9 +67,10 @@ const CLIENT_AUTH_KNOWN: &[&str] = &[
 ];
 const CLIENT_AUTH_IGNORED: &[&str] = &["block_local_jwks", "jwks_reject_ip_ranges"];
 
-pub(super) fn read(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Loaded, ConfigError> {
+pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result<Loaded, ConfigError> {
     let mut r = Reader {
         file: path.display().to_string(),
+        lines: text.lines().collect(),
         env,
         warnings: Vec::new(),
     };
@@ -113,6 +115,8 @@ pub(super) fn read(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Loaded
 
 struct Reader<'e> {
     file: String,
+    /// The file's lines, to find where inline rules start.
+    lines: Vec<&'e str>,
     env: EnvLookup<'e>,
     warnings: Vec<ConfigWarning>,
 }
@@ -679,11 +683,36 @@ impl Reader<'_> {
                 })
             }
             (None, Some(c)) => Ok(SyncRulesConfig {
-                source: SyncRulesSource::Content,
+                source: SyncRulesSource::Content {
+                    origin: self.literal_origin(c),
+                },
                 text: self.string(c, &map.key_path("content"))?,
             }),
             (None, None) => Err(self.err(map.position, format!("`{key}` needs `path` or `content`"))),
         }
+    }
+
+    /// A literal block's content starts on the line after its `|` (the node's position),
+    /// indented like its first non-blank line.
+    fn literal_origin(&self, node: &YamlNode) -> Option<ContentOrigin> {
+        let YamlKind::Scalar {
+            style: ScalarStyle::Literal,
+            ..
+        } = &node.kind
+        else {
+            return None;
+        };
+        if node.tag.is_some() {
+            return None;
+        }
+        let first_line = node.position.line + 1;
+        let indent = self
+            .lines
+            .iter()
+            .skip(first_line - 1)
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start_matches(' ').len())?;
+        Some(ContentOrigin { first_line, indent })
     }
 
     fn client_auth(&mut self, top: &Map<'_>) -> Result<ClientAuthConfig, ConfigError> {

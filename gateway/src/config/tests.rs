@@ -179,8 +179,25 @@ fn inline_rules_and_sync_config_alias() {
         RULES.lines().map(|l| format!("    {l}\n")).collect::<String>()
     );
     let c = f.load(&text).unwrap().config;
-    assert_eq!(c.sync_rules.source, SyncRulesSource::Content);
+    let origin = ContentOrigin {
+        first_line: 7,
+        indent: 4,
+    };
+    assert_eq!(
+        c.sync_rules.source,
+        SyncRulesSource::Content { origin: Some(origin) }
+    );
     assert_eq!(c.sync_rules.text, RULES);
+    // `SELECT` on content line 4, column 9 is at line 10, column 13 of the config file.
+    let at = c.sync_rules.locate(Path::new("ps.yaml"), 4, 9);
+    assert_eq!(at, "ps.yaml:10:13");
+    let quoted = text.replace("content: |", "content: \"bucket_definitions: {}\"\n  x: |");
+    let c = f.load(&quoted).unwrap().config;
+    assert_eq!(c.sync_rules.source, SyncRulesSource::Content { origin: None });
+    assert_eq!(
+        c.sync_rules.locate(Path::new("ps.yaml"), 1, 2),
+        "ps.yaml[sync_rules.content]:1:2"
+    );
 }
 
 #[test]
