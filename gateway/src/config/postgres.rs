@@ -123,29 +123,30 @@ pub(crate) fn parse_uri(uri: &str) -> Result<UriParts, String> {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    let (authority, path) = match rest.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (rest, None),
-    };
     let mut parts = UriParts::default();
-    // The last `@` separates credentials: an unencoded `@` in a password is common enough to allow.
-    let host_port = match authority.rsplit_once('@') {
-        Some((userinfo, host_port)) => {
-            let (user, password) = match userinfo.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (userinfo, None),
-            };
-            if !user.is_empty() {
-                parts.user = Some(percent_decode(user).map_err(|e| format!("the URI's user {e}"))?);
-            }
-            if let Some(p) = password {
-                parts.password = Some(Secret::new(
-                    percent_decode(p).map_err(|e| format!("the URI's password {e}"))?,
-                ));
-            }
-            host_port
+    // The last `@` ends the credentials, so an unencoded `@` or `/` in a password still parses
+    // (and never leaks into the host or database name); a database name must encode `@`.
+    let (userinfo, host_and_path) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    if let Some(userinfo) = userinfo {
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (userinfo, None),
+        };
+        if !user.is_empty() {
+            parts.user = Some(percent_decode(user).map_err(|e| format!("the URI's user {e}"))?);
         }
-        None => authority,
+        if let Some(p) = password {
+            parts.password = Some(Secret::new(
+                percent_decode(p).map_err(|e| format!("the URI's password {e}"))?,
+            ));
+        }
+    }
+    let (host_port, path) = match host_and_path.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (host_and_path, None),
     };
     let (host, port) = split_host_port(host_port)?;
     if !host.is_empty() {
@@ -187,7 +188,11 @@ fn split_host_port(host_port: &str) -> Result<(&str, Option<u16>), String> {
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("the URI's port `{p}` is not a number from 1 to 65535"))?,
+                // Not quoted: with an unencoded `/` or `:` in the password, this text is part of it.
+                .ok_or(
+                    "the URI's port is not a number from 1 to 65535 \
+                     (percent-encode `:`, `/`, `?`, `@` and `%` in the user and password)",
+                )?,
         ),
         None => None,
     };
@@ -247,6 +252,19 @@ mod tests {
     }
 
     #[test]
+    fn unencoded_slash_and_at_in_password() {
+        let p = parse_uri("postgresql://u:a/b@c:1/d@h:5433/db").unwrap();
+        assert_eq!(
+            p.password.as_ref().map(|s| s.expose().as_str()),
+            Some("a/b@c:1/d")
+        );
+        assert_eq!(
+            (p.host.as_deref(), p.port, p.database.as_deref()),
+            (Some("h"), Some(5433), Some("db"))
+        );
+    }
+
+    #[test]
     fn minimal_and_ipv6_uris() {
         let p = parse_uri("postgres://localhost").unwrap();
         assert_eq!(p.host.as_deref(), Some("localhost"));
@@ -262,7 +280,12 @@ mod tests {
         assert!(
             parse_uri("postgresql://h:99999/db")
                 .unwrap_err()
-                .contains("port `99999`")
+                .contains("port is not a number")
+        );
+        assert!(
+            parse_uri("postgresql://u@h:x/db")
+                .unwrap_err()
+                .contains("port is not a number")
         );
         assert!(
             parse_uri("postgresql://u:%zz@h/db")

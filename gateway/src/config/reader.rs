@@ -79,6 +79,7 @@ pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned))
         .unwrap_or_default();
+    // The YAML reader is shared with the rules compiler, whose messages say "rules file".
     let root =
         yaml::parse(text).map_err(|e| r.err(e.position, e.message.replace("rules file", "config file")))?;
     let top = match &root {
@@ -93,7 +94,7 @@ pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result
         Some(node) => r.port(node, "port")?,
         None => DEFAULT_PORT,
     };
-    if let Some(value) = (r.env)(env::PORT) {
+    if let Some(value) = r.override_var(env::PORT) {
         port = parse_port(&value).ok_or_else(|| ConfigError::Env {
             var: env::PORT,
             message: format!("`{value}` is not a port number from 1 to 65535"),
@@ -187,6 +188,11 @@ impl Reader<'_> {
         }
     }
 
+    /// A `SYNCGATE_*` override; empty counts as unset (compose files often pass `VAR=`).
+    fn override_var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.is_empty())
+    }
+
     fn warn(&mut self, position: Position, message: String) {
         self.warnings.push(ConfigWarning {
             file: self.file.clone(),
@@ -221,7 +227,8 @@ impl Reader<'_> {
         };
         for (i, (key, value)) in entries.iter().enumerate() {
             let Some(name) = key.as_scalar() else {
-                return Err(self.err(key.position, format!("keys of {path} must be plain names")));
+                let what = if path.is_empty() { "top-level keys" } else { path };
+                return Err(self.err(key.position, format!("{what}: keys must be plain names")));
             };
             let key_path = join(path, name);
             if entries[..i].iter().any(|(k, _)| k.as_scalar() == Some(name)) {
@@ -475,14 +482,14 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(url) = (self.env)(env::DATABASE_URL) {
+        if let Some(url) = self.override_var(env::DATABASE_URL) {
             let parts = parse_uri(&url).map_err(|message| ConfigError::Env {
                 var: env::DATABASE_URL,
                 message,
             })?;
             draft.merge(parts);
         }
-        if let Some(password) = (self.env)(env::DATABASE_PASSWORD) {
+        if let Some(password) = self.override_var(env::DATABASE_PASSWORD) {
             draft.password = Some(Secret::new(password));
         }
         let connection = self.finish_connection(draft, top.position)?;
@@ -572,7 +579,7 @@ impl Reader<'_> {
                      (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
                 ),
             ),
-            None if (self.env)(env::DATABASE_URL).is_some() => ConfigError::Env {
+            None if self.override_var(env::DATABASE_URL).is_some() => ConfigError::Env {
                 var: env::DATABASE_URL,
                 message: format!("the URL has no {what} (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"),
             },
@@ -635,7 +642,7 @@ impl Reader<'_> {
                 path = dir.join(self.string(p, "storage.path")?);
             }
         }
-        if let Some(p) = (self.env)(env::STORAGE_PATH) {
+        if let Some(p) = self.override_var(env::STORAGE_PATH) {
             path = std::path::absolute(&p).unwrap_or_else(|_| PathBuf::from(p));
         }
         Ok(StorageConfig::Sqlite { path })
@@ -751,7 +758,7 @@ impl Reader<'_> {
                 auth.max_lifetime_seconds = self.positive(v, "client_auth.max_lifetime_seconds")?;
             }
         }
-        if let Some(secret) = (self.env)(env::JWT_SECRET) {
+        if let Some(secret) = self.override_var(env::JWT_SECRET) {
             auth.supabase_jwt_secret = Some(Secret::new(secret));
         }
         Ok(auth)

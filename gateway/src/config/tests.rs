@@ -242,6 +242,11 @@ fn bad_ports() {
         e,
         "environment variable SYNCGATE_PORT: `x` is not a port number from 1 to 65535"
     );
+    // An empty override counts as unset.
+    assert_eq!(
+        f.load_env(MINIMAL, &[(env::PORT, "")]).unwrap().config.port,
+        DEFAULT_PORT
+    );
 }
 
 #[test]
@@ -341,9 +346,9 @@ fn connection_errors() {
         "{e}"
     );
     let e = f.error(&MINIMAL.replace("@db.local", "@db.local:x"), &[]);
-    assert_eq!(
-        e,
-        "CONFIG:4:12: `replication.connections[0].uri`: the URI's port `x` is not a number from 1 to 65535"
+    assert!(
+        e.starts_with("CONFIG:4:12: `replication.connections[0].uri`: the URI's port is not a number"),
+        "{e}"
     );
     let e = f.error(
         &MINIMAL.replace("      uri:", "      sslmode: on\n      uri:"),
