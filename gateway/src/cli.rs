@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::rules_cmd;
+use crate::{config_cmd, rules_cmd};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +23,20 @@ enum Command {
     /// Work with sync rules files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Work with the gateway's config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load a config file and compile its sync rules; prints warnings, diagnostics and a summary,
+    /// exits 1 on any error.
+    Check {
+        /// The config file (PowerSync `powersync.yaml` layout; see docs/config.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,5 +66,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(rules_cmd::validate(&file.display().to_string(), &text))
         }
         Command::Rules(RulesCommand::TestCases { files, verbose }) => rules_cmd::test_cases(&files, verbose),
+        Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
     }
 }

@@ -1,0 +1,520 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+const RULES: &str = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM todos\n";
+
+/// A temp dir holding `rules.yaml`; configs are parsed as if they were `DIR/powersync.yaml`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), RULES).unwrap();
+        Fixture { dir }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("powersync.yaml")
+    }
+
+    fn load_env(&self, text: &str, vars: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::parse(text, &self.config_path(), &|name| vars.get(name).cloned())
+    }
+
+    fn load(&self, text: &str) -> Result<Loaded, ConfigError> {
+        self.load_env(text, &[])
+    }
+
+    /// The error's text with the temp path replaced by `CONFIG`.
+    fn error(&self, text: &str, vars: &[(&str, &str)]) -> String {
+        let e = self.load_env(text, vars).unwrap_err().to_string();
+        e.replace(&self.config_path().display().to_string(), "CONFIG")
+    }
+}
+
+const MINIMAL: &str = "\
+replication:
+  connections:
+    - type: postgresql
+      uri: postgresql://app@db.local/app
+sync_rules:
+  path: rules.yaml
+";
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let f = Fixture::new();
+    let loaded = f.load(MINIMAL).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let c = loaded.config;
+    let conn = c.replication.connection();
+    assert_eq!(
+        (
+            conn.host.as_str(),
+            conn.port,
+            conn.database.as_str(),
+            conn.user.as_str()
+        ),
+        ("db.local", 5432, "app", "app")
+    );
+    assert_eq!(conn.password, None);
+    assert_eq!(conn.sslmode, SslMode::VerifyFull);
+    assert_eq!(conn.tag, "default");
+    assert_eq!(conn.publication, DEFAULT_PUBLICATION);
+    assert_eq!(c.port, DEFAULT_PORT);
+    assert_eq!(
+        c.storage,
+        StorageConfig::Sqlite {
+            path: f.dir.path().join(DEFAULT_STORAGE_PATH)
+        }
+    );
+    assert_eq!(
+        c.sync_rules.source,
+        SyncRulesSource::Path(f.dir.path().join("rules.yaml"))
+    );
+    assert_eq!(c.sync_rules.text, RULES);
+    assert_eq!(c.client_auth.max_lifetime_seconds, DEFAULT_MAX_LIFETIME_SECONDS);
+    assert!(c.client_auth.jwks.is_empty() && c.client_auth.jwks_uri.is_empty());
+}
+
+#[test]
+fn full_example_reads_every_key() {
+    let f = Fixture::new();
+    let text = "\
+replication:
+  connections:
+    - type: postgresql
+      tag: main
+      uri: postgresql://ignored:pw@old-host:1/olddb?sslmode=require
+      hostname: pg.example.com
+      port: 6543
+      database: app
+      username: syncgate
+      password: !env PS_PG_PASSWORD
+      sslmode: verify-ca
+      publication_name: mypub
+storage:
+  type: sqlite
+  path: data/buckets.sqlite
+sync_rules:
+  path: rules.yaml
+client_auth:
+  jwks_uri: https://auth.example.com/.well-known/jwks.json
+  jwks:
+    keys:
+      - kty: oct
+        kid: dev
+        alg: HS256
+        k: !env PS_DEV_KEY
+      - {kty: RSA, kid: r1, n: abc, e: AQAB}
+  supabase: true
+  supabase_jwt_secret: shh
+  audience: [app, 'other']
+  max_lifetime_seconds: 3600
+port: !env PS_PORT
+";
+    let loaded = f
+        .load_env(
+            text,
+            &[
+                ("PS_PG_PASSWORD", "pg-pass"),
+                ("PS_DEV_KEY", "c2VjcmV0"),
+                ("PS_PORT", "9090"),
+            ],
+        )
+        .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let c = loaded.config;
+    let conn = c.replication.connection();
+    assert_eq!(conn.tag, "main");
+    assert_eq!(conn.host, "pg.example.com");
+    assert_eq!(conn.port, 6543);
+    assert_eq!(conn.database, "app");
+    assert_eq!(conn.user, "syncgate");
+    assert_eq!(
+        conn.password.as_ref().map(|p| p.expose().as_str()),
+        Some("pg-pass")
+    );
+    assert_eq!(conn.sslmode, SslMode::VerifyCa);
+    assert_eq!(conn.publication, "mypub");
+    assert_eq!(
+        c.storage,
+        StorageConfig::Sqlite {
+            path: f.dir.path().join("data/buckets.sqlite")
+        }
+    );
+    let auth = &c.client_auth;
+    assert_eq!(auth.jwks_uri, ["https://auth.example.com/.well-known/jwks.json"]);
+    assert_eq!(auth.jwks.len(), 2);
+    assert_eq!(
+        (auth.jwks[0].kty.as_str(), auth.jwks[0].kid.as_deref()),
+        ("oct", Some("dev"))
+    );
+    assert_eq!(auth.jwks[0].members["k"], "c2VjcmV0");
+    assert_eq!(auth.jwks[1].members["e"], "AQAB");
+    assert!(auth.supabase);
+    assert_eq!(
+        auth.supabase_jwt_secret.as_ref().map(|s| s.expose().as_str()),
+        Some("shh")
+    );
+    assert_eq!(auth.audience, ["app", "other"]);
+    assert_eq!(auth.max_lifetime_seconds, 3600);
+    assert_eq!(c.port, 9090);
+}
+
+#[test]
+fn inline_rules_and_sync_config_alias() {
+    let f = Fixture::new();
+    let text = format!(
+        "replication:\n  connections:\n    - type: postgresql\n      uri: postgresql://u@h/d\n\
+         sync_config:\n  content: |\n{}",
+        RULES.lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    let c = f.load(&text).unwrap().config;
+    let origin = ContentOrigin {
+        first_line: 7,
+        indent: 4,
+    };
+    assert_eq!(
+        c.sync_rules.source,
+        SyncRulesSource::Content { origin: Some(origin) }
+    );
+    assert_eq!(c.sync_rules.text, RULES);
+    // `SELECT` on content line 4, column 9 is at line 10, column 13 of the config file.
+    let at = c.sync_rules.locate(Path::new("ps.yaml"), 4, 9);
+    assert_eq!(at, "ps.yaml:10:13");
+    let quoted = text.replace("content: |", "content: \"bucket_definitions: {}\"\n  x: |");
+    let c = f.load(&quoted).unwrap().config;
+    assert_eq!(c.sync_rules.source, SyncRulesSource::Content { origin: None });
+    assert_eq!(
+        c.sync_rules.locate(Path::new("ps.yaml"), 1, 2),
+        "ps.yaml[sync_rules.content]:1:2"
+    );
+}
+
+#[test]
+fn bad_yaml_reports_position() {
+    let f = Fixture::new();
+    let e = f.error("port: 8080\nstorage: [a\n", &[]);
+    assert!(e.starts_with("CONFIG:"), "{e}");
+    assert!(e.contains("YAML syntax is invalid"), "{e}");
+}
+
+#[test]
+fn wrong_types_report_position() {
+    let f = Fixture::new();
+    let e = f.error(&format!("{MINIMAL}port: [1]\n"), &[]);
+    assert_eq!(e, "CONFIG:7:7: `port` must be a single value, not a sequence");
+    let e = f.error(&format!("{MINIMAL}client_auth:\n  supabase: maybe\n"), &[]);
+    assert_eq!(
+        e,
+        "CONFIG:8:13: `client_auth.supabase` must be true or false, not `maybe`"
+    );
+    let e = f.error("replication: 3\n", &[]);
+    assert!(e.starts_with("CONFIG:1:14: replication must be a mapping"), "{e}");
+}
+
+#[test]
+fn bad_ports() {
+    let f = Fixture::new();
+    for port in ["0", "65536", "http", "-1"] {
+        let e = f.error(&format!("{MINIMAL}port: {port}\n"), &[]);
+        assert_eq!(
+            e,
+            format!("CONFIG:7:7: `port` must be a port number from 1 to 65535, not `{port}`")
+        );
+    }
+    // Quoted strings are fine, like PowerSync's port codec.
+    assert_eq!(
+        f.load(&format!("{MINIMAL}port: '8081'\n")).unwrap().config.port,
+        8081
+    );
+    let e = f.error(MINIMAL, &[(env::PORT, "x")]);
+    assert_eq!(
+        e,
+        "environment variable SYNCGATE_PORT: `x` is not a port number from 1 to 65535"
+    );
+    // An empty override counts as unset.
+    assert_eq!(
+        f.load_env(MINIMAL, &[(env::PORT, "")]).unwrap().config.port,
+        DEFAULT_PORT
+    );
+}
+
+#[test]
+fn unknown_and_unimplemented_keys_warn() {
+    let f = Fixture::new();
+    let text = format!("{MINIMAL}telemetry:\n  disable_telemetry_sharing: true\nwhatever: 1\n");
+    let loaded = f.load(&text).unwrap();
+    let messages: Vec<String> = loaded
+        .warnings
+        .iter()
+        .map(|w| format!("{}:{}: {}", w.line, w.column, w.message))
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].starts_with(
+            "7:1: `telemetry` is a PowerSync setting that syncgate accepts but does not implement"
+        )
+    );
+    assert!(messages[1].starts_with("9:1: unknown key `whatever` is ignored"));
+    let shown = loaded.warnings[0].to_string();
+    assert!(
+        shown.starts_with(&format!("{}:7:1: warning: ", f.config_path().display())),
+        "{shown}"
+    );
+
+    let text = MINIMAL.replace("      uri:", "      slot_name_prefix: x\n      uri:");
+    let loaded = f.load(&text).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(
+        loaded.warnings[0]
+            .message
+            .contains("`replication.connections[0].slot_name_prefix`")
+    );
+}
+
+#[test]
+fn missing_rules_file() {
+    let f = Fixture::new();
+    let e = f.error(&MINIMAL.replace("rules.yaml", "nope.yaml"), &[]);
+    let expected = format!(
+        "CONFIG:6:9: cannot read sync rules file {}",
+        f.dir.path().join("nope.yaml").display()
+    );
+    assert!(e.starts_with(&expected), "{e}");
+    assert!(
+        e.ends_with("(`sync_rules.path` is relative to the config file)"),
+        "{e}"
+    );
+    let e = f.error(
+        "replication:\n  connections: []\n",
+        &[(env::DATABASE_URL, "postgresql://u@h/d")],
+    );
+    assert!(e.starts_with("CONFIG:1:1: no sync rules"), "{e}");
+}
+
+#[test]
+fn unsupported_storage_and_source_types() {
+    let f = Fixture::new();
+    let e = f.error(&format!("{MINIMAL}storage:\n  type: postgresql\n  uri: x\n"), &[]);
+    assert_eq!(
+        e,
+        "CONFIG:8:9: storage type `postgresql` is not supported yet; use `type: sqlite` (embedded)"
+    );
+    let e = f.error(&MINIMAL.replace("type: postgresql", "type: mongodb"), &[]);
+    assert_eq!(
+        e,
+        "CONFIG:3:13: syncgate replicates only from PostgreSQL: use `type: postgresql`, not `mongodb`"
+    );
+}
+
+#[test]
+fn two_connections_are_an_error() {
+    let f = Fixture::new();
+    let text = MINIMAL.replace(
+        "sync_rules:",
+        "    - type: postgresql\n      uri: postgresql://u@h2/d\nsync_rules:",
+    );
+    let e = f.error(&text, &[]);
+    assert_eq!(
+        e,
+        "CONFIG:5:7: syncgate replicates from one database; `replication.connections` has 2 entries, keep one"
+    );
+}
+
+#[test]
+fn connection_errors() {
+    let f = Fixture::new();
+    let e = f.error(
+        &MINIMAL.replace(
+            "uri: postgresql://app@db.local/app",
+            "hostname: h\n      database: d",
+        ),
+        &[],
+    );
+    assert!(
+        e.starts_with("CONFIG:3:7: `replication.connections[0]` has no user; set `username`"),
+        "{e}"
+    );
+    let e = f.error(&MINIMAL.replace("@db.local", "@db.local:x"), &[]);
+    assert!(
+        e.starts_with("CONFIG:4:12: `replication.connections[0].uri`: the URI's port is not a number"),
+        "{e}"
+    );
+    let e = f.error(
+        &MINIMAL.replace("      uri:", "      sslmode: on\n      uri:"),
+        &[],
+    );
+    assert!(
+        e.starts_with("CONFIG:4:16: `replication.connections[0].sslmode` must be one of disable"),
+        "{e}"
+    );
+    let e = f.error("sync_rules:\n  path: rules.yaml\n", &[]);
+    assert!(e.starts_with("CONFIG:1:1: no source database"), "{e}");
+}
+
+#[test]
+fn env_tag_present_missing_and_typed() {
+    let f = Fixture::new();
+    let text = MINIMAL.replace(
+        "uri: postgresql://app@db.local/app",
+        "uri: !env PS_DATA_SOURCE_URI",
+    );
+    let c = f
+        .load_env(&text, &[("PS_DATA_SOURCE_URI", "postgresql://u:p@h:1/d")])
+        .unwrap()
+        .config;
+    assert_eq!(c.replication.connection().port, 1);
+    let e = f.error(&text, &[]);
+    assert_eq!(
+        e,
+        "CONFIG:4:17: environment variable `PS_DATA_SOURCE_URI` is not set \
+         (`replication.connections[0].uri: !env PS_DATA_SOURCE_URI`); set it or change `replication.connections[0].uri`"
+    );
+    // PowerSync's typed form: `!env VAR::number`, `!env VAR::boolean`.
+    let text =
+        format!("{MINIMAL}port: !env PS_PORT::number\nclient_auth:\n  supabase: !env PS_SB::boolean\n");
+    let c = f
+        .load_env(&text, &[("PS_PORT", "7000"), ("PS_SB", "TRUE")])
+        .unwrap()
+        .config;
+    assert_eq!((c.port, c.client_auth.supabase), (7000, true));
+    let e = f.error(&text, &[("PS_PORT", "seven"), ("PS_SB", "true")]);
+    assert_eq!(
+        e,
+        "CONFIG:7:12: environment variable `PS_PORT` must be a number for `!env PS_PORT::number`"
+    );
+    let e = f.error(&format!("{MINIMAL}port: !secret X\n"), &[]);
+    assert_eq!(
+        e,
+        "CONFIG:7:15: unsupported tag `!secret` on `port`; only `!env VAR` is supported"
+    );
+}
+
+#[test]
+fn env_overrides_win_over_the_file() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}port: !env PS_PORT\nstorage:\n  path: file.sqlite\nclient_auth:\n  supabase_jwt_secret: from-file\n",
+        MINIMAL.replace(
+            "uri: postgresql://app@db.local/app",
+            "uri: postgresql://app:filepw@db.local/app\n      sslmode: disable"
+        )
+    );
+    let vars = [
+        ("PS_PORT", "9000"),
+        (env::PORT, "9100"),
+        (env::DATABASE_URL, "postgresql://other@envhost:5439/envdb"),
+        (env::DATABASE_PASSWORD, "envpw"),
+        (env::STORAGE_PATH, "/var/lib/syncgate/b.sqlite"),
+        (env::JWT_SECRET, "env-secret"),
+    ];
+    let c = f.load_env(&text, &vars).unwrap().config;
+    assert_eq!(c.port, 9100);
+    let conn = c.replication.connection();
+    assert_eq!(
+        (
+            conn.host.as_str(),
+            conn.port,
+            conn.database.as_str(),
+            conn.user.as_str()
+        ),
+        ("envhost", 5439, "envdb", "other")
+    );
+    assert_eq!(conn.password.as_ref().map(|p| p.expose().as_str()), Some("envpw"));
+    // Parts the URL lacks keep the file's values.
+    assert_eq!(conn.sslmode, SslMode::Disable);
+    assert_eq!(
+        c.storage,
+        StorageConfig::Sqlite {
+            path: PathBuf::from("/var/lib/syncgate/b.sqlite")
+        }
+    );
+    assert_eq!(
+        c.client_auth
+            .supabase_jwt_secret
+            .as_ref()
+            .map(|s| s.expose().as_str()),
+        Some("env-secret")
+    );
+    // With only the environment, no `replication` section is needed.
+    let c = f
+        .load_env(
+            "sync_rules:\n  path: rules.yaml\n",
+            &[(env::DATABASE_URL, "postgresql://u@h/d")],
+        )
+        .unwrap()
+        .config;
+    assert_eq!(c.replication.connection().host, "h");
+    let e = f.error(
+        "sync_rules:\n  path: rules.yaml\n",
+        &[(env::DATABASE_URL, "postgresql://u@h")],
+    );
+    assert!(
+        e.starts_with("environment variable SYNCGATE_DATABASE_URL: the URL has no database name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn jwks_validation() {
+    let f = Fixture::new();
+    let e = f.error(
+        &format!("{MINIMAL}client_auth:\n  jwks:\n    keys:\n      - kty: oct\n        k: 'not base64!'\n"),
+        &[],
+    );
+    assert_eq!(
+        e,
+        "CONFIG:10:9: `client_auth.jwks.keys[0].k` must be the shared secret in base64url (A-Z a-z 0-9 - _)"
+    );
+    let e = f.error(
+        &format!("{MINIMAL}client_auth:\n  jwks:\n    keys:\n      - kid: x\n"),
+        &[],
+    );
+    assert!(
+        e.starts_with("CONFIG:10:9: `client_auth.jwks.keys[0]` needs `kty`"),
+        "{e}"
+    );
+    let e = f.error(&format!("{MINIMAL}client_auth:\n  jwks_uri: [ftp://x]\n"), &[]);
+    assert!(
+        e.starts_with("CONFIG:8:13: `client_auth.jwks_uri` must be http:// or https://"),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_stay_out_of_debug() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}client_auth:\n  supabase_jwt_secret: jwt-secret-value\n  jwks:\n    keys:\n      - {{kty: oct, k: b2N0LXNlY3JldA}}\n",
+        MINIMAL.replace("app@db.local", "app:uri-password@db.local")
+    );
+    let loaded = f.load(&text).unwrap();
+    let debug = format!("{loaded:?}");
+    for secret in ["uri-password", "jwt-secret-value", "b2N0LXNlY3JldA"] {
+        assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+    }
+    assert!(debug.contains("***"));
+    let conn = loaded.config.replication.connection();
+    assert!(!conn.display_safe().contains("uri-password"));
+}
+
+#[test]
+fn load_reads_the_file_and_reports_missing_files() {
+    let f = Fixture::new();
+    std::fs::write(f.config_path(), MINIMAL).unwrap();
+    let loaded = Config::load_with_env(&f.config_path(), &|_| None).unwrap();
+    assert_eq!(loaded.config.file, f.config_path());
+    let missing: &Path = &f.dir.path().join("none.yaml");
+    let e = Config::load_with_env(missing, &|_| None).unwrap_err().to_string();
+    assert!(e.contains("cannot read the config file"), "{e}");
+}

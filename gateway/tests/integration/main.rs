@@ -1,0 +1,4 @@
+//! The `syncgate` binary's integration tests, in one test binary.
+
+mod cli;
+mod config;
