@@ -212,7 +212,8 @@ impl Compiler<'_> {
     }
 
     /// The single table of a query, bound as the scope's row table (with the columns a schema
-    /// knows for it). Reports "Must SELECT from a single table" otherwise.
+    /// knows for it; an unaliased name is checked for case). Reports "Must SELECT from a single
+    /// table" otherwise.
     pub(crate) fn bind_single_table<'s>(
         &mut self,
         source: &SqlSource<'_>,
@@ -220,6 +221,9 @@ impl Compiler<'_> {
         scope: &mut QueryScope<'_>,
     ) -> Option<BoundTable<'s>> {
         let (pattern, name, alias, span) = self.single_table(source, select)?;
+        if alias.is_none() {
+            scope.check_identifier_case(name);
+        }
         let known_columns = self.schema_columns(source, &pattern, span);
         scope.value_table = Some(ValueTable {
             sql_name: alias.map_or_else(|| name.name.clone(), |a| a.name.clone()),
@@ -283,9 +287,6 @@ impl Compiler<'_> {
             return;
         };
         scope.parameter_tables = vec!["bucket".into()];
-        if alias.is_none() {
-            scope.check_identifier_case(table_name);
-        }
         let filter = scope.compile_where(select.where_clause.as_ref());
 
         let input_names: Vec<String> = filter
@@ -668,7 +669,6 @@ impl Compiler<'_> {
         let mut scope = self.parameter_scope(source.sql);
         let BoundTable {
             pattern,
-            name: table_name,
             alias,
             span: table_span,
             ..
@@ -682,9 +682,6 @@ impl Compiler<'_> {
             );
         }
         scope.supports_expanding = true;
-        if alias.is_none() {
-            scope.check_identifier_case(table_name);
-        }
         let filter = scope.compile_where(select.where_clause.as_ref());
         let bucket_parameters = self.parameter_outputs(source, &mut scope, select)?;
         let mut priority = None;

@@ -204,9 +204,6 @@ impl Compiler<'_> {
             else {
                 continue;
             };
-            if alias.is_none() {
-                scope.check_identifier_case(table_name);
-            }
             let conjuncts = match &select.where_clause {
                 Some(w) => to_dnf(w, false),
                 None => vec![Vec::new()],
