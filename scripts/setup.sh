@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 command -v runuser >/dev/null || need+=(util-linux)
+# pg_walstream (the replication transport) links the system libpq: headers and libpq.so at build time.
+[ -f /usr/include/postgresql/libpq-fe.h ] || need+=(libpq-dev)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
