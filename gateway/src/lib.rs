@@ -1,8 +1,10 @@
 //! # syncgate gateway
 //!
 //! The `syncgate` binary's library: command line, rules tooling and the config file; replication,
-//! bucket storage and the sync API arrive with their issues.
+//! bucket storage and the sync API arrive with their issues. [`source`] is the Postgres side of
+//! replication: slot, snapshot and the decoded change stream.
 pub mod cli;
 pub mod config;
 pub mod config_cmd;
 pub mod rules_cmd;
+pub mod source;

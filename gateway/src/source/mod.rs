@@ -1,0 +1,131 @@
+//! # The Postgres side of replication
+//!
+//! Everything syncgate reads from the source database: the replication slot, the initial snapshot and
+//! the decoded change stream. No bucket storage lives here; the replicator consumes [`SourceEvent`]s and
+//! decides what is durable.
+//!
+//! ## Invariants this module keeps (DESIGN.md)
+//!
+//! - **4, restartable replication.** [`ReplicationClient::ack`] is the only way a position reaches the
+//!   server, and callers pass only a [`SourceEvent::Commit`]'s `end_lsn` once storage has made that
+//!   transaction durable. Relation messages carry position 0/0 and a Begin can too, so nothing here ever
+//!   resumes from an XLogData position. Acks are sent at once (not on an interval) so an ack made just
+//!   before shutdown is not lost; after a crash the server re-sends everything after the last ack, and
+//!   the replicator skips transactions whose commit LSN is at or below its stored LSN.
+//! - **5, initial snapshot.** The slot is created first, exporting a snapshot
+//!   ([`ReplicationClient::create_slot`]); [`SnapshotReader`] imports it on a second, ordinary
+//!   connection *before* the replication session runs any other command (the exported snapshot dies
+//!   with the session's next command), and copies tables in primary-key order, in chunks. Streaming
+//!   then starts at the slot's consistent point, so nothing between snapshot and stream is lost.
+//! - **8, read-only source.** Only `SELECT`s and replication commands are issued; [`checks`] verifies
+//!   up front the privileges and settings this needs and says how to fix what is missing.
+//!
+//! Values stay in Postgres text form ([`ColumnValue::Text`]). The replication connection and the
+//! snapshot connection both use [`SESSION_SETTINGS`], so the text is formatted the same way on both
+//! paths and the rules' value mapping parses exactly one form.
+
+pub mod checks;
+pub mod error;
+pub mod event;
+pub mod lsn;
+pub mod snapshot;
+pub mod walstream;
+
+pub use checks::{SourceRequirements, check_source};
+pub use error::{ErrorKind, SourceError};
+pub use event::{ColumnInfo, ColumnValue, RelationInfo, ReplicaIdentity, SourceEvent};
+pub use lsn::Lsn;
+pub use snapshot::{Chunk, SnapshotReader, TableLayout, TableName};
+pub use walstream::WalstreamClient;
+
+use std::future::Future;
+
+/// Session settings for both source connections (notes/build.md): pgoutput and COPY format values as
+/// the session says, and the value mapping expects ISO dates, `postgres` intervals, UTC offsets and
+/// shortest-exact floats.
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+];
+
+/// A slot just created with an exported snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub slot_name: String,
+    /// Import with `SET TRANSACTION SNAPSHOT` before the replication session runs another command.
+    pub snapshot_name: String,
+    /// Streaming from here replays exactly what the snapshot does not contain.
+    pub consistent_point: Lsn,
+}
+
+/// pgoutput protocol version. 1 is enough for syncgate today; 2 allows streaming of large in-progress
+/// transactions later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtoVersion {
+    V1,
+    V2,
+}
+
+/// `START_REPLICATION` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOptions {
+    pub publication_names: Vec<String>,
+    pub proto_version: ProtoVersion,
+    /// `messages 'true'`: needed for write-checkpoint markers (`pg_logical_emit_message`).
+    pub messages: bool,
+}
+
+impl StartOptions {
+    /// Proto 1 with messages on: what the replicator uses.
+    pub fn new(publication_names: Vec<String>) -> StartOptions {
+        StartOptions {
+            publication_names,
+            proto_version: ProtoVersion::V1,
+            messages: true,
+        }
+    }
+}
+
+/// One item from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    Event(SourceEvent),
+    /// The server is idle at `wal_end`. While no transaction is open, acking this keeps WAL retention
+    /// bounded when only unpublished tables change (invariant 8).
+    Keepalive {
+        wal_end: Lsn,
+    },
+}
+
+/// The replication transport, kept behind our own trait so the crate underneath can be swapped.
+///
+/// Protocol: `create_slot` (optional, first command of the session), then `start`, then `next` in a
+/// loop with `ack` whenever storage has made a commit durable, then `close`.
+pub trait ReplicationClient: Send {
+    /// Creates a logical pgoutput slot exporting a snapshot. Must be the session's first command, and
+    /// the snapshot must be imported elsewhere before any other call on this client.
+    fn create_slot(
+        &mut self,
+        slot_name: &str,
+    ) -> impl Future<Output = Result<CreatedSlot, SourceError>> + Send;
+
+    /// `START_REPLICATION SLOT … LOGICAL start`.
+    fn start(
+        &mut self,
+        slot_name: &str,
+        start: Lsn,
+        options: &StartOptions,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// The next decoded event or keepalive. Answers the server's keepalive requests and sends periodic
+    /// status updates itself, so the walsender does not time out while the caller polls.
+    fn next(&mut self) -> impl Future<Output = Result<StreamItem, SourceError>> + Send;
+
+    /// Reports `flushed` as durably applied: the server may discard WAL up to it and resumes after it.
+    fn ack(&mut self, flushed: Lsn) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Sends a last status update and ends the session.
+    fn close(self) -> impl Future<Output = Result<(), SourceError>> + Send;
+}
