@@ -97,3 +97,19 @@ impl From<pg_walstream::ReplicationError> for SourceError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_errors_are_classified() {
+        let transient: SourceError =
+            pg_walstream::ReplicationError::transient_connection("reset by peer").into();
+        assert_eq!(transient.kind(), ErrorKind::Retryable);
+        let missing: SourceError =
+            pg_walstream::ReplicationError::protocol("replication slot \"s\" does not exist").into();
+        assert_eq!(missing.kind(), ErrorKind::Configuration);
+        assert_eq!(SourceError::Protocol("x".into()).kind(), ErrorKind::Fatal);
+    }
+}

@@ -285,3 +285,70 @@ fn column_value(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pg_walstream::ColumnInfo as PgColumn;
+
+    use super::*;
+
+    fn relation() -> LogicalReplicationMessage {
+        LogicalReplicationMessage::Relation {
+            relation_id: 42,
+            namespace: "public".into(),
+            relation_name: "items".into(),
+            replica_identity: b'd',
+            columns: vec![
+                PgColumn::new(1, "id".into(), 23, -1),
+                PgColumn::new(0, "big".into(), 25, -1),
+            ],
+        }
+    }
+
+    #[test]
+    fn keeps_null_text_and_unchanged_toast_apart() {
+        let mut decoder = Decoder::new();
+        let Some(SourceEvent::Relation(info)) = decoder.decode(relation()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(info.replica_identity, ReplicaIdentity::Default);
+        assert!(info.columns[0].is_key && !info.columns[1].is_key);
+        let update = LogicalReplicationMessage::Update {
+            relation_id: 42,
+            old_tuple: Some(TupleData::new(vec![
+                ColumnData::text(b"1".to_vec()),
+                ColumnData::null(),
+            ])),
+            new_tuple: TupleData::new(vec![ColumnData::text(b"2".to_vec()), ColumnData::unchanged()]),
+            key_type: Some('K'),
+        };
+        let Some(SourceEvent::Update { old, new, .. }) = decoder.decode(update).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            old,
+            Some(OldRow::Key(vec![
+                ColumnValue::Text("1".into()),
+                ColumnValue::Null
+            ]))
+        );
+        assert_eq!(
+            new,
+            vec![ColumnValue::Text("2".into()), ColumnValue::UnchangedToast]
+        );
+    }
+
+    #[test]
+    fn change_before_relation_or_with_wrong_width_is_a_protocol_error() {
+        let insert = |columns| LogicalReplicationMessage::Insert {
+            relation_id: 42,
+            tuple: TupleData::new(columns),
+        };
+        let mut decoder = Decoder::new();
+        let error = decoder.decode(insert(vec![ColumnData::null()])).unwrap_err();
+        assert!(matches!(error, SourceError::Protocol(_)), "{error}");
+        decoder.decode(relation()).unwrap();
+        let error = decoder.decode(insert(vec![ColumnData::null()])).unwrap_err();
+        assert!(error.to_string().contains("has 1 columns"), "{error}");
+    }
+}

@@ -275,3 +275,24 @@ impl ReplicationClient for WalstreamClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::replication_conninfo;
+
+    #[test]
+    fn conninfo_gets_replication_and_session_settings() {
+        assert_eq!(
+            replication_conninfo("postgres://u@h/db"),
+            "postgres://u@h/db?replication=database&options=-c%20DateStyle%3DISO%20-c%20IntervalStyle%3Dpostgres\
+             %20-c%20TimeZone%3DUTC%20-c%20extra_float_digits%3D3"
+        );
+        let kept = "postgresql://u@h/db?sslmode=disable&replication=database&options=-c%20x%3Dy";
+        assert_eq!(replication_conninfo(kept), kept);
+        assert_eq!(
+            replication_conninfo("host=h dbname=db"),
+            "host=h dbname=db replication=database options='-c DateStyle=ISO -c IntervalStyle=postgres \
+             -c TimeZone=UTC -c extra_float_digits=3'"
+        );
+    }
+}

@@ -327,3 +327,69 @@ async fn checks_say_how_to_fix_the_source() {
     drop(plain);
     db.psql(&format!("DROP ROLE \"{role}\"")).unwrap();
 }
+
+/// The cluster's defaults differ from the session settings (DMY dates, Kathmandu time, SQL-standard
+/// intervals): connecting *without* them in the URL proves both connections set them themselves, so
+/// the copy and the stream produce the same text. Also runs on pgoutput proto 2 and checks a
+/// non-transactional message, which arrives outside any transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_and_stream_format_values_alike() {
+    let db = shared_cluster().create_database().unwrap();
+    db.psql(
+        "CREATE TABLE v (id int PRIMARY KEY, at timestamptz, d date, i interval);
+         INSERT INTO v VALUES (1, '2024-01-02 03:04:05+02', '2024-01-02', '1 day 2 hours');
+         CREATE PUBLICATION pub FOR TABLE v;",
+    )
+    .unwrap();
+    let base = db.url_without_session_options();
+    let mut client = WalstreamClient::connect(&base).await.unwrap();
+    let slot = client.create_slot("syncgate_test_settings").await.unwrap();
+    let reader = SnapshotReader::connect(&base, &slot.snapshot_name).await.unwrap();
+    let layout = reader.layout(&TableName::new("public", "v")).await.unwrap();
+    let chunk = reader.copy_chunk(&layout, None, 100).await.unwrap();
+    reader.finish().await.unwrap();
+    let expected = |id: &str| {
+        vec![
+            id.to_owned(),
+            "2024-01-02 01:04:05+00".to_owned(),
+            "2024-01-02".to_owned(),
+            "1 day 02:00:00".to_owned(),
+        ]
+    };
+    let copied: Vec<String> = chunk.rows[0].iter().map(|v| v.clone().unwrap()).collect();
+    assert_eq!(copied, expected("1"));
+
+    let mut options = StartOptions::new(vec!["pub".into()]);
+    options.proto_version = syncgate::source::ProtoVersion::V2;
+    client
+        .start(&slot.slot_name, slot.consistent_point, &options)
+        .await
+        .unwrap();
+    db.psql("INSERT INTO v SELECT 2, at, d, i FROM v WHERE id = 1")
+        .unwrap();
+    let txn = next_txn(&mut client).await;
+    let SourceEvent::Insert { new, .. } = &txn[2] else {
+        panic!("{txn:?}")
+    };
+    let streamed: Vec<ColumnValue> = expected("2").iter().map(|v| text(v)).collect();
+    assert_eq!(new, &streamed);
+
+    db.psql("SELECT pg_logical_emit_message(false, 'syncgate', 'now')")
+        .unwrap();
+    let event = loop {
+        match tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            StreamItem::Event(event) => break event,
+            StreamItem::Keepalive { .. } => continue,
+        }
+    };
+    assert!(
+        matches!(&event, SourceEvent::Message { transactional: false, content, .. } if content == b"now"),
+        "{event:?}"
+    );
+    client.close().await.unwrap();
+    drop_slot(&db, &slot.slot_name);
+}
