@@ -391,5 +391,14 @@ async fn snapshot_and_stream_format_values_alike() {
         "{event:?}"
     );
     client.close().await.unwrap();
-    drop_slot(&db, &slot.slot_name);
+    // Dropping through the replication protocol, waiting for the closed walsender to let go.
+    let mut admin = WalstreamClient::connect(&base).await.unwrap();
+    admin.drop_slot(&slot.slot_name, true).await.unwrap();
+    let left = db
+        .psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = '{}'",
+            db.name()
+        ))
+        .unwrap();
+    assert_eq!(left.trim(), "0");
 }
