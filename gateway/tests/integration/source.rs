@@ -402,3 +402,47 @@ async fn snapshot_and_stream_format_values_alike() {
         .unwrap();
     assert_eq!(left.trim(), "0");
 }
+
+/// The test cluster's `wal_sender_timeout` is 5 s: a session waiting in `next()` for longer must answer
+/// the server's keepalive requests itself, or the walsender ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_survives_wal_sender_timeout() {
+    let db = shared_cluster().create_database().unwrap();
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;")
+        .unwrap();
+    let mut client = WalstreamClient::connect(&db.replication_url()).await.unwrap();
+    let slot = client.create_slot("syncgate_test_idle").await.unwrap();
+    client
+        .start(
+            &slot.slot_name,
+            slot.consistent_point,
+            &StartOptions::new(vec!["pub".into()]),
+        )
+        .await
+        .unwrap();
+    let url = db.url();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let (c, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    });
+    let mut keepalives = 0;
+    let txn = loop {
+        match tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            StreamItem::Keepalive { .. } => keepalives += 1,
+            StreamItem::Event(event) => break event,
+        }
+    };
+    writer.await.unwrap();
+    assert!(matches!(txn, SourceEvent::Begin { .. }), "{txn:?}");
+    assert!(keepalives > 0);
+    client.close().await.unwrap();
+    drop_slot(&db, &slot.slot_name);
+}
