@@ -6,3 +6,4 @@ pub mod cli;
 pub mod config;
 pub mod config_cmd;
 pub mod rules_cmd;
+pub mod storage;
