@@ -230,6 +230,8 @@ pub enum StorageError {
     Sqlite(#[from] rusqlite::Error),
     #[error("sync-rules version {0} does not exist; create it with create_version first")]
     UnknownVersion(RulesVersion),
+    #[error("sync-rules version {0} is active; activate another version before deleting it")]
+    VersionActive(RulesVersion),
     #[error("{what} {value} does not fit SQLite's signed 64-bit integers; the storage cannot hold it")]
     OutOfRange { what: &'static str, value: u64 },
     #[error(
@@ -313,6 +315,10 @@ pub trait BucketStorage: Send + Sync {
 
     /// Makes `version` the active one and retires the previously active version, atomically.
     fn activate(&self, version: RulesVersion) -> Result<()>;
+
+    /// Deletes a version that is not active (a retired one, or an abandoned build) with all its ops, row
+    /// state, parameter index and checkpoints. The op-id sequence is not reset (invariant 1).
+    fn delete_version(&self, version: RulesVersion) -> Result<()>;
 
     /// Compacts every bucket of `version` up to `min(up_to, latest checkpoint)` (PROTOCOL §6.1): a
     /// PUT/REMOVE superseded by a later op of the same row becomes MOVE with `target_op` = the row's latest

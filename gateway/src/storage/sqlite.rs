@@ -806,6 +806,34 @@ impl BucketStorage for SqliteStorage {
         Ok(())
     }
 
+    fn delete_version(&self, version: RulesVersion) -> Result<()> {
+        let v = version_sql(version)?;
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM sync_rules WHERE version = ?1", [v], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match state.as_deref() {
+            None => return Err(StorageError::UnknownVersion(version)),
+            Some("active") => return Err(StorageError::VersionActive(version)),
+            Some(_) => {}
+        }
+        for table in [
+            "ops",
+            "bucket_state",
+            "current_rows",
+            "parameter_index",
+            "checkpoints",
+            "sync_rules",
+        ] {
+            tx.execute(&format!("DELETE FROM {table} WHERE version = ?1"), [v])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats> {
         let v = version_sql(version)?;
         let (limit, buckets) = {

@@ -336,6 +336,27 @@ fn versions_activate_atomically() {
         s.activate(RulesVersion(1)),
         Err(StorageError::UnknownVersion(RulesVersion(1)))
     ));
+    // The retired version can go, the active one cannot.
+    assert!(matches!(
+        s.delete_version(v2),
+        Err(StorageError::VersionActive(_))
+    ));
+    f.apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]));
+    s.delete_version(f.version).unwrap();
+    assert!(matches!(
+        s.latest_checkpoint(f.version),
+        Err(StorageError::UnknownVersion(_))
+    ));
+    assert!(f.ops("a").is_empty());
+    assert_eq!(s.active_version().unwrap().unwrap().version, v2);
+}
+
+#[test]
+fn the_file_is_in_wal_mode() {
+    let f = Fixture::new();
+    let conn = rusqlite::Connection::open(f.storage.path()).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
 }
 
 #[test]
