@@ -156,7 +156,39 @@ pub struct RowChange {
     pub parameters: Vec<ParameterRow>,
 }
 
+impl ParameterRow {
+    /// The storage form of an evaluated parameter entry: its canonical lookup key and its values as a JSON
+    /// array (blobs and non-finite reals become `null`, as in synced data).
+    pub fn from_entry(entry: &syncgate_rules::ParameterEntry) -> ParameterRow {
+        let mut values_json = String::from("[");
+        for (i, value) in entry.values.iter().enumerate() {
+            if i > 0 {
+                values_json.push(',');
+            }
+            value.write_json(&mut values_json);
+        }
+        values_json.push(']');
+        ParameterRow {
+            lookup_key: entry.lookup.key(),
+            values_json,
+        }
+    }
+}
+
 impl RowChange {
+    /// The new state of `row` from its evaluation by the sync rules: data placements and parameter entries.
+    pub fn from_evaluation(
+        row: SourceRowKey,
+        evaluation: &syncgate_rules::RowEvaluation,
+        parameters: &[syncgate_rules::ParameterEntry],
+    ) -> Self {
+        RowChange {
+            row,
+            placements: Placement::from_evaluation(evaluation),
+            parameters: parameters.iter().map(ParameterRow::from_entry).collect(),
+        }
+    }
+
     /// The row was deleted: it leaves every bucket and the parameter index.
     pub fn delete(row: SourceRowKey) -> Self {
         RowChange {

@@ -291,6 +291,55 @@ fn parameter_lookups_read_the_state_at_a_checkpoint() {
 }
 
 #[test]
+fn evaluated_rules_output_applies_end_to_end() {
+    use syncgate_rules::{CompileOptions, RowEvaluation, SourceTable, SqliteValue, compile};
+    let rules = compile(
+        r#"
+bucket_definitions:
+  by_list:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data:
+      - SELECT * FROM todos WHERE list_id = bucket.list_id
+"#,
+        &CompileOptions::default(),
+    )
+    .rules
+    .expect("rules compile");
+    let f = Fixture::new();
+    let evaluate = |table: &SourceTable, values: &[&str]| {
+        let values: Vec<_> = values.iter().map(|v| SqliteValue::text(*v)).collect();
+        let plan = rules.plan_table(table);
+        let mut evaluation = RowEvaluation::default();
+        rules.evaluate_row(&plan, &values, &mut evaluation);
+        let (mut entries, mut errors) = (Vec::new(), Vec::new());
+        rules.evaluate_parameter_row(&plan, &values, &mut entries, &mut errors);
+        assert!(errors.is_empty() && evaluation.errors.is_empty());
+        let key = SourceRowKey {
+            table: format!("{}.{}", table.schema, table.name),
+            key: values[0].as_text().unwrap().to_owned(),
+        };
+        RowChange::from_evaluation(key, &evaluation, &entries)
+    };
+    let lists = SourceTable::new("public", "lists", &["id", "owner_id"]);
+    let todos = SourceTable::new("public", "todos", &["id", "list_id"]);
+    let list = evaluate(&lists, &["l1", "u1"]);
+    assert_eq!(list.parameters.len(), 1);
+    let todo = evaluate(&todos, &["t1", "l1"]);
+    assert_eq!(todo.placements.len(), 1);
+    let bucket = todo.placements[0].bucket.clone();
+    f.apply(txn(10, vec![list.clone(), todo]));
+    let found = f
+        .storage
+        .lookup(f.version, &f.latest(), &[list.parameters[0].lookup_key.clone()])
+        .unwrap();
+    assert_eq!(found, [vec![r#"["l1"]"#.to_owned()]]);
+    assert_eq!(f.kinds(bucket.as_str()), [OpType::Put]);
+    // The todo moves to another list: it leaves the first list's bucket.
+    f.apply(txn(20, vec![evaluate(&todos, &["t1", "l2"])]));
+    assert_eq!(f.kinds(bucket.as_str()), [OpType::Put, OpType::Remove]);
+}
+
+#[test]
 fn write_checkpoints_by_user_client_and_lsn() {
     let f = Fixture::new();
     let user = UserId("u1".into());
