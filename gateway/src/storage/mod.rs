@@ -276,6 +276,20 @@ pub enum StorageError {
     Poisoned,
 }
 
+impl StorageError {
+    /// Whether retrying the same call may succeed: the file was busy or locked by another connection
+    /// (another process writing, a long WAL checkpoint). Everything else needs an operator or a fix.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Bucket storage. Synchronous: calls are short and never wait on the network; async callers wrap

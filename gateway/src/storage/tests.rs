@@ -489,6 +489,20 @@ fn an_empty_transaction_moves_the_checkpoint_lsn_only() {
 }
 
 #[test]
+fn only_busy_and_locked_are_retryable() {
+    let sqlite = |code| {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    };
+    assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_retryable());
+    assert!(sqlite(rusqlite::ffi::SQLITE_LOCKED).is_retryable());
+    assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_retryable());
+    assert!(!StorageError::UnknownVersion(RulesVersion(1)).is_retryable());
+}
+
+#[test]
 fn a_newer_file_format_is_refused() {
     let f = Fixture::new();
     let path = f.storage.path().to_path_buf();
