@@ -1,10 +1,12 @@
 //! # syncgate gateway
 //!
-//! The `syncgate` binary's library: command line, rules tooling and the config file; replication,
-//! bucket storage and the sync API arrive with their issues. [`source`] is the Postgres side of
-//! replication: slot, snapshot and the decoded change stream.
+//! The `syncgate` binary's library: command line, rules tooling and the config file;
+//! [`source`] is the Postgres side of replication (slot, snapshot, decoded change stream) and
+//! [`storage`] the bucket storage (op log, checksums, checkpoints, compaction). The replicator
+//! that joins them, and the sync API, arrive with their issues.
 pub mod cli;
 pub mod config;
 pub mod config_cmd;
 pub mod rules_cmd;
 pub mod source;
+pub mod storage;

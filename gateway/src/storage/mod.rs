@@ -1,0 +1,374 @@
+//! Bucket storage: the op log of every bucket, the current state of every source row, the parameter
+//! lookup index, checkpoints, write checkpoints and sync-rules versions.
+//!
+//! [`BucketStorage`] is the seam between the replicator (one writer) and sync sessions (many readers).
+//! [`SqliteStorage`] implements it on one embedded SQLite file; a Postgres implementation for scale-out
+//! can satisfy the same trait later.
+//!
+//! Invariants kept here (DESIGN.md):
+//! 1. **Op ids** come from one sequence for the storage's lifetime, shared by every bucket and every
+//!    sync-rules version, strictly increasing. A new storage seeds the sequence from the wall clock in
+//!    microseconds, so a rebuilt storage never hands out an op id below one a client may still hold.
+//! 3. **Checksums**: a bucket's checksum at checkpoint C is the wrapping u32 sum of its ops' checksums with
+//!    op id ≤ C; count is the number of those ops. Running sums per bucket make the checksum of any
+//!    checkpoint at or after a bucket's last op a lookup, not a scan. [`BucketStorage::compact`] rewrites
+//!    only ops ≤ the latest checkpoint and keeps checksums at every checkpoint ≥ its highest rewritten op.
+//! 4. **Restartable replication**: one source transaction is one storage transaction (ops, row state,
+//!    parameter index, checkpoint), committed with `synchronous=FULL`, so a returned
+//!    [`BucketStorage::apply`] is durable and its LSN may be confirmed to Postgres. A transaction whose
+//!    commit LSN ≤ the version's stored LSN is skipped and produces no ops.
+//! 6. **Consistent reads**: reads are keyed by checkpoint (op id for ops and checksums, LSN for parameter
+//!    lookups and write checkpoints), and history below a checkpoint is immutable except for compaction,
+//!    so a session's separate reads agree without holding a read transaction across a network wait.
+
+mod sqlite;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::str::FromStr;
+
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId, WriteCheckpointId};
+
+pub use sqlite::SqliteStorage;
+
+/// A Postgres WAL position. Displayed and parsed in Postgres' `XXXXXXXX/YYYYYYYY` form (hex high/low
+/// 32 bits); compared as u64 (PROTOCOL §4.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub const ZERO: Lsn = Lsn(0);
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// Why a text is not an LSN.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Postgres LSN; expected two hex numbers of up to 8 digits, like \"16/B374D848\"")]
+pub struct LsnParseError(String);
+
+impl FromStr for Lsn {
+    type Err = LsnParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || LsnParseError(text.to_owned());
+        let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
+        let part = |s: &str| {
+            if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            u32::from_str_radix(s, 16).map_err(|_| bad())
+        };
+        Ok(Lsn((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
+    }
+}
+
+/// A sync-rules version: the `N#` prefix of versioned bucket names, and the namespace of a version's
+/// buckets, row state and parameter index in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RulesVersion(pub u64);
+
+impl fmt::Display for RulesVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Lifecycle of a sync-rules version (DESIGN invariant 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// Created, building its buckets in the background.
+    Building,
+    /// Serving clients. At most one version is active.
+    Active,
+    /// Replaced by a newer active version; its data may be removed.
+    Retired,
+}
+
+/// A stored sync-rules version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRulesVersion {
+    pub version: RulesVersion,
+    pub rules: String,
+    pub state: VersionState,
+}
+
+/// Identity of a source row: its table (a stable id or qualified name) and the text form of its replica
+/// identity. Storage is keyed by it, so applying a change twice is harmless (invariant 4), and it is the
+/// [`Subkey`](syncgate_protocol::Subkey) of the row's PUTs and REMOVEs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRowKey {
+    pub table: String,
+    pub key: String,
+}
+
+/// One output row of a source row in one bucket (what `syncgate_rules::PlacedRow` borrows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub bucket: BucketName,
+    /// Output table (`object_type`).
+    pub table: String,
+    /// Output row id (`object_id`).
+    pub id: String,
+    /// The row as JSON object text, sent verbatim as PUT `data`.
+    pub data: String,
+}
+
+impl Placement {
+    /// The placements of one evaluated source row (copies of what `RowEvaluation::rows()` borrows).
+    pub fn from_evaluation(evaluation: &syncgate_rules::RowEvaluation) -> Vec<Placement> {
+        evaluation
+            .rows()
+            .map(|row| Placement {
+                bucket: BucketName::new(row.bucket),
+                table: row.table.to_owned(),
+                id: row.id.to_owned(),
+                data: row.data.to_owned(),
+            })
+            .collect()
+    }
+}
+
+/// One parameter-index entry of a source row: the canonical lookup key
+/// (`syncgate_rules::ParameterLookup::key()`) and the row's output values as a JSON array text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ParameterRow {
+    pub lookup_key: String,
+    pub values_json: String,
+}
+
+/// The new state of one source row after a change: every bucket placement and parameter entry it now has.
+/// A deleted row (or one no query matches any more) has neither; storage computes the difference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub row: SourceRowKey,
+    pub placements: Vec<Placement>,
+    pub parameters: Vec<ParameterRow>,
+}
+
+impl ParameterRow {
+    /// The storage form of an evaluated parameter entry: its canonical lookup key and its values as a JSON
+    /// array (blobs and non-finite reals become `null`, as in synced data).
+    pub fn from_entry(entry: &syncgate_rules::ParameterEntry) -> ParameterRow {
+        let mut values_json = String::from("[");
+        for (i, value) in entry.values.iter().enumerate() {
+            if i > 0 {
+                values_json.push(',');
+            }
+            value.write_json(&mut values_json);
+        }
+        values_json.push(']');
+        ParameterRow {
+            lookup_key: entry.lookup.key(),
+            values_json,
+        }
+    }
+}
+
+impl RowChange {
+    /// The new state of `row` from its evaluation by the sync rules: data placements and parameter entries.
+    pub fn from_evaluation(
+        row: SourceRowKey,
+        evaluation: &syncgate_rules::RowEvaluation,
+        parameters: &[syncgate_rules::ParameterEntry],
+    ) -> Self {
+        RowChange {
+            row,
+            placements: Placement::from_evaluation(evaluation),
+            parameters: parameters.iter().map(ParameterRow::from_entry).collect(),
+        }
+    }
+
+    /// The row was deleted: it leaves every bucket and the parameter index.
+    pub fn delete(row: SourceRowKey) -> Self {
+        RowChange {
+            row,
+            placements: Vec::new(),
+            parameters: Vec::new(),
+        }
+    }
+}
+
+/// One committed source transaction, applied atomically. An empty `changes` is a keepalive or
+/// write-checkpoint marker: it only advances the checkpoint's LSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTransaction {
+    pub commit_lsn: Lsn,
+    pub changes: Vec<RowChange>,
+}
+
+/// A checkpoint: the last op id written by a fully applied source transaction and its commit LSN.
+/// `op_id` is [`OpId::ZERO`] while a version has no ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub op_id: OpId,
+    pub lsn: Lsn,
+}
+
+/// A bucket's checksum and op count at a checkpoint (PROTOCOL §3.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSummary {
+    pub bucket: BucketName,
+    pub checksum: Checksum,
+    pub count: u64,
+}
+
+/// An op as stored: the wire entry plus compaction's `target_op` (PROTOCOL §6.1 guard rule 2), which
+/// sessions need but clients never see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOp {
+    pub entry: OplogEntry,
+    /// For MOVE: the op that superseded it; for CLEAR: the largest target among the ops it replaced.
+    pub target_op: Option<OpId>,
+}
+
+/// What one compaction run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactStats {
+    /// The highest op id compaction considered (≤ the latest checkpoint).
+    pub up_to: OpId,
+    pub buckets: u64,
+    pub moved: u64,
+    /// Ops removed by merging leading runs into CLEARs.
+    pub cleared: u64,
+}
+
+/// Storage failures. Messages say what happened and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(
+        "bucket storage at {path}: {source}; check the path exists, is writable and is not on a network file system"
+    )]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "bucket storage file has format version {found}, newer than this syncgate supports ({supported}); run a newer syncgate or point storage at a new file"
+    )]
+    FormatTooNew { found: i64, supported: i64 },
+    #[error("bucket storage SQLite error: {0}; if it persists, check disk space and file permissions")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("sync-rules version {0} does not exist; create it with create_version first")]
+    UnknownVersion(RulesVersion),
+    #[error("sync-rules version {0} is active; activate another version before deleting it")]
+    VersionActive(RulesVersion),
+    #[error("{what} {value} does not fit SQLite's signed 64-bit integers; the storage cannot hold it")]
+    OutOfRange { what: &'static str, value: u64 },
+    #[error(
+        "bucket storage holds an invalid {what} ({value}); the file is corrupt or was written by another program: rebuild it"
+    )]
+    Corrupt { what: &'static str, value: String },
+    #[error("op id sequence exhausted at {0}; rebuild the storage")]
+    OpIdsExhausted(OpId),
+    #[error("internal lock poisoned after a panic in another storage call; restart syncgate")]
+    Poisoned,
+}
+
+impl StorageError {
+    /// Whether retrying the same call may succeed: the file was busy or locked by another connection
+    /// (another process writing, a long WAL checkpoint). Everything else needs an operator or a fix.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Bucket storage. Synchronous: calls are short and never wait on the network; async callers wrap
+/// them in `spawn_blocking`. One replicator writes; any number of sessions read concurrently and are
+/// never blocked by the writer.
+pub trait BucketStorage: Send + Sync {
+    /// Applies one source transaction in one storage transaction: REMOVE for every bucket a row left,
+    /// PUT for every placement that is new or whose data changed, parameter index replaced per row,
+    /// running checksums updated, checkpoint recorded. Returns the new checkpoint's op id, or `None`
+    /// when `commit_lsn` ≤ the version's stored LSN (already applied: skipped, no ops).
+    /// Durable when it returns: the caller may confirm `commit_lsn` to Postgres.
+    fn apply(&self, version: RulesVersion, txn: &SourceTransaction) -> Result<Option<OpId>>;
+
+    /// The version's latest checkpoint, `None` before its first applied transaction.
+    fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>>;
+
+    /// Checksum and count of each bucket at `checkpoint` (an op id ≤ the latest checkpoint). Unknown or
+    /// empty buckets give checksum 0, count 0. A bucket whose last op ≤ `checkpoint` costs one lookup of
+    /// its running sums; otherwise its ops up to `checkpoint` are summed.
+    fn bucket_checksums(
+        &self,
+        version: RulesVersion,
+        checkpoint: OpId,
+        buckets: &[BucketName],
+    ) -> Result<Vec<BucketSummary>>;
+
+    /// Ops of `bucket` with `after < op_id ≤ up_to`, in op id order, at most `limit`.
+    fn ops(
+        &self,
+        version: RulesVersion,
+        bucket: &BucketName,
+        after: OpId,
+        up_to: OpId,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>>;
+
+    /// For each lookup key, the `values_json` of every parameter row holding it at `checkpoint`
+    /// (visible: created at or before the checkpoint's LSN and not deleted by then).
+    fn lookup(
+        &self,
+        version: RulesVersion,
+        checkpoint: &Checkpoint,
+        keys: &[String],
+    ) -> Result<Vec<Vec<String>>>;
+
+    /// Stores a new write checkpoint for `(user, client_id)` at `lsn` and returns its id (strictly
+    /// increasing; one storage-wide sequence).
+    fn create_write_checkpoint(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        lsn: Lsn,
+    ) -> Result<WriteCheckpointId>;
+
+    /// The newest write checkpoint for `(user, client_id)` whose LSN ≤ `up_to`, the LSN of the
+    /// checkpoint a session is about to send.
+    fn write_checkpoint_for(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        up_to: Lsn,
+    ) -> Result<Option<WriteCheckpointId>>;
+
+    /// Stores a new sync-rules version (state [`VersionState::Building`]) and returns its id.
+    fn create_version(&self, rules: &str) -> Result<RulesVersion>;
+
+    /// The active version, if any.
+    fn active_version(&self) -> Result<Option<SyncRulesVersion>>;
+
+    /// Makes `version` the active one and retires the previously active version, atomically.
+    fn activate(&self, version: RulesVersion) -> Result<()>;
+
+    /// Deletes a version that is not active (a retired one, or an abandoned build) with all its ops, row
+    /// state, parameter index and checkpoints. The op-id sequence is not reset (invariant 1).
+    fn delete_version(&self, version: RulesVersion) -> Result<()>;
+
+    /// Compacts every bucket of `version` up to `min(up_to, latest checkpoint)` (PROTOCOL §6.1): a
+    /// PUT/REMOVE superseded by a later op of the same row becomes MOVE with `target_op` = the row's latest
+    /// op; each bucket's leading run of REMOVE/MOVE/CLEAR becomes one CLEAR at the run's largest op id with
+    /// the run's checksum sum and largest `target_op`.
+    fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats>;
+}

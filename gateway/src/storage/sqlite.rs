@@ -1,0 +1,965 @@
+//! [`BucketStorage`] on one embedded SQLite file.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a committed transaction survives power loss and the
+//! replicator may confirm its LSN as soon as [`BucketStorage::apply`] returns (invariant 4).
+//!
+//! Concurrency: one writer connection behind a mutex (the replicator; compaction and write checkpoints
+//! take it briefly), and a small pool of reader connections. In WAL mode readers see the last committed
+//! state and never block the writer or each other. Every read call takes a connection, runs its statements
+//! (inside one short read transaction where it needs several) and returns it, so no read transaction
+//! outlives a call — a session never pins the WAL while it waits on the network.
+//!
+//! Format: `schema_version` records the file's format; [`MIGRATIONS`] upgrade older files at open, and a
+//! file newer than this build is refused rather than misread.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use syncgate_protocol::{
+    BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, Subkey, UserId, WriteCheckpointId,
+};
+
+use super::{
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, Result, RowChange, RulesVersion,
+    SourceTransaction, StorageError, StoredOp, SyncRulesVersion, VersionState,
+};
+
+/// Schema migrations, index + 1 = the format version they produce. Append only: never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial format.
+    r"
+    -- Sequences and other storage-wide counters (next_op_id, next_write_checkpoint_id, next_version).
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+
+    -- One row per sync-rules version; last_op_id/last_lsn are its latest checkpoint.
+    CREATE TABLE sync_rules (
+        version INTEGER PRIMARY KEY,
+        rules TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('building', 'active', 'retired')),
+        last_op_id INTEGER NOT NULL DEFAULT 0,
+        last_lsn INTEGER
+    );
+
+    -- Checkpoint history: op id <-> commit LSN of every applied source transaction.
+    CREATE TABLE checkpoints (
+        version INTEGER NOT NULL,
+        lsn INTEGER NOT NULL,
+        op_id INTEGER NOT NULL,
+        PRIMARY KEY (version, lsn)
+    ) WITHOUT ROWID;
+
+    -- The op log. op_id is global (one sequence for all buckets and versions).
+    CREATE TABLE ops (
+        op_id INTEGER PRIMARY KEY,
+        version INTEGER NOT NULL,
+        bucket TEXT NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('PUT', 'REMOVE', 'MOVE', 'CLEAR')),
+        object_type TEXT,
+        object_id TEXT,
+        subkey TEXT,
+        data TEXT,
+        checksum INTEGER NOT NULL,
+        target_op INTEGER
+    );
+    CREATE INDEX ops_by_bucket ON ops (version, bucket, op_id);
+
+    -- Running checksum (u32 in an integer) and count per bucket, so checkpoints need no scan.
+    CREATE TABLE bucket_state (
+        version INTEGER NOT NULL,
+        bucket TEXT NOT NULL,
+        checksum INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        last_op INTEGER NOT NULL,
+        PRIMARY KEY (version, bucket)
+    ) WITHOUT ROWID;
+
+    -- Current placements of each source row; put_op is the live PUT (never compacted: nothing supersedes it).
+    CREATE TABLE current_rows (
+        version INTEGER NOT NULL,
+        source_table TEXT NOT NULL,
+        source_key TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        object_type TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        put_op INTEGER NOT NULL,
+        PRIMARY KEY (version, source_table, source_key, bucket, object_type, object_id)
+    ) WITHOUT ROWID;
+
+    -- Parameter lookup index with history by LSN, so lookups read the state at a checkpoint.
+    CREATE TABLE parameter_index (
+        version INTEGER NOT NULL,
+        lookup_key TEXT NOT NULL,
+        source_table TEXT NOT NULL,
+        source_key TEXT NOT NULL,
+        values_json TEXT NOT NULL,
+        created_lsn INTEGER NOT NULL,
+        deleted_lsn INTEGER
+    );
+    CREATE INDEX parameter_by_lookup ON parameter_index (version, lookup_key, created_lsn);
+    CREATE INDEX parameter_live_by_row ON parameter_index (version, source_table, source_key)
+        WHERE deleted_lsn IS NULL;
+
+    -- Write checkpoints; history kept so a session finds the newest one at or below its checkpoint's LSN.
+    CREATE TABLE write_checkpoints (
+        user_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        lsn INTEGER NOT NULL,
+        PRIMARY KEY (user_id, client_id, id)
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// The format version this build writes.
+#[allow(clippy::cast_possible_wrap)] // a handful of migrations, far below i64::MAX
+const FORMAT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Reader connections kept for reuse; more are opened on demand and dropped after use.
+const READER_POOL: usize = 8;
+
+/// How long a statement waits for a lock (only the writer and WAL checkpoints contend).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bucket storage in one SQLite file. See the module docs for durability and concurrency.
+pub struct SqliteStorage {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if missing) the storage file and brings its format up to date.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| StorageError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut writer = Connection::open(&path).map_err(open_err)?;
+        writer.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // WAL: readers never block the writer. FULL: a commit is on disk before it returns (invariant 4).
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        writer
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        migrate(&mut writer)?;
+        Ok(SqliteStorage {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The file this storage lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.writer.lock().map_err(|_| StorageError::Poisoned)
+    }
+
+    /// Runs `f` on a reader connection from the pool (opening one if none is free) and returns it.
+    fn read<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.readers.lock().map_err(|_| StorageError::Poisoned)?.pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
+                )?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn
+            }
+        };
+        let result = f(&mut conn);
+        // A connection is returned only after its statements finished, so it holds no read transaction.
+        let mut pool = self.readers.lock().map_err(|_| StorageError::Poisoned)?;
+        if pool.len() < READER_POOL && conn.is_autocommit() {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+/// Applies pending migrations; seeds the sequences when the file is new.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let found = found.unwrap_or(0);
+    if found > FORMAT_VERSION {
+        return Err(StorageError::FormatTooNew {
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    for (index, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let version = i64::try_from(index + 1).expect("a handful of migrations fit i64");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        if version == 1 {
+            seed_sequences(&tx)?;
+        }
+        tx.execute("DELETE FROM schema_version", [])?;
+        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [version])?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Seeds the storage-wide sequences above anything a client of an earlier, lost storage may hold
+/// (invariant 1): op ids and write-checkpoint ids from the wall clock in microseconds, sync-rules versions
+/// (the `N#` bucket prefix) from the wall clock in seconds, which keeps bucket names short.
+fn seed_sequences(tx: &Transaction<'_>) -> Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let micros = i64::try_from(now.as_micros()).unwrap_or(i64::MAX / 2);
+    let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX / 2);
+    for (key, value) in [
+        ("next_op_id", micros.max(1)),
+        ("next_write_checkpoint_id", micros.max(1)),
+        ("next_version", secs.max(1)),
+    ] {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+    }
+    Ok(())
+}
+
+fn meta_get(conn: &Connection, key: &'static str) -> Result<i64> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?
+        .ok_or(StorageError::Corrupt {
+            what: "meta key",
+            value: format!("{key} missing"),
+        })
+}
+
+fn meta_set(conn: &Connection, key: &'static str, value: i64) -> Result<()> {
+    conn.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, value])?;
+    Ok(())
+}
+
+/// Takes the next value of a sequence in `meta`.
+fn meta_next(conn: &Connection, key: &'static str) -> Result<i64> {
+    let value = meta_get(conn, key)?;
+    meta_set(
+        conn,
+        key,
+        value
+            .checked_add(1)
+            .ok_or(StorageError::OpIdsExhausted(OpId::MAX))?,
+    )?;
+    Ok(value)
+}
+
+fn to_i64(what: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StorageError::OutOfRange { what, value })
+}
+
+fn lsn_sql(lsn: Lsn) -> Result<i64> {
+    to_i64("LSN", lsn.0)
+}
+
+fn lsn_from(value: i64) -> Result<Lsn> {
+    u64::try_from(value).map(Lsn).map_err(|_| corrupt("LSN", value))
+}
+
+fn op_from(value: i64) -> Result<OpId> {
+    OpId::from_i64(value).ok_or_else(|| corrupt("op id", value))
+}
+
+fn corrupt(what: &'static str, value: impl ToString) -> StorageError {
+    StorageError::Corrupt {
+        what,
+        value: value.to_string(),
+    }
+}
+
+fn checksum_from(value: i64) -> Result<Checksum> {
+    u32::try_from(value)
+        .map(Checksum::from_u32)
+        .map_err(|_| corrupt("checksum", value))
+}
+
+fn op_type_from(text: &str) -> Result<OpType> {
+    match text {
+        "PUT" => Ok(OpType::Put),
+        "REMOVE" => Ok(OpType::Remove),
+        "MOVE" => Ok(OpType::Move),
+        "CLEAR" => Ok(OpType::Clear),
+        other => Err(corrupt("op type", other)),
+    }
+}
+
+fn version_sql(version: RulesVersion) -> Result<i64> {
+    to_i64("sync-rules version", version.0)
+}
+
+fn state_from(text: &str) -> Result<VersionState> {
+    match text {
+        "building" => Ok(VersionState::Building),
+        "active" => Ok(VersionState::Active),
+        "retired" => Ok(VersionState::Retired),
+        other => Err(corrupt("sync-rules state", other)),
+    }
+}
+
+/// A version's checkpoint row: (last op id, last LSN); `UnknownVersion` if it does not exist.
+fn version_checkpoint(conn: &Connection, version: RulesVersion) -> Result<(i64, Option<i64>)> {
+    conn.query_row(
+        "SELECT last_op_id, last_lsn FROM sync_rules WHERE version = ?1",
+        [version_sql(version)?],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?
+    .ok_or(StorageError::UnknownVersion(version))
+}
+
+/// Op-id allocation and per-bucket bookkeeping for one apply call.
+struct Writer<'t, 'c> {
+    tx: &'t Transaction<'c>,
+    version: i64,
+    next_op: i64,
+    last_op: i64,
+}
+
+impl Writer<'_, '_> {
+    /// Appends one op and adds it to the bucket's running checksum and count.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &mut self,
+        bucket: &str,
+        op: OpType,
+        object_type: &str,
+        object_id: &str,
+        subkey: &Subkey,
+        data: Option<&str>,
+        checksum: Checksum,
+    ) -> Result<i64> {
+        let op_id = self.next_op;
+        if OpId::from_i64(op_id).is_none() || op_id == i64::MAX {
+            return Err(StorageError::OpIdsExhausted(OpId::MAX));
+        }
+        self.next_op += 1;
+        self.last_op = op_id;
+        let kind = match op {
+            OpType::Put => "PUT",
+            OpType::Remove => "REMOVE",
+            OpType::Move => "MOVE",
+            OpType::Clear => "CLEAR",
+        };
+        let sum = i64::from(checksum.as_u32());
+        self.tx
+            .prepare_cached(
+                "INSERT INTO ops (op_id, version, bucket, op, object_type, object_id, subkey, data, checksum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                op_id,
+                self.version,
+                bucket,
+                kind,
+                object_type,
+                object_id,
+                subkey.as_str(),
+                data,
+                sum
+            ])?;
+        // Checksums are u32 stored in an i64 column; the modulo keeps the running sum a u32 (wrapping add).
+        self.tx
+            .prepare_cached(
+                "INSERT INTO bucket_state (version, bucket, checksum, count, last_op) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (version, bucket) DO UPDATE SET
+                   checksum = (checksum + excluded.checksum) % 4294967296,
+                   count = count + 1,
+                   last_op = excluded.last_op",
+            )?
+            .execute(params![self.version, bucket, sum, op_id])?;
+        Ok(op_id)
+    }
+
+    /// Applies one row's new state: diff against its stored placements, then its parameter entries.
+    fn change(&mut self, change: &RowChange, lsn: i64) -> Result<()> {
+        let row = &change.row;
+        let subkey = Subkey::for_source_row(&row.table, &row.key);
+        // Stored placements with the data of their live PUT.
+        let mut old: HashMap<(String, String, String), (i64, Option<String>)> = HashMap::new();
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT c.bucket, c.object_type, c.object_id, c.put_op, o.data
+                 FROM current_rows c LEFT JOIN ops o ON o.op_id = c.put_op
+                 WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = ?3",
+            )?;
+            let rows = stmt.query_map(params![self.version, row.table, row.key], |r| {
+                Ok(((r.get(0)?, r.get(1)?, r.get(2)?), (r.get(3)?, r.get(4)?)))
+            })?;
+            for entry in rows {
+                let (key, value) = entry?;
+                old.insert(key, value);
+            }
+        }
+        // New placements, deduplicated: the last one for a (bucket, table, id) wins.
+        let mut new: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
+        for p in &change.placements {
+            new.insert(
+                (p.bucket.as_str(), p.table.as_str(), p.id.as_str()),
+                p.data.as_str(),
+            );
+        }
+        // Leaving buckets first, in a stable order so op ids are deterministic.
+        let mut leaving: Vec<_> = old
+            .keys()
+            .filter(|(b, t, i)| !new.contains_key(&(b.as_str(), t.as_str(), i.as_str())))
+            .cloned()
+            .collect();
+        leaving.sort();
+        for (bucket, table, id) in leaving {
+            self.append(
+                &bucket,
+                OpType::Remove,
+                &table,
+                &id,
+                &subkey,
+                None,
+                Checksum::of_remove(subkey.as_str()),
+            )?;
+            self.tx
+                .prepare_cached(
+                    "DELETE FROM current_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
+                     AND bucket = ?4 AND object_type = ?5 AND object_id = ?6",
+                )?
+                .execute(params![self.version, row.table, row.key, bucket, table, id])?;
+        }
+        // A PUT only when the row enters the bucket or its data changed: an unchanged PUT would cost every
+        // client a download and the bucket an op for nothing.
+        for ((bucket, table, id), data) in new {
+            let key = (bucket.to_owned(), table.to_owned(), id.to_owned());
+            if old.get(&key).is_some_and(|(_, d)| d.as_deref() == Some(data)) {
+                continue;
+            }
+            let op_id = self.append(
+                bucket,
+                OpType::Put,
+                table,
+                id,
+                &subkey,
+                Some(data),
+                Checksum::of_put(table, id, data),
+            )?;
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO current_rows (version, source_table, source_key, bucket, object_type, object_id, put_op)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT DO UPDATE SET put_op = excluded.put_op",
+                )?
+                .execute(params![self.version, row.table, row.key, bucket, table, id, op_id])?;
+        }
+        self.parameters(change, lsn)
+    }
+
+    /// Replaces the row's parameter entries when they changed; history is kept by LSN for lookups at
+    /// older checkpoints.
+    fn parameters(&mut self, change: &RowChange, lsn: i64) -> Result<()> {
+        let row = &change.row;
+        let old: BTreeSet<(String, String)> = {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT lookup_key, values_json FROM parameter_index
+                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3 AND deleted_lsn IS NULL",
+            )?;
+            let rows = stmt.query_map(params![self.version, row.table, row.key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let new: BTreeSet<(String, String)> = change
+            .parameters
+            .iter()
+            .map(|p| (p.lookup_key.clone(), p.values_json.clone()))
+            .collect();
+        if old == new {
+            return Ok(());
+        }
+        // Entries created by this same transaction were never visible at any checkpoint: drop them.
+        self.tx
+            .prepare_cached(
+                "DELETE FROM parameter_index WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
+                 AND deleted_lsn IS NULL AND created_lsn = ?4",
+            )?
+            .execute(params![self.version, row.table, row.key, lsn])?;
+        self.tx
+            .prepare_cached(
+                "UPDATE parameter_index SET deleted_lsn = ?4
+                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3 AND deleted_lsn IS NULL",
+            )?
+            .execute(params![self.version, row.table, row.key, lsn])?;
+        for (lookup_key, values_json) in new {
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO parameter_index (version, lookup_key, source_table, source_key, values_json, created_lsn)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![self.version, lookup_key, row.table, row.key, values_json, lsn])?;
+        }
+        Ok(())
+    }
+}
+
+fn user_client(user: &UserId, client_id: Option<&ClientId>) -> (String, String) {
+    // No client id is stored as '' (the reference keys such checkpoints by the user alone).
+    (
+        user.0.clone(),
+        client_id.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+    )
+}
+
+/// One row of `ops` as stored (columns: op_id, op, object_type, object_id, subkey, data, checksum,
+/// target_op), before validation.
+struct OpRow {
+    op_id: i64,
+    op: String,
+    object_type: Option<String>,
+    object_id: Option<String>,
+    subkey: Option<String>,
+    data: Option<String>,
+    checksum: i64,
+    target_op: Option<i64>,
+}
+
+fn stored_op(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
+    Ok(OpRow {
+        op_id: r.get(0)?,
+        op: r.get(1)?,
+        object_type: r.get(2)?,
+        object_id: r.get(3)?,
+        subkey: r.get(4)?,
+        data: r.get(5)?,
+        checksum: r.get(6)?,
+        target_op: r.get(7)?,
+    })
+}
+
+impl BucketStorage for SqliteStorage {
+    fn apply(&self, version: RulesVersion, txn: &SourceTransaction) -> Result<Option<OpId>> {
+        let mut conn = self.writer()?;
+        // IMMEDIATE: take the write lock up front, so the read of the sequence cannot race another writer.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (last_op, last_lsn) = version_checkpoint(&tx, version)?;
+        let lsn = lsn_sql(txn.commit_lsn)?;
+        if last_lsn.is_some_and(|stored| lsn <= stored) {
+            // Already applied before a restart (invariant 4): no ops a second time.
+            return Ok(None);
+        }
+        let mut writer = Writer {
+            tx: &tx,
+            version: version_sql(version)?,
+            next_op: meta_get(&tx, "next_op_id")?,
+            last_op,
+        };
+        for change in &txn.changes {
+            writer.change(change, lsn)?;
+        }
+        let (next_op, last_op) = (writer.next_op, writer.last_op);
+        meta_set(&tx, "next_op_id", next_op)?;
+        tx.execute(
+            "UPDATE sync_rules SET last_op_id = ?2, last_lsn = ?3 WHERE version = ?1",
+            params![version_sql(version)?, last_op, lsn],
+        )?;
+        tx.execute(
+            "INSERT INTO checkpoints (version, lsn, op_id) VALUES (?1, ?2, ?3)",
+            params![version_sql(version)?, lsn, last_op],
+        )?;
+        tx.commit()?;
+        op_from(last_op).map(Some)
+    }
+
+    fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>> {
+        self.read(|conn| {
+            let (op_id, lsn) = version_checkpoint(conn, version)?;
+            lsn.map(|lsn| {
+                Ok(Checkpoint {
+                    op_id: op_from(op_id)?,
+                    lsn: lsn_from(lsn)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn bucket_checksums(
+        &self,
+        version: RulesVersion,
+        checkpoint: OpId,
+        buckets: &[BucketName],
+    ) -> Result<Vec<BucketSummary>> {
+        let v = version_sql(version)?;
+        let c = checkpoint.as_i64();
+        self.read(|conn| {
+            // One read transaction so all buckets come from one snapshot; it ends before we return.
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(buckets.len());
+            {
+                let mut state =
+                    tx.prepare_cached("SELECT checksum, count, last_op FROM bucket_state WHERE version = ?1 AND bucket = ?2")?;
+                let mut scan = tx.prepare_cached(
+                    "SELECT COALESCE(SUM(checksum), 0), COUNT(*) FROM ops WHERE version = ?1 AND bucket = ?2 AND op_id <= ?3",
+                )?;
+                for bucket in buckets {
+                    let running: Option<(i64, i64, i64)> = state
+                        .query_row(params![v, bucket.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    let (sum, count) = match running {
+                        None => (0, 0),
+                        // No op of this bucket after the checkpoint: the running sums are its state there.
+                        Some((sum, count, last_op)) if last_op <= c => (sum, count),
+                        // An older checkpoint: sum the ops. SUM cannot overflow below 2^31 ops per bucket.
+                        Some(_) => scan.query_row(params![v, bucket.as_str(), c], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                    };
+                    out.push(BucketSummary {
+                        bucket: bucket.clone(),
+                        checksum: checksum_from(sum.rem_euclid(1 << 32))?,
+                        count: u64::try_from(count).map_err(|_| corrupt("count", count))?,
+                    });
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn ops(
+        &self,
+        version: RulesVersion,
+        bucket: &BucketName,
+        after: OpId,
+        up_to: OpId,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>> {
+        let v = version_sql(version)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
+                 WHERE version = ?1 AND bucket = ?2 AND op_id > ?3 AND op_id <= ?4 ORDER BY op_id LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![v, bucket.as_str(), after.as_i64(), up_to.as_i64(), limit],
+                stored_op,
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let OpRow {
+                    op_id,
+                    op,
+                    object_type,
+                    object_id,
+                    subkey,
+                    data,
+                    checksum,
+                    target_op,
+                } = row?;
+                let op = op_type_from(&op)?;
+                out.push(StoredOp {
+                    entry: OplogEntry {
+                        op_id: op_from(op_id)?,
+                        op,
+                        object_type,
+                        object_id,
+                        data,
+                        checksum: checksum_from(checksum)?,
+                        subkey: subkey.map(Subkey),
+                    },
+                    target_op: target_op.map(op_from).transpose()?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn lookup(
+        &self,
+        version: RulesVersion,
+        checkpoint: &Checkpoint,
+        keys: &[String],
+    ) -> Result<Vec<Vec<String>>> {
+        let v = version_sql(version)?;
+        let lsn = lsn_sql(checkpoint.lsn)?;
+        self.read(|conn| {
+            let tx = conn.transaction()?;
+            let mut out = Vec::with_capacity(keys.len());
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT values_json FROM parameter_index
+                     WHERE version = ?1 AND lookup_key = ?2 AND created_lsn <= ?3
+                       AND (deleted_lsn IS NULL OR deleted_lsn > ?3)
+                     ORDER BY source_table, source_key, values_json",
+                )?;
+                for key in keys {
+                    let rows = stmt.query_map(params![v, key, lsn], |r| r.get(0))?;
+                    out.push(rows.collect::<Result<Vec<String>, _>>()?);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn create_write_checkpoint(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        lsn: Lsn,
+    ) -> Result<WriteCheckpointId> {
+        let (user, client) = user_client(user, client_id);
+        let lsn = lsn_sql(lsn)?;
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = meta_next(&tx, "next_write_checkpoint_id")?;
+        tx.execute(
+            "INSERT INTO write_checkpoints (user_id, client_id, id, lsn) VALUES (?1, ?2, ?3, ?4)",
+            params![user, client, id, lsn],
+        )?;
+        tx.commit()?;
+        WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
+    }
+
+    fn write_checkpoint_for(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        up_to: Lsn,
+    ) -> Result<Option<WriteCheckpointId>> {
+        let (user, client) = user_client(user, client_id);
+        let lsn = lsn_sql(up_to)?;
+        self.read(|conn| {
+            let id: Option<i64> = conn.query_row(
+                "SELECT MAX(id) FROM write_checkpoints WHERE user_id = ?1 AND client_id = ?2 AND lsn <= ?3",
+                params![user, client, lsn],
+                |r| r.get(0),
+            )?;
+            id.map(|id| WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id)))
+                .transpose()
+        })
+    }
+
+    fn create_version(&self, rules: &str) -> Result<RulesVersion> {
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version = meta_next(&tx, "next_version")?;
+        tx.execute(
+            "INSERT INTO sync_rules (version, rules, state) VALUES (?1, ?2, 'building')",
+            params![version, rules],
+        )?;
+        tx.commit()?;
+        u64::try_from(version)
+            .map(RulesVersion)
+            .map_err(|_| corrupt("sync-rules version", version))
+    }
+
+    fn active_version(&self) -> Result<Option<SyncRulesVersion>> {
+        self.read(|conn| {
+            let row: Option<(i64, String, String)> = conn
+                .query_row(
+                    "SELECT version, rules, state FROM sync_rules WHERE state = 'active' ORDER BY version DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(version, rules, state)| {
+                Ok(SyncRulesVersion {
+                    version: RulesVersion(u64::try_from(version).map_err(|_| corrupt("sync-rules version", version))?),
+                    rules,
+                    state: state_from(&state)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn activate(&self, version: RulesVersion) -> Result<()> {
+        let v = version_sql(version)?;
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        version_checkpoint(&tx, version)?;
+        tx.execute(
+            "UPDATE sync_rules SET state = 'retired' WHERE state = 'active' AND version <> ?1",
+            [v],
+        )?;
+        tx.execute("UPDATE sync_rules SET state = 'active' WHERE version = ?1", [v])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete_version(&self, version: RulesVersion) -> Result<()> {
+        let v = version_sql(version)?;
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM sync_rules WHERE version = ?1", [v], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match state.as_deref() {
+            None => return Err(StorageError::UnknownVersion(version)),
+            Some("active") => return Err(StorageError::VersionActive(version)),
+            Some(_) => {}
+        }
+        for table in [
+            "ops",
+            "bucket_state",
+            "current_rows",
+            "parameter_index",
+            "checkpoints",
+            "sync_rules",
+        ] {
+            tx.execute(&format!("DELETE FROM {table} WHERE version = ?1"), [v])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats> {
+        let v = version_sql(version)?;
+        let (limit, buckets) = {
+            let conn = self.writer()?;
+            let (latest, _) = version_checkpoint(&conn, version)?;
+            let mut stmt =
+                conn.prepare("SELECT bucket FROM bucket_state WHERE version = ?1 ORDER BY bucket")?;
+            let buckets: Vec<String> = stmt.query_map([v], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            // Guard rule 1: only ops at or below the latest checkpoint, so every target_op is published.
+            (up_to.as_i64().min(latest), buckets)
+        };
+        let mut stats = CompactStats {
+            up_to: op_from(limit)?,
+            ..CompactStats::default()
+        };
+        for bucket in buckets {
+            // One write transaction per bucket: the replicator waits for one bucket at most, not the run.
+            let mut conn = self.writer()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (moved, cleared) = compact_bucket(&tx, v, &bucket, limit)?;
+            tx.commit()?;
+            if moved + cleared > 0 {
+                stats.buckets += 1;
+            }
+            stats.moved += moved;
+            stats.cleared += cleared;
+        }
+        Ok(stats)
+    }
+}
+
+/// Compacts one bucket's ops ≤ `limit`; returns (ops turned into MOVE, ops merged away into a CLEAR).
+fn compact_bucket(tx: &Transaction<'_>, version: i64, bucket: &str, limit: i64) -> Result<(u64, u64)> {
+    struct Op {
+        id: i64,
+        kind: OpType,
+        key: Option<(String, String, String)>,
+        checksum: i64,
+        target: Option<i64>,
+    }
+    let mut ops: Vec<Op> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
+             WHERE version = ?1 AND bucket = ?2 AND op_id <= ?3 ORDER BY op_id",
+        )?;
+        let rows = stmt.query_map(params![version, bucket, limit], stored_op)?;
+        let mut ops = Vec::new();
+        for row in rows {
+            let OpRow {
+                op_id: id,
+                op: kind,
+                object_type,
+                object_id,
+                subkey,
+                checksum,
+                target_op: target,
+                ..
+            } = row?;
+            let key = match (object_type, object_id, subkey) {
+                (Some(t), Some(i), Some(s)) => Some((t, i, s)),
+                _ => None,
+            };
+            ops.push(Op {
+                id,
+                kind: op_type_from(&kind)?,
+                key,
+                checksum,
+                target,
+            });
+        }
+        ops
+    };
+    // Newest first: the first op seen for a row key is its latest; every earlier PUT/REMOVE of that key is
+    // superseded and becomes a MOVE pointing at it (the op the client's row state comes from).
+    let mut latest: HashMap<(String, String, String), i64> = HashMap::new();
+    let mut moved = 0;
+    for op in ops.iter_mut().rev() {
+        if !matches!(op.kind, OpType::Put | OpType::Remove) {
+            continue;
+        }
+        let Some(key) = op.key.take() else { continue };
+        match latest.get(&key) {
+            Some(&target) => {
+                tx.prepare_cached(
+                    "UPDATE ops SET op = 'MOVE', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
+                     target_op = ?2 WHERE op_id = ?1",
+                )?
+                .execute(params![op.id, target])?;
+                op.kind = OpType::Move;
+                op.target = Some(target);
+                moved += 1;
+            }
+            None => {
+                latest.insert(key, op.id);
+            }
+        }
+    }
+    // The leading run of REMOVE/MOVE/CLEAR holds no live row: one CLEAR at its last op id carries its sum.
+    let run = ops
+        .iter()
+        .take_while(|op| matches!(op.kind, OpType::Remove | OpType::Move | OpType::Clear))
+        .count();
+    let mut cleared = 0;
+    if let Some(last) = run.checked_sub(1).map(|i| &ops[i])
+        && !(run == 1 && last.kind == OpType::Clear)
+    {
+        let sum = ops[..run]
+            .iter()
+            .map(|op| op.checksum)
+            .sum::<i64>()
+            .rem_euclid(1 << 32);
+        let target = ops[..run].iter().filter_map(|op| op.target).max();
+        tx.prepare_cached(
+            "DELETE FROM ops WHERE version = ?1 AND bucket = ?2 AND op_id >= ?3 AND op_id < ?4",
+        )?
+        .execute(params![version, bucket, ops[0].id, last.id])?;
+        tx.prepare_cached(
+            "UPDATE ops SET op = 'CLEAR', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
+             checksum = ?2, target_op = ?3 WHERE op_id = ?1",
+        )?
+        .execute(params![last.id, sum, target])?;
+        let removed = i64::try_from(run - 1).expect("an op count fits i64");
+        // Checksums are unchanged by construction; the count drops (guard rule 4: cached counts change).
+        tx.prepare_cached("UPDATE bucket_state SET count = count - ?3 WHERE version = ?1 AND bucket = ?2")?
+            .execute(params![version, bucket, removed])?;
+        cleared = u64::try_from(removed).unwrap_or(0);
+    }
+    Ok((moved, cleared))
+}

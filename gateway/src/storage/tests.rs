@@ -1,0 +1,674 @@
+//! Storage tests on real SQLite files in temp dirs.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, Subkey, UserId};
+
+use super::*;
+
+fn b(name: &str) -> BucketName {
+    BucketName::new(name)
+}
+
+fn row(key: &str) -> SourceRowKey {
+    SourceRowKey {
+        table: "public.todos".into(),
+        key: key.into(),
+    }
+}
+
+fn place(bucket: &str, id: &str, data: &str) -> Placement {
+    Placement {
+        bucket: b(bucket),
+        table: "todos".into(),
+        id: id.into(),
+        data: data.into(),
+    }
+}
+
+fn set(key: &str, placements: Vec<Placement>) -> RowChange {
+    RowChange {
+        row: row(key),
+        placements,
+        parameters: Vec::new(),
+    }
+}
+
+fn txn(lsn: u64, changes: Vec<RowChange>) -> SourceTransaction {
+    SourceTransaction {
+        commit_lsn: Lsn(lsn),
+        changes,
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    storage: SqliteStorage,
+    version: RulesVersion,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path().join("buckets.db")).unwrap();
+        let version = storage.create_version("bucket_definitions: {}").unwrap();
+        storage.activate(version).unwrap();
+        Fixture {
+            dir,
+            storage,
+            version,
+        }
+    }
+
+    fn reopen(self) -> Self {
+        let Fixture {
+            dir,
+            storage,
+            version,
+        } = self;
+        drop(storage);
+        let storage = SqliteStorage::open(dir.path().join("buckets.db")).unwrap();
+        Fixture {
+            dir,
+            storage,
+            version,
+        }
+    }
+
+    fn apply(&self, t: SourceTransaction) -> Option<OpId> {
+        self.storage.apply(self.version, &t).unwrap()
+    }
+
+    fn ops(&self, bucket: &str) -> Vec<StoredOp> {
+        self.storage
+            .ops(self.version, &b(bucket), OpId::ZERO, OpId::MAX, usize::MAX)
+            .unwrap()
+    }
+
+    fn kinds(&self, bucket: &str) -> Vec<OpType> {
+        self.ops(bucket).iter().map(|o| o.entry.op).collect()
+    }
+
+    fn summary(&self, checkpoint: OpId, bucket: &str) -> BucketSummary {
+        self.storage
+            .bucket_checksums(self.version, checkpoint, &[b(bucket)])
+            .unwrap()
+            .remove(0)
+    }
+
+    fn latest(&self) -> Checkpoint {
+        self.storage.latest_checkpoint(self.version).unwrap().unwrap()
+    }
+}
+
+#[test]
+fn lsn_text_form() {
+    let lsn: Lsn = "16/B374D848".parse().unwrap();
+    assert_eq!(lsn.get(), 0x16_B374_D848);
+    assert_eq!(lsn.to_string(), "16/B374D848");
+    assert_eq!(Lsn(0).to_string(), "0/0");
+    for bad in ["", "16", "/1", "1/", "g/1", "123456789/0", "1/2/3"] {
+        assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn row_moving_between_buckets_removes_and_puts() {
+    let f = Fixture::new();
+    f.apply(txn(10, vec![set("1", vec![place("a", "t1", r#"{"id":"t1"}"#)])]));
+    f.apply(txn(20, vec![set("1", vec![place("b", "t1", r#"{"id":"t1"}"#)])]));
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Remove]);
+    assert_eq!(f.kinds("b"), [OpType::Put]);
+    let remove = &f.ops("a")[1].entry;
+    let subkey = Subkey::for_source_row("public.todos", "1");
+    assert_eq!(remove.subkey.as_ref(), Some(&subkey));
+    assert_eq!(remove.checksum, Checksum::of_remove(subkey.as_str()));
+    assert_eq!(remove.object_id.as_deref(), Some("t1"));
+    assert!(f.ops("b")[0].entry.op_id > remove.op_id);
+}
+
+#[test]
+fn unchanged_data_writes_no_put_and_changed_data_does() {
+    let f = Fixture::new();
+    let first = f.apply(txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]));
+    let same = f.apply(txn(20, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]));
+    assert_eq!(first, same, "no op, the checkpoint keeps its op id");
+    assert_eq!(f.latest().lsn, Lsn(20));
+    f.apply(txn(30, vec![set("1", vec![place("a", "t1", r#"{"v":2}"#)])]));
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put]);
+}
+
+#[test]
+fn delete_removes_from_every_bucket() {
+    let f = Fixture::new();
+    f.apply(txn(
+        10,
+        vec![set("1", vec![place("a", "t1", "{}"), place("b", "t1", "{}")])],
+    ));
+    f.apply(txn(20, vec![RowChange::delete(row("1"))]));
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Remove]);
+    assert_eq!(f.kinds("b"), [OpType::Put, OpType::Remove]);
+    // Deleting again changes nothing.
+    f.apply(txn(30, vec![RowChange::delete(row("1"))]));
+    assert_eq!(f.ops("a").len(), 2);
+}
+
+#[test]
+fn reapplying_a_stored_lsn_is_skipped() {
+    let f = Fixture::new();
+    let t = txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]);
+    assert!(f.apply(t.clone()).is_some());
+    assert_eq!(f.apply(t), None);
+    let older = txn(5, vec![set("1", vec![place("a", "t1", r#"{"v":9}"#)])]);
+    assert_eq!(f.apply(older), None);
+    assert_eq!(f.ops("a").len(), 1);
+    let f = f.reopen();
+    assert_eq!(
+        f.apply(txn(10, vec![set("2", vec![place("a", "t2", "{}")])])),
+        None
+    );
+    assert_eq!(f.ops("a").len(), 1);
+}
+
+#[test]
+fn op_ids_increase_across_versions_and_reopen_and_start_above_the_clock() {
+    let before = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    let f = Fixture::new();
+    let first = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
+        .unwrap();
+    assert!(first.get() >= before, "seeded from the wall clock");
+    let v2 = f.storage.create_version("v2").unwrap();
+    assert!(v2 > f.version);
+    let second = f
+        .storage
+        .apply(v2, &txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
+        .unwrap()
+        .unwrap();
+    assert!(second > first, "one sequence across versions");
+    let f = f.reopen();
+    let third = f
+        .apply(txn(20, vec![set("2", vec![place("a", "t2", "{}")])]))
+        .unwrap();
+    assert!(third > second, "the sequence survives reopen");
+}
+
+#[test]
+fn bucket_checksum_is_the_wrapping_sum_of_op_checksums() {
+    let f = Fixture::new();
+    let put = |done| format!(r#"{{"id":"t1","description":"Buy milk","done":{done}}}"#);
+    let c1 = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", &put(0))])]))
+        .unwrap();
+    let c2 = f
+        .apply(txn(20, vec![set("1", vec![place("a", "t1", &put(1))])]))
+        .unwrap();
+    let c3 = f.apply(txn(30, vec![RowChange::delete(row("1"))])).unwrap();
+    let expected = Checksum::of_put("todos", "t1", &put(0))
+        + Checksum::of_put("todos", "t1", &put(1))
+        + Checksum::of_remove(Subkey::for_source_row("public.todos", "1").as_str());
+    let latest = f.summary(c3, "a");
+    assert_eq!((latest.checksum, latest.count), (expected, 3));
+    let ops = f.ops("a");
+    assert_eq!(ops.iter().map(|o| o.entry.checksum).sum::<Checksum>(), expected);
+    for op in &ops {
+        assert_eq!(op.entry.expected_checksum(), Some(op.entry.checksum));
+    }
+    // Older checkpoints are computed from the ops.
+    assert_eq!(
+        f.summary(c1, "a").checksum,
+        Checksum::of_put("todos", "t1", &put(0))
+    );
+    assert_eq!(f.summary(c2, "a").count, 2);
+    assert_eq!(
+        f.summary(c3, "unknown"),
+        BucketSummary {
+            bucket: b("unknown"),
+            checksum: Checksum::ZERO,
+            count: 0
+        }
+    );
+}
+
+#[test]
+fn parameter_lookups_read_the_state_at_a_checkpoint() {
+    let f = Fixture::new();
+    let params = |key: &str, entries: &[(&str, &str)]| RowChange {
+        row: row(key),
+        placements: Vec::new(),
+        parameters: entries
+            .iter()
+            .map(|(k, v)| ParameterRow {
+                lookup_key: (*k).into(),
+                values_json: (*v).into(),
+            })
+            .collect(),
+    };
+    f.apply(txn(10, vec![params("m1", &[("[\"q\",\"u1\"]", "[\"list1\"]")])]));
+    let at10 = f.latest();
+    f.apply(txn(
+        20,
+        vec![
+            params("m1", &[("[\"q\",\"u2\"]", "[\"list1\"]")]),
+            params("m2", &[("[\"q\",\"u1\"]", "[\"list2\"]")]),
+        ],
+    ));
+    let at20 = f.latest();
+    let keys = ["[\"q\",\"u1\"]".to_owned(), "[\"q\",\"u2\"]".to_owned()];
+    assert_eq!(
+        f.storage.lookup(f.version, &at10, &keys).unwrap(),
+        [vec!["[\"list1\"]".to_owned()], vec![]]
+    );
+    assert_eq!(
+        f.storage.lookup(f.version, &at20, &keys).unwrap(),
+        [vec!["[\"list2\"]".to_owned()], vec!["[\"list1\"]".to_owned()]]
+    );
+    f.apply(txn(30, vec![RowChange::delete(row("m2"))]));
+    assert_eq!(
+        f.storage.lookup(f.version, &f.latest(), &keys).unwrap()[0],
+        Vec::<String>::new()
+    );
+    // Changed twice within one transaction: only the final state is visible.
+    f.apply(txn(
+        40,
+        vec![
+            params("m3", &[("[\"q\",\"u1\"]", "[\"x\"]")]),
+            params("m3", &[("[\"q\",\"u1\"]", "[\"y\"]")]),
+        ],
+    ));
+    assert_eq!(
+        f.storage.lookup(f.version, &f.latest(), &keys).unwrap()[0],
+        ["[\"y\"]"]
+    );
+}
+
+#[test]
+fn evaluated_rules_output_applies_end_to_end() {
+    use syncgate_rules::{CompileOptions, RowEvaluation, SourceTable, SqliteValue, compile};
+    let rules = compile(
+        r#"
+bucket_definitions:
+  by_list:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data:
+      - SELECT * FROM todos WHERE list_id = bucket.list_id
+"#,
+        &CompileOptions::default(),
+    )
+    .rules
+    .expect("rules compile");
+    let f = Fixture::new();
+    let evaluate = |table: &SourceTable, values: &[&str]| {
+        let values: Vec<_> = values.iter().map(|v| SqliteValue::text(*v)).collect();
+        let plan = rules.plan_table(table);
+        let mut evaluation = RowEvaluation::default();
+        rules.evaluate_row(&plan, &values, &mut evaluation);
+        let (mut entries, mut errors) = (Vec::new(), Vec::new());
+        rules.evaluate_parameter_row(&plan, &values, &mut entries, &mut errors);
+        assert!(errors.is_empty() && evaluation.errors.is_empty());
+        let key = SourceRowKey {
+            table: format!("{}.{}", table.schema, table.name),
+            key: values[0].as_text().unwrap().to_owned(),
+        };
+        RowChange::from_evaluation(key, &evaluation, &entries)
+    };
+    let lists = SourceTable::new("public", "lists", &["id", "owner_id"]);
+    let todos = SourceTable::new("public", "todos", &["id", "list_id"]);
+    let list = evaluate(&lists, &["l1", "u1"]);
+    assert_eq!(list.parameters.len(), 1);
+    let todo = evaluate(&todos, &["t1", "l1"]);
+    assert_eq!(todo.placements.len(), 1);
+    let bucket = todo.placements[0].bucket.clone();
+    f.apply(txn(10, vec![list.clone(), todo]));
+    let found = f
+        .storage
+        .lookup(f.version, &f.latest(), &[list.parameters[0].lookup_key.clone()])
+        .unwrap();
+    assert_eq!(found, [vec![r#"["l1"]"#.to_owned()]]);
+    assert_eq!(f.kinds(bucket.as_str()), [OpType::Put]);
+    // The todo moves to another list: it leaves the first list's bucket.
+    f.apply(txn(20, vec![evaluate(&todos, &["t1", "l2"])]));
+    assert_eq!(f.kinds(bucket.as_str()), [OpType::Put, OpType::Remove]);
+}
+
+#[test]
+fn write_checkpoints_by_user_client_and_lsn() {
+    let f = Fixture::new();
+    let user = UserId("u1".into());
+    let client = ClientId("c1".into());
+    let s = &f.storage;
+    let w1 = s.create_write_checkpoint(&user, Some(&client), Lsn(100)).unwrap();
+    let w2 = s.create_write_checkpoint(&user, Some(&client), Lsn(200)).unwrap();
+    assert!(w2 > w1);
+    assert_eq!(
+        s.write_checkpoint_for(&user, Some(&client), Lsn(99)).unwrap(),
+        None
+    );
+    assert_eq!(
+        s.write_checkpoint_for(&user, Some(&client), Lsn(150)).unwrap(),
+        Some(w1)
+    );
+    assert_eq!(
+        s.write_checkpoint_for(&user, Some(&client), Lsn(200)).unwrap(),
+        Some(w2)
+    );
+    assert_eq!(s.write_checkpoint_for(&user, None, Lsn(200)).unwrap(), None);
+    assert_eq!(
+        s.write_checkpoint_for(&UserId("u2".into()), Some(&client), Lsn(200))
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn versions_activate_atomically() {
+    let f = Fixture::new();
+    let s = &f.storage;
+    assert_eq!(s.active_version().unwrap().unwrap().version, f.version);
+    let v2 = s.create_version("rules 2").unwrap();
+    assert_eq!(s.active_version().unwrap().unwrap().version, f.version);
+    s.activate(v2).unwrap();
+    let active = s.active_version().unwrap().unwrap();
+    assert_eq!(
+        (active.version, active.rules.as_str(), active.state),
+        (v2, "rules 2", VersionState::Active)
+    );
+    assert!(matches!(
+        s.activate(RulesVersion(1)),
+        Err(StorageError::UnknownVersion(RulesVersion(1)))
+    ));
+    // The retired version can go, the active one cannot.
+    assert!(matches!(
+        s.delete_version(v2),
+        Err(StorageError::VersionActive(_))
+    ));
+    f.apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]));
+    s.delete_version(f.version).unwrap();
+    assert!(matches!(
+        s.latest_checkpoint(f.version),
+        Err(StorageError::UnknownVersion(_))
+    ));
+    assert!(f.ops("a").is_empty());
+    assert_eq!(s.active_version().unwrap().unwrap().version, v2);
+}
+
+#[test]
+fn the_file_is_in_wal_mode() {
+    let f = Fixture::new();
+    let conn = rusqlite::Connection::open(f.storage.path()).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn state_survives_reopen() {
+    let f = Fixture::new();
+    let cp = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
+        .unwrap();
+    let ops = f.ops("a");
+    let sum = f.summary(cp, "a");
+    let f = f.reopen();
+    assert_eq!(
+        f.latest(),
+        Checkpoint {
+            op_id: cp,
+            lsn: Lsn(10)
+        }
+    );
+    assert_eq!(f.ops("a"), ops);
+    assert_eq!(f.summary(cp, "a"), sum);
+    // Row state survived too: an unchanged row writes nothing, a deletion removes.
+    f.apply(txn(20, vec![set("1", vec![place("a", "t1", "{}")])]));
+    f.apply(txn(30, vec![RowChange::delete(row("1"))]));
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Remove]);
+}
+
+#[test]
+fn readers_and_the_writer_do_not_block_each_other() {
+    let f = Fixture::new();
+    let cp = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
+        .unwrap();
+    // Another connection holds an open write transaction: storage reads still answer at once (WAL).
+    let mut other = rusqlite::Connection::open(f.storage.path()).unwrap();
+    let tx = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    tx.execute("UPDATE meta SET value = value WHERE key = 'next_version'", [])
+        .unwrap();
+    assert_eq!(f.latest().op_id, cp);
+    assert_eq!(f.ops("a").len(), 1);
+    tx.rollback().unwrap();
+    // A connection holding a read transaction does not stop the replicator, and keeps its snapshot.
+    let mut reader = rusqlite::Connection::open(f.storage.path()).unwrap();
+    let rtx = reader.transaction().unwrap();
+    let count = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("SELECT COUNT(*) FROM ops", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(count(&rtx), 1);
+    f.apply(txn(20, vec![set("2", vec![place("a", "t2", "{}")])]))
+        .unwrap();
+    assert_eq!(count(&rtx), 1);
+    rtx.commit().unwrap();
+    assert_eq!(f.ops("a").len(), 2);
+}
+
+#[test]
+fn an_empty_transaction_moves_the_checkpoint_lsn_only() {
+    let f = Fixture::new();
+    let cp = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
+        .unwrap();
+    assert_eq!(f.apply(txn(15, Vec::new())), Some(cp));
+    assert_eq!(
+        f.latest(),
+        Checkpoint {
+            op_id: cp,
+            lsn: Lsn(15)
+        }
+    );
+    let fresh = f.storage.create_version("v2").unwrap();
+    assert_eq!(f.storage.latest_checkpoint(fresh).unwrap(), None);
+    assert_eq!(
+        f.storage.apply(fresh, &txn(5, Vec::new())).unwrap(),
+        Some(OpId::ZERO)
+    );
+    assert!(matches!(
+        f.storage.apply(RulesVersion(7), &txn(5, Vec::new())),
+        Err(StorageError::UnknownVersion(_))
+    ));
+}
+
+#[test]
+fn only_busy_and_locked_are_retryable() {
+    let sqlite = |code| {
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    };
+    assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_retryable());
+    assert!(sqlite(rusqlite::ffi::SQLITE_LOCKED).is_retryable());
+    assert!(!sqlite(rusqlite::ffi::SQLITE_CORRUPT).is_retryable());
+    assert!(!StorageError::UnknownVersion(RulesVersion(1)).is_retryable());
+}
+
+#[test]
+fn a_newer_file_format_is_refused() {
+    let f = Fixture::new();
+    let path = f.storage.path().to_path_buf();
+    drop(f.storage);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE schema_version SET version = 99", [])
+        .unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStorage::open(&path),
+        Err(StorageError::FormatTooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn compaction_matches_the_spec_example() {
+    let f = Fixture::new();
+    let put = |done| format!(r#"{{"id":"t1","description":"Buy milk","done":{done}}}"#);
+    f.apply(txn(10, vec![set("1", vec![place("a", "t1", &put(0))])]));
+    f.apply(txn(20, vec![set("1", vec![place("a", "t1", &put(1))])]));
+    let last = f.apply(txn(30, vec![RowChange::delete(row("1"))])).unwrap();
+    let before = f.summary(last, "a");
+    f.storage.compact(f.version, OpId::MAX).unwrap();
+    let ops = f.ops("a");
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].entry.op, OpType::Clear);
+    assert_eq!(ops[0].entry.op_id, last);
+    assert_eq!(ops[0].entry.checksum, before.checksum);
+    assert_eq!(ops[0].target_op, Some(last));
+    let after = f.summary(last, "a");
+    assert_eq!((after.checksum, after.count), (before.checksum, 1));
+}
+
+/// Net rows of a bucket as a client would hold them after receiving `ops`.
+fn replay(ops: &[StoredOp]) -> BTreeMap<(String, String, String), String> {
+    let mut rows = BTreeMap::new();
+    for op in ops {
+        let e = &op.entry;
+        let key = || {
+            (
+                e.object_type.clone().unwrap(),
+                e.object_id.clone().unwrap(),
+                e.subkey.clone().unwrap().0,
+            )
+        };
+        match e.op {
+            OpType::Put => {
+                rows.insert(key(), e.data.clone().unwrap());
+            }
+            OpType::Remove => {
+                rows.remove(&key());
+            }
+            OpType::Move => {}
+            OpType::Clear => rows.clear(),
+        }
+    }
+    rows
+}
+
+const BUCKETS: [&str; 3] = ["a", "b", "c"];
+
+#[derive(Debug, Clone)]
+enum Change {
+    Set { row: u8, buckets: Vec<usize>, data: u8 },
+    Delete { row: u8 },
+}
+
+fn change_strategy() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        3 => (0u8..4, proptest::sample::subsequence(vec![0usize, 1, 2], 0..=3), 0u8..3)
+            .prop_map(|(row, buckets, data)| Change::Set { row, buckets, data }),
+        1 => (0u8..4).prop_map(|row| Change::Delete { row }),
+    ]
+}
+
+fn to_row_change(change: &Change) -> RowChange {
+    match change {
+        Change::Set {
+            row: r,
+            buckets,
+            data,
+        } => set(
+            &r.to_string(),
+            buckets
+                .iter()
+                .map(|&i| place(BUCKETS[i], &format!("t{r}"), &format!(r#"{{"v":{data}}}"#)))
+                .collect(),
+        ),
+        Change::Delete { row: r } => RowChange::delete(row(&r.to_string())),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn compaction_keeps_checksums_and_net_rows(
+        txns in proptest::collection::vec(proptest::collection::vec(change_strategy(), 1..3), 1..14),
+        later in proptest::collection::vec(change_strategy(), 0..4),
+        cut in any::<proptest::sample::Index>(),
+    ) {
+        let f = Fixture::new();
+        let mut checkpoints = Vec::new();
+        for (i, changes) in txns.iter().enumerate() {
+            let lsn = 10 * (u64::try_from(i).unwrap() + 1);
+            checkpoints.push(f.apply(txn(lsn, changes.iter().map(to_row_change).collect())).unwrap());
+        }
+        // First a partial compaction: checksums stay at every checkpoint at or above its limit.
+        let limit = *cut.get(&checkpoints);
+        let at_or_above: Vec<_> = checkpoints.iter().filter(|c| **c >= limit).map(|c| {
+            (*c, BUCKETS.map(|bk| f.summary(*c, bk).checksum))
+        }).collect();
+        let untouched: Vec<_> = BUCKETS.iter().map(|bk| {
+            f.ops(bk).into_iter().filter(|o| o.entry.op_id > limit).collect::<Vec<_>>()
+        }).collect();
+        f.storage.compact(f.version, limit).unwrap();
+        for (c, sums) in &at_or_above {
+            prop_assert_eq!(&BUCKETS.map(|bk| f.summary(*c, bk).checksum), sums);
+        }
+        for (bk, ops) in BUCKETS.iter().zip(&untouched) {
+            let now: Vec<_> = f.ops(bk).into_iter().filter(|o| o.entry.op_id > limit).collect();
+            prop_assert_eq!(&now, ops, "ops above the limit are not rewritten");
+        }
+        let cp = f.latest();
+        let before: Vec<_> = BUCKETS.iter().map(|bk| (f.summary(cp.op_id, bk), f.ops(bk))).collect();
+        f.storage.compact(f.version, OpId::MAX).unwrap();
+        for (bk, (summary, old_ops)) in BUCKETS.iter().zip(&before) {
+            let ops = f.ops(bk);
+            let after = f.summary(cp.op_id, bk);
+            prop_assert_eq!(after.checksum, summary.checksum);
+            prop_assert_eq!(after.count, u64::try_from(ops.len()).unwrap());
+            prop_assert!(ops.len() <= old_ops.len());
+            prop_assert_eq!(ops.iter().map(|o| o.entry.checksum).sum::<Checksum>(), summary.checksum);
+            prop_assert_eq!(replay(&ops), replay(old_ops));
+            let original: BTreeMap<OpId, &StoredOp> = old_ops.iter().map(|o| (o.entry.op_id, o)).collect();
+            for op in &ops {
+                if let Some(target) = op.target_op {
+                    prop_assert!(target <= cp.op_id, "targets are published");
+                }
+                let was = &original[&op.entry.op_id].entry;
+                // A PUT/REMOVE turned into MOVE by this run points at a later op of the same row. (A MOVE
+                // from the partial run may point at an op that is now itself a MOVE: the chain leads on.)
+                if op.entry.op == OpType::Move && matches!(was.op, OpType::Put | OpType::Remove) {
+                    let target = &original[&op.target_op.unwrap()].entry;
+                    prop_assert!(target.op_id > was.op_id);
+                    prop_assert_eq!((&target.object_type, &target.object_id, &target.subkey),
+                        (&was.object_type, &was.object_id, &was.subkey));
+                }
+            }
+        }
+        // Replication continues on top of compacted buckets: running sums still match the ops.
+        if !later.is_empty() {
+            f.apply(txn(1_000, later.iter().map(to_row_change).collect()));
+        }
+        let cp = f.latest();
+        for bk in BUCKETS {
+            let ops = f.ops(bk);
+            let summary = f.summary(cp.op_id, bk);
+            prop_assert_eq!(summary.checksum, ops.iter().map(|o| o.entry.checksum).sum::<Checksum>());
+            prop_assert_eq!(summary.count, u64::try_from(ops.len()).unwrap());
+        }
+        // Compacting twice is stable.
+        f.storage.compact(f.version, OpId::MAX).unwrap();
+        f.storage.compact(f.version, OpId::MAX).unwrap();
+        for bk in BUCKETS {
+            prop_assert_eq!(f.summary(cp.op_id, bk).checksum, f.ops(bk).iter().map(|o| o.entry.checksum).sum::<Checksum>());
+        }
+    }
+}
