@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod config_cmd;
+pub mod lsn;
 pub mod rules_cmd;
 pub mod source;
 pub mod storage;

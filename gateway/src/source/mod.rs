@@ -27,14 +27,13 @@
 pub mod checks;
 pub mod error;
 pub mod event;
-pub mod lsn;
 pub mod snapshot;
 pub mod walstream;
 
+pub use crate::lsn::{Lsn, ParseLsnError};
 pub use checks::{SourceRequirements, check_source};
 pub use error::{ErrorKind, SourceError};
 pub use event::{ColumnInfo, ColumnValue, RelationInfo, ReplicaIdentity, SourceEvent};
-pub use lsn::Lsn;
 pub use snapshot::{Chunk, SnapshotReader, TableLayout, TableName};
 pub use walstream::WalstreamClient;
 

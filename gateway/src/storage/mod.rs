@@ -27,51 +27,12 @@ mod sqlite;
 mod tests;
 
 use std::fmt;
-use std::str::FromStr;
 
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId, WriteCheckpointId};
 
 pub use sqlite::SqliteStorage;
 
-/// A Postgres WAL position. Displayed and parsed in Postgres' `XXXXXXXX/YYYYYYYY` form (hex high/low
-/// 32 bits); compared as u64 (PROTOCOL §4.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Lsn(pub u64);
-
-impl Lsn {
-    pub const ZERO: Lsn = Lsn(0);
-
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
-    }
-}
-
-/// Why a text is not an LSN.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a Postgres LSN; expected two hex numbers of up to 8 digits, like \"16/B374D848\"")]
-pub struct LsnParseError(String);
-
-impl FromStr for Lsn {
-    type Err = LsnParseError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || LsnParseError(text.to_owned());
-        let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
-        let part = |s: &str| {
-            if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            u32::from_str_radix(s, 16).map_err(|_| bad())
-        };
-        Ok(Lsn((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
-    }
-}
+pub use crate::lsn::{Lsn, ParseLsnError};
 
 /// A sync-rules version: the `N#` prefix of versioned bucket names, and the namespace of a version's
 /// buckets, row state and parameter index in storage.

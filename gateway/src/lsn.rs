@@ -1,4 +1,4 @@
-//! Write-ahead-log positions.
+//! Write-ahead-log positions, shared by the replication source and bucket storage.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,7 +10,7 @@ pub struct Lsn(pub u64);
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 
-    pub fn as_u64(self) -> u64 {
+    pub fn get(self) -> u64 {
         self.0
     }
 }
@@ -32,9 +32,14 @@ impl FromStr for Lsn {
     fn from_str(s: &str) -> Result<Lsn, ParseLsnError> {
         let err = || ParseLsnError(s.to_owned());
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
-        Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
+        // Hex digits only: `from_str_radix` alone would also accept a leading `+`.
+        let half = |h: &str| {
+            if h.is_empty() || h.len() > 8 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err());
+            }
+            u32::from_str_radix(h, 16).map_err(|_| err())
+        };
+        Ok(Lsn((u64::from(half(hi)?) << 32) | u64::from(half(lo)?)))
     }
 }
 
@@ -53,7 +58,17 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "16", "16/", "/1", "x/1", "1/100000000", "1/2/3"] {
+        for bad in [
+            "",
+            "16",
+            "16/",
+            "/1",
+            "x/1",
+            "1/100000000",
+            "1/2/3",
+            "+1/2",
+            "1/+2",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad}");
         }
     }
