@@ -110,11 +110,18 @@ pub struct ParameterRow {
 
 /// The new state of one source row after a change: every bucket placement and parameter entry it now has.
 /// A deleted row (or one no query matches any more) has neither; storage computes the difference.
+///
+/// `placements` is `None` when the row's table feeds no data query of the version, and `parameters` is
+/// `None` when it feeds no parameter query: storage then skips that half entirely (no diff, no reads),
+/// which is what keeps a table that only feeds parameter lookups cheap, and vice versa.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowChange {
     pub row: SourceRowKey,
-    pub placements: Vec<Placement>,
-    pub parameters: Vec<ParameterRow>,
+    pub placements: Option<Vec<Placement>>,
+    pub parameters: Option<Vec<ParameterRow>>,
+    /// The source row's column values as the replicator encodes them, kept so a later UPDATE that leaves
+    /// a TOASTed column unchanged can be completed from it. `None` deletes the stored copy.
+    pub source_row: Option<String>,
 }
 
 impl ParameterRow {
@@ -138,15 +145,23 @@ impl ParameterRow {
 
 impl RowChange {
     /// The new state of `row` from its evaluation by the sync rules: data placements and parameter entries.
+    /// `plan` says which halves apply to the row's table.
     pub fn from_evaluation(
         row: SourceRowKey,
+        plan: &syncgate_rules::TablePlan,
         evaluation: &syncgate_rules::RowEvaluation,
         parameters: &[syncgate_rules::ParameterEntry],
+        source_row: Option<String>,
     ) -> Self {
         RowChange {
             row,
-            placements: Placement::from_evaluation(evaluation),
-            parameters: parameters.iter().map(ParameterRow::from_entry).collect(),
+            placements: plan
+                .has_data_queries()
+                .then(|| Placement::from_evaluation(evaluation)),
+            parameters: plan
+                .has_parameter_queries()
+                .then(|| parameters.iter().map(ParameterRow::from_entry).collect()),
+            source_row,
         }
     }
 
@@ -154,8 +169,9 @@ impl RowChange {
     pub fn delete(row: SourceRowKey) -> Self {
         RowChange {
             row,
-            placements: Vec::new(),
-            parameters: Vec::new(),
+            placements: Some(Vec::new()),
+            parameters: Some(Vec::new()),
+            source_row: None,
         }
     }
 }
@@ -202,6 +218,34 @@ pub struct CompactStats {
     pub moved: u64,
     /// Ops removed by merging leading runs into CLEARs.
     pub cleared: u64,
+}
+
+/// Initial-snapshot progress of one source table of a version (DESIGN invariant 5): chunks commit with
+/// their progress, so a crash resumes at the first unfinished chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSnapshot {
+    /// `schema.name` of the source table.
+    pub table: String,
+    /// Replica-identity key of the last copied row (copy order), as the replicator encodes it; `None`
+    /// before the first chunk.
+    pub resume_after: Option<String>,
+    /// All rows copied.
+    pub done: bool,
+    /// The source's WAL position when the chunk was read: streaming must pass the largest of these
+    /// before the version may publish a checkpoint.
+    pub lsn: Lsn,
+}
+
+/// Replication bookkeeping of a version: its slot and where its initial snapshot stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicationState {
+    /// The version's replication slot, once created.
+    pub slot_name: Option<String>,
+    /// The slot's consistent point: where streaming starts before any transaction was applied.
+    pub start_lsn: Option<Lsn>,
+    /// Set when every table is copied: the LSN streaming must pass before the version's first checkpoint
+    /// may be published (the write-checkpoint marker emitted after the last chunk, or later).
+    pub snapshot_done_lsn: Option<Lsn>,
 }
 
 /// Storage failures. Messages say what happened and what to do about it.
@@ -263,6 +307,38 @@ pub trait BucketStorage: Send + Sync {
     /// when `commit_lsn` ≤ the version's stored LSN (already applied: skipped, no ops).
     /// Durable when it returns: the caller may confirm `commit_lsn` to Postgres.
     fn apply(&self, version: RulesVersion, txn: &SourceTransaction) -> Result<Option<OpId>>;
+
+    /// Applies several source transactions, in order, in one storage transaction (one fsync): each still
+    /// gets its own checkpoint, and each one whose commit LSN ≤ the stored LSN is skipped. Returns the
+    /// latest checkpoint after the batch, `None` when every transaction was skipped. Durable when it
+    /// returns; all-or-nothing on error.
+    fn apply_batch(&self, version: RulesVersion, txns: &[SourceTransaction]) -> Result<Option<Checkpoint>>;
+
+    /// Applies rows copied by the initial snapshot together with the table's new progress, in one storage
+    /// transaction. No checkpoint is recorded and no LSN is checked (snapshot rows have none); the rows'
+    /// parameter entries are visible at every checkpoint. Rows are diffed against the stored state like
+    /// [`apply`](BucketStorage::apply), so re-copying a row is harmless.
+    fn apply_snapshot_chunk(
+        &self,
+        version: RulesVersion,
+        changes: &[RowChange],
+        progress: &TableSnapshot,
+    ) -> Result<()>;
+
+    /// Snapshot progress of every table of `version` recorded so far.
+    fn snapshot_progress(&self, version: RulesVersion) -> Result<Vec<TableSnapshot>>;
+
+    /// The version's replication bookkeeping.
+    fn replication_state(&self, version: RulesVersion) -> Result<ReplicationState>;
+
+    /// Replaces the version's replication bookkeeping.
+    fn set_replication_state(&self, version: RulesVersion, state: &ReplicationState) -> Result<()>;
+
+    /// The stored source row (`RowChange::source_row`) of `row`, as last committed.
+    fn source_row(&self, version: RulesVersion, row: &SourceRowKey) -> Result<Option<String>>;
+
+    /// Every stored version, oldest first.
+    fn versions(&self) -> Result<Vec<SyncRulesVersion>>;
 
     /// The version's latest checkpoint, `None` before its first applied transaction.
     fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>>;
