@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::{config_cmd, rules_cmd};
+use crate::{config_cmd, rules_cmd, serve};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,14 @@ enum Command {
     /// Work with the gateway's config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Replicate the source database into bucket storage with the configured sync rules, until
+    /// SIGINT/SIGTERM. SIGHUP re-reads the config's sync rules (a change builds a new version in the
+    /// background and switches to it once caught up). Logs go to stderr; RUST_LOG sets the level.
+    Serve {
+        /// The config file (PowerSync `powersync.yaml` layout; see docs/config.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,5 +75,43 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Rules(RulesCommand::TestCases { files, verbose }) => rules_cmd::test_cases(&files, verbose),
         Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
+        Command::Serve { config } => serve_command(config),
     }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests calling run twice) is harmless: keep the first subscriber.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            shutdown_tx.send_replace(true);
+        });
+        match serve::serve(config, serve::ServeOptions::default(), shutdown_rx).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                tracing::error!("{error:#}");
+                eprintln!("syncgate: {error:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
 }

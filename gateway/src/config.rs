@@ -20,6 +20,8 @@ pub use postgres::{PostgresConnection, SslMode};
 pub const DEFAULT_PORT: u16 = 8080;
 /// Default SQLite bucket storage file, relative to the config file's directory.
 pub const DEFAULT_STORAGE_PATH: &str = "syncgate.sqlite";
+/// Default prefix of replication slot names (PowerSync's is `powersync_`).
+pub const DEFAULT_SLOT_NAME_PREFIX: &str = "syncgate_";
 /// Default publication name (PowerSync's fixed name).
 pub const DEFAULT_PUBLICATION: &str = "powersync";
 /// Default maximum token lifetime: PowerSync rejects tokens valid for more than a day.

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod config_cmd;
 pub mod lsn;
+pub mod replicator;
 pub mod rules_cmd;
+pub mod serve;
 pub mod source;
 pub mod storage;

@@ -64,6 +64,9 @@ pub struct PostgresConnection {
     pub sslmode: SslMode,
     /// The publication that lists the replicated tables (syncgate key; PowerSync always uses `powersync`).
     pub publication: String,
+    /// Replication slots are named this prefix plus the sync-rules version. syncgate drops slots with
+    /// this prefix whose version its storage no longer has, so give each storage its own prefix.
+    pub slot_name_prefix: String,
 }
 
 impl PostgresConnection {
@@ -310,6 +313,7 @@ mod tests {
             password: Some(Secret::new("hunter2".into())),
             sslmode: SslMode::Disable,
             publication: "powersync".into(),
+            slot_name_prefix: "syncgate_".into(),
         };
         assert!(
             c.connection_params()

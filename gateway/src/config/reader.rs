@@ -9,7 +9,7 @@ use super::ContentOrigin;
 use super::postgres::{UriParts, parse_uri};
 use super::{
     ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS, DEFAULT_PORT,
-    DEFAULT_PUBLICATION, DEFAULT_STORAGE_PATH, EnvLookup, Jwk, Loaded, PostgresConnection, ReplicationConfig,
+    DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk, Loaded, PostgresConnection, ReplicationConfig,
     Secret, SslMode, StorageConfig, SyncRulesConfig, SyncRulesSource, env,
 };
 
@@ -45,6 +45,7 @@ const CONNECTION_KNOWN: &[&str] = &[
     "password",
     "sslmode",
     "publication_name",
+    "slot_name_prefix",
 ];
 const CONNECTION_IGNORED: &[&str] = &[
     "id",
@@ -53,7 +54,6 @@ const CONNECTION_IGNORED: &[&str] = &[
     "client_private_key",
     "tls_servername",
     "reject_ip_ranges",
-    "slot_name_prefix",
     "max_pool_size",
     "debug_api",
 ];
@@ -540,6 +540,7 @@ impl Reader<'_> {
             (&["username", "user"][..], &mut draft.user),
             (&["tag"][..], &mut draft.tag),
             (&["publication_name"][..], &mut draft.publication),
+            (&["slot_name_prefix"][..], &mut draft.slot_name_prefix),
         ] {
             for key in keys {
                 if let Some(v) = map.get(key) {
@@ -611,6 +612,9 @@ impl Reader<'_> {
             publication: draft
                 .publication
                 .unwrap_or_else(|| DEFAULT_PUBLICATION.to_owned()),
+            slot_name_prefix: draft
+                .slot_name_prefix
+                .unwrap_or_else(|| DEFAULT_SLOT_NAME_PREFIX.to_owned()),
         })
     }
 
@@ -842,6 +846,7 @@ struct ConnectionDraft {
     password: Option<Secret<String>>,
     sslmode: Option<SslMode>,
     publication: Option<String>,
+    slot_name_prefix: Option<String>,
 }
 
 impl ConnectionDraft {

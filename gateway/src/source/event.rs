@@ -94,6 +94,8 @@ pub enum SourceEvent {
     Commit {
         commit_lsn: Lsn,
         end_lsn: Lsn,
+        /// Commit time in microseconds since 2000-01-01 UTC (Postgres's epoch), for lag reporting.
+        commit_time: i64,
     },
     Relation(Arc<RelationInfo>),
     Insert {
@@ -144,10 +146,14 @@ impl Decoder {
                 final_lsn: Lsn(final_lsn),
             },
             M::Commit {
-                commit_lsn, end_lsn, ..
+                commit_lsn,
+                end_lsn,
+                timestamp,
+                ..
             } => SourceEvent::Commit {
                 commit_lsn: Lsn(commit_lsn),
                 end_lsn: Lsn(end_lsn),
+                commit_time: timestamp,
             },
             M::Relation {
                 relation_id,

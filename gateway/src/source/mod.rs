@@ -33,8 +33,8 @@ pub mod walstream;
 pub use crate::lsn::{Lsn, ParseLsnError};
 pub use checks::{SourceRequirements, check_source};
 pub use error::{ErrorKind, SourceError};
-pub use event::{ColumnInfo, ColumnValue, RelationInfo, ReplicaIdentity, SourceEvent};
-pub use snapshot::{Chunk, SnapshotReader, TableLayout, TableName};
+pub use event::{ColumnInfo, ColumnValue, OldRow, RelationInfo, ReplicaIdentity, SourceEvent};
+pub use snapshot::{Chunk, SnapshotReader, TableLayout, TableName, table_layout};
 pub use walstream::WalstreamClient;
 
 use std::future::Future;

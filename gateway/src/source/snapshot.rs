@@ -52,10 +52,15 @@ pub(crate) fn quote_literal(text: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableLayout {
     pub table: TableName,
+    pub oid: u32,
     pub columns: Vec<String>,
+    pub type_oids: Vec<u32>,
     /// Indexes into `columns`: the primary key, else the replica identity index; empty when the
     /// table has neither (replica identity FULL), in which case it is copied in one chunk.
     pub key: Vec<usize>,
+    /// Indexes into `columns` that identify a row: `key`, or every column when there is no key
+    /// (replica identity FULL without a primary key).
+    pub identity: Vec<usize>,
 }
 
 /// One chunk of rows; `None` is SQL NULL.
@@ -66,11 +71,72 @@ pub struct Chunk {
     pub resume_after: Option<Vec<String>>,
 }
 
+/// Columns (as pgoutput sends them: not dropped, not generated, by attnum), their types, the copy key
+/// and the row identity, read from the catalog on any connection.
+pub async fn table_layout(client: &Client, table: &TableName) -> Result<TableLayout, SourceError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.atttypid,
+                    coalesce(a.attnum = ANY (pk.indkey::int2[]), false),
+                    coalesce(a.attnum = ANY (ri.indkey::int2[]), false),
+                    c.oid
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+             LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
+               AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(SourceError::query(format!("reading the columns of {table}")))?;
+    let Some(first) = rows.first() else {
+        return Err(SourceError::Configuration(format!(
+            "table {table} does not exist or has no columns visible to syncgate"
+        )));
+    };
+    let oid: u32 = first.get(4);
+    let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let type_oids: Vec<u32> = rows.iter().map(|r| r.get(1)).collect();
+    let pk: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].get::<_, bool>(2)).collect();
+    let key = if pk.is_empty() {
+        (0..rows.len()).filter(|&i| rows[i].get::<_, bool>(3)).collect()
+    } else {
+        pk
+    };
+    let identity = if key.is_empty() {
+        (0..columns.len()).collect()
+    } else {
+        key.clone()
+    };
+    Ok(TableLayout {
+        table: table.clone(),
+        oid,
+        columns,
+        type_oids,
+        key,
+        identity,
+    })
+}
+
 /// A REPEATABLE READ transaction on an imported snapshot.
 #[derive(Debug)]
 pub struct SnapshotReader {
     client: Client,
     snapshot_name: String,
+}
+
+async fn set_session(client: &Client) -> Result<(), SourceError> {
+    let settings: Vec<String> = SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
+        .collect();
+    client
+        .batch_execute(&settings.join("; "))
+        .await
+        .map_err(SourceError::query("setting session options"))
 }
 
 impl SnapshotReader {
@@ -91,14 +157,7 @@ impl SnapshotReader {
 
     /// Imports `snapshot_name` on an open connection that is not in a transaction.
     pub async fn import(client: Client, snapshot_name: &str) -> Result<SnapshotReader, SourceError> {
-        let settings: Vec<String> = SESSION_SETTINGS
-            .iter()
-            .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
-            .collect();
-        client
-            .batch_execute(&settings.join("; "))
-            .await
-            .map_err(SourceError::query("setting session options"))?;
+        set_session(&client).await?;
         // SET TRANSACTION SNAPSHOT must be the transaction's first statement.
         client
             .batch_execute(&format!(
@@ -114,47 +173,41 @@ impl SnapshotReader {
         })
     }
 
+    /// Starts a REPEATABLE READ transaction on its own snapshot (resuming a copy after the exported
+    /// snapshot is gone) and returns the WAL position it was taken at: every transaction the snapshot
+    /// sees committed below it, so streaming must pass it before the copied rows are consistent.
+    pub async fn begin_fresh(client: Client) -> Result<(SnapshotReader, super::Lsn), SourceError> {
+        set_session(&client).await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(SourceError::query("starting the snapshot transaction"))?;
+        // The first query fixes the snapshot; the WAL position read after it is past every commit it sees.
+        let lsn: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(SourceError::query("reading the snapshot's WAL position"))?
+            .get(0);
+        let lsn = lsn
+            .parse()
+            .map_err(|e| SourceError::Protocol(format!("pg_current_wal_lsn: {e}")))?;
+        info!(%lsn, "started a fresh snapshot to resume the initial copy");
+        Ok((
+            SnapshotReader {
+                client,
+                snapshot_name: String::new(),
+            },
+            lsn,
+        ))
+    }
+
     pub fn snapshot_name(&self) -> &str {
         &self.snapshot_name
     }
 
     /// Columns (as pgoutput sends them: not dropped, not generated, by attnum) and the copy key.
     pub async fn layout(&self, table: &TableName) -> Result<TableLayout, SourceError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT a.attname::text,
-                        coalesce(a.attnum = ANY (pk.indkey::int2[]), false),
-                        coalesce(a.attnum = ANY (ri.indkey::int2[]), false)
-                 FROM pg_attribute a
-                 JOIN pg_class c ON c.oid = a.attrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                 LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
-                 LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
-                   AND NOT a.attisdropped AND a.attgenerated = ''
-                 ORDER BY a.attnum",
-                &[&table.schema, &table.name],
-            )
-            .await
-            .map_err(SourceError::query(format!("reading the columns of {table}")))?;
-        if rows.is_empty() {
-            return Err(SourceError::Configuration(format!(
-                "table {table} does not exist or has no columns visible to the snapshot"
-            )));
-        }
-        let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let pk: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].get::<_, bool>(1)).collect();
-        let key = if pk.is_empty() {
-            (0..rows.len()).filter(|&i| rows[i].get::<_, bool>(2)).collect()
-        } else {
-            pk
-        };
-        Ok(TableLayout {
-            table: table.clone(),
-            columns,
-            key,
-        })
+        table_layout(&self.client, table).await
     }
 
     /// Reads up to `limit` rows after `resume_after` (a key from the previous chunk), in key order.

@@ -337,6 +337,10 @@ pub trait BucketStorage: Send + Sync {
     /// The stored source row (`RowChange::source_row`) of `row`, as last committed.
     fn source_row(&self, version: RulesVersion, row: &SourceRowKey) -> Result<Option<String>>;
 
+    /// Keys of every source row of `table` (a `SourceRowKey::table`) the version holds state for:
+    /// placements, live parameter entries or a stored source row. What a TRUNCATE deletes.
+    fn source_row_keys(&self, version: RulesVersion, table: &str) -> Result<Vec<String>>;
+
     /// Every stored version, oldest first.
     fn versions(&self) -> Result<Vec<SyncRulesVersion>>;
 

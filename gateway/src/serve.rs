@@ -1,0 +1,398 @@
+//! `syncgate serve`: runs replication for the configured sync rules, switching versions when the rules
+//! change (DESIGN invariant 9), compacting in the background, until SIGINT/SIGTERM.
+//!
+//! Version choice at start: the active version keeps replicating if its rules equal the configured
+//! ones; otherwise a version with the configured rules is built (resumed if one is already building)
+//! while the active one keeps serving, and becomes active once caught up. Then the old version's slot
+//! and data are removed. SIGHUP re-reads the config file and does the same with the new rules.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use syncgate_rules::{CompileOptions, SyncRules, compile};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, StorageConfig};
+use crate::replicator::{
+    Catalog, ReplicationMetrics, ReplicatorError, ReplicatorOptions, SourceConnection, Stopped, VersionReplicator,
+    slot_name,
+};
+use crate::source::{SourceRequirements, TableName, check_source};
+use crate::storage::{BucketStorage, RulesVersion, SqliteStorage, VersionState};
+
+/// How often the active version is compacted in the background.
+pub const COMPACT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// Options of a serve run beyond the config file.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub replicator: ReplicatorOptions,
+    pub compact_interval: Duration,
+    /// How often replication figures are logged.
+    pub report_interval: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            replicator: ReplicatorOptions::default(),
+            compact_interval: COMPACT_INTERVAL,
+            report_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Compiles rules text; errors carry every diagnostic with its position in the config's rules.
+pub fn compile_rules(config: &Config) -> anyhow::Result<SyncRules> {
+    let result = compile(&config.sync_rules.text, &CompileOptions::default());
+    let mut errors = Vec::new();
+    for d in &result.diagnostics {
+        let at = config.sync_rules.locate(&config.file, d.line, d.column);
+        if d.is_error() {
+            errors.push(format!("{at}: error: {}", d.message));
+        } else {
+            warn!("{at}: {}: {}", d.severity.as_str(), d.message);
+        }
+    }
+    match result.rules {
+        Some(rules) if errors.is_empty() => Ok(rules),
+        _ => bail!("invalid sync rules:\n{}", errors.join("\n")),
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let loaded = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    Ok(loaded.config)
+}
+
+/// Tables named exactly by the rules (wildcards are matched against the publication at snapshot time).
+fn required_tables(rules: &SyncRules) -> Vec<TableName> {
+    rules
+        .source_tables()
+        .into_iter()
+        .filter(|p| !p.wildcard)
+        .map(|p| TableName::new(p.schema.to_string(), p.name.to_string()))
+        .collect()
+}
+
+/// Runs the gateway's replication until `shutdown` turns true.
+pub async fn serve(config_path: PathBuf, options: ServeOptions, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let config = load_config(&config_path)?;
+    let rules = compile_rules(&config)?;
+    let connection = config.replication.connection().clone();
+    let source = SourceConnection::new(&connection).context("source connection")?;
+    let mut replicator_options = options.replicator.clone();
+    replicator_options.publication.clone_from(&connection.publication);
+    replicator_options.slot_prefix.clone_from(&connection.slot_name_prefix);
+
+    let catalog = Catalog::new(source.connect("source checks").await.context("cannot reach the source database")?);
+    let named = required_tables(&rules);
+    let exists = catalog.existing(&named).await?;
+    let mut tables = Vec::new();
+    for (table, exists) in named.into_iter().zip(exists) {
+        if exists {
+            tables.push(table);
+        } else {
+            // Not an error: rules may name a table the app creates later; its rows replicate from then on
+            // (the publication must include it, e.g. FOR ALL TABLES).
+            warn!(%table, "the sync rules read a table that does not exist yet");
+        }
+    }
+    check_source(
+        catalog.client(),
+        &SourceRequirements {
+            publication: connection.publication.clone(),
+            tables,
+        },
+    )
+    .await
+    .context("the source database is not ready for syncgate")?;
+
+    let StorageConfig::Sqlite { path: storage_path } = &config.storage;
+    let storage = {
+        let path = storage_path.clone();
+        Arc::new(tokio::task::spawn_blocking(move || SqliteStorage::open(path)).await??)
+    };
+    info!(storage = %storage_path.display(), source = %source.display, "syncgate starting");
+
+    let mut supervisor = Supervisor {
+        storage,
+        source,
+        options: replicator_options,
+        catalog,
+        metrics: Arc::new(ReplicationMetrics::default()),
+        active: watch::Sender::new(None),
+        tasks: JoinSet::new(),
+        running: HashMap::new(),
+    };
+    supervisor.start(&config.sync_rules.text).await?;
+
+    let mut compact = tokio::time::interval(options.compact_interval);
+    compact.tick().await;
+    let mut report = tokio::time::interval(options.report_interval);
+    report.tick().await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+            Some(joined) = supervisor.tasks.join_next() => {
+                let (version, outcome) = joined.context("replication task panicked")?;
+                supervisor.finished(version, outcome, &config.sync_rules.text).await?;
+            }
+            _ = compact.tick() => supervisor.compact().await,
+            _ = report.tick() => supervisor.report(),
+            _ = hangup.recv() => {
+                match load_config(&config_path).and_then(|c| compile_rules(&c).map(|_| c)) {
+                    Ok(reloaded) => {
+                        info!("SIGHUP: reloading sync rules");
+                        supervisor.start(&reloaded.sync_rules.text).await?;
+                    }
+                    Err(error) => error!("SIGHUP: config not reloaded: {error:#}"),
+                }
+            }
+        }
+    }
+    info!("shutting down");
+    for running in supervisor.running.values() {
+        running.stop.send_replace(true);
+    }
+    while let Some(joined) = supervisor.tasks.join_next().await {
+        if let Ok((version, Err(error))) = joined {
+            warn!(%version, %error, "replication ended with an error during shutdown");
+        }
+    }
+    Ok(())
+}
+
+type TaskOutcome = (RulesVersion, Result<Stopped, ReplicatorError>);
+
+struct Supervisor {
+    storage: Arc<SqliteStorage>,
+    source: SourceConnection,
+    options: ReplicatorOptions,
+    catalog: Catalog,
+    metrics: Arc<ReplicationMetrics>,
+    active: watch::Sender<Option<RulesVersion>>,
+    tasks: JoinSet<TaskOutcome>,
+    /// Versions with a running replicator.
+    running: HashMap<RulesVersion, Running>,
+}
+
+struct Running {
+    rules: String,
+    stop: watch::Sender<bool>,
+    /// Stopped because its rules were replaced before it became active: remove it once stopped.
+    discard: bool,
+}
+
+impl Supervisor {
+    async fn storage<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteStorage) -> Result<T, crate::storage::StorageError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let storage = Arc::clone(&self.storage);
+        Ok(tokio::task::spawn_blocking(move || f(&storage)).await??)
+    }
+
+    /// Makes `rules_text` the rules being served: keeps the active version if it has these rules,
+    /// else resumes or creates a building version for them. Removes other building and retired
+    /// versions, drops orphaned slots, and starts a replicator for each version that needs one.
+    async fn start(&mut self, rules_text: &str) -> anyhow::Result<()> {
+        let versions = self.storage(|s| s.versions()).await?;
+        let active = versions.iter().find(|v| v.state == VersionState::Active).cloned();
+        self.active.send_replace(active.as_ref().map(|v| v.version));
+        let mut wanted = Vec::new();
+        if let Some(active) = &active {
+            wanted.push(active.version);
+        }
+        if active.as_ref().is_none_or(|a| a.rules != rules_text) {
+            let building = versions
+                .iter()
+                .find(|v| v.state == VersionState::Building && v.rules == rules_text)
+                .map(|v| v.version);
+            let target = match building {
+                Some(version) => version,
+                None => {
+                    let text = rules_text.to_owned();
+                    let version = self.storage(move |s| s.create_version(&text)).await?;
+                    info!(%version, "new sync rules: building a new version in the background");
+                    version
+                }
+            };
+            wanted.push(target);
+        }
+        for stale in versions.iter().filter(|v| !wanted.contains(&v.version) && v.state != VersionState::Active) {
+            if let Some(running) = self.running.get_mut(&stale.version) {
+                // A building version whose rules were replaced: stop it, then remove it.
+                running.discard = true;
+                running.stop.send_replace(true);
+                continue;
+            }
+            self.remove_version(stale.version).await?;
+        }
+        self.drop_orphan_slots().await?;
+        for version in wanted {
+            if self.running.contains_key(&version) {
+                continue;
+            }
+            let text = versions
+                .iter()
+                .find(|v| v.version == version)
+                .map_or_else(|| rules_text.to_owned(), |v| v.rules.clone());
+            self.spawn(version, &text)?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, version: RulesVersion, rules_text: &str) -> anyhow::Result<()> {
+        let result = compile(rules_text, &CompileOptions::default());
+        let rules = result
+            .rules
+            .with_context(|| format!("stored sync rules of version {version} no longer compile"))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut replicator = VersionReplicator::new(
+            Arc::clone(&self.storage),
+            version,
+            Arc::new(rules),
+            self.source.clone(),
+            self.options.clone(),
+            Arc::clone(&self.metrics),
+            self.active.clone(),
+            stop_rx,
+        );
+        self.running.insert(
+            version,
+            Running {
+                rules: rules_text.to_owned(),
+                stop,
+                discard: false,
+            },
+        );
+        self.tasks.spawn(async move {
+            let outcome = replicator.run().await;
+            (version, outcome)
+        });
+        Ok(())
+    }
+
+    /// A replicator stopped: clean up a retired version, rebuild after a lost slot, or fail.
+    async fn finished(
+        &mut self,
+        version: RulesVersion,
+        outcome: Result<Stopped, ReplicatorError>,
+        rules_text: &str,
+    ) -> anyhow::Result<()> {
+        let (version_rules, discard) = self
+            .running
+            .remove(&version)
+            .map_or_else(|| (rules_text.to_owned(), false), |r| (r.rules, r.discard));
+        match outcome {
+            Ok(Stopped::Shutdown) if discard => self.remove_version(version).await,
+            Ok(Stopped::Shutdown) => Ok(()),
+            Ok(Stopped::Retired) => {
+                info!(%version, "removing the retired version's slot and data");
+                self.remove_version(version).await
+            }
+            Err(ReplicatorError::SlotLost { slot, reason }) => {
+                error!(%version, slot, reason, "replication slot lost; re-snapshotting into a new version");
+                let is_active = *self.active.borrow() == Some(version);
+                if !is_active {
+                    self.remove_version(version).await?;
+                }
+                // The active version keeps serving what it has until the new one catches up.
+                let new_version = self.storage(move |s| s.create_version(&version_rules)).await?;
+                let text = self
+                    .storage(move |s| s.versions())
+                    .await?
+                    .into_iter()
+                    .find(|v| v.version == new_version)
+                    .map(|v| v.rules)
+                    .unwrap_or_default();
+                self.spawn(new_version, &text)
+            }
+            Err(error) => Err(anyhow::Error::new(error).context(format!("replication of version {version} failed"))),
+        }
+    }
+
+    /// Deletes a non-active version's data and its slot.
+    async fn remove_version(&self, version: RulesVersion) -> anyhow::Result<()> {
+        let slot = slot_name(&self.options.slot_prefix, version);
+        self.drop_slot_if_inactive(&slot).await?;
+        self.storage(move |s| s.delete_version(version)).await?;
+        info!(%version, "removed sync rules version");
+        Ok(())
+    }
+
+    async fn drop_slot_if_inactive(&self, slot: &str) -> anyhow::Result<()> {
+        // A walsender may take a moment to let go of a slot whose stream just closed.
+        for _ in 0..50 {
+            match self.catalog.slot_status(slot).await? {
+                None => return Ok(()),
+                Some(status) if !status.active => {
+                    self.catalog.drop_slot(slot).await?;
+                    info!(slot, "dropped replication slot");
+                    return Ok(());
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        warn!(slot, "replication slot still in use; not dropped (it is retried at the next start)");
+        Ok(())
+    }
+
+    /// Drops inactive slots with our prefix whose version storage no longer has (invariant 8).
+    async fn drop_orphan_slots(&self) -> anyhow::Result<()> {
+        let known: Vec<String> = self
+            .storage(|s| s.versions())
+            .await?
+            .iter()
+            .map(|v| slot_name(&self.options.slot_prefix, v.version))
+            .collect();
+        for (slot, active) in self.catalog.slots_with_prefix(&self.options.slot_prefix).await? {
+            if known.contains(&slot) {
+                continue;
+            }
+            if active {
+                warn!(slot, "orphaned replication slot is in use by another process; not dropped");
+                continue;
+            }
+            self.catalog.drop_slot(&slot).await?;
+            info!(slot, "dropped orphaned replication slot");
+        }
+        Ok(())
+    }
+
+    async fn compact(&self) {
+        let Some(version) = *self.active.borrow() else { return };
+        match self.storage(move |s| s.compact(version, syncgate_protocol::OpId::MAX)).await {
+            Ok(stats) => info!(%version, buckets = stats.buckets, moved = stats.moved, cleared = stats.cleared, "compacted"),
+            Err(error) => warn!(%version, "background compaction failed: {error:#}"),
+        }
+    }
+
+    fn report(&self) {
+        let m = self.metrics.snapshot();
+        info!(
+            applied_lsn = %m.applied_lsn,
+            lag_bytes = m.lag_bytes,
+            lag_seconds = m.lag_seconds,
+            row_changes = m.row_changes,
+            transactions = m.transactions,
+            snapshot_rows = m.snapshot_rows,
+            retained_wal_bytes = m.retained_wal_bytes,
+            "replication"
+        );
+    }
+}

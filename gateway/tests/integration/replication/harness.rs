@@ -1,0 +1,270 @@
+//! Running `serve` against a test database, waiting for it, and computing what the rules say the
+//! buckets must hold from a direct `SELECT` of the database (the oracle the replicated state must equal).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use syncgate::replicator::{Catalog, ReplicatorOptions, Scratch, SourceConnection, TableMapper};
+use syncgate::serve::{ServeOptions, serve};
+use syncgate::source::{TableName, table_layout};
+use syncgate::storage::{BucketStorage, Checkpoint, Lsn, RulesVersion, SqliteStorage, VersionState};
+use syncgate_rules::{
+    CompileOptions, ConnectionRequest, ParameterLookup, SourceTable, SqliteValue, SyncRules, compile,
+};
+use syncgate_test_support::TestDatabase;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `serve` run in this process.
+pub struct Gateway {
+    pub storage_path: PathBuf,
+    pub config_path: PathBuf,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn write_config(dir: &Path, db: &TestDatabase, rules: &str, slot_prefix: &str) -> PathBuf {
+    let mut indented = String::new();
+    for line in rules.lines() {
+        indented.push_str("    ");
+        indented.push_str(line);
+        indented.push('\n');
+    }
+    let config = format!(
+        "replication:\n  connections:\n    - type: postgresql\n      uri: postgresql://{user}@{host}:{port}/{db}\n      \
+         sslmode: disable\n      slot_name_prefix: {slot_prefix}\nstorage:\n  type: sqlite\n  path: storage.sqlite\n\
+         sync_rules:\n  content: |\n{indented}",
+        user = db.user(),
+        host = db.host(),
+        port = db.port(),
+        db = db.name(),
+    );
+    let path = dir.join("powersync.yaml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+pub fn fast_options() -> ServeOptions {
+    ServeOptions {
+        replicator: ReplicatorOptions {
+            snapshot_chunk_rows: 7,
+            max_batch_delay: Duration::from_millis(10),
+            slot_check_interval: Duration::from_secs(1),
+            ..ReplicatorOptions::default()
+        },
+        ..ServeOptions::default()
+    }
+}
+
+impl Gateway {
+    pub fn start(config_path: &Path, options: ServeOptions) -> Gateway {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(config_path.to_path_buf(), options, stop_rx));
+        Gateway {
+            storage_path: config_path.with_file_name("storage.sqlite"),
+            config_path: config_path.to_path_buf(),
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(TIMEOUT, task)
+                .await
+                .expect("serve stops in time")
+                .expect("serve task")
+                .expect("serve ends without error");
+        }
+    }
+
+    /// Fails the test if serve has already ended with an error.
+    pub fn assert_running(&self) {
+        if let Some(task) = &self.task {
+            assert!(!task.is_finished(), "serve ended early");
+        }
+    }
+
+    pub fn storage(&self) -> SqliteStorage {
+        SqliteStorage::open(&self.storage_path).expect("open storage")
+    }
+
+    /// Waits until the active version has a checkpoint at or past `lsn`.
+    pub async fn wait_for_lsn(&self, lsn: Lsn) -> (RulesVersion, Checkpoint) {
+        let started = Instant::now();
+        loop {
+            self.assert_running();
+            if self.storage_path.exists() {
+                let storage = self.storage();
+                if let Some(active) = storage.active_version().expect("active version")
+                    && let Some(checkpoint) = storage.latest_checkpoint(active.version).expect("checkpoint")
+                    && checkpoint.lsn >= lsn
+                {
+                    eprintln!("caught up with {lsn} in {:?}", started.elapsed());
+                    return (active.version, checkpoint);
+                }
+            }
+            assert!(started.elapsed() < TIMEOUT, "no checkpoint at {lsn} within {TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Emits a marker and waits until the gateway has a checkpoint past it: everything committed
+    /// before this call is in storage then.
+    pub async fn sync_point(&self, db: &TestDatabase) -> (RulesVersion, Checkpoint) {
+        let lsn: Lsn = db
+            .psql("SELECT pg_logical_emit_message(false, 'powersync', 'ping')")
+            .expect("emit marker")
+            .trim()
+            .parse()
+            .expect("marker lsn");
+        self.wait_for_lsn(lsn).await
+    }
+
+    pub fn versions(&self) -> Vec<(RulesVersion, VersionState)> {
+        self.storage()
+            .versions()
+            .expect("versions")
+            .into_iter()
+            .map(|v| (v.version, v.state))
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// What the rules make of the database's current rows: bucket → rows, lookup key → values.
+pub struct Oracle {
+    pub rules: SyncRules,
+    pub buckets: BTreeMap<String, BTreeSet<(String, String, String)>>,
+    pub lookups: HashMap<String, Vec<String>>,
+}
+
+pub fn compile_rules(text: &str) -> SyncRules {
+    let result = compile(text, &CompileOptions::default());
+    result.rules.unwrap_or_else(|| panic!("rules compile: {:?}", result.diagnostics))
+}
+
+impl Oracle {
+    /// Reads every published table the rules use with `SELECT` and evaluates each row.
+    pub async fn from_database(db: &TestDatabase, rules_text: &str) -> Oracle {
+        let rules = compile_rules(rules_text);
+        let source = SourceConnection::from_url(&db.url()).expect("source");
+        let client = source.connect("oracle").await.expect("connect");
+        let mut catalog = Catalog::new(source.connect("oracle catalog").await.expect("connect"));
+        let patterns = rules.source_tables();
+        let tables = catalog.publication_tables("powersync").await.expect("publication tables");
+        let mut buckets: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
+        let mut lookups: HashMap<String, Vec<String>> = HashMap::new();
+        let mut scratch = Scratch::default();
+        for table in tables {
+            let probe = SourceTable::new(&table.schema, &table.name, &[]);
+            if !patterns.iter().any(|p| p.matches(&probe)) {
+                continue;
+            }
+            let layout = table_layout(&client, &TableName::new(table.schema.clone(), table.name.clone()))
+                .await
+                .expect("layout");
+            let mut types = Vec::new();
+            for &oid in &layout.type_oids {
+                types.push(catalog.column_type(oid).await.expect("type"));
+            }
+            let mapper = TableMapper::new(
+                &rules,
+                layout.table.clone(),
+                layout.columns.clone(),
+                &layout.type_oids,
+                types,
+                layout.identity.clone(),
+            );
+            let columns: Vec<String> = layout.columns.iter().map(|c| format!("\"{c}\"")).collect();
+            let messages = client
+                .simple_query(&format!("SELECT {} FROM {}", columns.join(", "), layout.table.quoted()))
+                .await
+                .expect("select");
+            for message in messages {
+                let tokio_postgres::SimpleQueryMessage::Row(row) = message else { continue };
+                let values: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
+                let change = mapper.evaluate(&rules, &values, &mut scratch);
+                for p in change.placements.iter().flatten() {
+                    buckets
+                        .entry(p.bucket.as_str().to_owned())
+                        .or_default()
+                        .insert((p.table.clone(), p.id.clone(), p.data.clone()));
+                }
+                for entry in change.parameters.iter().flatten() {
+                    lookups
+                        .entry(entry.lookup_key.clone())
+                        .or_default()
+                        .push(entry.values_json.clone());
+                }
+            }
+        }
+        Oracle {
+            rules,
+            buckets,
+            lookups,
+        }
+    }
+
+    /// The buckets `user` syncs, with their rows (table, id, data as parsed JSON), by the oracle.
+    pub fn user_buckets(&self, user: &str) -> BTreeMap<String, BTreeSet<(String, String, String)>> {
+        let payload = serde_json::json!({ "sub": user });
+        let request = ConnectionRequest::new(&payload, &serde_json::json!({}));
+        let resolved = self
+            .rules
+            .resolve_buckets(&request, |lookups: &[ParameterLookup]| -> Result<_, std::convert::Infallible> {
+                Ok(lookups
+                    .iter()
+                    .map(|l| {
+                        self.lookups
+                            .get(&l.key())
+                            .map(|rows| rows.iter().map(|json| json_values(json)).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<Vec<Vec<SqliteValue>>>>())
+            })
+            .expect("resolve buckets");
+        resolved
+            .into_iter()
+            .map(|b| {
+                let name = b.bucket.as_str().to_owned();
+                let rows = self
+                    .buckets
+                    .get(&name)
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|(t, i, d)| (t.clone(), i.clone(), canonical(d)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (name, rows)
+            })
+            .collect()
+    }
+}
+
+/// JSON text re-serialized, so texts that differ only in spacing compare equal.
+pub fn canonical(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json).expect("row json").to_string()
+}
+
+/// A stored parameter row's values (a JSON array) as rule values.
+fn json_values(json: &str) -> Vec<SqliteValue> {
+    let parsed: serde_json::Value = serde_json::from_str(json).expect("values json");
+    parsed.as_array().expect("values array").iter().map(SqliteValue::from_json).collect()
+}
+
+/// Keeps the storage alive for a test's helpers without reopening it.
+pub fn shared(storage: SqliteStorage) -> Arc<SqliteStorage> {
+    Arc::new(storage)
+}
