@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::{config_cmd, rules_cmd, serve};
+use crate::config::{Config, StorageConfig};
+use crate::{compact_cmd, config_cmd, inspect, rules_cmd, serve};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,31 @@ enum Command {
     /// background and switches to it once caught up). Logs go to stderr; RUST_LOG sets the level.
     Serve {
         /// The config file (PowerSync `powersync.yaml` layout; see docs/config.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print what a user would sync at the latest checkpoint: their buckets with priority, checksum,
+    /// op count and net rows, as JSON. Reads the storage of the config; uses the rules of the active
+    /// version, not the rules file.
+    Inspect {
+        /// The config file (its `storage.path` is read; see docs/config.md).
+        #[arg(long)]
+        config: PathBuf,
+        /// The user id: the token's `sub` claim.
+        #[arg(long)]
+        sub: String,
+        /// Further token claims as a JSON object, e.g. '{"parameters":{"team":"t1"}}'; `--sub` wins
+        /// over a `sub` here.
+        #[arg(long)]
+        claims: Option<String>,
+        /// Client parameters as a JSON object.
+        #[arg(long, default_value = "{}")]
+        parameters: String,
+    },
+    /// Compact the active version's buckets up to the latest checkpoint (superseded ops become MOVE,
+    /// leading runs a CLEAR); prints one line of stats.
+    Compact {
+        /// The config file (its `storage.path` is compacted).
         #[arg(long)]
         config: PathBuf,
     },
@@ -76,6 +102,50 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Rules(RulesCommand::TestCases { files, verbose }) => rules_cmd::test_cases(&files, verbose),
         Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
         Command::Serve { config } => serve_command(config),
+        Command::Inspect {
+            config,
+            sub,
+            claims,
+            parameters,
+        } => {
+            let mut payload = match claims {
+                Some(text) => json_object("--claims", &text)?,
+                None => serde_json::Map::new(),
+            };
+            payload.insert("sub".into(), serde_json::Value::String(sub));
+            let parameters = json_object("--parameters", &parameters)?;
+            let storage = inspect::open_existing(&storage_path(&config)?)?;
+            let inspection = inspect::inspect(
+                &storage,
+                &serde_json::Value::Object(payload),
+                &serde_json::Value::Object(parameters),
+            )?;
+            println!("{}", serde_json::to_string_pretty(&inspection)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compact { config } => {
+            let storage = inspect::open_existing(&storage_path(&config)?)?;
+            let (version, stats) = compact_cmd::compact_active(&storage)?;
+            println!("{}", compact_cmd::summary(version, &stats));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The storage file of a config; config warnings go to stderr so stdout stays machine-readable.
+fn storage_path(config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let loaded = Config::load(config)?;
+    for warning in &loaded.warnings {
+        eprintln!("{warning}");
+    }
+    let StorageConfig::Sqlite { path } = loaded.config.storage;
+    Ok(path)
+}
+
+fn json_object(flag: &str, text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text).with_context(|| format!("{flag} is not valid JSON"))? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => anyhow::bail!("{flag} must be a JSON object"),
     }
 }
 

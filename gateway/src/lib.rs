@@ -5,8 +5,10 @@
 //! [`storage`] the bucket storage (op log, checksums, checkpoints, compaction). The replicator
 //! that joins them, and the sync API, arrive with their issues.
 pub mod cli;
+pub mod compact_cmd;
 pub mod config;
 pub mod config_cmd;
+pub mod inspect;
 pub mod lsn;
 pub mod replicator;
 pub mod rules_cmd;

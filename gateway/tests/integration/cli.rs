@@ -128,3 +128,341 @@ fn test_cases_report_failures_and_unreadable_lines() {
         "{out}"
     );
 }
+
+mod inspect_and_compact {
+    //! `syncgate inspect` and `syncgate compact` on a storage file built from real rule evaluation.
+
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    use serde_json::{Value, json};
+    use syncgate::storage::{
+        BucketStorage, Lsn, RowChange, RulesVersion, SourceRowKey, SourceTransaction, SqliteStorage,
+    };
+    use syncgate_protocol::BucketName;
+    use syncgate_rules::{CompileOptions, RowEvaluation, SourceTable, SqliteValue, SyncRules, compile};
+
+    const RULES: &str = "\
+bucket_definitions:
+  global:
+    priority: 1
+    data:
+      - SELECT * FROM announcements
+  by_list:
+    parameters: SELECT id AS list_id FROM lists WHERE owner_id = request.user_id()
+    data:
+      - SELECT * FROM lists WHERE id = bucket.list_id
+      - SELECT * FROM todos WHERE list_id = bucket.list_id
+";
+
+    // The rules file on disk differs from the stored version: inspect must use the stored one.
+    const FILE_RULES: &str = "bucket_definitions:\n  other:\n    data:\n      - SELECT * FROM other\n";
+
+    const CONFIG: &str = "\
+replication:
+  connections:
+    - type: postgresql
+      uri: postgresql://app@localhost:5432/app
+storage:
+  type: sqlite
+  path: buckets.sqlite
+sync_rules:
+  path: rules.yaml
+";
+
+    struct Tables {
+        rules: SyncRules,
+        lists: SourceTable,
+        todos: SourceTable,
+        announcements: SourceTable,
+    }
+
+    impl Tables {
+        fn new() -> Self {
+            Tables {
+                rules: compile(RULES, &CompileOptions::default())
+                    .rules
+                    .expect("rules compile"),
+                lists: SourceTable::new("public", "lists", &["id", "owner_id"]),
+                todos: SourceTable::new("public", "todos", &["id", "list_id", "title"]),
+                announcements: SourceTable::new("public", "announcements", &["id", "text"]),
+            }
+        }
+
+        /// The row's new state as the rules evaluate it; the first column is the replica identity.
+        fn row(&self, table: &SourceTable, values: &[&str]) -> RowChange {
+            let values: Vec<_> = values.iter().map(|v| SqliteValue::text(*v)).collect();
+            let plan = self.rules.plan_table(table);
+            let mut evaluation = RowEvaluation::default();
+            self.rules.evaluate_row(&plan, &values, &mut evaluation);
+            let (mut entries, mut errors) = (Vec::new(), Vec::new());
+            self.rules
+                .evaluate_parameter_row(&plan, &values, &mut entries, &mut errors);
+            assert!(errors.is_empty() && evaluation.errors.is_empty());
+            RowChange::from_evaluation(
+                key(table, values[0].as_text().expect("text id")),
+                &plan,
+                &evaluation,
+                &entries,
+                None,
+            )
+        }
+    }
+
+    fn key(table: &SourceTable, id: &str) -> SourceRowKey {
+        SourceRowKey {
+            table: format!("{}.{}", table.schema, table.name),
+            key: id.into(),
+        }
+    }
+
+    fn txn(lsn: u64, changes: Vec<RowChange>) -> SourceTransaction {
+        SourceTransaction {
+            commit_lsn: Lsn(lsn),
+            changes,
+        }
+    }
+
+    /// A config dir whose storage holds the todo app after three transactions, active.
+    fn setup() -> (tempfile::TempDir, RulesVersion) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("powersync.yaml"), CONFIG).expect("write config");
+        std::fs::write(dir.path().join("rules.yaml"), FILE_RULES).expect("write rules");
+        let storage = SqliteStorage::open(dir.path().join("buckets.sqlite")).expect("open storage");
+        let version = storage.create_version(RULES).expect("create version");
+        let t = Tables::new();
+        let apply = |txn: SourceTransaction| {
+            storage.apply(version, &txn).expect("apply").expect("not skipped");
+        };
+        apply(txn(
+            0x100,
+            vec![
+                // t4 and t2 first, so l1's bucket starts with ops that compaction can merge.
+                t.row(&t.todos, &["t4", "l1", "gone soon"]),
+                t.row(&t.todos, &["t2", "l1", "moves"]),
+                t.row(&t.lists, &["l1", "u1"]),
+                t.row(&t.lists, &["l2", "u2"]),
+                t.row(&t.todos, &["t1", "l1", "draft"]),
+                t.row(&t.todos, &["t3", "l2", "deleted later"]),
+                t.row(&t.announcements, &["a1", "hello"]),
+            ],
+        ));
+        apply(txn(
+            0x200,
+            vec![
+                RowChange::delete(key(&t.todos, "t4")),
+                t.row(&t.todos, &["t2", "l2", "moves"]),
+                t.row(&t.todos, &["t1", "l1", "final"]),
+            ],
+        ));
+        apply(txn(
+            0x16B3748,
+            vec![
+                RowChange::delete(key(&t.todos, "t3")),
+                t.row(&t.announcements, &["a2", "again"]),
+            ],
+        ));
+        storage.activate(version).expect("activate");
+        (dir, version)
+    }
+
+    fn run(dir: &Path, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_syncgate"));
+        command.args(args).arg("--config").arg(dir.join("powersync.yaml"));
+        for var in ["SYNCGATE_DATABASE_URL", "SYNCGATE_STORAGE_PATH", "SYNCGATE_PORT"] {
+            command.env_remove(var);
+        }
+        command.output().expect("run syncgate")
+    }
+
+    fn inspect(dir: &Path, sub: &str) -> Value {
+        let out = run(dir, &["inspect", "--sub", sub]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn stderr(out: &Output) -> String {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Bucket names without checksums and counts, with rows.
+    fn rows_of(inspection: &Value) -> Value {
+        Value::Array(
+            inspection["buckets"]
+                .as_array()
+                .expect("buckets")
+                .iter()
+                .map(|b| json!({"bucket": b["bucket"], "priority": b["priority"], "rows": b["rows"]}))
+                .collect(),
+        )
+    }
+
+    fn total_count(inspection: &Value) -> u64 {
+        inspection["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| b["count"].as_u64().expect("count"))
+            .sum()
+    }
+
+    /// Every bucket's checksum and count equal `bucket_checksums` at the reported checkpoint.
+    fn assert_checksums_match_storage(dir: &Path, version: RulesVersion, inspection: &Value) {
+        let storage = SqliteStorage::open(dir.join("buckets.sqlite")).expect("open storage");
+        let checkpoint = storage
+            .latest_checkpoint(version)
+            .expect("read")
+            .expect("checkpoint");
+        assert_eq!(
+            inspection["checkpoint"]["op_id"],
+            json!(checkpoint.op_id.to_string())
+        );
+        for bucket in inspection["buckets"].as_array().expect("buckets") {
+            let name = BucketName::new(bucket["bucket"].as_str().expect("name"));
+            let summary = storage
+                .bucket_checksums(version, checkpoint.op_id, &[name])
+                .expect("checksums")
+                .remove(0);
+            assert_eq!(bucket["checksum"], json!(summary.checksum.as_i32()), "{bucket}");
+            assert_eq!(bucket["count"], json!(summary.count), "{bucket}");
+        }
+    }
+
+    #[test]
+    fn inspect_shows_each_users_buckets_and_net_rows_before_and_after_compact() {
+        let (dir, version) = setup();
+        let u1 = inspect(dir.path(), "u1");
+        assert_eq!(u1["version"], json!(version.0));
+        assert_eq!(u1["checkpoint"]["lsn"], json!("0/16B3748"));
+        assert_eq!(
+            rows_of(&u1),
+            json!([
+                {"bucket": "by_list[\"l1\"]", "priority": 3, "rows": [
+                    {"table": "lists", "id": "l1", "data": {"id": "l1", "owner_id": "u1"}},
+                    {"table": "todos", "id": "t1", "data": {"id": "t1", "list_id": "l1", "title": "final"}},
+                ]},
+                {"bucket": "global[]", "priority": 1, "rows": [
+                    {"table": "announcements", "id": "a1", "data": {"id": "a1", "text": "hello"}},
+                    {"table": "announcements", "id": "a2", "data": {"id": "a2", "text": "again"}},
+                ]},
+            ])
+        );
+        assert_checksums_match_storage(dir.path(), version, &u1);
+
+        let u2 = inspect(dir.path(), "u2");
+        assert_eq!(
+            rows_of(&u2)[0],
+            json!({"bucket": "by_list[\"l2\"]", "priority": 3, "rows": [
+                {"table": "lists", "id": "l2", "data": {"id": "l2", "owner_id": "u2"}},
+                {"table": "todos", "id": "t2", "data": {"id": "t2", "list_id": "l2", "title": "moves"}},
+            ]})
+        );
+        assert_checksums_match_storage(dir.path(), version, &u2);
+
+        // A user with no lists only gets the global bucket.
+        let nobody = inspect(dir.path(), "u3");
+        assert_eq!(nobody["buckets"].as_array().expect("buckets").len(), 1);
+
+        let out = run(dir.path(), &["compact"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            line.starts_with(&format!("compacted version {version}: ")),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+
+        for (user, before) in [("u1", &u1), ("u2", &u2)] {
+            let after = inspect(dir.path(), user);
+            assert_eq!(rows_of(&after), rows_of(before), "{user}");
+            assert_eq!(after["checkpoint"], before["checkpoint"]);
+            for (a, b) in after["buckets"]
+                .as_array()
+                .expect("buckets")
+                .iter()
+                .zip(before["buckets"].as_array().expect("buckets"))
+            {
+                assert_eq!(a["checksum"], b["checksum"], "{user}");
+                assert!(a["count"].as_u64() <= b["count"].as_u64(), "{user}");
+            }
+            assert_checksums_match_storage(dir.path(), version, &after);
+        }
+        assert!(total_count(&inspect(dir.path(), "u1")) < total_count(&u1));
+    }
+
+    #[test]
+    fn claims_and_parameters_are_passed_to_bucket_resolution() {
+        let (dir, _) = setup();
+        // `--sub` wins over a `sub` claim.
+        let out = run(
+            dir.path(),
+            &[
+                "inspect",
+                "--sub",
+                "u2",
+                "--claims",
+                r#"{"sub":"u1","role":"x"}"#,
+                "--parameters",
+                "{}",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let inspection: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(inspection["buckets"][0]["bucket"], json!("by_list[\"l2\"]"));
+
+        let out = run(dir.path(), &["inspect", "--sub", "u1", "--claims", "[1]"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr(&out).contains("--claims must be a JSON object"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    #[test]
+    fn missing_storage_fails_without_creating_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("powersync.yaml"), CONFIG).expect("write config");
+        std::fs::write(dir.path().join("rules.yaml"), FILE_RULES).expect("write rules");
+        for args in [&["inspect", "--sub", "u1"][..], &["compact"][..]] {
+            let out = run(dir.path(), args);
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+        }
+        assert!(!dir.path().join("buckets.sqlite").exists());
+    }
+
+    #[test]
+    fn no_active_version_or_checkpoint_fails_with_a_message() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("powersync.yaml"), CONFIG).expect("write config");
+        std::fs::write(dir.path().join("rules.yaml"), FILE_RULES).expect("write rules");
+        let storage = SqliteStorage::open(dir.path().join("buckets.sqlite")).expect("open storage");
+        let version = storage.create_version(RULES).expect("create version");
+
+        let out = run(dir.path(), &["inspect", "--sub", "u1"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr(&out).contains("replication has not published a checkpoint yet"),
+            "{}",
+            stderr(&out)
+        );
+        let out = run(dir.path(), &["compact"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr(&out).contains("no active sync-rules version"),
+            "{}",
+            stderr(&out)
+        );
+
+        // Active, but nothing applied yet.
+        storage.activate(version).expect("activate");
+        let out = run(dir.path(), &["inspect", "--sub", "u1"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            stderr(&out).contains("replication has not published a checkpoint yet"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
