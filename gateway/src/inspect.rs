@@ -171,15 +171,25 @@ pub fn net_rows<S: BucketStorage + ?Sized>(
     bucket: &BucketName,
     up_to: OpId,
 ) -> Result<Vec<NetRow>, InspectError> {
+    net_rows_paged(storage, version, bucket, up_to, OPS_PAGE)
+}
+
+fn net_rows_paged<S: BucketStorage + ?Sized>(
+    storage: &S,
+    version: RulesVersion,
+    bucket: &BucketName,
+    up_to: OpId,
+    page_size: usize,
+) -> Result<Vec<NetRow>, InspectError> {
     let mut replay = Replay::new(bucket.clone());
     let mut after = OpId::ZERO;
     loop {
-        let page = storage.ops(version, bucket, after, up_to, OPS_PAGE)?;
+        let page = storage.ops(version, bucket, after, up_to, page_size)?;
         for op in &page {
             replay.apply(&op.entry)?;
         }
         match page.last() {
-            Some(last) if page.len() == OPS_PAGE => after = last.entry.op_id,
+            Some(last) if page.len() == page_size => after = last.entry.op_id,
             _ => break,
         }
     }
@@ -259,5 +269,202 @@ impl Replay {
             op_id: op.op_id,
             what: what.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use syncgate_protocol::{Checksum, Subkey};
+
+    use super::*;
+    use crate::storage::{Lsn, Placement, RowChange, SourceRowKey, SourceTransaction};
+
+    fn op_id(n: u64) -> OpId {
+        OpId::new(n).unwrap()
+    }
+
+    fn put(n: u64, id: &str, subkey: &str, data: &str) -> OplogEntry {
+        OplogEntry::put(
+            op_id(n),
+            "todos".into(),
+            id.into(),
+            Subkey(subkey.into()),
+            data.into(),
+        )
+    }
+
+    fn remove(n: u64, id: &str, subkey: &str) -> OplogEntry {
+        OplogEntry::remove(op_id(n), "todos".into(), id.into(), Subkey(subkey.into()))
+    }
+
+    fn bare(n: u64, op: OpType) -> OplogEntry {
+        OplogEntry {
+            op_id: op_id(n),
+            op,
+            object_type: None,
+            object_id: None,
+            data: None,
+            checksum: Checksum::ZERO,
+            subkey: None,
+        }
+    }
+
+    fn replay(ops: &[OplogEntry]) -> Vec<(String, serde_json::Value)> {
+        let mut replay = Replay::new(BucketName::new("b"));
+        for op in ops {
+            replay.apply(op).unwrap();
+        }
+        replay.finish().into_iter().map(|r| (r.id, r.data)).collect()
+    }
+
+    #[test]
+    fn put_replaces_and_remove_deletes_per_subkey() {
+        let rows = replay(&[
+            put(1, "t1", "s1", r#"{"v":1}"#),
+            put(2, "t2", "s2", r#"{"v":2}"#),
+            put(3, "t1", "s1", r#"{"v":3}"#),
+            remove(4, "t2", "s2"),
+            bare(5, OpType::Move),
+        ]);
+        assert_eq!(rows, [("t1".to_owned(), json!({"v": 3}))]);
+    }
+
+    #[test]
+    fn clear_drops_everything_before_it() {
+        let rows = replay(&[
+            put(1, "t1", "s1", "{}"),
+            bare(2, OpType::Clear),
+            put(3, "t2", "s2", "{}"),
+        ]);
+        assert_eq!(rows, [("t2".to_owned(), json!({}))]);
+    }
+
+    #[test]
+    fn several_source_rows_of_one_output_row_show_the_newest() {
+        // Two source rows (subkeys) produce todos/t1; the highest op id wins, and removing one keeps
+        // the other's data.
+        let ops = [
+            put(1, "t1", "a", r#"{"from":"a"}"#),
+            put(2, "t1", "b", r#"{"from":"b"}"#),
+        ];
+        assert_eq!(replay(&ops), [("t1".to_owned(), json!({"from": "b"}))]);
+        let ops = [ops[0].clone(), ops[1].clone(), remove(3, "t1", "b")];
+        assert_eq!(replay(&ops), [("t1".to_owned(), json!({"from": "a"}))]);
+    }
+
+    #[test]
+    fn a_put_without_row_identity_is_reported_as_corrupt() {
+        let mut replay = Replay::new(BucketName::new("b"));
+        let err = replay.apply(&bare(7, OpType::Put)).unwrap_err();
+        assert!(matches!(err, InspectError::CorruptOp { .. }), "{err}");
+        assert!(err.to_string().contains("op 7"), "{err}");
+    }
+
+    fn storage() -> (tempfile::TempDir, SqliteStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path().join("buckets.db")).unwrap();
+        (dir, storage)
+    }
+
+    fn todo(id: &str, bucket: &str, data: &str) -> RowChange {
+        RowChange {
+            row: SourceRowKey {
+                table: "public.todos".into(),
+                key: id.into(),
+            },
+            placements: Some(vec![Placement {
+                bucket: BucketName::new(bucket),
+                table: "todos".into(),
+                id: id.into(),
+                data: data.into(),
+            }]),
+            parameters: None,
+            source_row: None,
+        }
+    }
+
+    #[test]
+    fn net_rows_reads_every_page_up_to_the_checkpoint() {
+        let (_dir, storage) = storage();
+        let version = storage.create_version("bucket_definitions: {}").unwrap();
+        for (lsn, id) in (1..=5).zip(["t1", "t2", "t3", "t4", "t5"]) {
+            let txn = SourceTransaction {
+                commit_lsn: Lsn(lsn),
+                changes: vec![todo(id, "b", &format!(r#"{{"id":"{id}"}}"#))],
+            };
+            storage.apply(version, &txn).unwrap();
+        }
+        let checkpoint = storage.latest_checkpoint(version).unwrap().unwrap();
+        let bucket = BucketName::new("b");
+        let ids = |rows: Vec<NetRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(net_rows_paged(&storage, version, &bucket, checkpoint.op_id, 2).unwrap()),
+            ["t1", "t2", "t3", "t4", "t5"]
+        );
+        // Up to the op of t3: the client has not seen t4 and t5.
+        let ops = storage.ops(version, &bucket, OpId::ZERO, OpId::MAX, 10).unwrap();
+        let dyn_storage: &dyn BucketStorage = &storage;
+        assert_eq!(
+            ids(net_rows(dyn_storage, version, &bucket, ops[2].entry.op_id).unwrap()),
+            ["t1", "t2", "t3"]
+        );
+    }
+
+    #[test]
+    fn inspect_needs_an_active_version_with_a_checkpoint() {
+        let (_dir, storage) = storage();
+        let (payload, params) = (json!({"sub": "u1"}), json!({}));
+        let err = inspect(&storage, &payload, &params).unwrap_err();
+        assert!(matches!(err, InspectError::NoActiveVersion), "{err}");
+        let version = storage
+            .create_version("bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM todos\n")
+            .unwrap();
+        storage.activate(version).unwrap();
+        let err = inspect(&storage, &payload, &params).unwrap_err();
+        assert!(
+            matches!(err, InspectError::NoCheckpoint(v) if v == version),
+            "{err}"
+        );
+        assert!(err.to_string().contains("has not published a checkpoint yet"));
+
+        storage
+            .apply(
+                version,
+                &SourceTransaction {
+                    commit_lsn: Lsn(0x10),
+                    changes: vec![todo("t1", "global[]", r#"{"id":"t1"}"#)],
+                },
+            )
+            .unwrap();
+        let inspection = inspect(&storage, &payload, &params).unwrap();
+        assert_eq!(inspection.checkpoint.lsn, "0/10");
+        assert_eq!(inspection.buckets.len(), 1);
+        assert_eq!(inspection.buckets[0].bucket, "global[]");
+        assert_eq!(inspection.buckets[0].count, 1);
+        assert_eq!(
+            inspection.buckets[0].checksum,
+            Checksum::of_put("todos", "t1", r#"{"id":"t1"}"#).as_i32()
+        );
+    }
+
+    #[test]
+    fn stored_rules_that_do_not_compile_are_reported() {
+        let (_dir, storage) = storage();
+        let version = storage
+            .create_version("bucket_definitions:\n  b:\n    priority: 5\n")
+            .unwrap();
+        storage.activate(version).unwrap();
+        storage
+            .apply(
+                version,
+                &SourceTransaction {
+                    commit_lsn: Lsn(1),
+                    changes: Vec::new(),
+                },
+            )
+            .unwrap();
+        let err = inspect(&storage, &json!({"sub": "u1"}), &json!({})).unwrap_err();
+        assert!(matches!(err, InspectError::Rules { .. }), "{err}");
     }
 }
