@@ -35,9 +35,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print what a user would sync at the latest checkpoint: their buckets with priority, checksum,
-    /// op count and net rows, as JSON. Reads the storage of the config; uses the rules of the active
-    /// version, not the rules file.
+    /// Print what a user would sync at the latest checkpoint, as JSON.
+    ///
+    /// Lists the user's buckets with priority, checksum, op count and net rows. Reads the config's
+    /// storage (never creates it) and resolves buckets with the rules of the active version, not the
+    /// rules file. Exits 1 when replication has not published a checkpoint yet.
     Inspect {
         /// The config file (its `storage.path` is read; see docs/config.md).
         #[arg(long)]
@@ -53,8 +55,10 @@ enum Command {
         #[arg(long, default_value = "{}")]
         parameters: String,
     },
-    /// Compact the active version's buckets up to the latest checkpoint (superseded ops become MOVE,
-    /// leading runs a CLEAR); prints one line of stats.
+    /// Compact the active version's buckets up to the latest checkpoint.
+    ///
+    /// Superseded ops become MOVE and each bucket's leading run of REMOVE/MOVE/CLEAR one CLEAR;
+    /// checksums do not change. Prints one line of stats.
     Compact {
         /// The config file (its `storage.path` is compacted).
         #[arg(long)]
