@@ -12,7 +12,7 @@
 //! Format: `schema_version` records the file's format; [`MIGRATIONS`] upgrade older files at open, and a
 //! file newer than this build is refused rather than misread.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -557,14 +557,15 @@ impl<'c> Writer<'c> {
         Ok(op_id)
     }
 
-    /// Applies one row's new state: the halves its table feeds, then its stored source row.
-    fn change(&mut self, change: &RowChange, lsn: i64) -> Result<()> {
+    /// Applies one row's new state: the halves its table feeds, then its stored source row. `fresh`: the
+    /// caller knows the row has no stored state at all, so there is nothing to read or diff.
+    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool) -> Result<()> {
         let row = &change.row;
         if let Some(placements) = &change.placements {
-            self.placements(row, placements)?;
+            self.placements(row, placements, fresh)?;
         }
         if let Some(parameters) = &change.parameters {
-            self.parameters(row, parameters, lsn)?;
+            self.parameters(row, parameters, lsn, fresh)?;
         }
         match &change.source_row {
             Some(data) => {
@@ -573,7 +574,7 @@ impl<'c> Writer<'c> {
                     .execute(params![self.version, row.table, row.key, data])?;
                 self.has_source_rows = true;
             }
-            None if self.has_source_rows => {
+            None if self.has_source_rows && !fresh => {
                 self.stmts
                     .delete_source_row
                     .execute(params![self.version, row.table, row.key])?;
@@ -585,10 +586,10 @@ impl<'c> Writer<'c> {
 
     /// Diffs the row's placements against its stored ones: REMOVE where it left, PUT where it is new or
     /// its data changed.
-    fn placements(&mut self, row: &SourceRowKey, placements: &[Placement]) -> Result<()> {
+    fn placements(&mut self, row: &SourceRowKey, placements: &[Placement], fresh: bool) -> Result<()> {
         // Stored placements (bucket, object type, object id) with the data of their live PUT.
         let mut old: Vec<(String, String, String, Option<String>)> = Vec::new();
-        {
+        if !fresh {
             let mut rows = self
                 .stmts
                 .select_current
@@ -672,14 +673,23 @@ impl<'c> Writer<'c> {
 
     /// Replaces the row's parameter entries when they changed; history is kept by LSN for lookups at
     /// older checkpoints.
-    fn parameters(&mut self, row: &SourceRowKey, parameters: &[ParameterRow], lsn: i64) -> Result<()> {
-        let old: BTreeSet<(String, String)> = self
-            .stmts
-            .select_params
-            .query_map(params![self.version, row.table, row.key], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<Result<_, _>>()?;
+    fn parameters(
+        &mut self,
+        row: &SourceRowKey,
+        parameters: &[ParameterRow],
+        lsn: i64,
+        fresh: bool,
+    ) -> Result<()> {
+        let old: BTreeSet<(String, String)> = if fresh {
+            BTreeSet::new()
+        } else {
+            self.stmts
+                .select_params
+                .query_map(params![self.version, row.table, row.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?
+        };
         let new: BTreeSet<(&str, &str)> = parameters
             .iter()
             .map(|p| (p.lookup_key.as_str(), p.values_json.as_str()))
@@ -692,10 +702,12 @@ impl<'c> Writer<'c> {
         {
             return Ok(());
         }
-        let key = params![self.version, row.table, row.key, lsn];
-        // Entries created by this same transaction were never visible at any checkpoint: drop them.
-        self.stmts.drop_new_params.execute(key)?;
-        self.stmts.retire_params.execute(key)?;
+        if !old.is_empty() {
+            let key = params![self.version, row.table, row.key, lsn];
+            // Entries created by this same transaction were never visible at any checkpoint: drop them.
+            self.stmts.drop_new_params.execute(key)?;
+            self.stmts.retire_params.execute(key)?;
+        }
         for (lookup_key, values_json) in new {
             self.stmts.insert_param.execute(params![
                 self.version,
@@ -708,6 +720,48 @@ impl<'c> Writer<'c> {
         }
         Ok(())
     }
+}
+
+/// Which of a snapshot chunk's rows have no stored state (placements, live parameter entries or source
+/// row) and occur for the first time in the chunk: those need no diff. A table being copied usually has
+/// none of its rows stored, but a chunk replayed after a crash has them all, so this asks storage, in one
+/// statement per table instead of a few per row.
+fn fresh_rows(conn: &Connection, version: i64, changes: &[RowChange]) -> Result<Vec<bool>> {
+    let mut tables: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for change in changes {
+        tables
+            .entry(change.row.table.as_str())
+            .or_default()
+            .push(change.row.key.as_str());
+    }
+    let mut stored: HashMap<&str, HashSet<String>> = HashMap::new();
+    let mut probe = conn.prepare_cached(
+        "SELECT j.value FROM json_each(?3) j
+         WHERE EXISTS (SELECT 1 FROM current_rows c
+                       WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = j.value)
+            OR EXISTS (SELECT 1 FROM parameter_index p
+                       WHERE p.version = ?1 AND p.source_table = ?2 AND p.source_key = j.value
+                         AND p.deleted_lsn IS NULL)
+            OR EXISTS (SELECT 1 FROM source_rows s
+                       WHERE s.version = ?1 AND s.source_table = ?2 AND s.source_key = j.value)",
+    )?;
+    for (table, keys) in &tables {
+        let keys = serde_json::to_string(keys).map_err(|e| corrupt("source row key", e))?;
+        let rows = probe.query_map(params![version, table, keys], |r| r.get::<_, String>(0))?;
+        let stored = stored.entry(table).or_default();
+        for key in rows {
+            stored.insert(key?);
+        }
+    }
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(changes.len());
+    Ok(changes
+        .iter()
+        .map(|c| {
+            let (table, key) = (c.row.table.as_str(), c.row.key.as_str());
+            // A repeated row is diffed against its first occurrence's state, written just before.
+            seen.insert((table, key)) && !stored.get(table).is_some_and(|s| s.contains(key))
+        })
+        .collect())
 }
 
 fn user_client(user: &UserId, client_id: Option<&ClientId>) -> (String, String) {
@@ -769,7 +823,7 @@ impl BucketStorage for SqliteStorage {
                     continue;
                 }
                 for change in &txn.changes {
-                    writer.change(change, lsn)?;
+                    writer.change(change, lsn, false)?;
                 }
                 checkpoint.execute(params![v, lsn, writer.last_op])?;
                 last_lsn = Some(lsn);
@@ -806,9 +860,10 @@ impl BucketStorage for SqliteStorage {
         let (last_op, _) = version_checkpoint(&tx, version)?;
         {
             let mut writer = Writer::new(&tx, v, last_op)?;
+            let fresh = fresh_rows(&tx, v, changes)?;
             // Created at LSN 0: snapshot rows are visible at every checkpoint.
-            for change in changes {
-                writer.change(change, 0)?;
+            for (change, fresh) in changes.iter().zip(fresh) {
+                writer.change(change, 0, fresh)?;
             }
             // The version's op id advances, so its next checkpoint covers these ops; the LSN stays.
             tx.execute(

@@ -831,6 +831,17 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
     .unwrap();
     assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put, OpType::Remove]);
     assert_eq!(s.snapshot_progress(f.version).unwrap(), [progress(None, true, 9)]);
+    // A row twice in one chunk: the second is diffed against the first.
+    s.apply_snapshot_chunk(
+        f.version,
+        &[
+            set("4", vec![place("c", "t4", "{}")]),
+            set("4", vec![place("b", "t4", "{}")]),
+        ],
+        &progress(None, true, 9),
+    )
+    .unwrap();
+    assert_eq!(f.kinds("c"), [OpType::Put, OpType::Remove]);
     let snapshot_last = f.ops("b").last().unwrap().entry.op_id;
     // The first streamed transaction's checkpoint covers the snapshot ops, whatever its own changes.
     let cp = f.apply(txn(100, Vec::new())).unwrap();
