@@ -44,7 +44,7 @@ impl Workload {
             r#"{{"id":"item-{row:08}","list_id":"list-{list:04}","owner_id":"user-{owner:05}","description":"Item {row} revision {rev}, some text to make it realistic","done":{done},"priority":{prio},"created_at":"2026-11-26T12:00:00Z"}}"#,
             owner = row % 10_007,
             rev = self.revision,
-            done = self.revision % 2 == 0,
+            done = self.revision.is_multiple_of(2),
             prio = row % 5,
         );
         let placements = (0..buckets)
@@ -70,7 +70,7 @@ impl Workload {
     fn txn(&mut self) -> SourceTransaction {
         let changes = (0..TXN_ROWS)
             .map(|i| {
-                let row = if i % 2 == 0 || self.rows == 0 {
+                let row = if i.is_multiple_of(2) || self.rows == 0 {
                     self.rows += 1;
                     self.rows
                 } else {

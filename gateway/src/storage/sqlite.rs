@@ -539,7 +539,7 @@ impl<'c> Writer<'c> {
         ])?;
         match self.buckets.get_mut(bucket) {
             Some(delta) => {
-                delta.checksum = delta.checksum + checksum;
+                delta.checksum += checksum;
                 delta.count += 1;
                 delta.last_op = op_id;
             }
