@@ -12,23 +12,26 @@
 //! Format: `schema_version` records the file's format; [`MIGRATIONS`] upgrade older files at open, and a
 //! file newer than this build is refused rather than misread.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    CachedStatement, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 use syncgate_protocol::{
     BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, Subkey, UserId, WriteCheckpointId,
 };
 
 use super::{
-    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, Result, RowChange, RulesVersion,
-    SourceTransaction, StorageError, StoredOp, SyncRulesVersion, VersionState,
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, ParameterRow, Placement, ReplicationState,
+    Result, RowChange, RulesVersion, SourceRowKey, SourceTransaction, StorageError, StoredOp,
+    SyncRulesVersion, TableSnapshot, VersionState,
 };
 
 /// Schema migrations, index + 1 = the format version they produce. Append only: never edit a released one.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: initial format.
     r"
     -- Sequences and other storage-wide counters (next_op_id, next_write_checkpoint_id, next_version).
@@ -111,11 +114,38 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, client_id, id)
     ) WITHOUT ROWID;
     ",
+    // 2: initial-snapshot progress, replication bookkeeping, stored source rows.
+    r"
+    CREATE TABLE snapshot_progress (
+        version INTEGER NOT NULL,
+        source_table TEXT NOT NULL,
+        resume_after TEXT,
+        done INTEGER NOT NULL,
+        lsn INTEGER NOT NULL,
+        PRIMARY KEY (version, source_table)
+    ) WITHOUT ROWID;
+
+    ALTER TABLE sync_rules ADD COLUMN slot_name TEXT;
+    ALTER TABLE sync_rules ADD COLUMN start_lsn INTEGER;
+    ALTER TABLE sync_rules ADD COLUMN snapshot_done_lsn INTEGER;
+
+    -- The replicator's copy of each source row, to complete UPDATEs that leave TOASTed columns out.
+    CREATE TABLE source_rows (
+        version INTEGER NOT NULL,
+        source_table TEXT NOT NULL,
+        source_key TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (version, source_table, source_key)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The format version this build writes.
 #[allow(clippy::cast_possible_wrap)] // a handful of migrations, far below i64::MAX
 const FORMAT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The writer's page cache, negative as SQLite expects a size in KiB: 256 MiB.
+const WRITER_CACHE_KIB: i64 = -262_144;
 
 /// Reader connections kept for reuse; more are opened on demand and dropped after use.
 const READER_POOL: usize = 8;
@@ -146,6 +176,15 @@ impl SqliteStorage {
             .map_err(open_err)?;
         writer
             .pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        // The write path seeks in several indexes per row: with SQLite's default 2 MiB cache every seek
+        // past the first levels is a read syscall. A WAL of up to 64 MiB between checkpoints lets a large
+        // batch commit without an intermediate checkpoint (each one an extra fsync of the database file).
+        for (pragma, value) in [("cache_size", WRITER_CACHE_KIB), ("wal_autocheckpoint", 16_384)] {
+            writer.pragma_update(None, pragma, value).map_err(open_err)?;
+        }
+        writer
+            .pragma_update(None, "temp_store", "MEMORY")
             .map_err(open_err)?;
         migrate(&mut writer)?;
         Ok(SqliteStorage {
@@ -321,6 +360,14 @@ fn state_from(text: &str) -> Result<VersionState> {
     }
 }
 
+fn sync_rules_version(version: i64, rules: String, state: &str) -> Result<SyncRulesVersion> {
+    Ok(SyncRulesVersion {
+        version: RulesVersion(u64::try_from(version).map_err(|_| corrupt("sync-rules version", version))?),
+        rules,
+        state: state_from(state)?,
+    })
+}
+
 /// A version's checkpoint row: (last op id, last LSN); `UnknownVersion` if it does not exist.
 fn version_checkpoint(conn: &Connection, version: RulesVersion) -> Result<(i64, Option<i64>)> {
     conn.query_row(
@@ -332,15 +379,129 @@ fn version_checkpoint(conn: &Connection, version: RulesVersion) -> Result<(i64, 
     .ok_or(StorageError::UnknownVersion(version))
 }
 
-/// Op-id allocation and per-bucket bookkeeping for one apply call.
-struct Writer<'t, 'c> {
-    tx: &'t Transaction<'c>,
-    version: i64,
-    next_op: i64,
+/// Statements of the write path, prepared once per storage transaction: a row change runs several of
+/// them, and the statement cache's lookup by SQL text would otherwise be paid per statement.
+struct Stmts<'c> {
+    insert_op: CachedStatement<'c>,
+    select_current: CachedStatement<'c>,
+    delete_current: CachedStatement<'c>,
+    upsert_current: CachedStatement<'c>,
+    select_params: CachedStatement<'c>,
+    drop_new_params: CachedStatement<'c>,
+    retire_params: CachedStatement<'c>,
+    insert_param: CachedStatement<'c>,
+    upsert_source_row: CachedStatement<'c>,
+    delete_source_row: CachedStatement<'c>,
+}
+
+impl<'c> Stmts<'c> {
+    fn prepare(conn: &'c Connection) -> Result<Self> {
+        Ok(Stmts {
+            insert_op: conn.prepare_cached(
+                "INSERT INTO ops (op_id, version, bucket, op, object_type, object_id, subkey, data, checksum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            select_current: conn.prepare_cached(
+                "SELECT c.bucket, c.object_type, c.object_id, o.data
+                 FROM current_rows c LEFT JOIN ops o ON o.op_id = c.put_op
+                 WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = ?3",
+            )?,
+            delete_current: conn.prepare_cached(
+                "DELETE FROM current_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
+                 AND bucket = ?4 AND object_type = ?5 AND object_id = ?6",
+            )?,
+            upsert_current: conn.prepare_cached(
+                "INSERT INTO current_rows (version, source_table, source_key, bucket, object_type, object_id, put_op)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT DO UPDATE SET put_op = excluded.put_op",
+            )?,
+            select_params: conn.prepare_cached(
+                "SELECT lookup_key, values_json FROM parameter_index
+                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3 AND deleted_lsn IS NULL",
+            )?,
+            drop_new_params: conn.prepare_cached(
+                "DELETE FROM parameter_index WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
+                 AND deleted_lsn IS NULL AND created_lsn = ?4",
+            )?,
+            retire_params: conn.prepare_cached(
+                "UPDATE parameter_index SET deleted_lsn = ?4
+                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3 AND deleted_lsn IS NULL",
+            )?,
+            insert_param: conn.prepare_cached(
+                "INSERT INTO parameter_index (version, lookup_key, source_table, source_key, values_json, created_lsn)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?,
+            upsert_source_row: conn.prepare_cached(
+                "INSERT INTO source_rows (version, source_table, source_key, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET data = excluded.data",
+            )?,
+            delete_source_row: conn.prepare_cached(
+                "DELETE FROM source_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
+            )?,
+        })
+    }
+}
+
+/// A bucket's running-sum change within one storage transaction.
+struct BucketDelta {
+    checksum: Checksum,
+    count: i64,
     last_op: i64,
 }
 
-impl Writer<'_, '_> {
+/// Op-id allocation and per-bucket bookkeeping for one storage transaction.
+struct Writer<'c> {
+    conn: &'c Connection,
+    stmts: Stmts<'c>,
+    version: i64,
+    next_op: i64,
+    /// The version's latest op id: the op id of the next checkpoint.
+    last_op: i64,
+    /// Whether the version may hold stored source rows: while it holds none (tables whose UPDATEs need
+    /// no completion), a change without one skips the DELETE, a seek per row.
+    has_source_rows: bool,
+    /// Running sums are folded here and written once per bucket at the end: readers only see committed
+    /// state, so one upsert per touched bucket is equivalent to one per op.
+    buckets: HashMap<String, BucketDelta>,
+}
+
+impl<'c> Writer<'c> {
+    fn new(conn: &'c Connection, version: i64, last_op: i64) -> Result<Self> {
+        Ok(Writer {
+            conn,
+            stmts: Stmts::prepare(conn)?,
+            version,
+            next_op: meta_get(conn, "next_op_id")?,
+            last_op,
+            has_source_rows: conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM source_rows WHERE version = ?1)")?
+                .query_row([version], |r| r.get(0))?,
+            buckets: HashMap::new(),
+        })
+    }
+
+    /// Writes the folded running sums and the op-id sequence.
+    fn finish(self) -> Result<()> {
+        let mut upsert = self.conn.prepare_cached(
+            "INSERT INTO bucket_state (version, bucket, checksum, count, last_op) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (version, bucket) DO UPDATE SET
+               checksum = (checksum + excluded.checksum) % 4294967296,
+               count = count + excluded.count,
+               last_op = excluded.last_op",
+        )?;
+        // Checksums are u32 stored in an i64 column; the modulo keeps the running sum a u32 (wrapping add).
+        for (bucket, delta) in &self.buckets {
+            upsert.execute(params![
+                self.version,
+                bucket,
+                i64::from(delta.checksum.as_u32()),
+                delta.count,
+                delta.last_op
+            ])?;
+        }
+        meta_set(self.conn, "next_op_id", self.next_op)
+    }
+
     /// Appends one op and adds it to the bucket's running checksum and count.
     #[allow(clippy::too_many_arguments)]
     fn append(
@@ -365,93 +526,127 @@ impl Writer<'_, '_> {
             OpType::Move => "MOVE",
             OpType::Clear => "CLEAR",
         };
-        let sum = i64::from(checksum.as_u32());
-        self.tx
-            .prepare_cached(
-                "INSERT INTO ops (op_id, version, bucket, op, object_type, object_id, subkey, data, checksum)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                op_id,
-                self.version,
-                bucket,
-                kind,
-                object_type,
-                object_id,
-                subkey.as_str(),
-                data,
-                sum
-            ])?;
-        // Checksums are u32 stored in an i64 column; the modulo keeps the running sum a u32 (wrapping add).
-        self.tx
-            .prepare_cached(
-                "INSERT INTO bucket_state (version, bucket, checksum, count, last_op) VALUES (?1, ?2, ?3, 1, ?4)
-                 ON CONFLICT (version, bucket) DO UPDATE SET
-                   checksum = (checksum + excluded.checksum) % 4294967296,
-                   count = count + 1,
-                   last_op = excluded.last_op",
-            )?
-            .execute(params![self.version, bucket, sum, op_id])?;
+        self.stmts.insert_op.execute(params![
+            op_id,
+            self.version,
+            bucket,
+            kind,
+            object_type,
+            object_id,
+            subkey.as_str(),
+            data,
+            i64::from(checksum.as_u32())
+        ])?;
+        match self.buckets.get_mut(bucket) {
+            Some(delta) => {
+                delta.checksum += checksum;
+                delta.count += 1;
+                delta.last_op = op_id;
+            }
+            None => {
+                self.buckets.insert(
+                    bucket.to_owned(),
+                    BucketDelta {
+                        checksum,
+                        count: 1,
+                        last_op: op_id,
+                    },
+                );
+            }
+        }
         Ok(op_id)
     }
 
-    /// Applies one row's new state: diff against its stored placements, then its parameter entries.
-    fn change(&mut self, change: &RowChange, lsn: i64) -> Result<()> {
+    /// Applies one row's new state: the halves its table feeds, then its stored source row. `fresh`: the
+    /// caller knows the row has no stored state at all, so there is nothing to read or diff.
+    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool) -> Result<()> {
         let row = &change.row;
-        let subkey = Subkey::for_source_row(&row.table, &row.key);
-        // Stored placements with the data of their live PUT.
-        let mut old: HashMap<(String, String, String), (i64, Option<String>)> = HashMap::new();
-        {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT c.bucket, c.object_type, c.object_id, c.put_op, o.data
-                 FROM current_rows c LEFT JOIN ops o ON o.op_id = c.put_op
-                 WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = ?3",
-            )?;
-            let rows = stmt.query_map(params![self.version, row.table, row.key], |r| {
-                Ok(((r.get(0)?, r.get(1)?, r.get(2)?), (r.get(3)?, r.get(4)?)))
-            })?;
-            for entry in rows {
-                let (key, value) = entry?;
-                old.insert(key, value);
+        if let Some(placements) = &change.placements {
+            self.placements(row, placements, fresh)?;
+        }
+        if let Some(parameters) = &change.parameters {
+            self.parameters(row, parameters, lsn, fresh)?;
+        }
+        match &change.source_row {
+            Some(data) => {
+                self.stmts
+                    .upsert_source_row
+                    .execute(params![self.version, row.table, row.key, data])?;
+                self.has_source_rows = true;
+            }
+            None if self.has_source_rows && !fresh => {
+                self.stmts
+                    .delete_source_row
+                    .execute(params![self.version, row.table, row.key])?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Diffs the row's placements against its stored ones: REMOVE where it left, PUT where it is new or
+    /// its data changed.
+    fn placements(&mut self, row: &SourceRowKey, placements: &[Placement], fresh: bool) -> Result<()> {
+        // Stored placements (bucket, object type, object id) with the data of their live PUT.
+        let mut old: Vec<(String, String, String, Option<String>)> = Vec::new();
+        if !fresh {
+            let mut rows = self
+                .stmts
+                .select_current
+                .query(params![self.version, row.table, row.key])?;
+            while let Some(r) = rows.next()? {
+                old.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
             }
         }
-        // New placements, deduplicated: the last one for a (bucket, table, id) wins.
-        let mut new: BTreeMap<(&str, &str, &str), &str> = BTreeMap::new();
-        for p in &change.placements {
-            new.insert(
-                (p.bucket.as_str(), p.table.as_str(), p.id.as_str()),
-                p.data.as_str(),
-            );
+        if old.is_empty() && placements.is_empty() {
+            return Ok(());
         }
-        // Leaving buckets first, in a stable order so op ids are deterministic.
-        let mut leaving: Vec<_> = old
-            .keys()
-            .filter(|(b, t, i)| !new.contains_key(&(b.as_str(), t.as_str(), i.as_str())))
-            .cloned()
-            .collect();
-        leaving.sort();
-        for (bucket, table, id) in leaving {
+        // New placements, deduplicated (the last one for a (bucket, table, id) wins) and sorted, so op
+        // ids are deterministic. Rows land in a handful of buckets: a sorted Vec beats a map.
+        let mut new: Vec<(&str, &str, &str, &str)> = Vec::with_capacity(placements.len());
+        for p in placements {
+            let key = (p.bucket.as_str(), p.table.as_str(), p.id.as_str());
+            match new.iter_mut().find(|n| (n.0, n.1, n.2) == key) {
+                Some(n) => n.3 = p.data.as_str(),
+                None => new.push((key.0, key.1, key.2, p.data.as_str())),
+            }
+        }
+        new.sort_unstable();
+        let subkey = Subkey::for_source_row(&row.table, &row.key);
+        // Leaving buckets first.
+        old.sort_unstable();
+        for (bucket, table, id, _) in &old {
+            if new
+                .iter()
+                .any(|n| (n.0, n.1, n.2) == (bucket.as_str(), table.as_str(), id.as_str()))
+            {
+                continue;
+            }
             self.append(
-                &bucket,
+                bucket,
                 OpType::Remove,
-                &table,
-                &id,
+                table,
+                id,
                 &subkey,
                 None,
                 Checksum::of_remove(subkey.as_str()),
             )?;
-            self.tx
-                .prepare_cached(
-                    "DELETE FROM current_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
-                     AND bucket = ?4 AND object_type = ?5 AND object_id = ?6",
-                )?
-                .execute(params![self.version, row.table, row.key, bucket, table, id])?;
+            self.stmts.delete_current.execute(params![
+                self.version,
+                row.table,
+                row.key,
+                bucket,
+                table,
+                id
+            ])?;
         }
         // A PUT only when the row enters the bucket or its data changed: an unchanged PUT would cost every
         // client a download and the bucket an op for nothing.
-        for ((bucket, table, id), data) in new {
-            let key = (bucket.to_owned(), table.to_owned(), id.to_owned());
-            if old.get(&key).is_some_and(|(_, d)| d.as_deref() == Some(data)) {
+        for (bucket, table, id, data) in new {
+            let unchanged = old.iter().any(|(b, t, i, d)| {
+                (b.as_str(), t.as_str(), i.as_str()) == (bucket, table, id) && d.as_deref() == Some(data)
+            });
+            if unchanged {
                 continue;
             }
             let op_id = self.append(
@@ -463,62 +658,110 @@ impl Writer<'_, '_> {
                 Some(data),
                 Checksum::of_put(table, id, data),
             )?;
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO current_rows (version, source_table, source_key, bucket, object_type, object_id, put_op)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT DO UPDATE SET put_op = excluded.put_op",
-                )?
-                .execute(params![self.version, row.table, row.key, bucket, table, id, op_id])?;
+            self.stmts.upsert_current.execute(params![
+                self.version,
+                row.table,
+                row.key,
+                bucket,
+                table,
+                id,
+                op_id
+            ])?;
         }
-        self.parameters(change, lsn)
+        Ok(())
     }
 
     /// Replaces the row's parameter entries when they changed; history is kept by LSN for lookups at
     /// older checkpoints.
-    fn parameters(&mut self, change: &RowChange, lsn: i64) -> Result<()> {
-        let row = &change.row;
-        let old: BTreeSet<(String, String)> = {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT lookup_key, values_json FROM parameter_index
-                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3 AND deleted_lsn IS NULL",
-            )?;
-            let rows = stmt.query_map(params![self.version, row.table, row.key], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-            rows.collect::<Result<_, _>>()?
+    fn parameters(
+        &mut self,
+        row: &SourceRowKey,
+        parameters: &[ParameterRow],
+        lsn: i64,
+        fresh: bool,
+    ) -> Result<()> {
+        let old: BTreeSet<(String, String)> = if fresh {
+            BTreeSet::new()
+        } else {
+            self.stmts
+                .select_params
+                .query_map(params![self.version, row.table, row.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?
         };
-        let new: BTreeSet<(String, String)> = change
-            .parameters
+        let new: BTreeSet<(&str, &str)> = parameters
             .iter()
-            .map(|p| (p.lookup_key.clone(), p.values_json.clone()))
+            .map(|p| (p.lookup_key.as_str(), p.values_json.as_str()))
             .collect();
-        if old == new {
+        if old.len() == new.len()
+            && old
+                .iter()
+                .zip(&new)
+                .all(|((ok, ov), (nk, nv))| (ok.as_str(), ov.as_str()) == (*nk, *nv))
+        {
             return Ok(());
         }
-        // Entries created by this same transaction were never visible at any checkpoint: drop them.
-        self.tx
-            .prepare_cached(
-                "DELETE FROM parameter_index WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
-                 AND deleted_lsn IS NULL AND created_lsn = ?4",
-            )?
-            .execute(params![self.version, row.table, row.key, lsn])?;
-        self.tx
-            .prepare_cached(
-                "UPDATE parameter_index SET deleted_lsn = ?4
-                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3 AND deleted_lsn IS NULL",
-            )?
-            .execute(params![self.version, row.table, row.key, lsn])?;
+        if !old.is_empty() {
+            let key = params![self.version, row.table, row.key, lsn];
+            // Entries created by this same transaction were never visible at any checkpoint: drop them.
+            self.stmts.drop_new_params.execute(key)?;
+            self.stmts.retire_params.execute(key)?;
+        }
         for (lookup_key, values_json) in new {
-            self.tx
-                .prepare_cached(
-                    "INSERT INTO parameter_index (version, lookup_key, source_table, source_key, values_json, created_lsn)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![self.version, lookup_key, row.table, row.key, values_json, lsn])?;
+            self.stmts.insert_param.execute(params![
+                self.version,
+                lookup_key,
+                row.table,
+                row.key,
+                values_json,
+                lsn
+            ])?;
         }
         Ok(())
     }
+}
+
+/// Which of a snapshot chunk's rows have no stored state (placements, live parameter entries or source
+/// row) and occur for the first time in the chunk: those need no diff. A table being copied usually has
+/// none of its rows stored, but a chunk replayed after a crash has them all, so this asks storage, in one
+/// statement per table instead of a few per row.
+fn fresh_rows(conn: &Connection, version: i64, changes: &[RowChange]) -> Result<Vec<bool>> {
+    let mut tables: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for change in changes {
+        tables
+            .entry(change.row.table.as_str())
+            .or_default()
+            .push(change.row.key.as_str());
+    }
+    let mut stored: HashMap<&str, HashSet<String>> = HashMap::new();
+    let mut probe = conn.prepare_cached(
+        "SELECT j.value FROM json_each(?3) j
+         WHERE EXISTS (SELECT 1 FROM current_rows c
+                       WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = j.value)
+            OR EXISTS (SELECT 1 FROM parameter_index p
+                       WHERE p.version = ?1 AND p.source_table = ?2 AND p.source_key = j.value
+                         AND p.deleted_lsn IS NULL)
+            OR EXISTS (SELECT 1 FROM source_rows s
+                       WHERE s.version = ?1 AND s.source_table = ?2 AND s.source_key = j.value)",
+    )?;
+    for (table, keys) in &tables {
+        let keys = serde_json::to_string(keys).map_err(|e| corrupt("source row key", e))?;
+        let rows = probe.query_map(params![version, table, keys], |r| r.get::<_, String>(0))?;
+        let stored = stored.entry(table).or_default();
+        for key in rows {
+            stored.insert(key?);
+        }
+    }
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(changes.len());
+    Ok(changes
+        .iter()
+        .map(|c| {
+            let (table, key) = (c.row.table.as_str(), c.row.key.as_str());
+            // A repeated row is diffed against its first occurrence's state, written just before.
+            seen.insert((table, key)) && !stored.get(table).is_some_and(|s| s.contains(key))
+        })
+        .collect())
 }
 
 fn user_client(user: &UserId, client_id: Option<&ClientId>) -> (String, String) {
@@ -557,36 +800,178 @@ fn stored_op(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
 
 impl BucketStorage for SqliteStorage {
     fn apply(&self, version: RulesVersion, txn: &SourceTransaction) -> Result<Option<OpId>> {
+        Ok(self
+            .apply_batch(version, std::slice::from_ref(txn))?
+            .map(|checkpoint| checkpoint.op_id))
+    }
+
+    fn apply_batch(&self, version: RulesVersion, txns: &[SourceTransaction]) -> Result<Option<Checkpoint>> {
+        let v = version_sql(version)?;
         let mut conn = self.writer()?;
         // IMMEDIATE: take the write lock up front, so the read of the sequence cannot race another writer.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (last_op, last_lsn) = version_checkpoint(&tx, version)?;
-        let lsn = lsn_sql(txn.commit_lsn)?;
-        if last_lsn.is_some_and(|stored| lsn <= stored) {
-            // Already applied before a restart (invariant 4): no ops a second time.
+        let (last_op, mut last_lsn) = version_checkpoint(&tx, version)?;
+        let mut applied = None;
+        {
+            let mut writer = Writer::new(&tx, v, last_op)?;
+            let mut checkpoint =
+                tx.prepare_cached("INSERT INTO checkpoints (version, lsn, op_id) VALUES (?1, ?2, ?3)")?;
+            for txn in txns {
+                let lsn = lsn_sql(txn.commit_lsn)?;
+                if last_lsn.is_some_and(|stored| lsn <= stored) {
+                    // Already applied before a restart (invariant 4), or out of order: no ops a second time.
+                    continue;
+                }
+                for change in &txn.changes {
+                    writer.change(change, lsn, false)?;
+                }
+                checkpoint.execute(params![v, lsn, writer.last_op])?;
+                last_lsn = Some(lsn);
+                applied = Some((writer.last_op, lsn));
+            }
+            if applied.is_some() {
+                writer.finish()?;
+            }
+        }
+        let Some((op_id, lsn)) = applied else {
+            // Nothing applied: the transaction wrote nothing, and dropping it costs no fsync.
             return Ok(None);
-        }
-        let mut writer = Writer {
-            tx: &tx,
-            version: version_sql(version)?,
-            next_op: meta_get(&tx, "next_op_id")?,
-            last_op,
         };
-        for change in &txn.changes {
-            writer.change(change, lsn)?;
-        }
-        let (next_op, last_op) = (writer.next_op, writer.last_op);
-        meta_set(&tx, "next_op_id", next_op)?;
         tx.execute(
             "UPDATE sync_rules SET last_op_id = ?2, last_lsn = ?3 WHERE version = ?1",
-            params![version_sql(version)?, last_op, lsn],
-        )?;
-        tx.execute(
-            "INSERT INTO checkpoints (version, lsn, op_id) VALUES (?1, ?2, ?3)",
-            params![version_sql(version)?, lsn, last_op],
+            params![v, op_id, lsn],
         )?;
         tx.commit()?;
-        op_from(last_op).map(Some)
+        Ok(Some(Checkpoint {
+            op_id: op_from(op_id)?,
+            lsn: lsn_from(lsn)?,
+        }))
+    }
+
+    fn apply_snapshot_chunk(
+        &self,
+        version: RulesVersion,
+        changes: &[RowChange],
+        progress: &TableSnapshot,
+    ) -> Result<()> {
+        let v = version_sql(version)?;
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (last_op, _) = version_checkpoint(&tx, version)?;
+        {
+            let mut writer = Writer::new(&tx, v, last_op)?;
+            let fresh = fresh_rows(&tx, v, changes)?;
+            // Created at LSN 0: snapshot rows are visible at every checkpoint.
+            for (change, fresh) in changes.iter().zip(fresh) {
+                writer.change(change, 0, fresh)?;
+            }
+            // The version's op id advances, so its next checkpoint covers these ops; the LSN stays.
+            tx.execute(
+                "UPDATE sync_rules SET last_op_id = ?2 WHERE version = ?1",
+                params![v, writer.last_op],
+            )?;
+            writer.finish()?;
+        }
+        tx.execute(
+            "INSERT INTO snapshot_progress (version, source_table, resume_after, done, lsn)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO UPDATE SET resume_after = excluded.resume_after, done = excluded.done,
+               lsn = excluded.lsn",
+            params![
+                v,
+                progress.table,
+                progress.resume_after,
+                progress.done,
+                lsn_sql(progress.lsn)?
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn snapshot_progress(&self, version: RulesVersion) -> Result<Vec<TableSnapshot>> {
+        let v = version_sql(version)?;
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source_table, resume_after, done, lsn FROM snapshot_progress
+                 WHERE version = ?1 ORDER BY source_table",
+            )?;
+            let rows = stmt.query_map([v], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (table, resume_after, done, lsn) = row?;
+                out.push(TableSnapshot {
+                    table,
+                    resume_after,
+                    done,
+                    lsn: lsn_from(lsn)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn replication_state(&self, version: RulesVersion) -> Result<ReplicationState> {
+        let v = version_sql(version)?;
+        self.read(|conn| {
+            let row: Option<(Option<String>, Option<i64>, Option<i64>)> = conn
+                .query_row(
+                    "SELECT slot_name, start_lsn, snapshot_done_lsn FROM sync_rules WHERE version = ?1",
+                    [v],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let (slot_name, start_lsn, snapshot_done_lsn) =
+                row.ok_or(StorageError::UnknownVersion(version))?;
+            Ok(ReplicationState {
+                slot_name,
+                start_lsn: start_lsn.map(lsn_from).transpose()?,
+                snapshot_done_lsn: snapshot_done_lsn.map(lsn_from).transpose()?,
+            })
+        })
+    }
+
+    fn set_replication_state(&self, version: RulesVersion, state: &ReplicationState) -> Result<()> {
+        let v = version_sql(version)?;
+        let start = state.start_lsn.map(lsn_sql).transpose()?;
+        let done = state.snapshot_done_lsn.map(lsn_sql).transpose()?;
+        let conn = self.writer()?;
+        let updated = conn.execute(
+            "UPDATE sync_rules SET slot_name = ?2, start_lsn = ?3, snapshot_done_lsn = ?4 WHERE version = ?1",
+            params![v, state.slot_name, start, done],
+        )?;
+        if updated == 0 {
+            return Err(StorageError::UnknownVersion(version));
+        }
+        Ok(())
+    }
+
+    fn source_row(&self, version: RulesVersion, row: &SourceRowKey) -> Result<Option<String>> {
+        let v = version_sql(version)?;
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT data FROM source_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
+                )?
+                .query_row(params![v, row.table, row.key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn versions(&self) -> Result<Vec<SyncRulesVersion>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT version, rules, state FROM sync_rules ORDER BY version")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (version, rules, state) = row?;
+                out.push(sync_rules_version(version, rules, &state)?);
+            }
+            Ok(out)
+        })
     }
 
     fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>> {
@@ -781,14 +1166,8 @@ impl BucketStorage for SqliteStorage {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            row.map(|(version, rules, state)| {
-                Ok(SyncRulesVersion {
-                    version: RulesVersion(u64::try_from(version).map_err(|_| corrupt("sync-rules version", version))?),
-                    rules,
-                    state: state_from(&state)?,
-                })
-            })
-            .transpose()
+            row.map(|(version, rules, state)| sync_rules_version(version, rules, &state))
+                .transpose()
         })
     }
 
@@ -826,6 +1205,8 @@ impl BucketStorage for SqliteStorage {
             "current_rows",
             "parameter_index",
             "checkpoints",
+            "snapshot_progress",
+            "source_rows",
             "sync_rules",
         ] {
             tx.execute(&format!("DELETE FROM {table} WHERE version = ?1"), [v])?;

@@ -31,8 +31,9 @@ fn place(bucket: &str, id: &str, data: &str) -> Placement {
 fn set(key: &str, placements: Vec<Placement>) -> RowChange {
     RowChange {
         row: row(key),
-        placements,
-        parameters: Vec::new(),
+        placements: Some(placements),
+        parameters: None,
+        source_row: None,
     }
 }
 
@@ -243,14 +244,17 @@ fn parameter_lookups_read_the_state_at_a_checkpoint() {
     let f = Fixture::new();
     let params = |key: &str, entries: &[(&str, &str)]| RowChange {
         row: row(key),
-        placements: Vec::new(),
-        parameters: entries
-            .iter()
-            .map(|(k, v)| ParameterRow {
-                lookup_key: (*k).into(),
-                values_json: (*v).into(),
-            })
-            .collect(),
+        placements: None,
+        parameters: Some(
+            entries
+                .iter()
+                .map(|(k, v)| ParameterRow {
+                    lookup_key: (*k).into(),
+                    values_json: (*v).into(),
+                })
+                .collect(),
+        ),
+        source_row: None,
     };
     f.apply(txn(10, vec![params("m1", &[("[\"q\",\"u1\"]", "[\"list1\"]")])]));
     let at10 = f.latest();
@@ -318,19 +322,26 @@ bucket_definitions:
             table: format!("{}.{}", table.schema, table.name),
             key: values[0].as_text().unwrap().to_owned(),
         };
-        RowChange::from_evaluation(key, &evaluation, &entries)
+        RowChange::from_evaluation(key, &plan, &evaluation, &entries, None)
     };
     let lists = SourceTable::new("public", "lists", &["id", "owner_id"]);
     let todos = SourceTable::new("public", "todos", &["id", "list_id"]);
     let list = evaluate(&lists, &["l1", "u1"]);
-    assert_eq!(list.parameters.len(), 1);
+    assert_eq!(list.parameters.as_ref().map(Vec::len), Some(1));
+    assert_eq!(list.placements, None, "lists feed no data query");
     let todo = evaluate(&todos, &["t1", "l1"]);
-    assert_eq!(todo.placements.len(), 1);
-    let bucket = todo.placements[0].bucket.clone();
+    assert_eq!(todo.parameters, None, "todos feed no parameter query");
+    let placements = todo.placements.clone().unwrap();
+    assert_eq!(placements.len(), 1);
+    let bucket = placements[0].bucket.clone();
     f.apply(txn(10, vec![list.clone(), todo]));
     let found = f
         .storage
-        .lookup(f.version, &f.latest(), &[list.parameters[0].lookup_key.clone()])
+        .lookup(
+            f.version,
+            &f.latest(),
+            &[list.parameters.as_ref().unwrap()[0].lookup_key.clone()],
+        )
         .unwrap();
     assert_eq!(found, [vec![r#"["l1"]"#.to_owned()]]);
     assert_eq!(f.kinds(bucket.as_str()), [OpType::Put]);
@@ -671,4 +682,442 @@ proptest! {
             prop_assert_eq!(f.summary(cp.op_id, bk).checksum, f.ops(bk).iter().map(|o| o.entry.checksum).sum::<Checksum>());
         }
     }
+}
+
+fn param_change(key: &str, entries: &[(&str, &str)]) -> RowChange {
+    RowChange {
+        row: row(key),
+        placements: None,
+        parameters: Some(
+            entries
+                .iter()
+                .map(|(k, v)| ParameterRow {
+                    lookup_key: (*k).into(),
+                    values_json: (*v).into(),
+                })
+                .collect(),
+        ),
+        source_row: None,
+    }
+}
+
+fn progress(resume_after: Option<&str>, done: bool, lsn: u64) -> TableSnapshot {
+    TableSnapshot {
+        table: "public.todos".into(),
+        resume_after: resume_after.map(Into::into),
+        done,
+        lsn: Lsn(lsn),
+    }
+}
+
+#[test]
+fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns() {
+    let f = Fixture::new();
+    let first = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]))
+        .unwrap();
+    let batch = [
+        // Already applied: skipped.
+        txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":9}"#)])]),
+        txn(20, vec![set("1", vec![place("a", "t1", r#"{"v":2}"#)])]),
+        // Not above the previous transaction of the same batch: skipped too.
+        txn(15, vec![set("9", vec![place("a", "t9", "{}")])]),
+        txn(30, vec![set("2", vec![place("b", "t2", "{}")])]),
+        txn(40, Vec::new()),
+    ];
+    let latest = f.storage.apply_batch(f.version, &batch).unwrap().unwrap();
+    assert_eq!(latest, f.latest());
+    assert_eq!(latest.lsn, Lsn(40));
+    let (a, b_ops) = (f.ops("a"), f.ops("b"));
+    assert_eq!(a.len(), 2, "the skipped transactions wrote nothing");
+    assert_eq!(a[1].entry.data.as_deref(), Some(r#"{"v":2}"#));
+    assert_eq!(b_ops.len(), 1);
+    assert_eq!(
+        latest.op_id, b_ops[0].entry.op_id,
+        "the empty txn keeps the op id"
+    );
+    // Each applied transaction is a checkpoint of its own: checksums at the first one exclude later ops.
+    let at20 = a[1].entry.op_id;
+    assert!(at20 > first && at20 < latest.op_id);
+    assert_eq!(f.summary(at20, "b").count, 0);
+    assert_eq!(f.summary(at20, "a").count, 2);
+    assert_eq!(f.summary(first, "a").count, 1);
+    let checkpoints: Vec<(i64, i64)> = {
+        let conn = rusqlite::Connection::open(f.storage.path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT lsn, op_id FROM checkpoints WHERE version = ?1 ORDER BY lsn")
+            .unwrap();
+        stmt.query_map([i64::try_from(f.version.0).unwrap()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    assert_eq!(
+        checkpoints,
+        [
+            (10, first.as_i64()),
+            (20, at20.as_i64()),
+            (30, latest.op_id.as_i64()),
+            (40, latest.op_id.as_i64())
+        ]
+    );
+    // Everything already stored: nothing applied.
+    assert_eq!(f.storage.apply_batch(f.version, &batch).unwrap(), None);
+    assert_eq!(f.storage.apply_batch(f.version, &[]).unwrap(), None);
+}
+
+#[test]
+fn a_failing_batch_applies_nothing() {
+    let f = Fixture::new();
+    let before = f
+        .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
+        .unwrap();
+    let batch = [
+        txn(20, vec![set("2", vec![place("a", "t2", "{}")])]),
+        // An LSN beyond SQLite's integers fails after the first transaction was written.
+        txn(u64::MAX, vec![set("3", vec![place("a", "t3", "{}")])]),
+    ];
+    assert!(matches!(
+        f.storage.apply_batch(f.version, &batch),
+        Err(StorageError::OutOfRange { .. })
+    ));
+    assert_eq!(
+        f.latest(),
+        Checkpoint {
+            op_id: before,
+            lsn: Lsn(10)
+        }
+    );
+    assert_eq!(f.ops("a").len(), 1);
+    assert_eq!(f.summary(before, "a").count, 1);
+    // The op-id sequence was not advanced either: the next op follows on.
+    let next = f
+        .apply(txn(20, vec![set("2", vec![place("a", "t2", "{}")])]))
+        .unwrap();
+    assert_eq!(next.get(), before.get() + 1);
+}
+
+#[test]
+fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
+    let f = Fixture::new();
+    let s = &f.storage;
+    assert!(s.snapshot_progress(f.version).unwrap().is_empty());
+    let chunk = vec![
+        set("1", vec![place("a", "t1", r#"{"v":1}"#)]),
+        set("2", vec![place("a", "t2", "{}"), place("b", "t2", "{}")]),
+        param_change("m1", &[("k", "[\"l1\"]")]),
+    ];
+    s.apply_snapshot_chunk(f.version, &chunk, &progress(Some("2"), false, 7))
+        .unwrap();
+    assert_eq!(
+        s.snapshot_progress(f.version).unwrap(),
+        [progress(Some("2"), false, 7)]
+    );
+    assert_eq!(s.latest_checkpoint(f.version).unwrap(), None, "no checkpoint");
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put]);
+    // Replaying the chunk (a crash before the progress was seen) writes nothing new.
+    s.apply_snapshot_chunk(f.version, &chunk, &progress(Some("2"), false, 7))
+        .unwrap();
+    assert_eq!(f.ops("a").len(), 2);
+    assert_eq!(f.ops("b").len(), 1);
+    // A re-copied row that changed is diffed like a streamed one.
+    s.apply_snapshot_chunk(
+        f.version,
+        &[set("1", vec![place("b", "t1", r#"{"v":1}"#)])],
+        &progress(None, true, 9),
+    )
+    .unwrap();
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put, OpType::Remove]);
+    assert_eq!(s.snapshot_progress(f.version).unwrap(), [progress(None, true, 9)]);
+    // A row twice in one chunk: the second is diffed against the first.
+    s.apply_snapshot_chunk(
+        f.version,
+        &[
+            set("4", vec![place("c", "t4", "{}")]),
+            set("4", vec![place("b", "t4", "{}")]),
+        ],
+        &progress(None, true, 9),
+    )
+    .unwrap();
+    assert_eq!(f.kinds("c"), [OpType::Put, OpType::Remove]);
+    let snapshot_last = f.ops("b").last().unwrap().entry.op_id;
+    // The first streamed transaction's checkpoint covers the snapshot ops, whatever its own changes.
+    let cp = f.apply(txn(100, Vec::new())).unwrap();
+    assert_eq!(cp, snapshot_last);
+    let sum = f.summary(cp, "a");
+    assert_eq!(sum.count, 3);
+    assert_eq!(
+        sum.checksum,
+        f.ops("a").iter().map(|o| o.entry.checksum).sum::<Checksum>()
+    );
+    let later = f
+        .apply(txn(110, vec![set("3", vec![place("a", "t3", "{}")])]))
+        .unwrap();
+    assert!(later > cp);
+    // Snapshot parameter entries have no LSN: visible at every checkpoint, even one below the snapshot.
+    let early = Checkpoint {
+        op_id: cp,
+        lsn: Lsn(1),
+    };
+    assert_eq!(
+        s.lookup(f.version, &early, &["k".to_owned()]).unwrap(),
+        [vec!["[\"l1\"]".to_owned()]]
+    );
+    let v2 = s.create_version("v2").unwrap();
+    assert!(s.snapshot_progress(v2).unwrap().is_empty());
+    assert!(matches!(
+        s.apply_snapshot_chunk(RulesVersion(7), &[], &progress(None, false, 1)),
+        Err(StorageError::UnknownVersion(_))
+    ));
+}
+
+#[test]
+fn a_table_feeding_one_half_leaves_the_other_alone() {
+    let f = Fixture::new();
+    let both = RowChange {
+        row: row("1"),
+        placements: Some(vec![place("a", "t1", "{}")]),
+        parameters: Some(vec![ParameterRow {
+            lookup_key: "k".into(),
+            values_json: "[1]".into(),
+        }]),
+        source_row: None,
+    };
+    f.apply(txn(10, vec![both]));
+    // Only the data half: the parameter entry stays.
+    f.apply(txn(20, vec![set("1", vec![place("a", "t1", r#"{"v":2}"#)])]));
+    let keys = ["k".to_owned()];
+    assert_eq!(
+        f.storage.lookup(f.version, &f.latest(), &keys).unwrap(),
+        [vec!["[1]".to_owned()]]
+    );
+    // Only the parameter half: the placement stays.
+    f.apply(txn(30, vec![param_change("1", &[])]));
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put]);
+    assert_eq!(
+        f.storage.lookup(f.version, &f.latest(), &keys).unwrap(),
+        [Vec::<String>::new()]
+    );
+}
+
+#[test]
+fn replication_state_round_trips() {
+    let f = Fixture::new();
+    let s = &f.storage;
+    assert_eq!(
+        s.replication_state(f.version).unwrap(),
+        ReplicationState::default()
+    );
+    let state = ReplicationState {
+        slot_name: Some("syncgate_1".into()),
+        start_lsn: Some(Lsn(0x16_B374_D848)),
+        snapshot_done_lsn: None,
+    };
+    s.set_replication_state(f.version, &state).unwrap();
+    assert_eq!(s.replication_state(f.version).unwrap(), state);
+    let done = ReplicationState {
+        snapshot_done_lsn: Some(Lsn(0x17_0000_0000)),
+        ..state
+    };
+    s.set_replication_state(f.version, &done).unwrap();
+    let f = f.reopen();
+    assert_eq!(f.storage.replication_state(f.version).unwrap(), done);
+    assert!(matches!(
+        f.storage.replication_state(RulesVersion(7)),
+        Err(StorageError::UnknownVersion(_))
+    ));
+    assert!(matches!(
+        f.storage
+            .set_replication_state(RulesVersion(7), &ReplicationState::default()),
+        Err(StorageError::UnknownVersion(_))
+    ));
+}
+
+#[test]
+fn source_rows_are_set_overwritten_and_deleted() {
+    let f = Fixture::new();
+    let with_source = |key: &str, source: Option<&str>| RowChange {
+        source_row: source.map(Into::into),
+        ..set(key, vec![place("a", key, "{}")])
+    };
+    let s = &f.storage;
+    assert_eq!(s.source_row(f.version, &row("1")).unwrap(), None);
+    f.apply(txn(
+        10,
+        vec![with_source("1", Some("v1")), with_source("2", Some("w1"))],
+    ));
+    assert_eq!(s.source_row(f.version, &row("1")).unwrap().as_deref(), Some("v1"));
+    f.apply(txn(20, vec![with_source("1", Some("v2"))]));
+    assert_eq!(s.source_row(f.version, &row("1")).unwrap().as_deref(), Some("v2"));
+    f.apply(txn(30, vec![RowChange::delete(row("1"))]));
+    assert_eq!(s.source_row(f.version, &row("1")).unwrap(), None);
+    assert_eq!(s.source_row(f.version, &row("2")).unwrap().as_deref(), Some("w1"));
+    // Snapshot chunks store them too; versions do not share them.
+    s.apply_snapshot_chunk(
+        f.version,
+        &[with_source("3", Some("x"))],
+        &progress(None, true, 1),
+    )
+    .unwrap();
+    assert_eq!(s.source_row(f.version, &row("3")).unwrap().as_deref(), Some("x"));
+    let v2 = s.create_version("v2").unwrap();
+    assert_eq!(s.source_row(v2, &row("3")).unwrap(), None);
+}
+
+#[test]
+fn versions_are_listed_oldest_first() {
+    let f = Fixture::new();
+    let s = &f.storage;
+    let v2 = s.create_version("rules 2").unwrap();
+    let listed = s.versions().unwrap();
+    assert_eq!(
+        listed,
+        [
+            SyncRulesVersion {
+                version: f.version,
+                rules: "bucket_definitions: {}".into(),
+                state: VersionState::Active
+            },
+            SyncRulesVersion {
+                version: v2,
+                rules: "rules 2".into(),
+                state: VersionState::Building
+            }
+        ]
+    );
+    s.activate(v2).unwrap();
+    assert_eq!(
+        s.versions().unwrap().iter().map(|v| v.state).collect::<Vec<_>>(),
+        [VersionState::Retired, VersionState::Active]
+    );
+}
+
+#[test]
+fn deleting_a_version_removes_its_snapshot_and_replication_rows() {
+    let f = Fixture::new();
+    let s = &f.storage;
+    let v2 = s.create_version("v2").unwrap();
+    let change = RowChange {
+        source_row: Some("src".into()),
+        ..set("1", vec![place("a", "t1", "{}")])
+    };
+    for v in [f.version, v2] {
+        s.apply_snapshot_chunk(v, std::slice::from_ref(&change), &progress(Some("1"), false, 5))
+            .unwrap();
+        s.set_replication_state(
+            v,
+            &ReplicationState {
+                slot_name: Some(format!("slot_{v}")),
+                ..ReplicationState::default()
+            },
+        )
+        .unwrap();
+    }
+    s.activate(v2).unwrap();
+    s.delete_version(f.version).unwrap();
+    let conn = rusqlite::Connection::open(s.path()).unwrap();
+    let count = |table: &str| -> i64 {
+        conn.query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE version = ?1"),
+            [i64::try_from(f.version.0).unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for table in [
+        "snapshot_progress",
+        "source_rows",
+        "sync_rules",
+        "current_rows",
+        "ops",
+    ] {
+        assert_eq!(count(table), 0, "{table}");
+    }
+    // The other version keeps its own.
+    assert_eq!(s.snapshot_progress(v2).unwrap().len(), 1);
+    assert_eq!(s.source_row(v2, &row("1")).unwrap().as_deref(), Some("src"));
+    assert_eq!(
+        s.replication_state(v2).unwrap().slot_name.as_deref(),
+        Some(format!("slot_{v2}").as_str())
+    );
+    assert_eq!(s.versions().unwrap().len(), 1);
+}
+
+#[test]
+fn a_format_1_file_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buckets.db");
+    // A file as the first release wrote it: migration 1 only, one version with a row and a checkpoint.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        conn.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('next_op_id', 1000), ('next_write_checkpoint_id', 1),
+                 ('next_version', 6);
+             INSERT INTO schema_version (version) VALUES (1);
+             INSERT INTO sync_rules (version, rules, state, last_op_id, last_lsn) VALUES (5, 'old', 'active', 999, 10);
+             INSERT INTO checkpoints (version, lsn, op_id) VALUES (5, 10, 999);
+             INSERT INTO ops (op_id, version, bucket, op, object_type, object_id, subkey, data, checksum)
+                 VALUES (999, 5, 'a', 'PUT', 'todos', 't1', 'x', '{}', 7);
+             INSERT INTO bucket_state (version, bucket, checksum, count, last_op) VALUES (5, 'a', 7, 1, 999);
+             INSERT INTO current_rows (version, source_table, source_key, bucket, object_type, object_id, put_op)
+                 VALUES (5, 'public.todos', '1', 'a', 'todos', 't1', 999);",
+        )
+        .unwrap();
+    }
+    let storage = SqliteStorage::open(&path).unwrap();
+    let version = RulesVersion(5);
+    let format: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(format, i64::try_from(sqlite::MIGRATIONS.len()).unwrap());
+    assert_eq!(
+        storage.versions().unwrap(),
+        [SyncRulesVersion {
+            version,
+            rules: "old".into(),
+            state: VersionState::Active
+        }]
+    );
+    assert_eq!(
+        storage.replication_state(version).unwrap(),
+        ReplicationState::default()
+    );
+    assert!(storage.snapshot_progress(version).unwrap().is_empty());
+    assert_eq!(
+        storage.latest_checkpoint(version).unwrap(),
+        Some(Checkpoint {
+            op_id: OpId::from_i64(999).unwrap(),
+            lsn: Lsn(10)
+        })
+    );
+    // The old row state carries on: deleting the row removes it from its bucket.
+    let removed = storage
+        .apply(
+            version,
+            &txn(
+                20,
+                vec![RowChange {
+                    source_row: Some("src".into()),
+                    ..RowChange::delete(row("1"))
+                }],
+            ),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.as_i64(), 1000);
+    assert_eq!(
+        storage.source_row(version, &row("1")).unwrap().as_deref(),
+        Some("src")
+    );
+    drop(storage);
+    // Opening again finds nothing to migrate.
+    let storage = SqliteStorage::open(&path).unwrap();
+    assert_eq!(storage.versions().unwrap().len(), 1);
 }
