@@ -19,8 +19,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, StorageConfig};
 use crate::replicator::{
-    Catalog, ReplicationMetrics, ReplicatorError, ReplicatorOptions, SourceConnection, Stopped, VersionReplicator,
-    slot_name,
+    Catalog, ReplicationMetrics, ReplicatorError, ReplicatorOptions, SourceConnection, Stopped,
+    VersionReplicator, slot_name,
 };
 use crate::source::{SourceRequirements, TableName, check_source};
 use crate::storage::{BucketStorage, RulesVersion, SqliteStorage, VersionState};
@@ -84,16 +84,27 @@ fn required_tables(rules: &SyncRules) -> Vec<TableName> {
 }
 
 /// Runs the gateway's replication until `shutdown` turns true.
-pub async fn serve(config_path: PathBuf, options: ServeOptions, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    config_path: PathBuf,
+    options: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let config = load_config(&config_path)?;
     let rules = compile_rules(&config)?;
     let connection = config.replication.connection().clone();
     let source = SourceConnection::new(&connection).context("source connection")?;
     let mut replicator_options = options.replicator.clone();
     replicator_options.publication.clone_from(&connection.publication);
-    replicator_options.slot_prefix.clone_from(&connection.slot_name_prefix);
+    replicator_options
+        .slot_prefix
+        .clone_from(&connection.slot_name_prefix);
 
-    let catalog = Catalog::new(source.connect("source checks").await.context("cannot reach the source database")?);
+    let catalog = Catalog::new(
+        source
+            .connect("source checks")
+            .await
+            .context("cannot reach the source database")?,
+    );
     let named = required_tables(&rules);
     let exists = catalog.existing(&named).await?;
     let mut tables = Vec::new();
@@ -233,7 +244,10 @@ impl Supervisor {
             };
             wanted.push(target);
         }
-        for stale in versions.iter().filter(|v| !wanted.contains(&v.version) && v.state != VersionState::Active) {
+        for stale in versions
+            .iter()
+            .filter(|v| !wanted.contains(&v.version) && v.state != VersionState::Active)
+        {
             if let Some(running) = self.running.get_mut(&stale.version) {
                 // A building version whose rules were replaced: stop it, then remove it.
                 running.discard = true;
@@ -322,7 +336,9 @@ impl Supervisor {
                     .unwrap_or_default();
                 self.spawn(new_version, &text)
             }
-            Err(error) => Err(anyhow::Error::new(error).context(format!("replication of version {version} failed"))),
+            Err(error) => {
+                Err(anyhow::Error::new(error).context(format!("replication of version {version} failed")))
+            }
         }
     }
 
@@ -348,7 +364,10 @@ impl Supervisor {
                 Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
-        warn!(slot, "replication slot still in use; not dropped (it is retried at the next start)");
+        warn!(
+            slot,
+            "replication slot still in use; not dropped (it is retried at the next start)"
+        );
         Ok(())
     }
 
@@ -365,7 +384,10 @@ impl Supervisor {
                 continue;
             }
             if active {
-                warn!(slot, "orphaned replication slot is in use by another process; not dropped");
+                warn!(
+                    slot,
+                    "orphaned replication slot is in use by another process; not dropped"
+                );
                 continue;
             }
             self.catalog.drop_slot(&slot).await?;
@@ -375,9 +397,16 @@ impl Supervisor {
     }
 
     async fn compact(&self) {
-        let Some(version) = *self.active.borrow() else { return };
-        match self.storage(move |s| s.compact(version, syncgate_protocol::OpId::MAX)).await {
-            Ok(stats) => info!(%version, buckets = stats.buckets, moved = stats.moved, cleared = stats.cleared, "compacted"),
+        let Some(version) = *self.active.borrow() else {
+            return;
+        };
+        match self
+            .storage(move |s| s.compact(version, syncgate_protocol::OpId::MAX))
+            .await
+        {
+            Ok(stats) => {
+                info!(%version, buckets = stats.buckets, moved = stats.moved, cleared = stats.cleared, "compacted")
+            }
             Err(error) => warn!(%version, "background compaction failed: {error:#}"),
         }
     }

@@ -9,8 +9,9 @@ use super::ContentOrigin;
 use super::postgres::{UriParts, parse_uri};
 use super::{
     ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS, DEFAULT_PORT,
-    DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk, Loaded, PostgresConnection, ReplicationConfig,
-    Secret, SslMode, StorageConfig, SyncRulesConfig, SyncRulesSource, env,
+    DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk, Loaded,
+    PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig, SyncRulesConfig, SyncRulesSource,
+    env,
 };
 
 const TOP_KNOWN: &[&str] = &[

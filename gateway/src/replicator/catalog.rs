@@ -47,7 +47,9 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("types", &self.types.len()).finish_non_exhaustive()
+        f.debug_struct("Catalog")
+            .field("types", &self.types.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -126,7 +128,9 @@ impl Catalog {
                             &[&relid],
                         )
                         .await
-                        .map_err(SourceError::query(format!("looking up the fields of type {name}")))?;
+                        .map_err(SourceError::query(format!(
+                            "looking up the fields of type {name}"
+                        )))?;
                     let mut fields = Vec::with_capacity(attributes.len());
                     for attribute in attributes {
                         let field_type = self.resolve(attribute.get(1), depth + 1).await?;
@@ -174,7 +178,10 @@ impl Catalog {
             )
             .await
             .map_err(SourceError::query("listing the publication's tables"))?;
-        Ok(rows.iter().map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect())
     }
 
     /// Which of `tables` exist (as ordinary or partitioned tables).
@@ -243,7 +250,9 @@ impl Catalog {
             active: row.get(0),
             wal_status: row.get(1),
             retained_bytes: retained.and_then(|b| u64::try_from(b).ok()),
-            confirmed_flush: confirmed.map(|t| parse_lsn(&t, "confirmed_flush_lsn")).transpose()?,
+            confirmed_flush: confirmed
+                .map(|t| parse_lsn(&t, "confirmed_flush_lsn"))
+                .transpose()?,
         }))
     }
 
@@ -268,7 +277,9 @@ impl Catalog {
         self.client
             .execute("SELECT pg_drop_replication_slot($1)", &[&slot_name])
             .await
-            .map_err(SourceError::query(format!("dropping replication slot {slot_name}")))?;
+            .map_err(SourceError::query(format!(
+                "dropping replication slot {slot_name}"
+            )))?;
         Ok(())
     }
 }

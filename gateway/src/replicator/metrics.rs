@@ -61,10 +61,13 @@ impl ReplicationMetrics {
         self.applied_lsn.fetch_max(lsn.0, Ordering::Relaxed);
         self.received(lsn);
         if let Some(pg_micros) = commit_time {
-            self.applied_commit_unix_micros
-                .store(pg_micros.saturating_add(POSTGRES_EPOCH_UNIX_MICROS), Ordering::Relaxed);
+            self.applied_commit_unix_micros.store(
+                pg_micros.saturating_add(POSTGRES_EPOCH_UNIX_MICROS),
+                Ordering::Relaxed,
+            );
         }
-        self.applied_at_unix_micros.store(unix_micros_now(), Ordering::Relaxed);
+        self.applied_at_unix_micros
+            .store(unix_micros_now(), Ordering::Relaxed);
         self.row_changes.fetch_add(rows, Ordering::Relaxed);
         self.transactions.fetch_add(transactions, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +115,10 @@ mod tests {
         let figures = metrics.snapshot();
         assert_eq!(figures.lag_bytes, 400);
         assert!(figures.lag_seconds > 0.0);
-        assert_eq!((figures.row_changes, figures.transactions, figures.batches), (10, 2, 1));
+        assert_eq!(
+            (figures.row_changes, figures.transactions, figures.batches),
+            (10, 2, 1)
+        );
         metrics.applied(Lsn(1000), None, 1, 1);
         assert_eq!(metrics.snapshot().lag_bytes, 0);
         assert!(metrics.snapshot().lag_seconds.abs() < f64::EPSILON);

@@ -85,7 +85,9 @@ pub enum ReplicatorError {
     Storage(#[from] StorageError),
     /// The slot was dropped or invalidated (WAL it needed was removed): this version can never catch
     /// up; its data must be rebuilt from a new snapshot into a new version.
-    #[error("replication slot {slot} is lost ({reason}); the sync rules will be re-replicated from a new snapshot")]
+    #[error(
+        "replication slot {slot} is lost ({reason}); the sync rules will be re-replicated from a new snapshot"
+    )]
     SlotLost { slot: String, reason: String },
     #[error("storage task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -133,7 +135,9 @@ pub struct VersionReplicator<S: BucketStorage + 'static> {
 
 impl<S: BucketStorage + 'static> std::fmt::Debug for VersionReplicator<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VersionReplicator").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("VersionReplicator")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -218,7 +222,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                         snapshot_done_lsn: None,
                     };
                     let saved = state.clone();
-                    self.blocking(move |s, v| s.set_replication_state(v, &saved)).await?;
+                    self.blocking(move |s, v| s.set_replication_state(v, &saved))
+                        .await?;
                     chunk_lsn = created.consistent_point;
                     client = Some(replication);
                     reader
@@ -243,7 +248,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             };
             state.snapshot_done_lsn = Some(done_lsn);
             let saved = state.clone();
-            self.blocking(move |s, v| s.set_replication_state(v, &saved)).await?;
+            self.blocking(move |s, v| s.set_replication_state(v, &saved))
+                .await?;
             info!(version = %self.version, %done_lsn, "initial snapshot copied; streaming until it is consistent");
         }
 
@@ -302,10 +308,20 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
 
     /// Copies every table not yet done, chunk by chunk; returns the largest WAL position a chunk was
     /// read at (streaming must pass it before the copy is consistent).
-    async fn copy_snapshot(&self, catalog: &mut Catalog, reader: SnapshotReader, chunk_lsn: Lsn) -> Result<Lsn> {
+    async fn copy_snapshot(
+        &self,
+        catalog: &mut Catalog,
+        reader: SnapshotReader,
+        chunk_lsn: Lsn,
+    ) -> Result<Lsn> {
         let tables = self.snapshot_tables(catalog).await?;
         let progress = self.blocking(|s, v| s.snapshot_progress(v)).await?;
-        let mut max_lsn = progress.iter().map(|p| p.lsn).max().unwrap_or(Lsn::ZERO).max(chunk_lsn);
+        let mut max_lsn = progress
+            .iter()
+            .map(|p| p.lsn)
+            .max()
+            .unwrap_or(Lsn::ZERO)
+            .max(chunk_lsn);
         let started = Instant::now();
         let mut total_rows = 0u64;
         for table in tables {
@@ -363,7 +379,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                         })
                         .collect();
                     storage.apply_snapshot_chunk(version, &changes, &progress)?;
-                    metrics.snapshot_rows.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .snapshot_rows
+                        .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
                     Ok(())
                 }));
                 if done {
@@ -380,7 +398,11 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             max_lsn = max_lsn.max(chunk_lsn);
         }
         reader.finish().await?;
-        info!(rows = total_rows, seconds = started.elapsed().as_secs_f64(), "initial snapshot done");
+        info!(
+            rows = total_rows,
+            seconds = started.elapsed().as_secs_f64(),
+            "initial snapshot done"
+        );
         Ok(max_lsn)
     }
 
@@ -402,7 +424,11 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
     /// A mapper for a relation as pgoutput describes it. The identity comes from the catalog (primary
     /// key first, as the snapshot uses), matched to the relation's columns by name; pgoutput's key flags
     /// are the fallback when the catalog has moved on (the table was altered or dropped since).
-    async fn mapper_for_relation(&self, catalog: &mut Catalog, relation: &RelationInfo) -> Result<TableMapper> {
+    async fn mapper_for_relation(
+        &self,
+        catalog: &mut Catalog,
+        relation: &RelationInfo,
+    ) -> Result<TableMapper> {
         catalog.forget_types();
         let name = TableName::new(relation.schema.clone(), relation.name.clone());
         let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
@@ -411,7 +437,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         for &oid in &type_oids {
             types.push(catalog.column_type(oid).await?);
         }
-        let flagged: Vec<usize> = (0..columns.len()).filter(|&i| relation.columns[i].is_key).collect();
+        let flagged: Vec<usize> = (0..columns.len())
+            .filter(|&i| relation.columns[i].is_key)
+            .collect();
         let identity = match table_layout(catalog.client(), &name).await {
             Ok(layout) => {
                 let by_name: Option<Vec<usize>> = layout
@@ -426,8 +454,19 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 flagged
             }
         };
-        let identity = if identity.is_empty() { (0..columns.len()).collect() } else { identity };
-        Ok(TableMapper::new(&self.rules, name, columns, &type_oids, types, identity))
+        let identity = if identity.is_empty() {
+            (0..columns.len()).collect()
+        } else {
+            identity
+        };
+        Ok(TableMapper::new(
+            &self.rules,
+            name,
+            columns,
+            &type_oids,
+            types,
+            identity,
+        ))
     }
 
     /// Streams from the slot until shutdown, retirement or an error.
@@ -439,12 +478,13 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
     ) -> Result<Stopped> {
         let slot = self.slot_name();
         let stored = self.blocking(|s, v| s.latest_checkpoint(v)).await?;
-        let start = stored
-            .map(|c| c.lsn)
-            .or(state.start_lsn)
-            .unwrap_or(Lsn::ZERO);
+        let start = stored.map(|c| c.lsn).or(state.start_lsn).unwrap_or(Lsn::ZERO);
         client
-            .start(&slot, start, &StartOptions::new(vec![self.options.publication.clone()]))
+            .start(
+                &slot,
+                start,
+                &StartOptions::new(vec![self.options.publication.clone()]),
+            )
             .await
             .map_err(|error| match error {
                 SourceError::Configuration(message) if message.contains("does not exist") => {
@@ -512,8 +552,15 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     }
                 }
                 StreamItem::Event(event) => {
-                    self.on_event(event, &mut client, &mut catalog, &mut stream, &mut mappers, &mut scratch)
-                        .await?;
+                    self.on_event(
+                        event,
+                        &mut client,
+                        &mut catalog,
+                        &mut stream,
+                        &mut mappers,
+                        &mut scratch,
+                    )
+                    .await?;
                 }
             }
         }
@@ -583,7 +630,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             SourceEvent::Update { relation, old, new } => {
                 let mapper = mapper_of(mappers, relation.oid)?;
                 if mapper.is_relevant() {
-                    self.on_update(&mapper, old.as_ref(), &new, stream, scratch).await?;
+                    self.on_update(&mapper, old.as_ref(), &new, stream, scratch)
+                        .await?;
                 }
             }
             SourceEvent::Delete { relation, old } => {
@@ -613,7 +661,10 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     keys.sort();
                     keys.dedup();
                     for key in keys {
-                        let row = SourceRowKey { table: table.clone(), key };
+                        let row = SourceRowKey {
+                            table: table.clone(),
+                            key,
+                        };
                         stream.record_delete(row)?;
                     }
                 }
@@ -675,7 +726,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     self.blocking(move |s, v| s.source_row(v, &key)).await?
                 }
             };
-            let stored = stored.map(|encoded| decode_source_row(&encoded)).unwrap_or_default();
+            let stored = stored
+                .map(|encoded| decode_source_row(&encoded))
+                .unwrap_or_default();
             merged = new
                 .iter()
                 .enumerate()
@@ -720,7 +773,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         };
         let ack = stream.pending_ack;
         client.ack(ack).await?;
-        self.metrics.applied(ack, stream.pending_commit_time.take(), rows, count);
+        self.metrics
+            .applied(ack, stream.pending_commit_time.take(), rows, count);
         debug!(
             version = %self.version,
             transactions = count,
@@ -769,10 +823,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
 }
 
 fn mapper_of(mappers: &HashMap<u32, Arc<TableMapper>>, oid: u32) -> Result<Arc<TableMapper>> {
-    mappers
-        .get(&oid)
-        .cloned()
-        .ok_or_else(|| SourceError::Protocol(format!("change for relation {oid} before its Relation message")).into())
+    mappers.get(&oid).cloned().ok_or_else(|| {
+        SourceError::Protocol(format!("change for relation {oid} before its Relation message")).into()
+    })
 }
 
 /// Column texts; unchanged TOAST reads as NULL here (callers merge it first where it matters).

@@ -22,7 +22,9 @@ pub struct SourceConnection {
 
 impl std::fmt::Debug for SourceConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceConnection").field("display", &self.display).finish_non_exhaustive()
+        f.debug_struct("SourceConnection")
+            .field("display", &self.display)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,11 +81,14 @@ impl SourceConnection {
 
     /// Opens an ordinary connection; its task runs on the current runtime.
     pub async fn connect(&self, purpose: &str) -> Result<Client, SourceError> {
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(SourceError::query(format!("connecting to {} for {purpose}", self.display)))?;
+        let (client, connection) =
+            self.config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(SourceError::query(format!(
+                    "connecting to {} for {purpose}",
+                    self.display
+                )))?;
         let purpose = purpose.to_owned();
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use syncgate_rules::pgtype::{PgType, map_text_value};
-use syncgate_rules::{ParameterEntry, RowError, RowEvaluation, SourceTable, SqliteValue, SyncRules, TablePlan};
+use syncgate_rules::{
+    ParameterEntry, RowError, RowEvaluation, SourceTable, SqliteValue, SyncRules, TablePlan,
+};
 use tracing::warn;
 
 use crate::source::TableName;
@@ -55,7 +57,10 @@ impl TableMapper {
         for ty in &types {
             report_text_type(&name, ty);
         }
-        let kept = type_oids.iter().map(|oid| !FIXED_LENGTH_TYPES.contains(oid)).collect();
+        let kept = type_oids
+            .iter()
+            .map(|oid| !FIXED_LENGTH_TYPES.contains(oid))
+            .collect();
         TableMapper {
             storage_name: format!("{}.{}", name.schema, name.name),
             name,
@@ -129,10 +134,12 @@ impl TableMapper {
     pub fn evaluate(&self, rules: &SyncRules, values: &[Option<&str>], scratch: &mut Scratch) -> RowChange {
         let compat = rules.compatibility();
         scratch.values.clear();
-        scratch.values.extend(values.iter().zip(&self.types).map(|(value, ty)| match value {
-            None => SqliteValue::Null,
-            Some(text) => map_text_value(ty, text, compat),
-        }));
+        scratch
+            .values
+            .extend(values.iter().zip(&self.types).map(|(value, ty)| match value {
+                None => SqliteValue::Null,
+                Some(text) => map_text_value(ty, text, compat),
+            }));
         scratch.evaluation.clear();
         scratch.entries.clear();
         scratch.errors.clear();
@@ -140,7 +147,12 @@ impl TableMapper {
             rules.evaluate_row(&self.plan, &scratch.values, &mut scratch.evaluation);
         }
         if self.plan.has_parameter_queries() {
-            rules.evaluate_parameter_row(&self.plan, &scratch.values, &mut scratch.entries, &mut scratch.errors);
+            rules.evaluate_parameter_row(
+                &self.plan,
+                &scratch.values,
+                &mut scratch.entries,
+                &mut scratch.errors,
+            );
         }
         for error in scratch.evaluation.errors.iter().chain(&scratch.errors) {
             // A row error skips that query for this row only; the row still syncs through the others.
@@ -233,7 +245,9 @@ mod tests {
     #[test]
     fn only_variable_length_columns_are_kept_for_toast_merges() {
         let m = mapper(vec![0]);
-        let encoded = m.encode_source_row(&[Some("1"), Some("big"), None]).expect("kept");
+        let encoded = m
+            .encode_source_row(&[Some("1"), Some("big"), None])
+            .expect("kept");
         assert_eq!(encoded, r#"{"b":"big","c":null}"#);
         assert_eq!(
             decode_source_row(&encoded),
@@ -250,7 +264,11 @@ mod tests {
         .rules
         .expect("rules");
         let m = mapper(vec![0]);
-        let change = m.evaluate(&rules, &[Some("7"), Some("x"), Some(r#"{"k":1}"#)], &mut Scratch::default());
+        let change = m.evaluate(
+            &rules,
+            &[Some("7"), Some("x"), Some(r#"{"k":1}"#)],
+            &mut Scratch::default(),
+        );
         let placements = change.placements.expect("data table");
         assert_eq!(placements.len(), 1);
         assert_eq!(placements[0].bucket.as_str(), "global[]");

@@ -960,6 +960,22 @@ impl BucketStorage for SqliteStorage {
         })
     }
 
+    fn source_row_keys(&self, version: RulesVersion, table: &str) -> Result<Vec<String>> {
+        let v = version_sql(version)?;
+        self.read(|conn| {
+            // Each part is an index range scan on (version, source_table, ...); UNION dedups.
+            let mut stmt = conn.prepare_cached(
+                "SELECT source_key FROM current_rows WHERE version = ?1 AND source_table = ?2
+                 UNION SELECT source_key FROM parameter_index
+                   WHERE version = ?1 AND source_table = ?2 AND deleted_lsn IS NULL
+                 UNION SELECT source_key FROM source_rows WHERE version = ?1 AND source_table = ?2
+                 ORDER BY 1",
+            )?;
+            let keys = stmt.query_map(params![v, table], |r| r.get(0))?;
+            Ok(keys.collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
     fn versions(&self) -> Result<Vec<SyncRulesVersion>> {
         self.read(|conn| {
             let mut stmt =

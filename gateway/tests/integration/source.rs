@@ -127,7 +127,10 @@ async fn snapshot_then_stream_every_change_kind() {
     };
     assert_eq!(relation.name, "items");
     assert_eq!(new, &[text("50"), text("late"), ColumnValue::Null]);
-    let SourceEvent::Commit { commit_lsn, end_lsn, .. } = txn[3] else {
+    let SourceEvent::Commit {
+        commit_lsn, end_lsn, ..
+    } = txn[3]
+    else {
         panic!("{txn:?}")
     };
     assert_eq!(commit_lsn, final_lsn);

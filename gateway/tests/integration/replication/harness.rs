@@ -109,7 +109,10 @@ impl Gateway {
                     return (active.version, checkpoint);
                 }
             }
-            assert!(started.elapsed() < TIMEOUT, "no checkpoint at {lsn} within {TIMEOUT:?}");
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "no checkpoint at {lsn} within {TIMEOUT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -151,7 +154,9 @@ pub struct Oracle {
 
 pub fn compile_rules(text: &str) -> SyncRules {
     let result = compile(text, &CompileOptions::default());
-    result.rules.unwrap_or_else(|| panic!("rules compile: {:?}", result.diagnostics))
+    result
+        .rules
+        .unwrap_or_else(|| panic!("rules compile: {:?}", result.diagnostics))
 }
 
 impl Oracle {
@@ -162,7 +167,10 @@ impl Oracle {
         let client = source.connect("oracle").await.expect("connect");
         let mut catalog = Catalog::new(source.connect("oracle catalog").await.expect("connect"));
         let patterns = rules.source_tables();
-        let tables = catalog.publication_tables("powersync").await.expect("publication tables");
+        let tables = catalog
+            .publication_tables("powersync")
+            .await
+            .expect("publication tables");
         let mut buckets: BTreeMap<String, BTreeSet<(String, String, String)>> = BTreeMap::new();
         let mut lookups: HashMap<String, Vec<String>> = HashMap::new();
         let mut scratch = Scratch::default();
@@ -188,18 +196,25 @@ impl Oracle {
             );
             let columns: Vec<String> = layout.columns.iter().map(|c| format!("\"{c}\"")).collect();
             let messages = client
-                .simple_query(&format!("SELECT {} FROM {}", columns.join(", "), layout.table.quoted()))
+                .simple_query(&format!(
+                    "SELECT {} FROM {}",
+                    columns.join(", "),
+                    layout.table.quoted()
+                ))
                 .await
                 .expect("select");
             for message in messages {
-                let tokio_postgres::SimpleQueryMessage::Row(row) = message else { continue };
+                let tokio_postgres::SimpleQueryMessage::Row(row) = message else {
+                    continue;
+                };
                 let values: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
                 let change = mapper.evaluate(&rules, &values, &mut scratch);
                 for p in change.placements.iter().flatten() {
-                    buckets
-                        .entry(p.bucket.as_str().to_owned())
-                        .or_default()
-                        .insert((p.table.clone(), p.id.clone(), p.data.clone()));
+                    buckets.entry(p.bucket.as_str().to_owned()).or_default().insert((
+                        p.table.clone(),
+                        p.id.clone(),
+                        p.data.clone(),
+                    ));
                 }
                 for entry in change.parameters.iter().flatten() {
                     lookups
@@ -222,17 +237,20 @@ impl Oracle {
         let request = ConnectionRequest::new(&payload, &serde_json::json!({}));
         let resolved = self
             .rules
-            .resolve_buckets(&request, |lookups: &[ParameterLookup]| -> Result<_, std::convert::Infallible> {
-                Ok(lookups
-                    .iter()
-                    .map(|l| {
-                        self.lookups
-                            .get(&l.key())
-                            .map(|rows| rows.iter().map(|json| json_values(json)).collect())
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<Vec<Vec<SqliteValue>>>>())
-            })
+            .resolve_buckets(
+                &request,
+                |lookups: &[ParameterLookup]| -> Result<_, std::convert::Infallible> {
+                    Ok(lookups
+                        .iter()
+                        .map(|l| {
+                            self.lookups
+                                .get(&l.key())
+                                .map(|rows| rows.iter().map(|json| json_values(json)).collect())
+                                .unwrap_or_default()
+                        })
+                        .collect::<Vec<Vec<Vec<SqliteValue>>>>())
+                },
+            )
             .expect("resolve buckets");
         resolved
             .into_iter()
@@ -255,13 +273,20 @@ impl Oracle {
 
 /// JSON text re-serialized, so texts that differ only in spacing compare equal.
 pub fn canonical(json: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(json).expect("row json").to_string()
+    serde_json::from_str::<serde_json::Value>(json)
+        .expect("row json")
+        .to_string()
 }
 
 /// A stored parameter row's values (a JSON array) as rule values.
 fn json_values(json: &str) -> Vec<SqliteValue> {
     let parsed: serde_json::Value = serde_json::from_str(json).expect("values json");
-    parsed.as_array().expect("values array").iter().map(SqliteValue::from_json).collect()
+    parsed
+        .as_array()
+        .expect("values array")
+        .iter()
+        .map(SqliteValue::from_json)
+        .collect()
 }
 
 /// Keeps the storage alive for a test's helpers without reopening it.
