@@ -151,8 +151,10 @@ pub async fn serve(
     let mut report = tokio::time::interval(options.report_interval);
     report.tick().await;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut activations = supervisor.active.subscribe();
     loop {
         tokio::select! {
+            _ = activations.changed() => supervisor.remove_retired().await?,
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
                     break;
@@ -340,6 +342,18 @@ impl Supervisor {
                 Err(anyhow::Error::new(error).context(format!("replication of version {version} failed")))
             }
         }
+    }
+
+    /// Removes retired versions nobody replicates any more (one whose slot was lost keeps serving until
+    /// its replacement is active, then lands here). Running ones clean up when their replicator stops.
+    async fn remove_retired(&self) -> anyhow::Result<()> {
+        let versions = self.storage(|s| s.versions()).await?;
+        for version in versions {
+            if version.state == VersionState::Retired && !self.running.contains_key(&version.version) {
+                self.remove_version(version.version).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a non-active version's data and its slot.

@@ -231,12 +231,14 @@ impl SqliteStorage {
 
 /// Applies pending migrations; seeds the sequences when the file is new.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let found: Option<i64> = conn
-        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
-        .optional()?
-        .flatten();
-    let found = found.unwrap_or(0);
+    if stored_format(conn)? == FORMAT_VERSION {
+        return Ok(());
+    }
+    // Re-read under the exclusive lock: another process (or connection) opening the same new file at the
+    // same moment must not run the same migration twice.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let found = stored_format(&tx)?;
     if found > FORMAT_VERSION {
         return Err(StorageError::FormatTooNew {
             found,
@@ -249,16 +251,29 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         .skip(usize::try_from(found).unwrap_or(0))
     {
         let version = i64::try_from(index + 1).expect("a handful of migrations fit i64");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
         tx.execute_batch(sql)?;
         if version == 1 {
             seed_sequences(&tx)?;
         }
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [version])?;
-        tx.commit()?;
     }
+    tx.commit()?;
     Ok(())
+}
+
+/// The file's format version; 0 for a new file.
+fn stored_format(conn: &Connection) -> Result<i64> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    let found: Option<i64> = conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))?;
+    Ok(found.unwrap_or(0))
 }
 
 /// Seeds the storage-wide sequences above anything a client of an earlier, lost storage may hold

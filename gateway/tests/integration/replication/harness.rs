@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use syncgate::replicator::{Catalog, ReplicatorOptions, Scratch, SourceConnection, TableMapper};
@@ -80,6 +79,19 @@ impl Gateway {
                 .expect("serve stops in time")
                 .expect("serve task")
                 .expect("serve ends without error");
+        }
+    }
+
+    /// Waits for serve to end by itself and returns its error (with causes, as the binary prints it).
+    pub async fn expect_error(mut self) -> String {
+        let task = self.task.take().expect("running");
+        let result = tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("serve gives up in time")
+            .expect("serve task");
+        match result {
+            Ok(()) => panic!("serve ended without an error"),
+            Err(error) => format!("{error:#}"),
         }
     }
 
@@ -287,9 +299,4 @@ fn json_values(json: &str) -> Vec<SqliteValue> {
         .iter()
         .map(SqliteValue::from_json)
         .collect()
-}
-
-/// Keeps the storage alive for a test's helpers without reopening it.
-pub fn shared(storage: SqliteStorage) -> Arc<SqliteStorage> {
-    Arc::new(storage)
 }

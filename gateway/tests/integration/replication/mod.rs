@@ -2,7 +2,9 @@
 //! tables and every kind of change; afterwards what each user would sync equals what the rules make
 //! of a direct `SELECT` of the final database.
 
+mod failures;
 mod harness;
+mod versions;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,0 +1,114 @@
+//! Sync-rules changes: a new version builds in the background while the old one serves, then takes
+//! over atomically; the old version's slot and data are removed.
+
+use std::time::{Duration, Instant};
+
+use syncgate::storage::VersionState;
+use syncgate_test_support::shared_cluster;
+
+use super::harness::{Gateway, Oracle, TIMEOUT, fast_options, write_config};
+use super::{RULES, setup};
+
+const NEW_RULES: &str = "bucket_definitions:
+  by_owner:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, name FROM lists WHERE owner_id = bucket.owner
+      - SELECT id, description FROM todos WHERE list_id IN (SELECT id FROM lists WHERE owner_id = bucket.owner)
+";
+
+const SIMPLER_NEW_RULES: &str = "bucket_definitions:
+  by_owner:
+    parameters: SELECT request.user_id() AS owner
+    data:
+      - SELECT id, name FROM lists WHERE owner_id = bucket.owner
+  everything:
+    data:
+      - SELECT id, description FROM todos
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_change_switches_versions_atomically_and_drops_the_old_slot() {
+    let db = shared_cluster().create_database().expect("database");
+    setup(&db);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, RULES, "sg_switch_");
+    let gateway = Gateway::start(&config, fast_options());
+    let (old, _) = gateway.sync_point(&db).await;
+    gateway.stop().await;
+
+    // Invalid new rules are refused at start and the old version is untouched.
+    let broken = write_config(dir.path(), &db, NEW_RULES, "sg_switch_");
+    let error = Gateway::start(&broken, fast_options()).expect_error().await;
+    assert!(error.contains("invalid sync rules"), "{error}");
+
+    let config = write_config(dir.path(), &db, SIMPLER_NEW_RULES, "sg_switch_");
+    let gateway = Gateway::start(&config, fast_options());
+    // Writes while the new version builds reach both.
+    db.psql("INSERT INTO todos VALUES (9001, 'l2', 'during the switch', 'x', false, now())")
+        .expect("write");
+    let started = Instant::now();
+    let mut seen_active = Vec::new();
+    let new = loop {
+        let versions = gateway.versions();
+        let active: Vec<_> = versions
+            .iter()
+            .filter(|(_, s)| *s == VersionState::Active)
+            .map(|(v, _)| *v)
+            .collect();
+        assert_eq!(
+            active.len(),
+            1,
+            "exactly one active version at every moment: {versions:?}"
+        );
+        if seen_active.last() != Some(&active[0]) {
+            seen_active.push(active[0]);
+        }
+        if active[0] != old && versions.len() == 1 {
+            break active[0];
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the new version did not take over: {versions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        seen_active,
+        vec![old, new],
+        "the old version served until the new one took over"
+    );
+    let slots = db
+        .psql(
+            "SELECT string_agg(slot_name, ',') FROM pg_replication_slots WHERE database = current_database()",
+        )
+        .expect("slots");
+    assert_eq!(
+        slots.trim(),
+        format!("sg_switch_{new}"),
+        "the old slot is dropped"
+    );
+
+    gateway.sync_point(&db).await;
+    let oracle = Oracle::from_database(&db, SIMPLER_NEW_RULES).await;
+    for user in ["alice", "bob"] {
+        let report = syncgate::inspect::inspect(
+            &gateway.storage(),
+            &serde_json::json!({"sub": user}),
+            &serde_json::json!({}),
+        )
+        .expect("inspect");
+        assert_eq!(report.version, new.0);
+        let want = oracle.user_buckets(user);
+        assert_eq!(report.buckets.len(), want.len());
+        for bucket in report.buckets {
+            let got: std::collections::BTreeSet<(String, String, String)> = bucket
+                .rows
+                .iter()
+                .map(|r| (r.table.clone(), r.id.clone(), r.data.to_string()))
+                .collect();
+            assert_eq!(got, want[&bucket.bucket], "bucket {}", bucket.bucket);
+        }
+    }
+    gateway.stop().await;
+}
