@@ -272,14 +272,20 @@ fn unknown_and_unimplemented_keys_warn() {
         "{shown}"
     );
 
-    let text = MINIMAL.replace("      uri:", "      slot_name_prefix: x\n      uri:");
+    let text = MINIMAL.replace("      uri:", "      max_pool_size: 4\n      uri:");
     let loaded = f.load(&text).unwrap();
     assert_eq!(loaded.warnings.len(), 1);
     assert!(
         loaded.warnings[0]
             .message
-            .contains("`replication.connections[0].slot_name_prefix`")
+            .contains("`replication.connections[0].max_pool_size`")
     );
+
+    // slot_name_prefix is implemented.
+    let text = MINIMAL.replace("      uri:", "      slot_name_prefix: mine_\n      uri:");
+    let loaded = f.load(&text).unwrap();
+    assert!(loaded.warnings.is_empty());
+    assert_eq!(loaded.config.replication.connection().slot_name_prefix, "mine_");
 }
 
 #[test]
