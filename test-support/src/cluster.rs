@@ -15,9 +15,9 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::TcpListener;
 use std::os::unix::fs::{DirBuilderExt, chown};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Session settings the replication connection sets explicitly (SYNC_RULES.md §8): pgoutput sends
@@ -78,13 +78,43 @@ host    all          all   127.0.0.1/32  trust
 host    replication  all   127.0.0.1/32  trust
 ";
 
+/// [`ClusterOptions::password_auth`]: the superuser keeps trust (the harness's psql), everyone else
+/// needs a password over TCP.
+const PG_HBA_PASSWORD: &str = "\
+local   all          all                     trust
+local   replication  all                     trust
+host    all          postgres  127.0.0.1/32  trust
+host    replication  postgres  127.0.0.1/32  trust
+host    all          all       127.0.0.1/32  scram-sha-256
+host    replication  all       127.0.0.1/32  scram-sha-256
+";
+
+/// How [`PgCluster::start_with`] sets a cluster up beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// postgresql.conf lines appended last, e.g. `wal_level = replica`.
+    pub extra_settings: String,
+    /// Require passwords (scram-sha-256) over TCP for every role except the superuser.
+    pub password_auth: bool,
+}
+
 /// Starts the server, prints its pid, then blocks reading stdin. EOF (the harness dropped the
 /// cluster or its process ended) → immediate shutdown (SIGQUIT), wait, delete the cluster dir.
+/// A line `restart` stops the server with a fast shutdown, starts it again and prints the new pid.
 const WATCHDOG_SCRIPT: &str = r#"
-"$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" </dev/null >>"$PG_LOG" 2>&1 &
-pg=$!
-echo "$pg"
-while read -r _; do :; done
+start() {
+  "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" </dev/null >>"$PG_LOG" 2>&1 &
+  pg=$!
+  echo "$pg"
+}
+start
+while read -r line; do
+  if [ "$line" = restart ]; then
+    kill -INT "$pg" 2>/dev/null
+    wait "$pg"
+    start
+  fi
+done
 kill -QUIT "$pg" 2>/dev/null
 wait "$pg"
 rm -rf "$PG_ROOT"
@@ -132,6 +162,8 @@ pub struct PgCluster {
     watchdog: Child,
     /// Closing this pipe tells the watchdog to stop the server and clean up.
     watchdog_stdin: Option<ChildStdin>,
+    /// Where the watchdog prints the server's pid after a restart.
+    watchdog_stdout: Mutex<Option<BufReader<ChildStdout>>>,
     next_database: AtomicU64,
 }
 
@@ -160,6 +192,12 @@ impl PgCluster {
     /// Initialises and starts a new cluster (PostgreSQL binaries from `$SYNCGATE_PG_BIN`, default
     /// /usr/lib/postgresql/15/bin) and waits until it accepts connections.
     pub fn start() -> Result<PgCluster, HarnessError> {
+        Self::start_with(&ClusterOptions::default())
+    }
+
+    /// Like [`start`](Self::start), with settings appended after the harness's own (so they win) and
+    /// optionally password authentication for every role but the superuser.
+    pub fn start_with(options: &ClusterOptions) -> Result<PgCluster, HarnessError> {
         let bin_dir =
             std::env::var_os("SYNCGATE_PG_BIN").map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from);
         if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
@@ -173,7 +211,7 @@ impl PgCluster {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::try_start(&bin_dir, run_as) {
+            match Self::try_start(&bin_dir, run_as, options) {
                 Err(HarnessError::Start {
                     port_conflict: true, ..
                 }) if attempt < START_ATTEMPTS => continue,
@@ -182,11 +220,15 @@ impl PgCluster {
         }
     }
 
-    fn try_start(bin_dir: &Path, run_as: Option<(u32, u32)>) -> Result<PgCluster, HarnessError> {
+    fn try_start(
+        bin_dir: &Path,
+        run_as: Option<(u32, u32)>,
+        options: &ClusterOptions,
+    ) -> Result<PgCluster, HarnessError> {
         let root = create_cluster_dir(run_as)?;
         let data_dir = root.join("data");
         let log_file = root.join("server.log");
-        if let Err(e) = init_data_dir(bin_dir, &root, &data_dir, run_as) {
+        if let Err(e) = init_data_dir(bin_dir, &root, &data_dir, run_as, options) {
             let _ = fs::remove_dir_all(&root);
             return Err(e);
         }
@@ -218,11 +260,8 @@ impl PgCluster {
             }
         };
         let watchdog_stdin = watchdog.stdin.take();
-        let postmaster_pid = watchdog.stdout.take().and_then(|stdout| {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).ok()?;
-            line.trim().parse::<u32>().ok()
-        });
+        let mut watchdog_stdout = watchdog.stdout.take().map(BufReader::new);
+        let postmaster_pid = watchdog_stdout.as_mut().and_then(read_pid);
         // From here on, dropping `cluster` cleans up whatever happens.
         let cluster = PgCluster {
             bin_dir: bin_dir.to_owned(),
@@ -232,6 +271,7 @@ impl PgCluster {
             port,
             watchdog,
             watchdog_stdin,
+            watchdog_stdout: Mutex::new(watchdog_stdout),
             next_database: AtomicU64::new(1),
         };
         let Some(postmaster_pid) = postmaster_pid else {
@@ -285,6 +325,35 @@ impl PgCluster {
             log: self.log_tail(40),
             port_conflict,
         }
+    }
+
+    /// Restarts the server (fast shutdown: sessions are terminated, as in a real restart) and waits
+    /// until it accepts connections again. Data and port stay the same.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        let mut stdin = self.watchdog_stdin.as_ref().ok_or_else(|| HarnessError::Io {
+            context: "restarting the server".into(),
+            source: std::io::Error::other("the watchdog is gone"),
+        })?;
+        stdin
+            .write_all(b"restart\n")
+            .and_then(|()| stdin.flush())
+            .map_err(io_error("asking the watchdog to restart the server"))?;
+        let pid = self
+            .watchdog_stdout
+            .lock()
+            .map_err(|_| HarnessError::Io {
+                context: "restarting the server".into(),
+                source: std::io::Error::other("a previous restart panicked"),
+            })?
+            .as_mut()
+            .and_then(read_pid);
+        let Some(pid) = pid else {
+            return Err(self.start_error(
+                "the watchdog did not report the restarted server's pid".into(),
+                false,
+            ));
+        };
+        self.wait_until_ready(pid)
     }
 
     /// The TCP port on 127.0.0.1.
@@ -558,6 +627,7 @@ fn init_data_dir(
     root: &Path,
     data_dir: &Path,
     run_as: Option<(u32, u32)>,
+    options: &ClusterOptions,
 ) -> Result<(), HarnessError> {
     let initdb = bin_dir.join("initdb");
     let output = as_user(run_as, &initdb.to_string_lossy())
@@ -575,6 +645,8 @@ fn init_data_dir(
     let conf = data_dir.join("postgresql.conf");
     let mut settings = String::from(CLUSTER_SETTINGS);
     let _ = writeln!(settings, "unix_socket_directories = '{}'", data_dir.display());
+    settings.push_str(&options.extra_settings);
+    settings.push('\n');
     fs::OpenOptions::new()
         .append(true)
         .open(&conf)
@@ -582,7 +654,12 @@ fn init_data_dir(
         .map_err(io_error(format!("writing {}", conf.display())))?;
     // Truncating the existing file keeps its owner (the server's user) and mode.
     let hba = data_dir.join("pg_hba.conf");
-    fs::write(&hba, PG_HBA).map_err(io_error(format!("writing {}", hba.display())))
+    let hba_text = if options.password_auth {
+        PG_HBA_PASSWORD
+    } else {
+        PG_HBA
+    };
+    fs::write(&hba, hba_text).map_err(io_error(format!("writing {}", hba.display())))
 }
 
 /// A port that was free a moment ago (the server may still lose a race for it: retried).
@@ -593,6 +670,12 @@ fn free_port() -> Result<u16, HarnessError> {
         .map_err(io_error("finding a free port"))?
         .port();
     Ok(port)
+}
+
+fn read_pid(stdout: &mut BufReader<ChildStdout>) -> Option<u32> {
+    let mut line = String::new();
+    stdout.read_line(&mut line).ok()?;
+    line.trim().parse::<u32>().ok()
 }
 
 /// Whether a process exists and is not a zombie (the watchdog reaps the server only at the end).

@@ -19,6 +19,6 @@ mod cluster;
 pub mod pgoutput;
 
 pub use cluster::{
-    HarnessError, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, TEST_OS_USER, TestDatabase,
-    shared_cluster,
+    ClusterOptions, HarnessError, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, TEST_OS_USER,
+    TestDatabase, shared_cluster,
 };

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use syncgate_test_support::shared_cluster;
+use syncgate_test_support::{ClusterOptions, PgCluster, shared_cluster};
 
-use super::harness::{Gateway, Oracle, TIMEOUT, fast_options, write_config};
+use super::harness::{Gateway, Oracle, TIMEOUT, fast_options, write_config, write_config_with_uri};
 
 const TODO_RULES: &str = "bucket_definitions:
   global:
@@ -170,5 +170,105 @@ async fn a_slot_dropped_behind_the_gateways_back_is_rebuilt_into_a_new_version()
         )
         .expect("slots");
     assert_eq!(slots.trim(), format!("sg_lost_{second}"));
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_replica_stops_serve_with_the_fix() {
+    let cluster = PgCluster::start_with(&ClusterOptions {
+        extra_settings: "wal_level = replica".into(),
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let db = cluster.create_database().expect("database");
+    db.psql("CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES")
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, TODO_RULES, "sg_wal_");
+    let error = Gateway::start(&config, fast_options()).expect_error().await;
+    assert!(
+        error.contains("wal_level is 'replica'; set wal_level = logical"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_stops_serve_with_the_servers_reason() {
+    let cluster = PgCluster::start_with(&ClusterOptions {
+        password_auth: true,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let db = cluster.create_database().expect("database");
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
+         CREATE ROLE app LOGIN REPLICATION PASSWORD 'right'; GRANT SELECT ON items TO app",
+    )
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = format!("postgresql://app:wrong@{}:{}/{}", db.host(), db.port(), db.name());
+    let config = write_config_with_uri(dir.path(), &uri, TODO_RULES, "sg_pw_");
+    let error = Gateway::start(&config, fast_options()).expect_error().await;
+    assert!(
+        error.contains("password authentication failed for user \"app\""),
+        "{error}"
+    );
+    assert!(
+        !error.contains("wrong"),
+        "the password never appears in errors: {error}"
+    );
+
+    // The right password replicates as the unprivileged role.
+    db.psql("INSERT INTO items VALUES (1, 'one')").expect("row");
+    let uri = format!("postgresql://app:right@{}:{}/{}", db.host(), db.port(), db.name());
+    let config = write_config_with_uri(dir.path(), &uri, TODO_RULES, "sg_pw_");
+    let gateway = Gateway::start(&config, fast_options());
+    gateway.sync_point(&db).await;
+    let report = syncgate::inspect::inspect(
+        &gateway.storage(),
+        &serde_json::json!({"sub": "u"}),
+        &serde_json::json!({}),
+    )
+    .expect("inspect");
+    assert_eq!(report.buckets[0].rows.len(), 1);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_stream_is_survived() {
+    let cluster = PgCluster::start().expect("cluster");
+    let db = cluster.create_database().expect("database");
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 100) i",
+    )
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, TODO_RULES, "sg_restart_");
+    let gateway = Gateway::start(&config, fast_options());
+    let (version, _) = gateway.sync_point(&db).await;
+    db.psql("UPDATE items SET v = 'before restart' WHERE id <= 10")
+        .expect("update");
+    cluster.restart().expect("restart");
+    db.psql("UPDATE items SET v = 'after restart' WHERE id > 90; DELETE FROM items WHERE id = 50")
+        .expect("update after restart");
+    let (after, _) = gateway.sync_point(&db).await;
+    assert_eq!(after, version, "the same version goes on after reconnecting");
+    let oracle = Oracle::from_database(&db, TODO_RULES).await;
+    let report = syncgate::inspect::inspect(
+        &gateway.storage(),
+        &serde_json::json!({"sub": "u"}),
+        &serde_json::json!({}),
+    )
+    .expect("inspect");
+    let got: std::collections::BTreeSet<(String, String, String)> = report.buckets[0]
+        .rows
+        .iter()
+        .map(|r| (r.table.clone(), r.id.clone(), r.data.to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        oracle.user_buckets("u").into_values().next().expect("bucket")
+    );
     gateway.stop().await;
 }

@@ -21,12 +21,22 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// A `serve` run in this process.
 pub struct Gateway {
     pub storage_path: PathBuf,
-    pub config_path: PathBuf,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 pub fn write_config(dir: &Path, db: &TestDatabase, rules: &str, slot_prefix: &str) -> PathBuf {
+    let uri = format!(
+        "postgresql://{}@{}:{}/{}",
+        db.user(),
+        db.host(),
+        db.port(),
+        db.name()
+    );
+    write_config_with_uri(dir, &uri, rules, slot_prefix)
+}
+
+pub fn write_config_with_uri(dir: &Path, uri: &str, rules: &str, slot_prefix: &str) -> PathBuf {
     let mut indented = String::new();
     for line in rules.lines() {
         indented.push_str("    ");
@@ -34,13 +44,9 @@ pub fn write_config(dir: &Path, db: &TestDatabase, rules: &str, slot_prefix: &st
         indented.push('\n');
     }
     let config = format!(
-        "replication:\n  connections:\n    - type: postgresql\n      uri: postgresql://{user}@{host}:{port}/{db}\n      \
+        "replication:\n  connections:\n    - type: postgresql\n      uri: {uri}\n      \
          sslmode: disable\n      slot_name_prefix: {slot_prefix}\nstorage:\n  type: sqlite\n  path: storage.sqlite\n\
          sync_rules:\n  content: |\n{indented}",
-        user = db.user(),
-        host = db.host(),
-        port = db.port(),
-        db = db.name(),
     );
     let path = dir.join("powersync.yaml");
     std::fs::write(&path, config).expect("write config");
@@ -65,7 +71,6 @@ impl Gateway {
         let task = tokio::spawn(serve(config_path.to_path_buf(), options, stop_rx));
         Gateway {
             storage_path: config_path.with_file_name("storage.sqlite"),
-            config_path: config_path.to_path_buf(),
             stop,
             task: Some(task),
         }
