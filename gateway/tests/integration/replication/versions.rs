@@ -112,3 +112,24 @@ async fn a_rules_change_switches_versions_atomically_and_drops_the_old_slot() {
     }
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_slots_with_our_prefix_are_dropped_and_others_kept() {
+    let db = shared_cluster().create_database().expect("database");
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE PUBLICATION powersync FOR ALL TABLES;
+         SELECT pg_create_logical_replication_slot('sg_orphan_12345', 'pgoutput');
+         SELECT pg_create_logical_replication_slot('someone_elses', 'pgoutput')",
+    )
+    .expect("schema and slots");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM items\n";
+    let config = write_config(dir.path(), &db, rules, "sg_orphan_");
+    let gateway = Gateway::start(&config, fast_options());
+    let (version, _) = gateway.sync_point(&db).await;
+    let slots = db
+        .psql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots WHERE database = current_database()")
+        .expect("slots");
+    assert_eq!(slots.trim(), format!("sg_orphan_{version},someone_elses"));
+    gateway.stop().await;
+}
