@@ -80,6 +80,13 @@ fn classify_pg_error(error: &tokio_postgres::Error) -> ErrorKind {
 impl From<pg_walstream::ReplicationError> for SourceError {
     fn from(error: pg_walstream::ReplicationError) -> SourceError {
         let message = error.to_string();
+        // After a crash the old walsender may hold the slot until it notices its client is gone.
+        if message.contains("is active for PID") {
+            return SourceError::Replication {
+                retryable: true,
+                message,
+            };
+        }
         // Server-reported configuration problems are worth a specific category: retrying does not help.
         let configuration = [
             "wal_level",
@@ -111,5 +118,8 @@ mod tests {
             pg_walstream::ReplicationError::protocol("replication slot \"s\" does not exist").into();
         assert_eq!(missing.kind(), ErrorKind::Configuration);
         assert_eq!(SourceError::Protocol("x".into()).kind(), ErrorKind::Fatal);
+        let busy: SourceError =
+            pg_walstream::ReplicationError::protocol("replication slot \"s\" is active for PID 42").into();
+        assert_eq!(busy.kind(), ErrorKind::Retryable);
     }
 }
