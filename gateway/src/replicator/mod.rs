@@ -97,6 +97,9 @@ impl ReplicatorError {
     /// Whether reconnecting may help (a dropped connection, a restarting server, a busy file).
     pub fn is_retryable(&self) -> bool {
         match self {
+            // Any failure of the replication session itself (terminated walsender, dropped socket, server
+            // shutting down) is worth a reconnect: the next attempt re-checks the slot and resumes from storage.
+            ReplicatorError::Source(SourceError::Replication { .. }) => true,
             ReplicatorError::Source(e) => e.kind() == ErrorKind::Retryable,
             ReplicatorError::Storage(e) => e.is_retryable(),
             ReplicatorError::SlotLost { .. } | ReplicatorError::Join(_) => false,

@@ -68,7 +68,14 @@ pub fn fast_options() -> ServeOptions {
 impl Gateway {
     pub fn start(config_path: &Path, options: ServeOptions) -> Gateway {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve(config_path.to_path_buf(), options, stop_rx));
+        let config = config_path.to_path_buf();
+        let task = tokio::spawn(async move {
+            let result = serve(config, options, stop_rx).await;
+            if let Err(error) = &result {
+                eprintln!("serve ended with an error: {error:#}");
+            }
+            result
+        });
         Gateway {
             storage_path: config_path.with_file_name("storage.sqlite"),
             stop,
@@ -83,7 +90,7 @@ impl Gateway {
                 .await
                 .expect("serve stops in time")
                 .expect("serve task")
-                .expect("serve ends without error");
+                .unwrap_or_else(|e| panic!("serve ended with an error: {e:#}"));
         }
     }
 
@@ -147,6 +154,7 @@ impl Gateway {
     }
 
     pub fn versions(&self) -> Vec<(RulesVersion, VersionState)> {
+        self.assert_running();
         self.storage()
             .versions()
             .expect("versions")
