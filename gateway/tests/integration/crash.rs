@@ -384,7 +384,7 @@ fn buckets(conn: &Connection, version: u64) -> Vec<String> {
 }
 
 /// Net rows of every non-empty bucket at the latest checkpoint, as the oracle spells them.
-fn net_state(path: &Path, version: u64) -> BTreeMap<String, BTreeSet<(String, String, String)>> {
+fn net_state(path: &Path, version: u64) -> State {
     let storage = SqliteStorage::open(path).expect("open storage");
     let version = RulesVersion(version);
     let checkpoint = storage
@@ -430,8 +430,11 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     let mut clean = Setup::new(clean_dir.path(), &db, CLEAN_PREFIX);
     eprintln!("setup took {:?}", test_started.elapsed());
 
-    // 1. Snapshot: kill at random moments until the version is active.
+    // 1. Snapshot: kill at random moments until the version is active, while a writer changes rows (the
+    // WAL replayed over the copied chunks).
     let phase = Instant::now();
+    let (stop_writer, writer_stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(snapshot_writer(db.url(), rng.next(), writer_stopped));
     let mut snapshot_kills = 0;
     loop {
         let mut child = crashed.spawn();
@@ -468,8 +471,23 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     }
     eprintln!("snapshot: {snapshot_kills} kills, {:?}", phase.elapsed());
 
-    // 2. Quiescent moment (the gateway is dead): copy storage and slot for the clean run.
+    stop_writer.send_replace(true);
+    let snapshot_writes = writer.await.expect("snapshot writer");
+    eprintln!("snapshot writer: {snapshot_writes} transactions");
+
+    // The snapshot with its replayed WAL equals the rules applied to the database.
+    let marker = emit_marker(&db);
+    let mut child = crashed.spawn();
+    crashed.wait_for(&mut child, marker).await;
+    crashed.kill(&mut child);
     let (version, _) = crashed.active().expect("active version");
+    assert_states_equal(
+        "after the snapshot",
+        &net_state(&crashed.storage, version),
+        &expected_state(&Oracle::from_database(&db, RULES).await),
+    );
+
+    // 2. Quiescent moment (the gateway is dead): copy storage and slot for the clean run.
     for suffix in ["", "-wal"] {
         let from = PathBuf::from(format!("{}{suffix}", crashed.storage.display()));
         if from.exists() {
@@ -534,17 +552,7 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     let crashed_state = net_state(&crashed.storage, version);
     let clean_state = net_state(&clean.storage, version);
     let oracle = Oracle::from_database(&db, RULES).await;
-    let expected: BTreeMap<String, BTreeSet<(String, String, String)>> = oracle
-        .buckets
-        .iter()
-        .map(|(bucket, rows)| {
-            let rows = rows
-                .iter()
-                .map(|(t, i, d)| (t.clone(), i.clone(), canonical(d)))
-                .collect();
-            (bucket.clone(), rows)
-        })
-        .collect();
+    let expected = expected_state(&oracle);
     assert_states_equal("crashed vs clean run", &crashed_state, &clean_state);
     assert_states_equal("crashed run vs the final database", &crashed_state, &expected);
     assert!(expected.len() > 20, "the data fills many buckets");
@@ -617,6 +625,27 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
             })
             .collect()
     };
+    // Nor did a replayed change or re-copied chunk: a row's op never repeats its previous op in the
+    // bucket, and a REMOVE always follows a PUT.
+    let mut previous_op: BTreeMap<(&str, Option<&str>, Option<&str>, Option<&str>), (&str, Option<&str>)> =
+        BTreeMap::new();
+    for op in &all_ops {
+        let key = (op.1.as_str(), op.3.as_deref(), op.4.as_deref(), op.5.as_deref());
+        let this = (op.2.as_str(), op.6.as_deref());
+        let before = previous_op.insert(key, this);
+        assert!(
+            before != Some(this),
+            "op {} repeats the row's previous op: {op:?}",
+            op.0
+        );
+        if this.0 == "REMOVE" {
+            assert!(
+                before.is_some_and(|b| b.0 == "PUT"),
+                "op {} removes a row not put before: {op:?}",
+                op.0
+            );
+        }
+    }
     let crashed_producing = producing(history);
     let clean_producing = producing(checkpoints(&clean_conn, version));
     assert_eq!(
@@ -696,7 +725,19 @@ async fn sigkill_between_creating_the_slot_and_recording_it_recovers() {
     gateway.wait_for(&mut child, marker).await;
     gateway.kill(&mut child);
     let oracle = Oracle::from_database(&db, RULES).await;
-    let expected: BTreeMap<String, BTreeSet<(String, String, String)>> = oracle
+    let expected = expected_state(&oracle);
+    assert_states_equal(
+        "after the restart",
+        &net_state(&gateway.storage, version.0),
+        &expected,
+    );
+}
+
+type State = BTreeMap<String, BTreeSet<(String, String, String)>>;
+
+/// The oracle's buckets as `net_state` spells them (non-empty buckets, canonical JSON).
+fn expected_state(oracle: &Oracle) -> State {
+    oracle
         .buckets
         .iter()
         .map(|(bucket, rows)| {
@@ -706,10 +747,53 @@ async fn sigkill_between_creating_the_slot_and_recording_it_recovers() {
                 .collect();
             (bucket.clone(), rows)
         })
-        .collect();
-    assert_states_equal(
-        "after the restart",
-        &net_state(&gateway.storage, version.0),
-        &expected,
-    );
+        .collect()
+}
+
+/// Small transactions while the snapshot runs, until `stop`: updates of copied rows, parameter changes,
+/// and inserts and deletes in an id range of its own (the streaming workload keeps its ids).
+async fn snapshot_writer(db_url: String, seed: u64, mut stop: tokio::sync::watch::Receiver<bool>) -> usize {
+    let (client, connection) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+        .await
+        .expect("writer connection");
+    tokio::spawn(connection);
+    let mut rng = Rng::new(seed);
+    let first = 10_000_000;
+    let mut inserted = Vec::new();
+    let mut count = 0;
+    while !*stop.borrow() {
+        let sql = match rng.below(5) {
+            0 => format!(
+                "UPDATE todos SET description = 'snap {count}', done = NOT done WHERE id = {}",
+                1 + rng.below(INITIAL_TODOS)
+            ),
+            1 => format!(
+                "UPDATE lists SET owner_id = 'u{}' WHERE id = 'l{}'",
+                rng.below(USERS + 2),
+                rng.below(LISTS)
+            ),
+            2 if !inserted.is_empty() => {
+                let at = rng.below(inserted.len() as u64) as usize;
+                format!("DELETE FROM todos WHERE id = {}", inserted.swap_remove(at))
+            }
+            _ => {
+                let id = first + count as u64;
+                inserted.push(id);
+                format!(
+                    "INSERT INTO todos VALUES ({id}, 'l{}', 'during snapshot', false, 0)",
+                    rng.below(LISTS)
+                )
+            }
+        };
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        count += 1;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    count
 }
