@@ -79,6 +79,10 @@ impl Rng {
         self.next() % n
     }
 
+    fn index(&mut self, len: usize) -> usize {
+        usize::try_from(self.below(u64::try_from(len).expect("len"))).expect("index")
+    }
+
     fn millis(&mut self, low: u64, high: u64) -> Duration {
         Duration::from_millis(low + self.below(high - low))
     }
@@ -154,7 +158,10 @@ impl Setup {
                 let version: i64 = r.get(0)?;
                 let lsn: Option<i64> = r.get(1)?;
                 let op: i64 = r.get(2)?;
-                Ok((version as u64, lsn.map(|l| (l as u64, op as u64))))
+                Ok((
+                    version.cast_unsigned(),
+                    lsn.map(|l| (l.cast_unsigned(), op.cast_unsigned())),
+                ))
             },
         )
         .ok()
@@ -167,7 +174,7 @@ impl Setup {
         }
         open_ro(&self.storage)
             .query_row("SELECT count(*) FROM ops", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
+            .map(i64::cast_unsigned)
             .unwrap_or(0)
     }
 
@@ -256,17 +263,17 @@ async fn workload(db_url: String, seed: u64) -> usize {
                     )
                 }
                 3 | 4 => {
-                    let id = todos[rng.below(todos.len() as u64) as usize];
+                    let id = todos[rng.index(todos.len())];
                     format!("UPDATE todos SET description = 'edit {i}', done = NOT done WHERE id = {id}")
                 }
                 5 => {
-                    let at = rng.below(todos.len() as u64) as usize;
+                    let at = rng.index(todos.len());
                     let id = todos.swap_remove(at);
                     format!("DELETE FROM todos WHERE id = {id}")
                 }
                 6 => {
                     // Primary-key change.
-                    let at = rng.below(todos.len() as u64) as usize;
+                    let at = rng.index(todos.len());
                     let old = todos[at];
                     todos[at] = next_todo;
                     next_todo += 1;
@@ -289,15 +296,15 @@ async fn workload(db_url: String, seed: u64) -> usize {
                 }
                 8 if !docs.is_empty() => {
                     // Leaves the TOASTed column unchanged.
-                    let id = docs[rng.below(docs.len() as u64) as usize];
+                    let id = docs[rng.index(docs.len())];
                     format!("UPDATE docs SET title = 'title {i}', org_id = 'o{org}' WHERE id = {id}")
                 }
                 9 if !docs.is_empty() => {
-                    let id = docs[rng.below(docs.len() as u64) as usize];
+                    let id = docs[rng.index(docs.len())];
                     format!("UPDATE docs SET big = repeat(md5('{i}'), 120) WHERE id = {id}")
                 }
                 10 if !docs.is_empty() => {
-                    let at = rng.below(docs.len() as u64) as usize;
+                    let at = rng.index(docs.len());
                     let id = docs.swap_remove(at);
                     format!("DELETE FROM docs WHERE id = {id}")
                 }
@@ -341,7 +348,7 @@ fn ops_after(conn: &Connection, version: u64, after: u64) -> Vec<OpRow> {
         )
         .expect("prepare ops");
     statement
-        .query_map([version as i64, after as i64], |r| {
+        .query_map([version.cast_signed(), after.cast_signed()], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -364,8 +371,11 @@ fn checkpoints(conn: &Connection, version: u64) -> Vec<(u64, u64)> {
         .prepare("SELECT lsn, op_id FROM checkpoints WHERE version = ?1 ORDER BY lsn")
         .expect("prepare checkpoints");
     statement
-        .query_map([version as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        .query_map([version.cast_signed()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.cast_unsigned(),
+                r.get::<_, i64>(1)?.cast_unsigned(),
+            ))
         })
         .expect("query checkpoints")
         .collect::<Result<_, _>>()
@@ -377,7 +387,7 @@ fn buckets(conn: &Connection, version: u64) -> Vec<String> {
         .prepare("SELECT DISTINCT bucket FROM ops WHERE version = ?1 ORDER BY bucket")
         .expect("prepare buckets");
     statement
-        .query_map([version as i64], |r| r.get(0))
+        .query_map([version.cast_signed()], |r| r.get(0))
         .expect("query buckets")
         .collect::<Result<_, _>>()
         .expect("read buckets")
@@ -416,9 +426,9 @@ fn net_state(path: &Path, version: u64) -> State {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     let test_started = Instant::now();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| {
+        d.as_secs().wrapping_mul(1_000_000_007) ^ u64::from(d.subsec_nanos())
+    });
     eprintln!("crash test seed {seed}");
     let mut rng = Rng::new(seed);
 
@@ -502,10 +512,11 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
         let conn = open_ro(&clean.storage);
         conn.query_row(
             "SELECT coalesce(max(op_id), 0) FROM ops WHERE version = ?1",
-            [version as i64],
+            [version.cast_signed()],
             |r| r.get::<_, i64>(0),
         )
-        .expect("last op") as u64
+        .expect("last op")
+        .cast_unsigned()
     };
 
     // 3. Streaming: the workload runs while the gateway is killed and restarted.
@@ -586,7 +597,10 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     let mut sums: BTreeMap<&str, (u32, u64)> = BTreeMap::new();
     for op in &all_ops {
         let entry = sums.entry(op.1.as_str()).or_default();
-        entry.0 = entry.0.wrapping_add(op.7 as u32);
+        // Stored as the u32 in an integer.
+        entry.0 = entry
+            .0
+            .wrapping_add(u32::try_from(op.7).expect("checksum is a u32"));
         entry.1 += 1;
     }
     for summary in &summaries {
@@ -608,7 +622,7 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
             "op ids go back between checkpoints {pair:?}"
         );
     }
-    let last_op = all_ops.last().map_or(0, |op| op.0 as u64);
+    let last_op = all_ops.last().map_or(0, |op| op.0.cast_unsigned());
     assert_eq!(
         last_op,
         checkpoint.op_id.get(),
@@ -627,8 +641,9 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     };
     // Nor did a replayed change or re-copied chunk: a row's op never repeats its previous op in the
     // bucket, and a REMOVE always follows a PUT.
-    let mut previous_op: BTreeMap<(&str, Option<&str>, Option<&str>, Option<&str>), (&str, Option<&str>)> =
-        BTreeMap::new();
+    // (bucket, object_type, object_id, subkey) -> (op, data)
+    type RowInBucket<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let mut previous_op: BTreeMap<RowInBucket<'_>, (&str, Option<&str>)> = BTreeMap::new();
     for op in &all_ops {
         let key = (op.1.as_str(), op.3.as_deref(), op.4.as_deref(), op.5.as_deref());
         let this = (op.2.as_str(), op.6.as_deref());
@@ -773,11 +788,11 @@ async fn snapshot_writer(db_url: String, seed: u64, mut stop: tokio::sync::watch
                 rng.below(LISTS)
             ),
             2 if !inserted.is_empty() => {
-                let at = rng.below(inserted.len() as u64) as usize;
+                let at = rng.index(inserted.len());
                 format!("DELETE FROM todos WHERE id = {}", inserted.swap_remove(at))
             }
             _ => {
-                let id = first + count as u64;
+                let id = first + u64::try_from(count).expect("count");
                 inserted.push(id);
                 format!(
                     "INSERT INTO todos VALUES ({id}, 'l{}', 'during snapshot', false, 0)",

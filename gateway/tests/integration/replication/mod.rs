@@ -2,6 +2,10 @@
 //! tables and every kind of change; afterwards what each user would sync equals what the rules make
 //! of a direct `SELECT` of the final database.
 
+#[allow(
+    dead_code,
+    reason = "shared by several test modules; not each uses every helper"
+)]
 pub mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
