@@ -812,3 +812,72 @@ async fn snapshot_writer(db_url: String, seed: u64, mut stop: tokio::sync::watch
     }
     count
 }
+
+/// A restart while the killed run's walsender still holds the slot (it lets go once it notices the closed
+/// connection, which may take a while on a busy server): held here by `pg_recvlogical` for a moment.
+/// The gateway must wait for the slot, not give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_while_the_slot_is_still_held_waits_for_it() {
+    let db = shared_cluster().create_database().expect("database");
+    setup_database(&db, 1000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gateway = Setup::new(dir.path(), &db, "sgslotheld");
+    let marker = emit_marker(&db);
+    let mut child = gateway.spawn();
+    gateway.wait_for(&mut child, marker).await;
+    gateway.kill(&mut child);
+    let (version, _) = gateway.active().expect("active version");
+    let slot = format!("sgslotheld{version}");
+
+    let recvlogical = std::env::var_os("SYNCGATE_PG_BIN")
+        .map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
+        .join("pg_recvlogical");
+    let mut holder = Command::new(recvlogical)
+        .args([
+            "-d",
+            &db.url_without_session_options(),
+            "-S",
+            &slot,
+            "--start",
+            "--no-loop",
+        ])
+        .args([
+            "-f",
+            "/dev/null",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=powersync",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pg_recvlogical");
+    let held = Instant::now();
+    while db
+        .psql(&format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .expect("slot status")
+        .trim()
+        != "t"
+    {
+        assert!(held.elapsed() < TIMEOUT, "pg_recvlogical never took the slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    db.psql("INSERT INTO todos VALUES (99999, 'l1', 'while held', false, 0)")
+        .expect("insert");
+    let marker = emit_marker(&db);
+    let mut child = gateway.spawn();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.kill().expect("kill pg_recvlogical");
+    holder.wait().expect("wait pg_recvlogical");
+    gateway.wait_for(&mut child, marker).await;
+    gateway.kill(&mut child);
+    let oracle = Oracle::from_database(&db, RULES).await;
+    assert_states_equal(
+        "after the wait",
+        &net_state(&gateway.storage, version),
+        &expected_state(&oracle),
+    );
+}
