@@ -163,6 +163,18 @@ fn init_tracing() {
         .try_init();
 }
 
+/// `SYNCGATE_SNAPSHOT_CHUNK_ROWS`: rows per initial-snapshot chunk (one storage commit each); unset or
+/// empty keeps the default.
+fn snapshot_chunk_rows() -> anyhow::Result<Option<usize>> {
+    match std::env::var("SYNCGATE_SNAPSHOT_CHUNK_ROWS") {
+        Ok(text) if !text.is_empty() => match text.parse::<usize>() {
+            Ok(rows) if rows > 0 => Ok(Some(rows)),
+            _ => anyhow::bail!("SYNCGATE_SNAPSHOT_CHUNK_ROWS must be a positive integer, not {text:?}"),
+        },
+        _ => Ok(None),
+    }
+}
+
 fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -182,7 +194,11 @@ fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
             }
             shutdown_tx.send_replace(true);
         });
-        match serve::serve(config, serve::ServeOptions::default(), shutdown_rx).await {
+        let mut options = serve::ServeOptions::default();
+        if let Some(rows) = snapshot_chunk_rows()? {
+            options.replicator.snapshot_chunk_rows = rows;
+        }
+        match serve::serve(config, options, shutdown_rx).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {
                 tracing::error!("{error:#}");

@@ -214,6 +214,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             let mut chunk_lsn = Lsn::ZERO;
             let reader = match &state.slot_name {
                 None => {
+                    self.drop_unrecorded_slot(&catalog, &slot).await?;
                     let mut replication = WalstreamClient::connect(&self.source.conninfo).await?;
                     let created = replication.create_slot(&slot).await?;
                     // Import before anything else runs on the replication session (the snapshot dies then).
@@ -264,6 +265,31 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             }
         };
         self.stream(client, catalog, &state).await
+    }
+
+    /// Drops the version's slot if it exists although storage never recorded it: a run was killed between
+    /// creating it and recording it. Its exported snapshot died with that run, so nothing can resume from
+    /// it, and creating the slot again would fail forever with "already exists".
+    async fn drop_unrecorded_slot(&self, catalog: &Catalog, slot: &str) -> Result<()> {
+        // The killed run's walsender may hold the slot until it notices the closed connection.
+        for _ in 0..50 {
+            match catalog.slot_status(slot).await? {
+                None => return Ok(()),
+                Some(status) if !status.active => {
+                    warn!(
+                        slot,
+                        "dropping a replication slot that an interrupted run created but never recorded"
+                    );
+                    return Ok(catalog.drop_slot(slot).await?);
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        Err(SourceError::Replication {
+            message: format!("replication slot {slot} is in use by another process"),
+            retryable: true,
+        }
+        .into())
     }
 
     /// Fails with [`ReplicatorError::SlotLost`] if the slot is gone or invalidated.

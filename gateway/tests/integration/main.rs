@@ -2,5 +2,6 @@
 
 mod cli;
 mod config;
+mod crash;
 mod replication;
 mod source;

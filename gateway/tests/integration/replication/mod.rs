@@ -3,7 +3,11 @@
 //! of a direct `SELECT` of the final database.
 
 mod failures;
-mod harness;
+#[allow(
+    dead_code,
+    reason = "shared by several test modules; not each uses every helper"
+)]
+pub mod harness;
 mod versions;
 
 use std::collections::{BTreeMap, BTreeSet};
