@@ -153,6 +153,29 @@ impl Gateway {
         self.wait_for_lsn(lsn).await
     }
 
+    /// What `inspect` reports for `user` at the latest checkpoint, as bucket → (table, id, data) rows:
+    /// the shape of [`Oracle::user_buckets`].
+    pub fn user_buckets(&self, user: &str) -> BTreeMap<String, BTreeSet<(String, String, String)>> {
+        let report = syncgate::inspect::inspect(
+            &self.storage(),
+            &serde_json::json!({ "sub": user }),
+            &serde_json::json!({}),
+        )
+        .expect("inspect");
+        report
+            .buckets
+            .into_iter()
+            .map(|b| {
+                let rows = b
+                    .rows
+                    .into_iter()
+                    .map(|r| (r.table, r.id, r.data.to_string()))
+                    .collect();
+                (b.bucket, rows)
+            })
+            .collect()
+    }
+
     pub fn versions(&self) -> Vec<(RulesVersion, VersionState)> {
         self.assert_running();
         self.storage()

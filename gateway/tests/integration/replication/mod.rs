@@ -10,8 +10,6 @@ mod failures;
 pub mod harness;
 mod versions;
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use harness::{Gateway, Oracle, fast_options, write_config};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
@@ -129,33 +127,10 @@ pub fn setup(db: &TestDatabase) {
     db.psql(INITIAL_DATA).expect("initial data");
 }
 
-/// What `inspect` reports for `user`, as bucket → rows.
-fn actual(gateway: &Gateway, user: &str) -> BTreeMap<String, BTreeSet<(String, String, String)>> {
-    let storage = gateway.storage();
-    let report = syncgate::inspect::inspect(
-        &storage,
-        &serde_json::json!({ "sub": user }),
-        &serde_json::json!({}),
-    )
-    .expect("inspect");
-    report
-        .buckets
-        .into_iter()
-        .map(|b| {
-            let rows = b
-                .rows
-                .into_iter()
-                .map(|r| (r.table, r.id, r.data.to_string()))
-                .collect();
-            (b.bucket, rows)
-        })
-        .collect()
-}
-
 fn assert_users_match(gateway: &Gateway, oracle: &Oracle, users: &[&str]) {
     for user in users {
         let want = oracle.user_buckets(user);
-        let got = actual(gateway, user);
+        let got = gateway.user_buckets(user);
         assert_eq!(
             got.keys().collect::<Vec<_>>(),
             want.keys().collect::<Vec<_>>(),
@@ -203,7 +178,7 @@ async fn snapshot_and_streaming_equal_the_rules_applied_to_the_final_database() 
 
     // The oracle comparison covers it, but make sure the workload hit the unchanged-TOAST paths: the
     // row whose key changed kept its out-of-line value.
-    let alice = actual(&gateway, "alice");
+    let alice = gateway.user_buckets("alice");
     let moved = alice
         .values()
         .flatten()
