@@ -21,11 +21,12 @@ pub enum SourceError {
     #[error("replication connection: {message}")]
     Replication { message: String, retryable: bool },
 
-    #[error("source query failed ({context}): {source}")]
+    /// The server's message is part of the text (tokio-postgres shows only "db error" and keeps the
+    /// detail in its source), so logs and `{error}` alone say what went wrong.
+    #[error("source query failed ({context}): {}", with_causes(error))]
     Query {
         context: String,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 
     /// A pgoutput message we cannot interpret (for example a change for a relation never described).
@@ -43,7 +44,7 @@ impl SourceError {
             SourceError::Configuration(_) => ErrorKind::Configuration,
             SourceError::Replication { retryable: true, .. } => ErrorKind::Retryable,
             SourceError::Replication { retryable: false, .. } => ErrorKind::Fatal,
-            SourceError::Query { source, .. } => classify_pg_error(source),
+            SourceError::Query { error, .. } => classify_pg_error(error),
             SourceError::Protocol(_) | SourceError::Usage(_) => ErrorKind::Fatal,
         }
     }
@@ -54,8 +55,23 @@ impl SourceError {
 
     pub(crate) fn query(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SourceError {
         let context = context.into();
-        move |source| SourceError::Query { context, source }
+        move |error| SourceError::Query { context, error }
     }
+}
+
+/// An error and its causes, `: `-separated, each cause only when it adds text.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let more = next.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = next.source();
+    }
+    text
 }
 
 /// Connection-level failures and server shutdowns are worth retrying; privilege and missing-object
