@@ -95,7 +95,12 @@ struct Running {
     active: watch::Receiver<Option<RulesVersion>>,
 }
 
-fn start(storage: &Arc<SqliteStorage>, version: RulesVersion, db: &TestDatabase, rules: &Arc<SyncRules>) -> Running {
+fn start(
+    storage: &Arc<SqliteStorage>,
+    version: RulesVersion,
+    db: &TestDatabase,
+    rules: &Arc<SyncRules>,
+) -> Running {
     let (stop, stop_rx) = watch::channel(false);
     let (active_tx, active) = watch::channel(None);
     let metrics = Arc::new(ReplicationMetrics::default());
@@ -159,13 +164,19 @@ async fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter argument that names nothing here skips the run.
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"replication".contains(a.as_str())) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"replication".contains(a.as_str()))
+    {
         return;
     }
     let rows = env_u64("BENCH_ROWS", 1_000_000);
     let txns = env_u64("BENCH_TXNS", 1_000);
     let txn_rows = TXN_UPDATES + TXN_INSERTS + TXN_DELETES;
-    assert!(txns * TXN_UPDATES <= rows && rows >= TXN_DELETES, "workload needs more rows");
+    assert!(
+        txns * TXN_UPDATES <= rows && rows >= TXN_DELETES,
+        "workload needs more rows"
+    );
 
     let cluster = PgCluster::start().expect("start Postgres");
     let db = cluster.create_database().expect("create database");

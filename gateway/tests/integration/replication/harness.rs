@@ -21,6 +21,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// A `serve` run in this process.
 pub struct Gateway {
     pub storage_path: PathBuf,
+    #[allow(dead_code)] // kept for tests that rewrite the config
     pub config_path: PathBuf,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
