@@ -43,8 +43,8 @@ use crate::source::{
     SourceEvent, StartOptions, StreamItem, TableLayout, TableName, WalstreamClient, table_layout,
 };
 use crate::storage::{
-    BucketStorage, ReplicationState, RowChange, RulesVersion, SourceRowKey, SourceTransaction, StorageError,
-    TableSnapshot,
+    BucketStorage, Checkpoint, ReplicationState, RowChange, RulesVersion, SourceRowKey, SourceTransaction,
+    StorageError, TableSnapshot,
 };
 
 /// Tunables of one version's replication.
@@ -552,11 +552,21 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 .filter(|_| stream.open.is_none())
                 .map(|since| since + self.options.max_batch_delay);
             let wake = flush_due.unwrap_or(next_slot_check).min(next_slot_check);
+            let inflight_done = async {
+                match stream.inflight.as_mut() {
+                    Some(inflight) => (&mut inflight.task).await,
+                    None => std::future::pending().await,
+                }
+            };
             let item = tokio::select! {
                 item = client.next() => item?,
+                result = inflight_done => {
+                    self.finish_inflight(&mut client, &mut stream, result).await?;
+                    continue;
+                }
                 () = tokio::time::sleep_until(wake) => {
                     if flush_due.is_some_and(|due| Instant::now() >= due) {
-                        self.flush(&mut client, &mut stream).await?;
+                        self.start_flush(&mut client, &mut stream).await?;
                     }
                     if Instant::now() >= next_slot_check {
                         self.check_slot(&catalog, &slot).await?;
@@ -640,7 +650,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 stream.pending_since.get_or_insert_with(Instant::now);
                 self.metrics.received(end_lsn);
                 if stream.pending_changes >= self.options.max_batch_changes {
-                    self.flush(client, stream).await?;
+                    self.start_flush(client, stream).await?;
                 }
             }
             SourceEvent::Relation(relation) => {
@@ -671,6 +681,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 }
             }
             SourceEvent::Truncate { relations } => {
+                // The stored keys read below must include the batch being written.
+                self.wait_inflight(client, stream).await?;
                 for relation in relations {
                     let mapper = mapper_of(mappers, relation.oid)?;
                     if !mapper.is_relevant() {
@@ -747,7 +759,13 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         };
         let merged: Vec<Option<String>>;
         let values: Vec<Option<&str>> = if new.iter().any(|v| matches!(v, ColumnValue::UnchangedToast)) {
-            let stored = match stream.overlay.get(&old_key) {
+            let pending = stream.overlay.get(&old_key).or_else(|| {
+                stream
+                    .inflight
+                    .as_ref()
+                    .and_then(|inflight| inflight.overlay.get(&old_key))
+            });
+            let stored = match pending {
                 Some(OverlayRow::Present(row)) => row.clone(),
                 Some(OverlayRow::Deleted) => None,
                 None => {
@@ -787,35 +805,73 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
 
     /// Applies the pending transactions in one storage commit, then confirms their last LSN.
     async fn flush(&self, client: &mut WalstreamClient, stream: &mut StreamState) -> Result<()> {
+        self.start_flush(client, stream).await?;
+        self.wait_inflight(client, stream).await
+    }
+
+    /// Starts writing the pending transactions in the background (after the previous batch is done), so
+    /// the next batch is received and evaluated while this one is written.
+    async fn start_flush(&self, client: &mut WalstreamClient, stream: &mut StreamState) -> Result<()> {
         if stream.pending.is_empty() {
             return Ok(());
         }
+        self.wait_inflight(client, stream).await?;
         let txns = std::mem::take(&mut stream.pending);
         let rows = u64::try_from(stream.pending_changes).unwrap_or(u64::MAX);
         let count = u64::try_from(txns.len()).unwrap_or(u64::MAX);
         let last_lsn = txns.last().map_or(Lsn::ZERO, |t| t.commit_lsn);
-        let started = Instant::now();
-        let checkpoint = {
-            let storage = Arc::clone(&self.storage);
-            let version = self.version;
-            tokio::task::spawn_blocking(move || storage.apply_batch(version, &txns)).await??
-        };
-        let ack = stream.pending_ack;
-        client.ack(ack).await?;
-        self.metrics
-            .applied(ack, stream.pending_commit_time.take(), rows, count);
-        debug!(
-            version = %self.version,
-            transactions = count,
+        let storage = Arc::clone(&self.storage);
+        let version = self.version;
+        stream.inflight = Some(Inflight {
+            task: tokio::task::spawn_blocking(move || storage.apply_batch(version, &txns)),
+            ack: stream.pending_ack,
+            commit_time: stream.pending_commit_time.take(),
             rows,
-            %last_lsn,
-            op_id = ?checkpoint.map(|c| c.op_id),
-            millis = started.elapsed().as_millis(),
-            "applied batch"
-        );
+            count,
+            last_lsn,
+            started: Instant::now(),
+            overlay: std::mem::take(&mut stream.overlay),
+        });
         stream.pending_changes = 0;
         stream.pending_since = None;
-        stream.overlay.clear();
+        Ok(())
+    }
+
+    /// Waits for the batch being written, if any, and confirms it.
+    async fn wait_inflight(&self, client: &mut WalstreamClient, stream: &mut StreamState) -> Result<()> {
+        let Some(inflight) = stream.inflight.as_mut() else {
+            return Ok(());
+        };
+        let result = (&mut inflight.task).await;
+        self.finish_inflight(client, stream, result).await
+    }
+
+    /// Confirms a written batch to the server and in the metrics.
+    async fn finish_inflight(
+        &self,
+        client: &mut WalstreamClient,
+        stream: &mut StreamState,
+        result: std::result::Result<
+            std::result::Result<Option<Checkpoint>, StorageError>,
+            tokio::task::JoinError,
+        >,
+    ) -> Result<()> {
+        let Some(inflight) = stream.inflight.take() else {
+            return Ok(());
+        };
+        let checkpoint = result??;
+        client.ack(inflight.ack).await?;
+        self.metrics
+            .applied(inflight.ack, inflight.commit_time, inflight.rows, inflight.count);
+        debug!(
+            version = %self.version,
+            transactions = inflight.count,
+            rows = inflight.rows,
+            last_lsn = %inflight.last_lsn,
+            op_id = ?checkpoint.map(|c| c.op_id),
+            millis = inflight.started.elapsed().as_millis(),
+            "applied batch"
+        );
         self.activate_if_caught_up(stream).await
     }
 
@@ -874,6 +930,21 @@ struct OpenTransaction {
     changes: Vec<RowChange>,
 }
 
+/// A batch being written to storage.
+#[derive(Debug)]
+struct Inflight {
+    task: tokio::task::JoinHandle<Result<Option<Checkpoint>, StorageError>>,
+    /// Confirmed to the server once the batch is durable.
+    ack: Lsn,
+    commit_time: Option<i64>,
+    rows: u64,
+    count: u64,
+    last_lsn: Lsn,
+    started: Instant,
+    /// The batch's source rows, newer than storage's until it commits.
+    overlay: HashMap<SourceRowKey, OverlayRow>,
+}
+
 /// Streaming bookkeeping between storage commits.
 #[derive(Debug, Default)]
 struct StreamState {
@@ -884,8 +955,10 @@ struct StreamState {
     pending_ack: Lsn,
     pending_commit_time: Option<i64>,
     pending_since: Option<Instant>,
-    /// Source rows written by pending and open transactions, newer than storage's.
+    /// Source rows written by pending and open transactions, newer than storage's and the in-flight
+    /// batch's.
     overlay: HashMap<SourceRowKey, OverlayRow>,
+    inflight: Option<Inflight>,
     /// The version may become active once streaming passes this LSN.
     done_lsn: Lsn,
     activated: bool,

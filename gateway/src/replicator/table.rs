@@ -24,6 +24,22 @@ const FIXED_LENGTH_TYPES: &[u32] = &[
     16, 18, 20, 21, 23, 26, 700, 701, 790, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 3220,
 ];
 
+/// Varlena types whose stored size is at most their text's length plus a few header bytes (text-like,
+/// `numeric`, `bytea` whose hex text is twice its size, `json` stored as its text).
+const TEXT_BOUNDED_TYPES: &[u32] = &[17, 25, 114, 1042, 1043, 1700];
+
+/// Postgres moves values out of line only when a row version is longer than `TOAST_TUPLE_THRESHOLD`
+/// (2,032 bytes with 8 kB pages; `toast_tuple_target` changes the size it shrinks to, not this trigger).
+/// A row estimated below this bound therefore has no TOASTed value, and an UPDATE of it never reports
+/// one unchanged: its source row need not be stored. The margin covers page-size rounding.
+const SMALL_ROW_BOUND: usize = 1_900;
+
+/// Upper bound of one fixed-length column's stored size, alignment padding included.
+const FIXED_COLUMN_BOUND: usize = 24;
+
+/// Tuple header and null bitmap, generously.
+const ROW_HEADER_BOUND: usize = 64;
+
 /// Custom types already reported as synced by their text, so each is logged once per process.
 static REPORTED_TYPES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
@@ -40,6 +56,9 @@ pub struct TableMapper {
     pub identity: Vec<usize>,
     /// Columns whose values are stored with the row for unchanged-TOAST merges.
     pub kept: Vec<bool>,
+    /// Per column: whether its stored size is bounded by its text (fixed-length or text-like), so a
+    /// row's stored size can be bounded; `None` when some column is not (then rows are always kept).
+    size_bounded: Option<Vec<bool>>,
 }
 
 impl TableMapper {
@@ -61,6 +80,18 @@ impl TableMapper {
             .iter()
             .map(|oid| !FIXED_LENGTH_TYPES.contains(oid))
             .collect();
+        let size_bounded = type_oids
+            .iter()
+            .map(|oid| {
+                if FIXED_LENGTH_TYPES.contains(oid) {
+                    Some(false)
+                } else if TEXT_BOUNDED_TYPES.contains(oid) {
+                    Some(true)
+                } else {
+                    None
+                }
+            })
+            .collect();
         TableMapper {
             storage_name: format!("{}.{}", name.schema, name.name),
             name,
@@ -69,7 +100,28 @@ impl TableMapper {
             types,
             identity,
             kept,
+            size_bounded,
         }
+    }
+
+    /// Whether the row is certainly too small for Postgres to have stored any of its values out of line.
+    fn is_small_row(&self, values: &[Option<&str>]) -> bool {
+        let Some(bounded) = &self.size_bounded else {
+            return false;
+        };
+        let mut size = ROW_HEADER_BOUND;
+        for (i, &text_bounded) in bounded.iter().enumerate() {
+            size += if text_bounded {
+                // A varlena header of up to 4 bytes, numeric's own header and alignment.
+                values.get(i).copied().flatten().map_or(0, str::len) + FIXED_COLUMN_BOUND
+            } else {
+                FIXED_COLUMN_BOUND
+            };
+            if size >= SMALL_ROW_BOUND {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether any data or parameter query reads this table; rows of other tables are ignored.
@@ -104,12 +156,13 @@ impl TableMapper {
     }
 
     /// The kept columns of a row, encoded for storage (a JSON object of Postgres texts), or `None` when
-    /// the table has no column that can be TOASTed.
+    /// the table has no column that can be TOASTed or the row is too small to have TOASTed values.
     pub fn encode_source_row(&self, values: &[Option<&str>]) -> Option<String> {
-        if !self.kept.iter().any(|&k| k) {
+        if !self.kept.iter().any(|&k| k) || self.is_small_row(values) {
             return None;
         }
-        let mut out = String::from("{");
+        let mut out = String::with_capacity(256);
+        out.push('{');
         let mut first = true;
         for (i, column) in self.columns.iter().enumerate() {
             if !self.kept[i] {
@@ -191,9 +244,33 @@ pub fn decode_source_row(encoded: &str) -> Vec<(String, Option<String>)> {
     }
 }
 
+/// Appends `text` as a JSON string, escaping as serde_json does, without an intermediate value.
 fn push_json_string(out: &mut String, text: &str) {
-    let quoted = serde_json::Value::String(text.to_owned()).to_string();
-    out.push_str(&quoted);
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{byte:04x}"));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
 }
 
 /// Logs once per type that values of an unknown type are synced as their Postgres text.
@@ -240,6 +317,45 @@ mod tests {
         let key = m.row_key(&[Some("1"), Some(&long), None]).key;
         assert!(key.starts_with("sha256:") && key.len() == 7 + 64, "{key}");
         assert_ne!(key, m.row_key(&[Some("2"), Some(&long), None]).key);
+    }
+
+    #[test]
+    fn json_strings_are_escaped_like_serde_json() {
+        for text in [
+            "",
+            "plain",
+            "q\"b\\n\nr\rt\tb\u{8}f\u{c}z\u{1}\u{1f}",
+            "é ✓ 😀",
+            "\u{7f}",
+        ] {
+            let mut out = String::from("x");
+            push_json_string(&mut out, text);
+            assert_eq!(out[1..], serde_json::Value::String(text.to_owned()).to_string());
+        }
+    }
+
+    #[test]
+    fn small_rows_of_bounded_types_keep_no_source_row() {
+        let rules = syncgate_rules::compile(
+            "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM t\n",
+            &syncgate_rules::CompileOptions::default(),
+        )
+        .rules
+        .expect("rules");
+        let m = TableMapper::new(
+            &rules,
+            TableName::new("public", "t"),
+            vec!["a".into(), "b".into(), "c".into()],
+            &[23, 25, 1700],
+            vec![PgType::Int4, PgType::Text, PgType::Numeric],
+            vec![0],
+        );
+        assert_eq!(
+            m.encode_source_row(&[Some("1"), Some("small"), Some("1.5")]),
+            None
+        );
+        let big = "x".repeat(2_000);
+        assert!(m.encode_source_row(&[Some("1"), Some(&big), None]).is_some());
     }
 
     #[test]
