@@ -183,6 +183,13 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         loop {
             match self.run_once().await {
                 Ok(stopped) => return Ok(stopped),
+                // Stopping anyway: whatever was not confirmed is re-sent at the next start.
+                Err(error)
+                    if *self.shutdown.borrow() && !matches!(error, ReplicatorError::SlotLost { .. }) =>
+                {
+                    warn!(version = %self.version, %error, "replication ended with an error while stopping");
+                    return Ok(Stopped::Shutdown);
+                }
                 Err(error) if error.is_retryable() => {
                     warn!(version = %self.version, %error, retry_in = ?backoff, "replication interrupted; reconnecting");
                     if self.sleep_or_shutdown(backoff).await {
