@@ -133,3 +133,33 @@ async fn orphaned_slots_with_our_prefix_are_dropped_and_others_kept() {
     assert_eq!(slots.trim(), format!("sg_orphan_{version},someone_elses"));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_database_gets_its_first_checkpoint_without_any_write() {
+    let db = shared_cluster().create_database().expect("database");
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 30) i",
+    )
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM items\n";
+    let config = write_config(dir.path(), &db, rules, "sg_idle_");
+    let gateway = Gateway::start(&config, fast_options());
+    // No write and no marker from the test: the gateway's own marker after the snapshot publishes it.
+    let (_, checkpoint) = gateway.wait_for_lsn(syncgate::storage::Lsn::ZERO).await;
+    let emitted = db
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'sg_idle_%'")
+        .expect("slots");
+    assert_eq!(emitted.trim(), "1");
+    assert!(checkpoint.lsn > syncgate::storage::Lsn::ZERO);
+    assert_eq!(
+        gateway
+            .user_buckets("u")
+            .values()
+            .map(|rows| rows.len())
+            .sum::<usize>(),
+        30
+    );
+    gateway.stop().await;
+}
