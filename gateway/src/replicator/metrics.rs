@@ -73,6 +73,12 @@ impl ReplicationMetrics {
         self.batches.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Everything up to `lsn` is applied or needed nothing (a confirmed keepalive): no lag.
+    pub fn caught_up(&self, lsn: Lsn) {
+        self.applied_lsn.fetch_max(lsn.0, Ordering::Relaxed);
+        self.received(lsn);
+    }
+
     pub fn retained_wal(&self, bytes: u64) {
         self.retained_wal_bytes.store(bytes, Ordering::Relaxed);
     }
@@ -120,6 +126,9 @@ mod tests {
             (10, 2, 1)
         );
         metrics.applied(Lsn(1000), None, 1, 1);
+        assert_eq!(metrics.snapshot().lag_bytes, 0);
+        metrics.received(Lsn(1100));
+        metrics.caught_up(Lsn(1100));
         assert_eq!(metrics.snapshot().lag_bytes, 0);
         assert!(metrics.snapshot().lag_seconds.abs() < f64::EPSILON);
     }

@@ -595,6 +595,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                             self.checkpoint_at(&mut stream, wal_end).await?;
                         }
                         client.ack(wal_end).await?;
+                        self.metrics.caught_up(wal_end);
                     }
                 }
                 StreamItem::Event(event) => {

@@ -163,3 +163,64 @@ async fn an_idle_database_gets_its_first_checkpoint_without_any_write() {
     );
     gateway.stop().await;
 }
+
+/// SIGHUP to the real binary re-reads the config: new rules build a new version and take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_changed_rules() {
+    let db = shared_cluster().create_database().expect("database");
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
+         INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, 10) i",
+    )
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM items\n";
+    let config = write_config(dir.path(), &db, first, "sg_hup_");
+    let log = std::fs::File::create(dir.path().join("serve.log")).expect("log");
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_syncgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start syncgate serve"),
+    );
+    let storage_path = dir.path().join("storage.sqlite");
+    let active = |want_rules: &str| -> Option<u64> {
+        let storage = syncgate::storage::SqliteStorage::open(&storage_path).ok()?;
+        let active = syncgate::storage::BucketStorage::active_version(&storage).ok()??;
+        (active.rules == want_rules).then_some(active.version.0)
+    };
+    let wait = |want_rules: &str| {
+        let started = Instant::now();
+        loop {
+            if let Some(version) = storage_path.exists().then(|| active(want_rules)).flatten() {
+                return version;
+            }
+            let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "rules not active in time; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let old = wait(first);
+
+    let second = "bucket_definitions:\n  some:\n    data:\n      - SELECT * FROM items WHERE id > 5\n";
+    write_config(dir.path(), &db, second, "sg_hup_");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let new = wait(second);
+    assert_ne!(new, old);
+    assert!(
+        child.try_wait().expect("child status").is_none(),
+        "serve keeps running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
