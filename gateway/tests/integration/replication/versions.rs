@@ -218,9 +218,17 @@ async fn sighup_reloads_changed_rules() {
     let new = wait(second);
     assert_ne!(new, old);
     assert!(
-        child.try_wait().expect("child status").is_none(),
+        child.0.try_wait().expect("child status").is_none(),
         "serve keeps running"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// Kills the child process when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
