@@ -825,7 +825,7 @@ impl<'c, 'k> Writer<'c, 'k> {
         }
         // Without placements and without a source row to store or possibly clear, the state row is
         // untouched: no read.
-        if change.placements.is_none() && change.source_row.is_none() && !(self.has_source_rows && !fresh) {
+        if change.placements.is_none() && change.source_row.is_none() && (fresh || !self.has_source_rows) {
             return Ok(());
         }
         let stored: Option<(Vec<u8>, Option<String>)> = if fresh {
