@@ -138,6 +138,62 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (version, source_table, source_key)
     ) WITHOUT ROWID;
     ",
+    // 3: integer bucket ids and one state row per source row. The write path seeked long text keys in
+    // three B-trees per placement (ops by bucket, current_rows, ops by put_op for the data diff); now it
+    // is one lookup and one write of `source_state` per row, and ops are indexed by a small integer.
+    // `source_state.placements` is packed by `migrate_placements` after this script.
+    r"
+    -- Buckets of every version: running checksum (u32 in an integer), count and last op, as bucket_state.
+    CREATE TABLE buckets (
+        id INTEGER PRIMARY KEY,
+        version INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        checksum INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        last_op INTEGER NOT NULL,
+        UNIQUE (version, name)
+    );
+    INSERT INTO buckets (version, name, checksum, count, last_op)
+        SELECT version, bucket, checksum, count, last_op FROM bucket_state ORDER BY version, bucket;
+    DROP TABLE bucket_state;
+
+    CREATE TABLE ops_v3 (
+        op_id INTEGER PRIMARY KEY,
+        bucket_id INTEGER NOT NULL,
+        op TEXT NOT NULL CHECK (op IN ('PUT', 'REMOVE', 'MOVE', 'CLEAR')),
+        object_type TEXT,
+        object_id TEXT,
+        subkey TEXT,
+        data TEXT,
+        checksum INTEGER NOT NULL,
+        target_op INTEGER
+    );
+    INSERT INTO ops_v3 (op_id, bucket_id, op, object_type, object_id, subkey, data, checksum, target_op)
+        SELECT o.op_id, b.id, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum, o.target_op
+        FROM ops o JOIN buckets b ON b.version = o.version AND b.name = o.bucket;
+    DROP TABLE ops;
+    ALTER TABLE ops_v3 RENAME TO ops;
+    CREATE INDEX ops_by_bucket ON ops (bucket_id, op_id);
+
+    -- Per source row: its placements (packed, see `PackedPlacement`) and the replicator's copy of the row.
+    -- A row with neither has no state row.
+    CREATE TABLE source_state (
+        version INTEGER NOT NULL,
+        source_table TEXT NOT NULL,
+        source_key TEXT NOT NULL,
+        placements BLOB NOT NULL,
+        source_row TEXT,
+        PRIMARY KEY (version, source_table, source_key)
+    ) WITHOUT ROWID;
+    INSERT INTO source_state (version, source_table, source_key, placements, source_row)
+        SELECT version, source_table, source_key, X'', data FROM source_rows;
+
+    -- Whether a version ever stored a source row: while not, changes without one skip the state read.
+    ALTER TABLE sync_rules ADD COLUMN has_source_rows INTEGER NOT NULL DEFAULT 0;
+    UPDATE sync_rules SET has_source_rows = 1
+        WHERE EXISTS (SELECT 1 FROM source_rows s WHERE s.version = sync_rules.version);
+    DROP TABLE source_rows;
+    ",
 ];
 
 /// The format version this build writes.
@@ -160,6 +216,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteStorage {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Locked only while holding `writer`.
+    bucket_ids: Mutex<BucketIds>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -199,6 +257,7 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             path,
             writer: Mutex::new(writer),
+            bucket_ids: Mutex::new(BucketIds::default()),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -210,6 +269,10 @@ impl SqliteStorage {
 
     fn writer(&self) -> Result<MutexGuard<'_, Connection>> {
         self.writer.lock().map_err(|_| StorageError::Poisoned)
+    }
+
+    fn bucket_ids(&self) -> Result<MutexGuard<'_, BucketIds>> {
+        self.bucket_ids.lock().map_err(|_| StorageError::Poisoned)
     }
 
     /// Runs `f` on a reader connection from the pool (opening one if none is free) and returns it.
@@ -261,8 +324,10 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     {
         let version = i64::try_from(index + 1).expect("a handful of migrations fit i64");
         tx.execute_batch(sql)?;
-        if version == 1 {
-            seed_sequences(&tx)?;
+        match version {
+            1 => seed_sequences(&tx)?,
+            3 => migrate_placements(&tx)?,
+            _ => {}
         }
         tx.execute("DELETE FROM schema_version", [])?;
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [version])?;
@@ -303,6 +368,129 @@ fn seed_sequences(tx: &Transaction<'_>) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Format 3: packs each source row's `current_rows` into `source_state.placements`, hashing the data of
+/// its live PUT, then drops `current_rows`.
+fn migrate_placements(tx: &Transaction<'_>) -> Result<()> {
+    let mut select = tx.prepare(
+        "SELECT c.version, c.source_table, c.source_key, b.id, c.object_type, c.object_id, o.data
+         FROM current_rows c
+         JOIN buckets b ON b.version = c.version AND b.name = c.bucket
+         LEFT JOIN ops o ON o.op_id = c.put_op
+         ORDER BY c.version, c.source_table, c.source_key, c.bucket, c.object_type, c.object_id",
+    )?;
+    let mut upsert = tx.prepare(
+        "INSERT INTO source_state (version, source_table, source_key, placements) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO UPDATE SET placements = excluded.placements",
+    )?;
+    let mut rows = select.query([])?;
+    let mut current: Option<(i64, String, String)> = None;
+    let mut packed = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key: (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if current.as_ref() != Some(&key) {
+            if let Some((v, table, source_key)) = current.take() {
+                upsert.execute(params![v, table, source_key, packed])?;
+            }
+            packed.clear();
+            current = Some(key);
+        }
+        let data: Option<String> = r.get(6)?;
+        // A missing PUT (never expected: nothing compacts a live PUT) gets a hash no data has, so the
+        // row's next change writes a PUT.
+        let hash = data.as_deref().map_or([0; HASH_LEN], data_hash);
+        pack_placement(
+            &mut packed,
+            r.get(3)?,
+            &r.get::<_, String>(4)?,
+            &r.get::<_, String>(5)?,
+            &hash,
+        )?;
+    }
+    if let Some((v, table, source_key)) = current {
+        upsert.execute(params![v, table, source_key, packed])?;
+    }
+    drop(rows);
+    tx.execute_batch("DROP TABLE current_rows")?;
+    Ok(())
+}
+
+/// Bytes of a placement's data hash: SHA-256 truncated to 128 bits, so "same hash" means "same data"
+/// even for data chosen to collide (a 32-bit op checksum would not do).
+const HASH_LEN: usize = 16;
+
+fn data_hash(data: &str) -> [u8; HASH_LEN] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data.as_bytes());
+    let mut hash = [0; HASH_LEN];
+    hash.copy_from_slice(&digest[..HASH_LEN]);
+    hash
+}
+
+/// One placement of a source row as packed in `source_state.placements`: bucket id (i64 LE), data hash,
+/// then object type and object id, each as a u32 LE length and UTF-8 bytes. Entries are in the order
+/// (bucket name, object type, object id), the order their ops were written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedPlacement<'a> {
+    bucket_id: i64,
+    hash: [u8; HASH_LEN],
+    object_type: &'a str,
+    object_id: &'a str,
+}
+
+fn pack_placement(
+    out: &mut Vec<u8>,
+    bucket_id: i64,
+    object_type: &str,
+    object_id: &str,
+    hash: &[u8; HASH_LEN],
+) -> Result<()> {
+    out.extend_from_slice(&bucket_id.to_le_bytes());
+    out.extend_from_slice(hash);
+    for text in [object_type, object_id] {
+        let len = u32::try_from(text.len()).map_err(|_| StorageError::OutOfRange {
+            what: "object type or id length",
+            value: u64::try_from(text.len()).unwrap_or(u64::MAX),
+        })?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    Ok(())
+}
+
+fn unpack_placements(mut packed: &[u8]) -> Result<Vec<PackedPlacement<'_>>> {
+    fn take<'a>(packed: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+        if packed.len() < n {
+            return Err(corrupt(
+                "packed placements",
+                format!("{} bytes left, {n} needed", packed.len()),
+            ));
+        }
+        let (head, tail) = packed.split_at(n);
+        *packed = tail;
+        Ok(head)
+    }
+    fn text<'a>(packed: &mut &'a [u8]) -> Result<&'a str> {
+        let mut len = [0; 4];
+        len.copy_from_slice(take(packed, 4)?);
+        let len = usize::try_from(u32::from_le_bytes(len)).map_err(|e| corrupt("packed placements", e))?;
+        std::str::from_utf8(take(packed, len)?).map_err(|e| corrupt("packed placements", e))
+    }
+    let mut out = Vec::new();
+    while !packed.is_empty() {
+        let mut id = [0; 8];
+        id.copy_from_slice(take(&mut packed, 8)?);
+        let mut hash = [0; HASH_LEN];
+        hash.copy_from_slice(take(&mut packed, HASH_LEN)?);
+        out.push(PackedPlacement {
+            bucket_id: i64::from_le_bytes(id),
+            hash,
+            object_type: text(&mut packed)?,
+            object_id: text(&mut packed)?,
+        });
+    }
+    Ok(out)
 }
 
 fn meta_get(conn: &Connection, key: &'static str) -> Result<i64> {
@@ -407,37 +595,39 @@ fn version_checkpoint(conn: &Connection, version: RulesVersion) -> Result<(i64, 
 /// them, and the statement cache's lookup by SQL text would otherwise be paid per statement.
 struct Stmts<'c> {
     insert_op: CachedStatement<'c>,
-    select_current: CachedStatement<'c>,
-    delete_current: CachedStatement<'c>,
-    upsert_current: CachedStatement<'c>,
+    select_bucket: CachedStatement<'c>,
+    insert_bucket: CachedStatement<'c>,
+    select_state: CachedStatement<'c>,
+    upsert_state: CachedStatement<'c>,
+    delete_state: CachedStatement<'c>,
     select_params: CachedStatement<'c>,
     drop_new_params: CachedStatement<'c>,
     retire_params: CachedStatement<'c>,
     insert_param: CachedStatement<'c>,
-    upsert_source_row: CachedStatement<'c>,
-    delete_source_row: CachedStatement<'c>,
 }
 
 impl<'c> Stmts<'c> {
     fn prepare(conn: &'c Connection) -> Result<Self> {
         Ok(Stmts {
             insert_op: conn.prepare_cached(
-                "INSERT INTO ops (op_id, version, bucket, op, object_type, object_id, subkey, data, checksum)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO ops (op_id, bucket_id, op, object_type, object_id, subkey, data, checksum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?,
-            select_current: conn.prepare_cached(
-                "SELECT c.bucket, c.object_type, c.object_id, o.data
-                 FROM current_rows c LEFT JOIN ops o ON o.op_id = c.put_op
-                 WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = ?3",
+            select_bucket: conn.prepare_cached("SELECT id FROM buckets WHERE version = ?1 AND name = ?2")?,
+            insert_bucket: conn.prepare_cached(
+                "INSERT INTO buckets (version, name, checksum, count, last_op) VALUES (?1, ?2, 0, 0, 0)",
             )?,
-            delete_current: conn.prepare_cached(
-                "DELETE FROM current_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3
-                 AND bucket = ?4 AND object_type = ?5 AND object_id = ?6",
+            select_state: conn.prepare_cached(
+                "SELECT placements, source_row FROM source_state
+                 WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
             )?,
-            upsert_current: conn.prepare_cached(
-                "INSERT INTO current_rows (version, source_table, source_key, bucket, object_type, object_id, put_op)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT DO UPDATE SET put_op = excluded.put_op",
+            upsert_state: conn.prepare_cached(
+                "INSERT INTO source_state (version, source_table, source_key, placements, source_row)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row",
+            )?,
+            delete_state: conn.prepare_cached(
+                "DELETE FROM source_state WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
             )?,
             select_params: conn.prepare_cached(
                 "SELECT lookup_key, values_json FROM parameter_index
@@ -455,13 +645,6 @@ impl<'c> Stmts<'c> {
                 "INSERT INTO parameter_index (version, lookup_key, source_table, source_key, values_json, created_lsn)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?,
-            upsert_source_row: conn.prepare_cached(
-                "INSERT INTO source_rows (version, source_table, source_key, data) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO UPDATE SET data = excluded.data",
-            )?,
-            delete_source_row: conn.prepare_cached(
-                "DELETE FROM source_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
-            )?,
         })
     }
 }
@@ -473,8 +656,40 @@ struct BucketDelta {
     last_op: i64,
 }
 
+/// Bucket ids by version and name, kept across storage transactions so the write path resolves a name
+/// without a seek. Ids only change when a version is deleted, or when another connection writes the file
+/// (`data_version` moves): then the cache is dropped.
+#[derive(Default)]
+struct BucketIds {
+    data_version: i64,
+    by_version: HashMap<i64, HashMap<String, i64>>,
+}
+
+/// Cached bucket names beyond which the cache starts over, bounding its memory (~100 bytes a name).
+const BUCKET_ID_CACHE: usize = 1 << 20;
+
+impl BucketIds {
+    /// The committed ids of `version`, after dropping the cache if another connection wrote the file.
+    fn for_version(&mut self, conn: &Connection, version: i64) -> Result<&mut HashMap<String, i64>> {
+        let data_version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if data_version != self.data_version {
+            self.by_version.clear();
+            self.data_version = data_version;
+        }
+        Ok(self.by_version.entry(version).or_default())
+    }
+
+    /// Adds the ids a committed storage transaction resolved.
+    fn extend(known: &mut HashMap<String, i64>, resolved: HashMap<String, i64>) {
+        if known.len() + resolved.len() > BUCKET_ID_CACHE {
+            known.clear();
+        }
+        known.extend(resolved);
+    }
+}
+
 /// Op-id allocation and per-bucket bookkeeping for one storage transaction.
-struct Writer<'c> {
+struct Writer<'c, 'k> {
     conn: &'c Connection,
     stmts: Stmts<'c>,
     version: i64,
@@ -482,55 +697,94 @@ struct Writer<'c> {
     /// The version's latest op id: the op id of the next checkpoint.
     last_op: i64,
     /// Whether the version may hold stored source rows: while it holds none (tables whose UPDATEs need
-    /// no completion), a change without one skips the DELETE, a seek per row.
+    /// no completion), a change of a table feeding no data query skips the state read.
     has_source_rows: bool,
+    had_source_rows: bool,
+    /// Bucket ids committed before this transaction, and those resolved or created in it (cached only
+    /// once it commits: a rolled-back transaction's new ids do not exist).
+    known: &'k HashMap<String, i64>,
+    resolved: HashMap<String, i64>,
     /// Running sums are folded here and written once per bucket at the end: readers only see committed
-    /// state, so one upsert per touched bucket is equivalent to one per op.
-    buckets: HashMap<String, BucketDelta>,
+    /// state, so one update per touched bucket is equivalent to one per op.
+    buckets: HashMap<i64, BucketDelta>,
 }
 
-impl<'c> Writer<'c> {
-    fn new(conn: &'c Connection, version: i64, last_op: i64) -> Result<Self> {
+impl<'c, 'k> Writer<'c, 'k> {
+    fn new(
+        conn: &'c Connection,
+        version: i64,
+        last_op: i64,
+        known: &'k HashMap<String, i64>,
+    ) -> Result<Self> {
+        let has_source_rows = conn
+            .prepare_cached("SELECT has_source_rows FROM sync_rules WHERE version = ?1")?
+            .query_row([version], |r| r.get(0))?;
         Ok(Writer {
             conn,
             stmts: Stmts::prepare(conn)?,
             version,
             next_op: meta_get(conn, "next_op_id")?,
             last_op,
-            has_source_rows: conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM source_rows WHERE version = ?1)")?
-                .query_row([version], |r| r.get(0))?,
+            has_source_rows,
+            had_source_rows: has_source_rows,
+            known,
+            resolved: HashMap::new(),
             buckets: HashMap::new(),
         })
     }
 
-    /// Writes the folded running sums and the op-id sequence.
-    fn finish(self) -> Result<()> {
-        let mut upsert = self.conn.prepare_cached(
-            "INSERT INTO bucket_state (version, bucket, checksum, count, last_op) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (version, bucket) DO UPDATE SET
-               checksum = (checksum + excluded.checksum) % 4294967296,
-               count = count + excluded.count,
-               last_op = excluded.last_op",
+    /// Writes the folded running sums and the op-id sequence; returns the bucket ids to cache once the
+    /// transaction commits.
+    fn finish(self) -> Result<HashMap<String, i64>> {
+        let mut update = self.conn.prepare_cached(
+            "UPDATE buckets SET checksum = (checksum + ?2) % 4294967296, count = count + ?3, last_op = ?4
+             WHERE id = ?1",
         )?;
         // Checksums are u32 stored in an i64 column; the modulo keeps the running sum a u32 (wrapping add).
         for (bucket, delta) in &self.buckets {
-            upsert.execute(params![
-                self.version,
+            update.execute(params![
                 bucket,
                 i64::from(delta.checksum.as_u32()),
                 delta.count,
                 delta.last_op
             ])?;
         }
-        meta_set(self.conn, "next_op_id", self.next_op)
+        if self.has_source_rows && !self.had_source_rows {
+            self.conn.execute(
+                "UPDATE sync_rules SET has_source_rows = 1 WHERE version = ?1",
+                [self.version],
+            )?;
+        }
+        meta_set(self.conn, "next_op_id", self.next_op)?;
+        Ok(self.resolved)
+    }
+
+    /// The id of `bucket`, creating the bucket (empty running sums) on its first op.
+    fn bucket_id(&mut self, bucket: &str) -> Result<i64> {
+        if let Some(&id) = self.known.get(bucket).or_else(|| self.resolved.get(bucket)) {
+            return Ok(id);
+        }
+        let id = match self
+            .stmts
+            .select_bucket
+            .query_row(params![self.version, bucket], |r| r.get(0))
+            .optional()?
+        {
+            Some(id) => id,
+            None => {
+                self.stmts.insert_bucket.execute(params![self.version, bucket])?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        self.resolved.insert(bucket.to_owned(), id);
+        Ok(id)
     }
 
     /// Appends one op and adds it to the bucket's running checksum and count.
     #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
-        bucket: &str,
+        bucket_id: i64,
         op: OpType,
         object_type: &str,
         object_id: &str,
@@ -552,8 +806,7 @@ impl<'c> Writer<'c> {
         };
         self.stmts.insert_op.execute(params![
             op_id,
-            self.version,
-            bucket,
+            bucket_id,
             kind,
             object_type,
             object_id,
@@ -561,23 +814,14 @@ impl<'c> Writer<'c> {
             data,
             i64::from(checksum.as_u32())
         ])?;
-        match self.buckets.get_mut(bucket) {
-            Some(delta) => {
-                delta.checksum += checksum;
-                delta.count += 1;
-                delta.last_op = op_id;
-            }
-            None => {
-                self.buckets.insert(
-                    bucket.to_owned(),
-                    BucketDelta {
-                        checksum,
-                        count: 1,
-                        last_op: op_id,
-                    },
-                );
-            }
-        }
+        let delta = self.buckets.entry(bucket_id).or_insert(BucketDelta {
+            checksum: Checksum::from_u32(0),
+            count: 0,
+            last_op: op_id,
+        });
+        delta.checksum += checksum;
+        delta.count += 1;
+        delta.last_op = op_id;
         Ok(op_id)
     }
 
@@ -585,45 +829,61 @@ impl<'c> Writer<'c> {
     /// caller knows the row has no stored state at all, so there is nothing to read or diff.
     fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool) -> Result<()> {
         let row = &change.row;
-        if let Some(placements) = &change.placements {
-            self.placements(row, placements, fresh)?;
-        }
         if let Some(parameters) = &change.parameters {
             self.parameters(row, parameters, lsn, fresh)?;
         }
-        match &change.source_row {
-            Some(data) => {
+        // Without placements and without a source row to store or possibly clear, the state row is
+        // untouched: no read.
+        if change.placements.is_none() && change.source_row.is_none() && (fresh || !self.has_source_rows) {
+            return Ok(());
+        }
+        let stored: Option<(Vec<u8>, Option<String>)> = if fresh {
+            None
+        } else {
+            self.stmts
+                .select_state
+                .query_row(params![self.version, row.table, row.key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?
+        };
+        let (old_packed, old_source_row) = match &stored {
+            Some((packed, source_row)) => (packed.as_slice(), source_row.as_deref()),
+            None => (&[][..], None),
+        };
+        let packed = match &change.placements {
+            Some(placements) => self.placements(row, old_packed, placements)?,
+            None => old_packed.to_vec(),
+        };
+        let source_row = change.source_row.as_deref();
+        if source_row.is_some() {
+            self.has_source_rows = true;
+        }
+        if packed.is_empty() && source_row.is_none() {
+            if stored.is_some() {
                 self.stmts
-                    .upsert_source_row
-                    .execute(params![self.version, row.table, row.key, data])?;
-                self.has_source_rows = true;
-            }
-            None if self.has_source_rows && !fresh => {
-                self.stmts
-                    .delete_source_row
+                    .delete_state
                     .execute(params![self.version, row.table, row.key])?;
             }
-            None => {}
+        } else if stored.is_none() || packed != old_packed || source_row != old_source_row {
+            self.stmts
+                .upsert_state
+                .execute(params![self.version, row.table, row.key, packed, source_row])?;
         }
         Ok(())
     }
 
     /// Diffs the row's placements against its stored ones: REMOVE where it left, PUT where it is new or
-    /// its data changed.
-    fn placements(&mut self, row: &SourceRowKey, placements: &[Placement], fresh: bool) -> Result<()> {
-        // Stored placements (bucket, object type, object id) with the data of their live PUT.
-        let mut old: Vec<(String, String, String, Option<String>)> = Vec::new();
-        if !fresh {
-            let mut rows = self
-                .stmts
-                .select_current
-                .query(params![self.version, row.table, row.key])?;
-            while let Some(r) = rows.next()? {
-                old.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
-            }
-        }
+    /// its data changed. Returns the new packed placements.
+    fn placements(
+        &mut self,
+        row: &SourceRowKey,
+        old_packed: &[u8],
+        placements: &[Placement],
+    ) -> Result<Vec<u8>> {
+        let old = unpack_placements(old_packed)?;
         if old.is_empty() && placements.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // New placements, deduplicated (the last one for a (bucket, table, id) wins) and sorted, so op
         // ids are deterministic. Rows land in a handful of buckets: a sorted Vec beats a map.
@@ -636,63 +896,51 @@ impl<'c> Writer<'c> {
             }
         }
         new.sort_unstable();
+        let mut resolved = Vec::with_capacity(new.len());
+        for (bucket, table, id, data) in new {
+            resolved.push((self.bucket_id(bucket)?, table, id, data));
+        }
         let subkey = Subkey::for_source_row(&row.table, &row.key);
-        // Leaving buckets first.
-        old.sort_unstable();
-        for (bucket, table, id, _) in &old {
-            if new
+        // Leaving buckets first, in stored order (the order of their bucket names).
+        for o in &old {
+            if resolved
                 .iter()
-                .any(|n| (n.0, n.1, n.2) == (bucket.as_str(), table.as_str(), id.as_str()))
+                .any(|n| (n.0, n.1, n.2) == (o.bucket_id, o.object_type, o.object_id))
             {
                 continue;
             }
             self.append(
-                bucket,
+                o.bucket_id,
                 OpType::Remove,
-                table,
-                id,
+                o.object_type,
+                o.object_id,
                 &subkey,
                 None,
                 Checksum::of_remove(subkey.as_str()),
             )?;
-            self.stmts.delete_current.execute(params![
-                self.version,
-                row.table,
-                row.key,
-                bucket,
-                table,
-                id
-            ])?;
         }
         // A PUT only when the row enters the bucket or its data changed: an unchanged PUT would cost every
         // client a download and the bucket an op for nothing.
-        for (bucket, table, id, data) in new {
-            let unchanged = old.iter().any(|(b, t, i, d)| {
-                (b.as_str(), t.as_str(), i.as_str()) == (bucket, table, id) && d.as_deref() == Some(data)
-            });
-            if unchanged {
-                continue;
+        let mut packed = Vec::with_capacity(old_packed.len().max(64));
+        for (bucket_id, table, id, data) in resolved {
+            let hash = data_hash(data);
+            let unchanged = old
+                .iter()
+                .any(|o| (o.bucket_id, o.object_type, o.object_id, o.hash) == (bucket_id, table, id, hash));
+            if !unchanged {
+                self.append(
+                    bucket_id,
+                    OpType::Put,
+                    table,
+                    id,
+                    &subkey,
+                    Some(data),
+                    Checksum::of_put(table, id, data),
+                )?;
             }
-            let op_id = self.append(
-                bucket,
-                OpType::Put,
-                table,
-                id,
-                &subkey,
-                Some(data),
-                Checksum::of_put(table, id, data),
-            )?;
-            self.stmts.upsert_current.execute(params![
-                self.version,
-                row.table,
-                row.key,
-                bucket,
-                table,
-                id,
-                op_id
-            ])?;
+            pack_placement(&mut packed, bucket_id, table, id, &hash)?;
         }
-        Ok(())
+        Ok(packed)
     }
 
     /// Replaces the row's parameter entries when they changed; history is kept by LSN for lookups at
@@ -761,13 +1009,11 @@ fn fresh_rows(conn: &Connection, version: i64, changes: &[RowChange]) -> Result<
     let mut stored: HashMap<&str, HashSet<String>> = HashMap::new();
     let mut probe = conn.prepare_cached(
         "SELECT j.value FROM json_each(?3) j
-         WHERE EXISTS (SELECT 1 FROM current_rows c
-                       WHERE c.version = ?1 AND c.source_table = ?2 AND c.source_key = j.value)
+         WHERE EXISTS (SELECT 1 FROM source_state s
+                       WHERE s.version = ?1 AND s.source_table = ?2 AND s.source_key = j.value)
             OR EXISTS (SELECT 1 FROM parameter_index p
                        WHERE p.version = ?1 AND p.source_table = ?2 AND p.source_key = j.value
-                         AND p.deleted_lsn IS NULL)
-            OR EXISTS (SELECT 1 FROM source_rows s
-                       WHERE s.version = ?1 AND s.source_table = ?2 AND s.source_key = j.value)",
+                         AND p.deleted_lsn IS NULL)",
     )?;
     for (table, keys) in &tables {
         let keys = serde_json::to_string(keys).map_err(|e| corrupt("source row key", e))?;
@@ -835,9 +1081,12 @@ impl BucketStorage for SqliteStorage {
         // IMMEDIATE: take the write lock up front, so the read of the sequence cannot race another writer.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (last_op, mut last_lsn) = version_checkpoint(&tx, version)?;
+        let mut bucket_ids = self.bucket_ids()?;
+        let known = bucket_ids.for_version(&tx, v)?;
         let mut applied = None;
+        let mut resolved = HashMap::new();
         {
-            let mut writer = Writer::new(&tx, v, last_op)?;
+            let mut writer = Writer::new(&tx, v, last_op, known)?;
             let mut checkpoint =
                 tx.prepare_cached("INSERT INTO checkpoints (version, lsn, op_id) VALUES (?1, ?2, ?3)")?;
             for txn in txns {
@@ -854,7 +1103,7 @@ impl BucketStorage for SqliteStorage {
                 applied = Some((writer.last_op, lsn));
             }
             if applied.is_some() {
-                writer.finish()?;
+                resolved = writer.finish()?;
             }
         }
         let Some((op_id, lsn)) = applied else {
@@ -866,6 +1115,7 @@ impl BucketStorage for SqliteStorage {
             params![v, op_id, lsn],
         )?;
         tx.commit()?;
+        BucketIds::extend(known, resolved);
         Ok(Some(Checkpoint {
             op_id: op_from(op_id)?,
             lsn: lsn_from(lsn)?,
@@ -882,8 +1132,10 @@ impl BucketStorage for SqliteStorage {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (last_op, _) = version_checkpoint(&tx, version)?;
-        {
-            let mut writer = Writer::new(&tx, v, last_op)?;
+        let mut bucket_ids = self.bucket_ids()?;
+        let known = bucket_ids.for_version(&tx, v)?;
+        let resolved = {
+            let mut writer = Writer::new(&tx, v, last_op, known)?;
             let fresh = fresh_rows(&tx, v, changes)?;
             // Created at LSN 0: snapshot rows are visible at every checkpoint.
             for (change, fresh) in changes.iter().zip(fresh) {
@@ -894,8 +1146,8 @@ impl BucketStorage for SqliteStorage {
                 "UPDATE sync_rules SET last_op_id = ?2 WHERE version = ?1",
                 params![v, writer.last_op],
             )?;
-            writer.finish()?;
-        }
+            writer.finish()?
+        };
         tx.execute(
             "INSERT INTO snapshot_progress (version, source_table, resume_after, done, lsn)
              VALUES (?1, ?2, ?3, ?4, ?5)
@@ -910,6 +1162,7 @@ impl BucketStorage for SqliteStorage {
             ],
         )?;
         tx.commit()?;
+        BucketIds::extend(known, resolved);
         Ok(())
     }
 
@@ -977,22 +1230,23 @@ impl BucketStorage for SqliteStorage {
         self.read(|conn| {
             Ok(conn
                 .prepare_cached(
-                    "SELECT data FROM source_rows WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
+                    "SELECT source_row FROM source_state WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
                 )?
                 .query_row(params![v, row.table, row.key], |r| r.get(0))
-                .optional()?)
+                .optional()?
+                .flatten())
         })
     }
 
     fn source_row_keys(&self, version: RulesVersion, table: &str) -> Result<Vec<String>> {
         let v = version_sql(version)?;
         self.read(|conn| {
-            // Each part is an index range scan on (version, source_table, ...); UNION dedups.
+            // Each part is an index range scan on (version, source_table, ...); UNION dedups. A state row
+            // exists only while the row has placements or a stored source row.
             let mut stmt = conn.prepare_cached(
-                "SELECT source_key FROM current_rows WHERE version = ?1 AND source_table = ?2
+                "SELECT source_key FROM source_state WHERE version = ?1 AND source_table = ?2
                  UNION SELECT source_key FROM parameter_index
                    WHERE version = ?1 AND source_table = ?2 AND deleted_lsn IS NULL
-                 UNION SELECT source_key FROM source_rows WHERE version = ?1 AND source_table = ?2
                  ORDER BY 1",
             )?;
             let keys = stmt.query_map(params![v, table], |r| r.get(0))?;
@@ -1040,21 +1294,24 @@ impl BucketStorage for SqliteStorage {
             let tx = conn.transaction()?;
             let mut out = Vec::with_capacity(buckets.len());
             {
-                let mut state =
-                    tx.prepare_cached("SELECT checksum, count, last_op FROM bucket_state WHERE version = ?1 AND bucket = ?2")?;
+                let mut state = tx.prepare_cached(
+                    "SELECT id, checksum, count, last_op FROM buckets WHERE version = ?1 AND name = ?2",
+                )?;
                 let mut scan = tx.prepare_cached(
-                    "SELECT COALESCE(SUM(checksum), 0), COUNT(*) FROM ops WHERE version = ?1 AND bucket = ?2 AND op_id <= ?3",
+                    "SELECT COALESCE(SUM(checksum), 0), COUNT(*) FROM ops WHERE bucket_id = ?1 AND op_id <= ?2",
                 )?;
                 for bucket in buckets {
-                    let running: Option<(i64, i64, i64)> = state
-                        .query_row(params![v, bucket.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    let running: Option<(i64, i64, i64, i64)> = state
+                        .query_row(params![v, bucket.as_str()], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })
                         .optional()?;
                     let (sum, count) = match running {
                         None => (0, 0),
                         // No op of this bucket after the checkpoint: the running sums are its state there.
-                        Some((sum, count, last_op)) if last_op <= c => (sum, count),
+                        Some((_, sum, count, last_op)) if last_op <= c => (sum, count),
                         // An older checkpoint: sum the ops. SUM cannot overflow below 2^31 ops per bucket.
-                        Some(_) => scan.query_row(params![v, bucket.as_str(), c], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                        Some((id, ..)) => scan.query_row(params![id, c], |r| Ok((r.get(0)?, r.get(1)?)))?,
                     };
                     out.push(BucketSummary {
                         bucket: bucket.clone(),
@@ -1081,7 +1338,8 @@ impl BucketStorage for SqliteStorage {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
-                 WHERE version = ?1 AND bucket = ?2 AND op_id > ?3 AND op_id <= ?4 ORDER BY op_id LIMIT ?5",
+                 WHERE bucket_id = (SELECT id FROM buckets WHERE version = ?1 AND name = ?2)
+                   AND op_id > ?3 AND op_id <= ?4 ORDER BY op_id LIMIT ?5",
             )?;
             let rows = stmt.query_map(
                 params![v, bucket.as_str(), after.as_i64(), up_to.as_i64(), limit],
@@ -1239,18 +1497,22 @@ impl BucketStorage for SqliteStorage {
             Some("active") => return Err(StorageError::VersionActive(version)),
             Some(_) => {}
         }
+        tx.execute(
+            "DELETE FROM ops WHERE bucket_id IN (SELECT id FROM buckets WHERE version = ?1)",
+            [v],
+        )?;
         for table in [
-            "ops",
-            "bucket_state",
-            "current_rows",
+            "buckets",
+            "source_state",
             "parameter_index",
             "checkpoints",
             "snapshot_progress",
-            "source_rows",
             "sync_rules",
         ] {
             tx.execute(&format!("DELETE FROM {table} WHERE version = ?1"), [v])?;
         }
+        // The version's bucket ids are gone (and may be reused): forget them before anyone writes again.
+        self.bucket_ids()?.by_version.remove(&v);
         tx.commit()?;
         Ok(())
     }
@@ -1260,9 +1522,8 @@ impl BucketStorage for SqliteStorage {
         let (limit, buckets) = {
             let conn = self.writer()?;
             let (latest, _) = version_checkpoint(&conn, version)?;
-            let mut stmt =
-                conn.prepare("SELECT bucket FROM bucket_state WHERE version = ?1 ORDER BY bucket")?;
-            let buckets: Vec<String> = stmt.query_map([v], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut stmt = conn.prepare("SELECT id FROM buckets WHERE version = ?1 ORDER BY name")?;
+            let buckets: Vec<i64> = stmt.query_map([v], |r| r.get(0))?.collect::<Result<_, _>>()?;
             // Guard rule 1: only ops at or below the latest checkpoint, so every target_op is published.
             (up_to.as_i64().min(latest), buckets)
         };
@@ -1274,7 +1535,7 @@ impl BucketStorage for SqliteStorage {
             // One write transaction per bucket: the replicator waits for one bucket at most, not the run.
             let mut conn = self.writer()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (moved, cleared) = compact_bucket(&tx, v, &bucket, limit)?;
+            let (moved, cleared) = compact_bucket(&tx, bucket, limit)?;
             tx.commit()?;
             if moved + cleared > 0 {
                 stats.buckets += 1;
@@ -1287,7 +1548,7 @@ impl BucketStorage for SqliteStorage {
 }
 
 /// Compacts one bucket's ops ≤ `limit`; returns (ops turned into MOVE, ops merged away into a CLEAR).
-fn compact_bucket(tx: &Transaction<'_>, version: i64, bucket: &str, limit: i64) -> Result<(u64, u64)> {
+fn compact_bucket(tx: &Transaction<'_>, bucket: i64, limit: i64) -> Result<(u64, u64)> {
     struct Op {
         id: i64,
         kind: OpType,
@@ -1298,9 +1559,9 @@ fn compact_bucket(tx: &Transaction<'_>, version: i64, bucket: &str, limit: i64) 
     let mut ops: Vec<Op> = {
         let mut stmt = tx.prepare_cached(
             "SELECT op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
-             WHERE version = ?1 AND bucket = ?2 AND op_id <= ?3 ORDER BY op_id",
+             WHERE bucket_id = ?1 AND op_id <= ?2 ORDER BY op_id",
         )?;
-        let rows = stmt.query_map(params![version, bucket, limit], stored_op)?;
+        let rows = stmt.query_map(params![bucket, limit], stored_op)?;
         let mut ops = Vec::new();
         for row in rows {
             let OpRow {
@@ -1367,10 +1628,8 @@ fn compact_bucket(tx: &Transaction<'_>, version: i64, bucket: &str, limit: i64) 
             .sum::<i64>()
             .rem_euclid(1 << 32);
         let target = ops[..run].iter().filter_map(|op| op.target).max();
-        tx.prepare_cached(
-            "DELETE FROM ops WHERE version = ?1 AND bucket = ?2 AND op_id >= ?3 AND op_id < ?4",
-        )?
-        .execute(params![version, bucket, ops[0].id, last.id])?;
+        tx.prepare_cached("DELETE FROM ops WHERE bucket_id = ?1 AND op_id >= ?2 AND op_id < ?3")?
+            .execute(params![bucket, ops[0].id, last.id])?;
         tx.prepare_cached(
             "UPDATE ops SET op = 'CLEAR', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
              checksum = ?2, target_op = ?3 WHERE op_id = ?1",
@@ -1378,8 +1637,8 @@ fn compact_bucket(tx: &Transaction<'_>, version: i64, bucket: &str, limit: i64) 
         .execute(params![last.id, sum, target])?;
         let removed = i64::try_from(run - 1).expect("an op count fits i64");
         // Checksums are unchanged by construction; the count drops (guard rule 4: cached counts change).
-        tx.prepare_cached("UPDATE bucket_state SET count = count - ?3 WHERE version = ?1 AND bucket = ?2")?
-            .execute(params![version, bucket, removed])?;
+        tx.prepare_cached("UPDATE buckets SET count = count - ?2 WHERE id = ?1")?
+            .execute(params![bucket, removed])?;
         cleared = u64::try_from(removed).unwrap_or(0);
     }
     Ok((moved, cleared))

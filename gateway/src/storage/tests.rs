@@ -1026,15 +1026,14 @@ fn deleting_a_version_removes_its_snapshot_and_replication_rows() {
         )
         .unwrap()
     };
-    for table in [
-        "snapshot_progress",
-        "source_rows",
-        "sync_rules",
-        "current_rows",
-        "ops",
-    ] {
+    for table in ["snapshot_progress", "source_state", "sync_rules", "buckets"] {
         assert_eq!(count(table), 0, "{table}");
     }
+    // Ops of the deleted version's buckets are gone; the other version's one op stays.
+    let ops: i64 = conn
+        .query_row("SELECT COUNT(*) FROM ops", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ops, 1);
     // The other version keeps its own.
     assert_eq!(s.snapshot_progress(v2).unwrap().len(), 1);
     assert_eq!(s.source_row(v2, &row("1")).unwrap().as_deref(), Some("src"));
@@ -1120,4 +1119,104 @@ fn a_format_1_file_is_upgraded_in_place() {
     // Opening again finds nothing to migrate.
     let storage = SqliteStorage::open(&path).unwrap();
     assert_eq!(storage.versions().unwrap().len(), 1);
+}
+
+#[test]
+fn a_format_2_file_keeps_its_placements_data_and_source_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buckets.db");
+    let put = |id: &str, data: &str| i64::from(Checksum::of_put("todos", id, data).as_u32());
+    // Format 2 as written before integer bucket ids: row 1 in buckets a and b, row 2 in a, row 3 only a
+    // stored source row.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        conn.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(sqlite::MIGRATIONS[1]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('next_op_id', 1000), ('next_write_checkpoint_id', 1),
+                 ('next_version', 6);
+             INSERT INTO schema_version (version) VALUES (2);
+             INSERT INTO sync_rules (version, rules, state, last_op_id, last_lsn) VALUES (5, 'old', 'active', 999, 10);
+             INSERT INTO checkpoints (version, lsn, op_id) VALUES (5, 10, 999);
+             INSERT INTO source_rows (version, source_table, source_key, data) VALUES (5, 'public.todos', '3', 'src3');",
+        )
+        .unwrap();
+        let subkey = |key: &str| Subkey::for_source_row("public.todos", key).as_str().to_owned();
+        let ops = [
+            (997, "a", "t1", "1", r#"{"v":1}"#),
+            (998, "b", "t1", "1", r#"{"v":1}"#),
+            (999, "a", "t2", "2", r#"{"v":2}"#),
+        ];
+        for (op_id, bucket, id, key, data) in ops {
+            conn.execute(
+                "INSERT INTO ops (op_id, version, bucket, op, object_type, object_id, subkey, data, checksum)
+                 VALUES (?1, 5, ?2, 'PUT', 'todos', ?3, ?4, ?5, ?6)",
+                rusqlite::params![op_id, bucket, id, subkey(key), data, put(id, data)],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO current_rows (version, source_table, source_key, bucket, object_type, object_id, put_op)
+                 VALUES (5, 'public.todos', ?1, ?2, 'todos', ?3, ?4)",
+                rusqlite::params![key, bucket, id, op_id],
+            )
+            .unwrap();
+        }
+        let a = (put("t1", r#"{"v":1}"#) + put("t2", r#"{"v":2}"#)) % (1 << 32);
+        conn.execute(
+            "INSERT INTO bucket_state (version, bucket, checksum, count, last_op) VALUES (5, 'a', ?1, 2, 999),
+                 (5, 'b', ?2, 1, 998)",
+            rusqlite::params![a, put("t1", r#"{"v":1}"#)],
+        )
+        .unwrap();
+    }
+    let f = Fixture {
+        storage: SqliteStorage::open(&path).unwrap(),
+        dir,
+        version: RulesVersion(5),
+    };
+    let s = &f.storage;
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put]);
+    assert_eq!(f.summary(f.latest().op_id, "a").count, 2);
+    assert_eq!(
+        s.source_row_keys(f.version, "public.todos").unwrap(),
+        ["1", "2", "3"]
+    );
+    assert_eq!(
+        s.source_row(f.version, &row("3")).unwrap().as_deref(),
+        Some("src3")
+    );
+    // Row 1 keeps its data in a (no op), moves from b to c; row 2's data changes; row 3's source row goes.
+    f.apply(txn(
+        20,
+        vec![
+            set(
+                "1",
+                vec![place("a", "t1", r#"{"v":1}"#), place("c", "t1", r#"{"v":1}"#)],
+            ),
+            set("2", vec![place("a", "t2", r#"{"v":3}"#)]),
+            RowChange {
+                row: row("3"),
+                placements: None,
+                parameters: None,
+                source_row: None,
+            },
+        ],
+    ));
+    assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put, OpType::Put]);
+    assert_eq!(f.kinds("b"), [OpType::Put, OpType::Remove]);
+    assert_eq!(f.kinds("c"), [OpType::Put]);
+    let latest = f.latest().op_id;
+    let a = f.summary(latest, "a");
+    let expected = f
+        .ops("a")
+        .iter()
+        .fold(Checksum::ZERO, |sum, op| sum + op.entry.checksum);
+    assert_eq!((a.checksum, a.count), (expected, 3));
+    assert_eq!(s.source_row(f.version, &row("3")).unwrap(), None);
+    assert_eq!(s.source_row_keys(f.version, "public.todos").unwrap(), ["1", "2"]);
+    // Compaction works on the converted op log.
+    s.compact(f.version, latest).unwrap();
+    assert_eq!(f.kinds("b"), [OpType::Clear]);
 }

@@ -343,8 +343,9 @@ type OpRow = (
 fn ops_after(conn: &Connection, version: u64, after: u64) -> Vec<OpRow> {
     let mut statement = conn
         .prepare(
-            "SELECT op_id, bucket, op, object_type, object_id, subkey, data, checksum FROM ops
-             WHERE version = ?1 AND op_id > ?2 ORDER BY op_id",
+            "SELECT o.op_id, b.name, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum
+             FROM ops o JOIN buckets b ON b.id = o.bucket_id
+             WHERE b.version = ?1 AND o.op_id > ?2 ORDER BY o.op_id",
         )
         .expect("prepare ops");
     statement
@@ -384,7 +385,10 @@ fn checkpoints(conn: &Connection, version: u64) -> Vec<(u64, u64)> {
 
 fn buckets(conn: &Connection, version: u64) -> Vec<String> {
     let mut statement = conn
-        .prepare("SELECT DISTINCT bucket FROM ops WHERE version = ?1 ORDER BY bucket")
+        .prepare(
+            "SELECT DISTINCT b.name FROM ops o JOIN buckets b ON b.id = o.bucket_id
+             WHERE b.version = ?1 ORDER BY b.name",
+        )
         .expect("prepare buckets");
     statement
         .query_map([version.cast_signed()], |r| r.get(0))
@@ -511,7 +515,8 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     let base_op = {
         let conn = open_ro(&clean.storage);
         conn.query_row(
-            "SELECT coalesce(max(op_id), 0) FROM ops WHERE version = ?1",
+            "SELECT coalesce(max(o.op_id), 0) FROM ops o JOIN buckets b ON b.id = o.bucket_id
+             WHERE b.version = ?1",
             [version.cast_signed()],
             |r| r.get::<_, i64>(0),
         )
