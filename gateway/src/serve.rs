@@ -128,6 +128,8 @@ pub async fn serve(
     .context("the source database is not ready for syncgate")?;
 
     let StorageConfig::Sqlite { path: storage_path } = &config.storage;
+    // Held until serve returns: a second gateway on the same storage would fight over the same slots.
+    let _storage_lock = lock_storage(storage_path)?;
     let storage = {
         let path = storage_path.clone();
         Arc::new(tokio::task::spawn_blocking(move || SqliteStorage::open(path)).await??)
@@ -187,6 +189,30 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Takes an exclusive lock on `<storage>.lock` (released when the process ends, also on a crash).
+fn lock_storage(storage_path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut lock_path = storage_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot create the storage lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another syncgate serve is using the storage {} (lock {}); stop it first, or give this one its own storage path",
+            storage_path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
 }
 
 type TaskOutcome = (RulesVersion, Result<Stopped, ReplicatorError>);

@@ -244,3 +244,25 @@ async fn a_postgres_restart_mid_stream_is_survived() {
     assert_eq!(got, oracle.user_buckets("u"));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_storage_is_refused() {
+    let db = shared_cluster().create_database().expect("database");
+    db.psql("CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES")
+        .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &db, TODO_RULES, "sg_twice_");
+    let first = Gateway::start(&config, fast_options());
+    first.sync_point(&db).await;
+    let error = Gateway::start(&config, fast_options()).expect_error().await;
+    assert!(
+        error.contains("another syncgate serve is using the storage"),
+        "{error}"
+    );
+    first.assert_running();
+    first.stop().await;
+    // Released when the first one stops.
+    let again = Gateway::start(&config, fast_options());
+    again.sync_point(&db).await;
+    again.stop().await;
+}
