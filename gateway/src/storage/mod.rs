@@ -279,6 +279,8 @@ pub enum StorageError {
     OpIdsExhausted(OpId),
     #[error("internal lock poisoned after a panic in another storage call; restart syncgate")]
     Poisoned,
+    #[error("could not start the storage's WAL checkpoint thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl StorageError {
