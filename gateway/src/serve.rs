@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::compact_cmd;
 use crate::config::{Config, StorageConfig};
 use crate::replicator::{
-    Catalog, ReplicationMetrics, ReplicatorError, ReplicatorOptions, SourceConnection, Stopped,
+    Catalog, ReplicationMetrics, ReplicatorError, ReplicatorOptions, SlotDrop, SourceConnection, Stopped,
     VersionReplicator, slot_name,
 };
 use crate::source::{SourceRequirements, TableName, check_source};
@@ -354,15 +355,9 @@ impl Supervisor {
                     self.remove_version(version).await?;
                 }
                 // The active version keeps serving what it has until the new one catches up.
-                let new_version = self.storage(move |s| s.create_version(&version_rules)).await?;
-                let text = self
-                    .storage(move |s| s.versions())
-                    .await?
-                    .into_iter()
-                    .find(|v| v.version == new_version)
-                    .map(|v| v.rules)
-                    .unwrap_or_default();
-                self.spawn(new_version, &text)
+                let text = version_rules.clone();
+                let new_version = self.storage(move |s| s.create_version(&text)).await?;
+                self.spawn(new_version, &version_rules)
             }
             Err(error) => {
                 Err(anyhow::Error::new(error).context(format!("replication of version {version} failed")))
@@ -392,22 +387,16 @@ impl Supervisor {
     }
 
     async fn drop_slot_if_inactive(&self, slot: &str) -> anyhow::Result<()> {
-        // A walsender may take a moment to let go of a slot whose stream just closed.
-        for _ in 0..50 {
-            match self.catalog.slot_status(slot).await? {
-                None => return Ok(()),
-                Some(status) if !status.active => {
-                    self.catalog.drop_slot(slot).await?;
-                    info!(slot, "dropped replication slot");
-                    return Ok(());
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        match self.catalog.drop_slot_when_released(slot).await? {
+            SlotDrop::Absent => {}
+            SlotDrop::Dropped => info!(slot, "dropped replication slot"),
+            SlotDrop::InUse => {
+                warn!(
+                    slot,
+                    "replication slot still in use; not dropped (it is retried at the next start)"
+                );
             }
         }
-        warn!(
-            slot,
-            "replication slot still in use; not dropped (it is retried at the next start)"
-        );
         Ok(())
     }
 
@@ -437,17 +426,14 @@ impl Supervisor {
     }
 
     async fn compact(&self) {
-        let Some(version) = *self.active.borrow() else {
+        if self.active.borrow().is_none() {
             return;
-        };
-        match self
-            .storage(move |s| s.compact(version, syncgate_protocol::OpId::MAX))
-            .await
-        {
-            Ok(stats) => {
-                info!(%version, buckets = stats.buckets, moved = stats.moved, cleared = stats.cleared, "compacted")
-            }
-            Err(error) => warn!(%version, "background compaction failed: {error:#}"),
+        }
+        let storage = Arc::clone(&self.storage);
+        match tokio::task::spawn_blocking(move || compact_cmd::compact_active(&*storage)).await {
+            Ok(Ok((version, stats))) => info!("{}", compact_cmd::summary(version, &stats)),
+            Ok(Err(error)) => warn!("background compaction failed: {error}"),
+            Err(error) => warn!("background compaction failed: {error}"),
         }
     }
 

@@ -39,6 +39,16 @@ impl SlotStatus {
     }
 }
 
+/// What [`Catalog::drop_slot_when_released`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotDrop {
+    /// There was no such slot.
+    Absent,
+    Dropped,
+    /// Still held by a walsender after waiting.
+    InUse,
+}
+
 /// An ordinary connection to the source database with a type cache.
 pub struct Catalog {
     client: Client,
@@ -270,6 +280,22 @@ impl Catalog {
             .await
             .map_err(SourceError::query("listing replication slots"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Drops `slot` once no walsender holds it: the walsender of a session that just closed, or of a run
+    /// that was killed, may keep the slot for a moment. Gives up after about 10 s.
+    pub async fn drop_slot_when_released(&self, slot_name: &str) -> Result<SlotDrop, SourceError> {
+        for _ in 0..50 {
+            match self.slot_status(slot_name).await? {
+                None => return Ok(SlotDrop::Absent),
+                Some(status) if !status.active => {
+                    self.drop_slot(slot_name).await?;
+                    return Ok(SlotDrop::Dropped);
+                }
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+        Ok(SlotDrop::InUse)
     }
 
     /// Drops one of syncgate's slots (must be inactive).

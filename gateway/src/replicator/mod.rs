@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-pub use catalog::{Catalog, MARKER_PREFIX, SlotStatus, is_marker_prefix};
+pub use catalog::{Catalog, MARKER_PREFIX, SlotDrop, SlotStatus, is_marker_prefix};
 pub use metrics::{MetricsSnapshot, ReplicationMetrics};
 pub use source_conn::SourceConnection;
 pub use table::{Scratch, TableMapper, decode_source_row};
@@ -278,25 +278,21 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
     /// creating it and recording it. Its exported snapshot died with that run, so nothing can resume from
     /// it, and creating the slot again would fail forever with "already exists".
     async fn drop_unrecorded_slot(&self, catalog: &Catalog, slot: &str) -> Result<()> {
-        // The killed run's walsender may hold the slot until it notices the closed connection.
-        for _ in 0..50 {
-            match catalog.slot_status(slot).await? {
-                None => return Ok(()),
-                Some(status) if !status.active => {
-                    warn!(
-                        slot,
-                        "dropping a replication slot that an interrupted run created but never recorded"
-                    );
-                    return Ok(catalog.drop_slot(slot).await?);
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        match catalog.drop_slot_when_released(slot).await? {
+            SlotDrop::Absent => Ok(()),
+            SlotDrop::Dropped => {
+                warn!(
+                    slot,
+                    "dropped a replication slot that an interrupted run created but never recorded"
+                );
+                Ok(())
             }
+            SlotDrop::InUse => Err(SourceError::Replication {
+                message: format!("replication slot {slot} is in use by another process"),
+                retryable: true,
+            }
+            .into()),
         }
-        Err(SourceError::Replication {
-            message: format!("replication slot {slot} is in use by another process"),
-            retryable: true,
-        }
-        .into())
     }
 
     /// Fails with [`ReplicatorError::SlotLost`] if the slot is gone or invalidated.

@@ -244,33 +244,9 @@ pub fn decode_source_row(encoded: &str) -> Vec<(String, Option<String>)> {
     }
 }
 
-/// Appends `text` as a JSON string, escaping as serde_json does, without an intermediate value.
+/// Appends `text` as a JSON string (the rules crate's escaping, the same as serde_json's).
 fn push_json_string(out: &mut String, text: &str) {
-    out.reserve(text.len() + 2);
-    out.push('"');
-    let mut start = 0;
-    for (i, byte) in text.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..i]);
-        if escape.is_empty() {
-            out.push_str(&format!("\\u{byte:04x}"));
-        } else {
-            out.push_str(escape);
-        }
-        start = i + 1;
-    }
-    out.push_str(&text[start..]);
-    out.push('"');
+    syncgate_rules::value::write_json_string(text, out);
 }
 
 /// Logs once per type that values of an unknown type are synced as their Postgres text.
