@@ -5,6 +5,7 @@
 //! [`source`] is the Postgres side of replication (slot, snapshot, decoded change stream) and
 //! [`storage`] the bucket storage (op log, checksums, checkpoints, compaction). The replicator
 //! that joins them, and the sync API, arrive with their issues.
+pub mod api;
 pub mod cli;
 pub mod compact_cmd;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod rules_cmd;
 pub mod serve;
 pub mod source;
 pub mod storage;
+pub mod versioned_rules;
