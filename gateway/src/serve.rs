@@ -506,7 +506,9 @@ impl Supervisor {
     }
 }
 
-/// Placeholder replaced when client auth lands.
-fn authenticator(_config: &Config) -> anyhow::Result<Arc<dyn Authenticate>> {
-    bail!("client auth not built yet")
+/// The token verifier of `client_auth`; `jwks_uri` keys are fetched in the background from now on.
+fn authenticator(config: &Config) -> anyhow::Result<Arc<dyn Authenticate>> {
+    let authenticator = crate::auth::Authenticator::new(&config.client_auth).context("client_auth")?;
+    authenticator.start_refresh();
+    Ok(Arc::new(authenticator))
 }

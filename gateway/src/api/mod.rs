@@ -81,6 +81,24 @@ pub trait Authenticate: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<SessionClaims, ApiError>> + Send + 'a>>;
 }
 
+impl Authenticate for crate::auth::Authenticator {
+    fn authenticate<'a>(
+        &'a self,
+        authorization: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<SessionClaims, ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let claims = crate::auth::Authenticator::authenticate(self, authorization)
+                .await
+                .map_err(|e| ApiError::unauthorized(e.code(), e.description()))?;
+            Ok(SessionClaims {
+                user_id: claims.user_id().0.clone(),
+                payload: claims.payload(),
+                expires_at: claims.expires_at_unix(),
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
