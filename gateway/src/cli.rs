@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, StorageConfig};
-use crate::{compact_cmd, config_cmd, inspect, rules_cmd, serve};
+use crate::{auth, compact_cmd, config_cmd, inspect, rules_cmd, serve};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,26 @@ enum Command {
         /// The config file (its `storage.path` is compacted).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Print a development token the gateway accepts, signed with the config's shared secret.
+    ///
+    /// Uses the first `oct` key of `client_auth.jwks` (its kid and alg) or else
+    /// `client_auth.supabase_jwt_secret`; `aud` is the first `client_auth.audience` (`authenticated`
+    /// for Supabase). Exits 1 when no shared secret is configured.
+    Token {
+        /// The config file (its `client_auth` is read).
+        #[arg(long)]
+        config: PathBuf,
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Further claims as a JSON object, e.g. '{"parameters":{"team":"t1"}}'; `sub`, `iat` and
+        /// `exp` are always set by the command.
+        #[arg(long)]
+        claims: Option<String>,
+        /// Validity: a whole number with s, m, h or d (at most the configured maximum lifetime).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
 }
 
@@ -125,6 +145,31 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 &serde_json::Value::Object(parameters),
             )?;
             println!("{}", serde_json::to_string_pretty(&inspection)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            config,
+            sub,
+            claims,
+            ttl,
+        } => {
+            let claims = match claims {
+                Some(text) => json_object("--claims", &text)?,
+                None => serde_json::Map::new(),
+            };
+            let loaded = Config::load(&config)?;
+            for warning in &loaded.warnings {
+                eprintln!("{warning}");
+            }
+            let ttl = auth::parse_ttl(&ttl)?;
+            let minted = auth::mint_token(
+                &loaded.config.client_auth,
+                &sub,
+                claims,
+                ttl,
+                std::time::SystemTime::now(),
+            )?;
+            println!("{}", minted.token);
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { config } => {

@@ -77,6 +77,31 @@ pub struct Config {
     pub sync_rules: SyncRulesConfig,
     pub client_auth: ClientAuthConfig,
     pub port: u16,
+    pub api: ApiSettings,
+}
+
+/// Limits of the sync API (`api.parameters`, PowerSync's keys and defaults where syncgate has them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// Buckets one connection may sync; more end the stream with `PSYNC_S2305`.
+    pub max_buckets_per_connection: u64,
+    /// Concurrent sync streams of this process; more are answered 503 and retried by the client.
+    pub max_concurrent_connections: u64,
+    /// Parameter lookups one connection's bucket resolution may make.
+    pub max_parameter_query_results: u64,
+    /// Largest request body in bytes (413 above).
+    pub max_request_bytes: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_buckets_per_connection: 1_000,
+            max_concurrent_connections: 20_000,
+            max_parameter_query_results: 1_000,
+            max_request_bytes: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use syncgate_protocol::{BucketName, OpId, OpType, OplogEntry};
-use syncgate_rules::{CompileOptions, ConnectionRequest, ParameterLookup, SqliteValue, compile};
+use syncgate_rules::{ConnectionRequest, ParameterLookup, SqliteValue};
 
 use crate::storage::{BucketStorage, Checkpoint, RulesVersion, SqliteStorage, StorageError};
+use crate::versioned_rules::compile_version;
 
 /// Ops read per storage call while replaying a bucket: bounds memory per page, not per bucket.
 pub const OPS_PAGE: usize = 10_000;
@@ -103,16 +104,10 @@ pub fn inspect<S: BucketStorage + ?Sized>(
         .latest_checkpoint(version)?
         .ok_or(InspectError::NoCheckpoint(version))?;
     // The stored text, not the config file: buckets in storage were built from it.
-    let compiled = compile(&active.rules, &CompileOptions::default());
-    let Some(rules) = compiled.rules else {
-        let message = compiled
-            .diagnostics
-            .iter()
-            .find(|d| d.is_error())
-            .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
-            .unwrap_or_else(|| "unknown error".into());
-        return Err(InspectError::Rules { version, message });
-    };
+    let rules = compile_version(version, &active.rules).map_err(|e| InspectError::Rules {
+        version,
+        message: e.message,
+    })?;
     let request = ConnectionRequest::new(token_payload, client_parameters);
     let mut resolved = rules.resolve_buckets(&request, |lookups| {
         lookup_values(storage, version, &checkpoint, lookups)
@@ -433,14 +428,14 @@ mod tests {
                 version,
                 &SourceTransaction {
                     commit_lsn: Lsn(0x10),
-                    changes: vec![todo("t1", "global[]", r#"{"id":"t1"}"#)],
+                    changes: vec![todo("t1", &format!("{version}#global[]"), r#"{"id":"t1"}"#)],
                 },
             )
             .unwrap();
         let inspection = inspect(&storage, &payload, &params).unwrap();
         assert_eq!(inspection.checkpoint.lsn, "0/10");
         assert_eq!(inspection.buckets.len(), 1);
-        assert_eq!(inspection.buckets[0].bucket, "global[]");
+        assert_eq!(inspection.buckets[0].bucket, format!("{version}#global[]"));
         assert_eq!(inspection.buckets[0].count, 1);
         assert_eq!(
             inspection.buckets[0].checksum,

@@ -1,10 +1,13 @@
 //! # syncgate gateway
 //!
-//! The `syncgate` binary's library: command line, rules tooling, the config file, and the
-//! storage tools [`inspect`] (what a user would sync, net rows of a bucket) and [`compact_cmd`];
+//! The `syncgate` binary's library: command line, rules tooling, the config file, client token
+//! verification ([`auth`]), and the storage tools [`inspect`] (what a user would sync, net rows of
+//! a bucket) and [`compact_cmd`];
 //! [`source`] is the Postgres side of replication (slot, snapshot, decoded change stream) and
-//! [`storage`] the bucket storage (op log, checksums, checkpoints, compaction). The replicator
-//! that joins them, and the sync API, arrive with their issues.
+//! [`storage`] the bucket storage (op log, checksums, checkpoints, compaction); [`replicator`] joins
+//! them, [`api`] serves clients (sessions, write checkpoints, probes), and [`serve`] runs it all.
+pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod compact_cmd;
 pub mod config;
@@ -16,3 +19,4 @@ pub mod rules_cmd;
 pub mod serve;
 pub mod source;
 pub mod storage;
+pub mod versioned_rules;

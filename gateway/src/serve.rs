@@ -13,10 +13,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use syncgate_rules::{CompileOptions, SyncRules, compile};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::api::session::{SessionEnv, SessionLimits};
+use crate::api::write_checkpoint::WriteCheckpoints;
+use crate::api::{ApiConfig, ApiMetrics, ApiState, Authenticate};
 use crate::compact_cmd;
 use crate::config::{Config, StorageConfig};
 use crate::replicator::{
@@ -24,7 +28,11 @@ use crate::replicator::{
     VersionReplicator, slot_name,
 };
 use crate::source::{SourceRequirements, TableName, check_source};
-use crate::storage::{BucketStorage, RulesVersion, SqliteStorage, VersionState};
+use crate::storage::{BucketStorage, Notifying, RulesVersion, SqliteStorage, VersionState};
+use crate::versioned_rules::{RulesCache, compile_version};
+
+/// The storage `serve` runs on: every commit wakes the sync sessions.
+type ServedStorage = Notifying<SqliteStorage>;
 
 /// How often the active version is compacted in the background.
 pub const COMPACT_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -131,18 +139,29 @@ pub async fn serve(
     let StorageConfig::Sqlite { path: storage_path } = &config.storage;
     // Held until serve returns: a second gateway on the same storage would fight over the same slots.
     let _storage_lock = lock_storage(storage_path)?;
-    let storage = {
+    let storage: Arc<ServedStorage> = {
         let path = storage_path.clone();
-        Arc::new(tokio::task::spawn_blocking(move || SqliteStorage::open(path)).await??)
+        Arc::new(Notifying::new(
+            tokio::task::spawn_blocking(move || SqliteStorage::open(path)).await??,
+        ))
     };
     info!(storage = %storage_path.display(), source = %source.display, "syncgate starting");
+
+    // The HTTP port is bound before replication starts, so a port in use fails fast and liveness
+    // answers during a long initial snapshot.
+    let listener = TcpListener::bind(("0.0.0.0", config.port))
+        .await
+        .with_context(|| format!("cannot listen on port {} (config `port`)", config.port))?;
+    let metrics = Arc::new(ReplicationMetrics::default());
+    let api_state = Arc::new(api_state(&config, &storage, &source, &metrics, shutdown.clone())?);
+    let api = tokio::spawn(crate::api::serve_api(api_state, listener));
 
     let mut supervisor = Supervisor {
         storage,
         source,
         options: replicator_options,
         catalog,
-        metrics: Arc::new(ReplicationMetrics::default()),
+        metrics,
         active: watch::Sender::new(None),
         tasks: JoinSet::new(),
         running: HashMap::new(),
@@ -189,7 +208,45 @@ pub async fn serve(
             warn!(%version, %error, "replication ended with an error during shutdown");
         }
     }
+    // Streams end at the shutdown signal; the server stops once they are closed.
+    if tokio::time::timeout(Duration::from_secs(10), api).await.is_err() {
+        warn!("the sync API did not stop within 10 s");
+    }
     Ok(())
+}
+
+/// The sync API's shared state for a config.
+fn api_state(
+    config: &Config,
+    storage: &Arc<ServedStorage>,
+    source: &SourceConnection,
+    replication: &Arc<ReplicationMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<ApiState> {
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let limits = SessionLimits {
+        max_buckets: to_usize(config.api.max_buckets_per_connection),
+        max_lookups: to_usize(config.api.max_parameter_query_results),
+        ..SessionLimits::default()
+    };
+    let served: Arc<dyn BucketStorage> = storage.clone();
+    Ok(ApiState {
+        env: Arc::new(SessionEnv {
+            storage: served,
+            events: Arc::clone(storage.events()),
+            rules: Arc::new(RulesCache::default()),
+            limits,
+            metrics: Arc::new(ApiMetrics::default()),
+        }),
+        auth: authenticator(config)?,
+        write_checkpoints: Arc::new(WriteCheckpoints::new(source.clone())),
+        replication: Arc::clone(replication),
+        config: ApiConfig {
+            max_body_bytes: to_usize(config.api.max_request_bytes),
+            max_connections: to_usize(config.api.max_concurrent_connections),
+        },
+        shutdown,
+    })
 }
 
 /// Takes an exclusive lock on `<storage>.lock` (released when the process ends, also on a crash).
@@ -219,7 +276,7 @@ fn lock_storage(storage_path: &Path) -> anyhow::Result<std::fs::File> {
 type TaskOutcome = (RulesVersion, Result<Stopped, ReplicatorError>);
 
 struct Supervisor {
-    storage: Arc<SqliteStorage>,
+    storage: Arc<ServedStorage>,
     source: SourceConnection,
     options: ReplicatorOptions,
     catalog: Catalog,
@@ -240,7 +297,7 @@ struct Running {
 impl Supervisor {
     async fn storage<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&SqliteStorage) -> Result<T, crate::storage::StorageError> + Send + 'static,
+        f: impl FnOnce(&ServedStorage) -> Result<T, crate::storage::StorageError> + Send + 'static,
     ) -> anyhow::Result<T> {
         let storage = Arc::clone(&self.storage);
         Ok(tokio::task::spawn_blocking(move || f(&storage)).await??)
@@ -300,10 +357,7 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, version: RulesVersion, rules_text: &str) -> anyhow::Result<()> {
-        let result = compile(rules_text, &CompileOptions::default());
-        let rules = result
-            .rules
-            .with_context(|| format!("stored sync rules of version {version} no longer compile"))?;
+        let rules = compile_version(version, rules_text)?;
         let (stop, stop_rx) = watch::channel(false);
         let mut replicator = VersionReplicator::new(
             Arc::clone(&self.storage),
@@ -450,4 +504,11 @@ impl Supervisor {
             "replication"
         );
     }
+}
+
+/// The token verifier of `client_auth`; `jwks_uri` keys are fetched in the background from now on.
+fn authenticator(config: &Config) -> anyhow::Result<Arc<dyn Authenticate>> {
+    let authenticator = crate::auth::Authenticator::new(&config.client_auth).context("client_auth")?;
+    authenticator.start_refresh();
+    Ok(Arc::new(authenticator))
 }

@@ -345,6 +345,37 @@ pub struct ResolvedBucket {
     pub bucket: BucketName,
     pub definition: Arc<str>,
     pub priority: BucketPriority,
+    /// Why the connection has it: each default stream or explicit subscription that produced it
+    /// (the checkpoint line's `subscriptions`, PROTOCOL §6.3).
+    pub origins: Vec<BucketOrigin>,
+}
+
+/// What made a connection include a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BucketOrigin {
+    /// A default stream (or classic bucket definition): index into [`ResolvedConnection::streams`].
+    Default(usize),
+    /// An explicit subscription: index into the request's `subscriptions`.
+    Subscription(usize),
+}
+
+/// A stream (or classic bucket definition) a connection resolved, as the checkpoint line lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedStream {
+    pub name: Arc<str>,
+    /// Subscribed by default (classic definitions, `auto_subscribe` streams).
+    pub is_default: bool,
+    /// Problems resolving it: `(subscription, message)`, `None` for the default subscription.
+    pub errors: Vec<(Option<usize>, String)>,
+}
+
+/// Everything bucket resolution found for one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedConnection {
+    /// In resolution order: definitions in file order, each one's buckets in the order its parameter
+    /// rows produced them (the order the reference lists them in).
+    pub buckets: Vec<ResolvedBucket>,
+    pub streams: Vec<ResolvedStream>,
 }
 
 /// The queries that apply to one source table, with column slots resolved. Build it once per
@@ -758,14 +789,26 @@ impl SyncRules {
         }
     }
 
-    /// Resolves the buckets of a connection. `lookup` answers parameter lookups from the
-    /// parameter index: for each lookup, the stored values of every matching entry.
+    /// Resolves the buckets of a connection, sorted by bucket id. `lookup` answers parameter lookups
+    /// from the parameter index: for each lookup, the stored values of every matching entry.
     pub fn resolve_buckets<E>(
         &self,
         request: &ConnectionRequest,
-        mut lookup: impl FnMut(&[ParameterLookup]) -> Result<Vec<Vec<Vec<SqliteValue>>>, E>,
+        lookup: impl FnMut(&[ParameterLookup]) -> Result<Vec<Vec<Vec<SqliteValue>>>, E>,
     ) -> Result<Vec<ResolvedBucket>, E> {
+        let mut buckets = self.resolve_connection(request, lookup)?.buckets;
+        buckets.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+        Ok(buckets)
+    }
+
+    /// Resolves a connection's buckets and the streams they come from (PROTOCOL §6.3).
+    pub fn resolve_connection<E>(
+        &self,
+        request: &ConnectionRequest,
+        mut lookup: impl FnMut(&[ParameterLookup]) -> Result<Vec<Vec<Vec<SqliteValue>>>, E>,
+    ) -> Result<ResolvedConnection, E> {
         let contexts = self.evaluation_contexts(request);
+        let streams = self.resolved_streams(request, &contexts);
         // Phase 1: every lookup any querier needs, answered in one call.
         let mut pending: Vec<ParameterLookup> = Vec::new();
         for unit in &contexts {
@@ -788,20 +831,39 @@ impl SyncRules {
 
         // Phase 2: buckets.
         let mut buckets: Vec<ResolvedBucket> = Vec::new();
-        let mut add = |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority| match buckets
-            .iter_mut()
-            .find(|b| b.bucket == bucket)
-        {
-            Some(existing) => existing.priority = existing.priority.min(priority),
-            None => buckets.push(ResolvedBucket {
-                bucket,
-                definition: Arc::clone(definition),
-                priority,
-            }),
+        let mut index: HashMap<BucketName, usize> = HashMap::new();
+        let mut add = |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority, origin: BucketOrigin| {
+            match index.get(&bucket) {
+                Some(&i) => {
+                    let existing = &mut buckets[i];
+                    existing.priority = existing.priority.min(priority);
+                    if !existing.origins.contains(&origin) {
+                        existing.origins.push(origin);
+                    }
+                }
+                None => {
+                    index.insert(bucket.clone(), buckets.len());
+                    buckets.push(ResolvedBucket {
+                        bucket,
+                        definition: Arc::clone(definition),
+                        priority,
+                        origins: vec![origin],
+                    });
+                }
+            }
         };
         for unit in &contexts {
             let definition = &self.definitions[unit.definition];
             let ctx = unit.ctx(request, &self.compat);
+            let origin = match unit.subscription_index {
+                Some(i) => BucketOrigin::Subscription(i),
+                None => BucketOrigin::Default(
+                    streams
+                        .iter()
+                        .position(|s| s.name == definition.name)
+                        .unwrap_or_default(),
+                ),
+            };
             match &definition.kind {
                 DefinitionKind::Buckets { queriers } => {
                     for querier in queriers {
@@ -810,6 +872,7 @@ impl SyncRules {
                                 self.bucket_id(&definition.name, values.iter()),
                                 &definition.name,
                                 querier.priority,
+                                origin,
                             );
                         }
                     }
@@ -824,14 +887,51 @@ impl SyncRules {
                                 self.bucket_id(&variant.bucket_prefix, values.iter()),
                                 &definition.name,
                                 priority,
+                                origin,
                             );
                         }
                     }
                 }
             }
         }
-        buckets.sort_by(|a, b| a.bucket.cmp(&b.bucket));
-        Ok(buckets)
+        Ok(ResolvedConnection { buckets, streams })
+    }
+
+    /// The streams a connection resolved: every definition with a default unit, then explicitly
+    /// subscribed ones, in file order; subscriptions to unknown streams get an error entry.
+    fn resolved_streams(&self, request: &ConnectionRequest, units: &[Unit]) -> Vec<ResolvedStream> {
+        let mut streams: Vec<ResolvedStream> = Vec::new();
+        for (i, definition) in self.definitions.iter().enumerate() {
+            let mine = units.iter().filter(|u| u.definition == i);
+            let mut listed = false;
+            let mut is_default = false;
+            for unit in mine {
+                listed = true;
+                is_default |= unit.subscription_index.is_none();
+            }
+            if listed {
+                streams.push(ResolvedStream {
+                    name: Arc::clone(&definition.name),
+                    is_default,
+                    errors: Vec::new(),
+                });
+            }
+        }
+        for (i, subscription) in request.subscriptions.iter().enumerate() {
+            if self.definitions.iter().any(|d| d.name.as_ref() == subscription.stream) {
+                continue;
+            }
+            let message = format!("stream {:?} is not defined in the sync rules", subscription.stream);
+            match streams.iter_mut().find(|s| s.name.as_ref() == subscription.stream) {
+                Some(stream) => stream.errors.push((Some(i), message)),
+                None => streams.push(ResolvedStream {
+                    name: Arc::from(subscription.stream.as_str()),
+                    is_default: false,
+                    errors: vec![(Some(i), message)],
+                }),
+            }
+        }
+        streams
     }
 
     fn evaluation_contexts(&self, request: &ConnectionRequest) -> Vec<Unit> {
@@ -841,6 +941,7 @@ impl SyncRules {
                 DefinitionKind::Buckets { .. } => units.push(Unit {
                     definition: i,
                     subscription: None,
+                    subscription_index: None,
                     override_priority: None,
                 }),
                 DefinitionKind::Stream { auto_subscribe, .. } => {
@@ -848,17 +949,20 @@ impl SyncRules {
                         units.push(Unit {
                             definition: i,
                             subscription: None,
+                            subscription_index: None,
                             override_priority: None,
                         });
                     }
-                    for s in request
+                    for (index, s) in request
                         .subscriptions
                         .iter()
-                        .filter(|s| s.stream == d.name.as_ref())
+                        .enumerate()
+                        .filter(|(_, s)| s.stream == d.name.as_ref())
                     {
                         units.push(Unit {
                             definition: i,
                             subscription: Some(SubscriptionParameters::new(s.parameters.as_ref())),
+                            subscription_index: Some(index),
                             override_priority: s
                                 .override_priority
                                 .and_then(|p| BucketPriority::new(i64::from(p))),
@@ -1020,6 +1124,8 @@ impl LookupResults {
 struct Unit {
     definition: usize,
     subscription: Option<SubscriptionParameters>,
+    /// Index of the explicit subscription in the request; `None` for a default unit.
+    subscription_index: Option<usize>,
     override_priority: Option<BucketPriority>,
 }
 

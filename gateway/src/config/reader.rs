@@ -8,7 +8,7 @@ use syncgate_rules::yaml::{self, Position, ScalarStyle, YamlKind, YamlNode};
 use super::ContentOrigin;
 use super::postgres::{UriParts, parse_uri};
 use super::{
-    ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS, DEFAULT_PORT,
+    ApiSettings, ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS, DEFAULT_PORT,
     DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk, Loaded,
     PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig, SyncRulesConfig, SyncRulesSource,
     env,
@@ -21,10 +21,10 @@ const TOP_KNOWN: &[&str] = &[
     "sync_config",
     "client_auth",
     "port",
+    "api",
 ];
 /// PowerSync service keys with no syncgate equivalent yet.
 const TOP_IGNORED: &[&str] = &[
-    "api",
     "telemetry",
     "migrations",
     "dev",
@@ -91,6 +91,7 @@ pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result
     let storage = r.storage(&top, &dir)?;
     let sync_rules = r.sync_rules(&top, &dir)?;
     let client_auth = r.client_auth(&top)?;
+    let api = r.api(&top)?;
     let mut port = match top.get("port") {
         Some(node) => r.port(node, "port")?,
         None => DEFAULT_PORT,
@@ -110,6 +111,7 @@ pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result
             sync_rules,
             client_auth,
             port,
+            api,
         },
         warnings: r.warnings,
     })
@@ -725,6 +727,40 @@ impl Reader<'_> {
             .find(|l| !l.trim().is_empty())
             .map(|l| l.len() - l.trim_start_matches(' ').len())?;
         Some(ContentOrigin { first_line, indent })
+    }
+
+    /// `api: {parameters: {...}, max_request_bytes}`; PowerSync's `api.tokens` (admin API) is not served.
+    fn api(&mut self, top: &Map<'_>) -> Result<ApiSettings, ConfigError> {
+        let mut api = ApiSettings::default();
+        let Some(node) = top.get("api") else {
+            return Ok(api);
+        };
+        let map = self.mapping(node, "api", &["parameters", "max_request_bytes"], &["tokens"])?;
+        if let Some(v) = map.get("max_request_bytes") {
+            api.max_request_bytes = self.positive(v, "api.max_request_bytes")?;
+        }
+        if let Some(node) = map.get("parameters") {
+            let params = self.mapping(
+                node,
+                "api.parameters",
+                &[
+                    "max_buckets_per_connection",
+                    "max_concurrent_connections",
+                    "max_parameter_query_results",
+                ],
+                &["max_data_fetch_concurrency"],
+            )?;
+            for (key, field) in [
+                ("max_buckets_per_connection", &mut api.max_buckets_per_connection),
+                ("max_concurrent_connections", &mut api.max_concurrent_connections),
+                ("max_parameter_query_results", &mut api.max_parameter_query_results),
+            ] {
+                if let Some(v) = params.get(key) {
+                    *field = self.positive(v, &format!("api.parameters.{key}"))?;
+                }
+            }
+        }
+        Ok(api)
     }
 
     fn client_auth(&mut self, top: &Map<'_>) -> Result<ClientAuthConfig, ConfigError> {

@@ -21,6 +21,7 @@
 //!    lookups and write checkpoints), and history below a checkpoint is immutable except for compaction,
 //!    so a session's separate reads agree without holding a read transaction across a network wait.
 
+mod notify;
 mod sqlite;
 
 #[cfg(test)]
@@ -30,6 +31,7 @@ use std::fmt;
 
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId, WriteCheckpointId};
 
+pub use notify::{Notifying, StorageEvents};
 pub use sqlite::SqliteStorage;
 
 pub use crate::lsn::{Lsn, ParseLsnError};
@@ -384,6 +386,16 @@ pub trait BucketStorage: Send + Sync {
         &self,
         user: &UserId,
         client_id: Option<&ClientId>,
+        lsn: Lsn,
+    ) -> Result<WriteCheckpointId>;
+
+    /// Checkpoint-request mode (PROTOCOL §1.5): stores the client-chosen `requested` id for
+    /// `(user, client_id)` at `lsn` unless a larger id is stored already, and returns the larger of the two.
+    fn request_write_checkpoint(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        requested: WriteCheckpointId,
         lsn: Lsn,
     ) -> Result<WriteCheckpointId>;
 

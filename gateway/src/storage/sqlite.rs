@@ -1492,6 +1492,37 @@ impl BucketStorage for SqliteStorage {
         WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
     }
 
+    fn request_write_checkpoint(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        requested: WriteCheckpointId,
+        lsn: Lsn,
+    ) -> Result<WriteCheckpointId> {
+        let (user, client) = user_client(user, client_id);
+        let lsn = lsn_sql(lsn)?;
+        let requested = requested.as_i64();
+        let mut conn = self.writer()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<i64> = tx.query_row(
+            "SELECT MAX(id) FROM write_checkpoints WHERE user_id = ?1 AND client_id = ?2",
+            params![user, client],
+            |r| r.get(0),
+        )?;
+        let id = match stored {
+            Some(stored) if stored >= requested => stored,
+            _ => {
+                tx.execute(
+                    "INSERT INTO write_checkpoints (user_id, client_id, id, lsn) VALUES (?1, ?2, ?3, ?4)",
+                    params![user, client, requested, lsn],
+                )?;
+                requested
+            }
+        };
+        tx.commit()?;
+        WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
+    }
+
     fn write_checkpoint_for(
         &self,
         user: &UserId,

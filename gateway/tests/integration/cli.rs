@@ -466,3 +466,133 @@ sync_rules:
         );
     }
 }
+
+/// `syncgate token`: prints a JWT signed with the config's shared secret that the gateway's own
+/// authenticator accepts; exits 1 when there is nothing to sign with.
+mod token {
+    use std::path::Path;
+    use std::process::{Command, Output};
+    use std::time::SystemTime;
+
+    use serde_json::json;
+    use syncgate::auth::Authenticator;
+    use syncgate::config::Config;
+
+    const BASE: &str = "\
+replication:
+  connections:
+    - type: postgresql
+      uri: postgresql://app@localhost/app
+      sslmode: disable
+sync_rules:
+  path: rules.yaml
+";
+
+    fn setup(client_auth: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("powersync.yaml"), format!("{BASE}{client_auth}")).expect("config");
+        std::fs::write(
+            dir.path().join("rules.yaml"),
+            "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM todos\n",
+        )
+        .expect("rules");
+        dir
+    }
+
+    fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_syncgate"));
+        command
+            .args(["token", "--config"])
+            .arg(dir.join("powersync.yaml"))
+            .args(args)
+            .env_remove("SYNCGATE_JWT_SECRET")
+            .envs(env.iter().copied());
+        command.output().expect("run syncgate")
+    }
+
+    fn verify(dir: &Path, output: &Output, env: &[(&str, &str)]) -> syncgate::auth::TokenClaims {
+        assert!(
+            output.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout.clone()).expect("UTF-8");
+        let token = token.trim_end();
+        assert_eq!(token.split('.').count(), 3, "one JWT on stdout: {token:?}");
+        let lookup = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        let loaded = Config::load_with_env(&dir.join("powersync.yaml"), &lookup).expect("config");
+        let authenticator = Authenticator::new(&loaded.config.client_auth).expect("keys");
+        authenticator
+            .verify(token, SystemTime::now())
+            .expect("the gateway accepts its own token")
+    }
+
+    #[test]
+    fn signs_with_the_inline_oct_key_and_the_first_audience() {
+        let dir = setup(
+            "client_auth:\n  audience: [powersync-dev, other]\n  jwks:\n    keys:\n      - kty: oct\n        kid: dev\n        alg: HS384\n        k: cG93ZXJzeW5jLWRldi1zZWNyZXQtZG8tbm90LXVzZS1pbi1wcm9kLTAxMjM0NTY3ODk\n",
+        );
+        let output = run(
+            dir.path(),
+            &[
+                "--sub",
+                "alice",
+                "--claims",
+                r#"{"parameters":{"team":"t1"}}"#,
+                "--ttl",
+                "30m",
+            ],
+            &[],
+        );
+        let claims = verify(dir.path(), &output, &[]);
+        assert_eq!(claims.user_id().0, "alice");
+        assert_eq!(claims.claims()["aud"], json!("powersync-dev"));
+        assert_eq!(claims.claims()["parameters"], json!({"team": "t1"}));
+        let iat = claims.claims()["iat"].as_u64().expect("iat");
+        assert_eq!(claims.expires_at_unix(), iat + 1800);
+        let token = String::from_utf8(output.stdout).expect("UTF-8");
+        let header = jsonwebtoken::decode_header(token.trim_end()).expect("header");
+        assert_eq!(header.kid.as_deref(), Some("dev"));
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::HS384);
+    }
+
+    #[test]
+    fn signs_with_the_supabase_secret_from_the_environment() {
+        let dir = setup("client_auth:\n  supabase: true\n");
+        let env = [("SYNCGATE_JWT_SECRET", "a-supabase-project-jwt-secret")];
+        let output = run(dir.path(), &["--sub", "42", "--ttl", "7d"], &env);
+        let claims = verify(dir.path(), &output, &env);
+        assert_eq!(claims.user_id().0, "42");
+        assert_eq!(claims.claims()["aud"], json!("authenticated"));
+    }
+
+    #[test]
+    fn refuses_without_a_secret_or_beyond_the_lifetime() {
+        let public_only =
+            setup("client_auth:\n  audience: a\n  jwks_uri: https://example.invalid/jwks.json\n");
+        let output = run(public_only.path(), &["--sub", "u"], &[]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(output.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("no shared secret"), "{stderr}");
+
+        let dir = setup("client_auth:\n  audience: a\n  supabase_jwt_secret: s3cret\n");
+        let output = run(dir.path(), &["--sub", "u", "--ttl", "2d"], &[]);
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("exceeds the maximum token lifetime of 86400s"),
+            "{stderr}"
+        );
+
+        let output = run(dir.path(), &["--sub", "u", "--ttl", "soon"], &[]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("--ttl"));
+        let output = run(dir.path(), &["--sub", "u", "--claims", "[1]"], &[]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("--claims"));
+        // And with a secret, the plain-HS256 token works (audience `a`, 1 h default).
+        let claims = verify(dir.path(), &run(dir.path(), &["--sub", "u"], &[]), &[]);
+        assert_eq!(claims.claims()["aud"], json!("a"));
+    }
+}

@@ -29,6 +29,10 @@ pub struct CompileOptions {
     pub schema: Option<SourceSchema>,
     /// The deployment version, used as the `<version>#` bucket id prefix when versioned ids are on.
     pub version: u64,
+    /// Prefix every bucket id with `<version>#` whatever the edition says. The gateway sets it so that two
+    /// sync-rules versions never share a bucket name (a client's op-id position in one version's bucket
+    /// means nothing in another's), as the reference's current storage does.
+    pub force_versioned_bucket_ids: bool,
 }
 
 impl Default for CompileOptions {
@@ -37,6 +41,7 @@ impl Default for CompileOptions {
             default_schema: "public".into(),
             schema: None,
             version: 1,
+            force_versioned_bucket_ids: false,
         }
     }
 }
@@ -60,8 +65,10 @@ pub fn compile(text: &str, options: &CompileOptions) -> CompileResult {
     let rules = if has_errors {
         None
     } else {
+        let mut compat = c.compat;
+        compat.versioned_bucket_ids |= options.force_versioned_bucket_ids;
         Some(SyncRules {
-            compat: c.compat,
+            compat,
             version: options.version,
             definitions: c.definitions,
             data_queries: c.data_queries,

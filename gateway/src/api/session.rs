@@ -1,0 +1,708 @@
+//! One sync session (PROTOCOL §4.2): the lines of one `POST /sync/stream` or WebSocket stream.
+//!
+//! The session follows the published checkpoints of the active sync-rules version. For each one it
+//! resolves the connection's buckets (token claims, client parameters, stream subscriptions and the
+//! parameter index at that checkpoint), reads their checksums and the connection's write checkpoint, and
+//! sends a `checkpoint` (first time, or a new version) or a `checkpoint_diff`, the ops each changed bucket
+//! lacks up to the checkpoint, and the completes. Lines go into a bounded channel: a client that stops
+//! reading stops the session (backpressure), and one that stops for longer than the send timeout ends it.
+//!
+//! Transports ([`super::http`], WebSocket) only encode the lines; everything the protocol decides is here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use syncgate_protocol::{
+    BucketChecksum, BucketName, BucketPriority, BucketSubscription, Checksum, ClientId, OpId, StreamDescription,
+    StreamError, SubscriptionRef, SyncLine, SyncRequest, UserId, WriteCheckpointId,
+    line::{Checkpoint as CheckpointLine, CheckpointComplete, CheckpointDiff, DataLine, PartialCheckpointComplete},
+};
+use syncgate_rules::{BucketOrigin, ConnectionRequest, ParameterLookup, ResolvedConnection, SqliteValue, SyncRules};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::metrics::ApiMetrics;
+use crate::storage::{BucketStorage, Checkpoint, RulesVersion, StorageError, StorageEvents};
+use crate::versioned_rules::{RulesCache, StoredRulesError};
+
+/// Per-connection limits (PROTOCOL §4.2; configurable through `api` in the config).
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Buckets one connection may sync (reference default 1,000, error `PSYNC_S2305`).
+    pub max_buckets: usize,
+    /// Parameter lookups one bucket resolution may make (each is an index read per checkpoint).
+    pub max_lookups: usize,
+    /// Ops per `data` line.
+    pub max_ops_per_line: usize,
+    /// Approximate bytes of op data per `data` line; a line holds at least one op however large.
+    pub max_line_bytes: usize,
+    /// `token_expires_in` cadence (the client's HTTP body timeout and proxies need a byte well within it).
+    pub keepalive: Duration,
+    /// A client that reads nothing for this long is disconnected (its lines would pile up otherwise).
+    pub send_timeout: Duration,
+    /// Ops sent for one checkpoint after which a newer checkpoint interrupts it (positions carry over).
+    pub interrupt_after_ops: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_buckets: 1_000,
+            max_lookups: 1_000,
+            max_ops_per_line: 1_000,
+            max_line_bytes: 512 * 1024,
+            keepalive: Duration::from_secs(20),
+            send_timeout: Duration::from_secs(60),
+            interrupt_after_ops: 1_000,
+        }
+    }
+}
+
+/// What a session needs from the gateway; shared by every session.
+#[derive(Debug)]
+pub struct SessionEnv<S: ?Sized> {
+    pub storage: Arc<S>,
+    pub events: Arc<StorageEvents>,
+    pub rules: Arc<RulesCache>,
+    pub limits: SessionLimits,
+    pub metrics: Arc<ApiMetrics>,
+}
+
+/// The verified identity a stream runs as.
+#[derive(Debug, Clone)]
+pub struct SessionClaims {
+    /// The token's `sub`, stringified.
+    pub user_id: String,
+    /// The whole verified payload: the rules read it (`auth.parameters()`, `request.jwt()`).
+    pub payload: Value,
+    /// `exp` as seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Why a session ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// `{"token_expires_in":0}` was sent.
+    TokenExpired,
+    /// The transport dropped the receiving end.
+    ClientGone,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// Why a session failed. The transport aborts the stream; the client reconnects after its retry delay.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Rules(#[from] StoredRulesError),
+    #[error(
+        "PSYNC_S2305: too many buckets: this connection would sync {count}, the limit is {limit}; narrow the sync rules or raise api.max_buckets_per_connection"
+    )]
+    TooManyBuckets { count: usize, limit: usize },
+    #[error(
+        "PSYNC_S2305: too many parameter lookups: bucket resolution needs {count}, the limit is {limit}; raise api.max_lookups_per_connection"
+    )]
+    TooManyLookups { count: usize, limit: usize },
+    #[error("the client read nothing for {0:?}; disconnected")]
+    SlowClient(Duration),
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl SessionError {
+    /// The reference's error code, for transports that can send one (RSocket ERROR frames).
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::TooManyBuckets { .. } | SessionError::TooManyLookups { .. } => "PSYNC_S2305",
+            _ => "PSYNC_S2001",
+        }
+    }
+}
+
+/// One bucket of a connection at a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BucketView {
+    checksum: Checksum,
+    count: u64,
+    priority: BucketPriority,
+    subscriptions: Vec<BucketSubscription>,
+}
+
+/// Everything a session reads for one checkpoint, from one consistent storage state.
+#[derive(Debug, Clone)]
+struct CheckpointView {
+    version: RulesVersion,
+    checkpoint: Checkpoint,
+    /// In resolution order (the order lines list them).
+    order: Vec<BucketName>,
+    buckets: HashMap<BucketName, BucketView>,
+    streams: Vec<StreamDescription>,
+    write_checkpoint: Option<WriteCheckpointId>,
+}
+
+/// What the client has been told.
+#[derive(Debug)]
+struct Sent {
+    version: RulesVersion,
+    checkpoint: Checkpoint,
+    buckets: HashMap<BucketName, BucketView>,
+    write_checkpoint: Option<WriteCheckpointId>,
+    /// Whether the client received the complete for `checkpoint`.
+    completed: bool,
+}
+
+/// How sending a checkpoint's data ended.
+enum DataOutcome {
+    Complete,
+    /// A newer checkpoint exists and enough was sent for this one: move on, positions carry over.
+    Interrupted,
+    /// An op superseded after this checkpoint was sent (compaction, PROTOCOL §6.1 rule 3): the
+    /// checkpoint cannot be completed; a newer one covering `target_op` exists.
+    Compacted { target_op: OpId },
+}
+
+/// A running session.
+pub struct Session<S: BucketStorage + ?Sized + 'static> {
+    env: Arc<SessionEnv<S>>,
+    claims: SessionClaims,
+    user: UserId,
+    client_id: Option<ClientId>,
+    connection: Arc<ConnectionRequest>,
+    /// Positions the request claimed, for buckets the session has not listed yet.
+    requested: HashMap<BucketName, OpId>,
+    /// The client's position in each bucket of the current set: it has every op up to it.
+    positions: HashMap<BucketName, OpId>,
+    /// Buckets whose ops up to the last sent checkpoint are not all sent yet.
+    unfinished: HashSet<BucketName>,
+    sent: Option<Sent>,
+    /// Rules whose resolution reads no parameter index are resolved once per version.
+    static_resolution: Option<(RulesVersion, Arc<ResolvedConnection>)>,
+    out: mpsc::Sender<SyncLine>,
+}
+
+impl<S: BucketStorage + ?Sized + 'static> Session<S> {
+    pub fn new(
+        env: Arc<SessionEnv<S>>,
+        claims: SessionClaims,
+        request: &SyncRequest,
+        out: mpsc::Sender<SyncLine>,
+    ) -> Self {
+        let empty = Map::new();
+        let client_parameters = Value::Object(request.parameters.clone().unwrap_or_else(|| empty.clone()));
+        let mut connection = ConnectionRequest::new(&claims.payload, &client_parameters);
+        connection.include_defaults = request.streams.include_defaults;
+        connection.subscriptions = request
+            .streams
+            .subscriptions
+            .iter()
+            .map(|s| syncgate_rules::StreamSubscription {
+                stream: s.stream.clone(),
+                parameters: s.parameters.clone().map(Value::Object),
+                override_priority: s.override_priority.map(BucketPriority::get),
+            })
+            .collect();
+        Session {
+            user: UserId(claims.user_id.clone()),
+            client_id: request.client_id.clone(),
+            requested: request.buckets.iter().map(|b| (b.name.clone(), b.after)).collect(),
+            env,
+            claims,
+            connection: Arc::new(connection),
+            positions: HashMap::new(),
+            unfinished: HashSet::new(),
+            sent: None,
+            static_resolution: None,
+            out,
+        }
+    }
+
+    /// Runs until the token expires, the client goes away, shutdown, or an error.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<SessionEnd, SessionError> {
+        let mut commits = self.env.events.subscribe();
+        let keepalive = self.env.limits.keepalive;
+        let mut next_keepalive = tokio::time::Instant::now() + keepalive;
+        let expiry = tokio::time::Instant::now() + self.seconds_left();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(SessionEnd::Shutdown);
+            }
+            if let Some(end) = self.sync_to_latest(&mut commits).await? {
+                return Ok(end);
+            }
+            tokio::select! {
+                changed = commits.changed() => {
+                    if changed.is_err() {
+                        return Ok(SessionEnd::Shutdown);
+                    }
+                }
+                () = tokio::time::sleep_until(next_keepalive) => {
+                    next_keepalive += keepalive;
+                    let left = self.seconds_left().as_secs();
+                    if left == 0 {
+                        continue;
+                    }
+                    let left = i32::try_from(left).unwrap_or(i32::MAX);
+                    if let Some(end) = self.send(SyncLine::TokenExpiresIn(left)).await? {
+                        return Ok(end);
+                    }
+                }
+                () = tokio::time::sleep_until(expiry) => {
+                    self.send(SyncLine::TokenExpiresIn(0)).await?;
+                    return Ok(SessionEnd::TokenExpired);
+                }
+                _ = shutdown.changed() => {}
+                () = self.out.closed() => return Ok(SessionEnd::ClientGone),
+            }
+        }
+    }
+
+    /// Time until the token's `exp`, rounded up to whole seconds.
+    fn seconds_left(&self) -> Duration {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let exp = Duration::from_secs(self.claims.expires_at);
+        let left = exp.saturating_sub(now);
+        if left.subsec_nanos() > 0 {
+            Duration::from_secs(left.as_secs() + 1)
+        } else {
+            left
+        }
+    }
+
+    /// Sends a line; `Some` when the session must end.
+    async fn send(&self, line: SyncLine) -> Result<Option<SessionEnd>, SessionError> {
+        let timeout = self.env.limits.send_timeout;
+        match tokio::time::timeout(timeout, self.out.send(line)).await {
+            Ok(Ok(())) => {
+                self.env.metrics.line_sent();
+                Ok(None)
+            }
+            Ok(Err(_)) => Ok(Some(SessionEnd::ClientGone)),
+            Err(_) => Err(SessionError::SlowClient(timeout)),
+        }
+    }
+
+    /// Sends what the client lacks for the latest checkpoint, moving on to newer checkpoints while they
+    /// appear. Returns `Some` when the session must end.
+    async fn sync_to_latest(&mut self, commits: &mut watch::Receiver<u64>) -> Result<Option<SessionEnd>, SessionError> {
+        loop {
+            commits.mark_unchanged();
+            let started = Instant::now();
+            let Some(view) = self.read_view().await? else {
+                // No published checkpoint of an active version yet (initial snapshot running): keepalives
+                // only, never an empty checkpoint in its place.
+                return Ok(None);
+            };
+            let Some(line) = self.checkpoint_line(&view) else {
+                return Ok(None);
+            };
+            let full = matches!(line, SyncLine::Checkpoint(_));
+            if let Some(end) = self.send(line).await? {
+                return Ok(Some(end));
+            }
+            self.env.metrics.checkpoint_sent(started.elapsed());
+            let to_send = self.accept(view, full);
+            let (version, checkpoint) = match &self.sent {
+                Some(sent) => (sent.version, sent.checkpoint),
+                None => return Ok(None),
+            };
+            let outcome = match self.send_data(version, checkpoint, &to_send, commits).await? {
+                Ok(outcome) => outcome,
+                Err(end) => return Ok(Some(end)),
+            };
+            match outcome {
+                DataOutcome::Complete => {
+                    if let Some(sent) = self.sent.as_mut() {
+                        sent.completed = true;
+                    }
+                    return Ok(None);
+                }
+                DataOutcome::Interrupted => debug!(user = %self.user.0, "newer checkpoint while downloading; moving on"),
+                DataOutcome::Compacted { target_op } => {
+                    debug!(user = %self.user.0, %target_op, checkpoint = %checkpoint.op_id,
+                        "op compacted after this checkpoint was sent; moving to a newer one");
+                }
+            }
+        }
+    }
+
+    /// Reads the connection's state at the latest checkpoint of the active version, all from one
+    /// consistent storage state (no compaction overlapping the reads).
+    async fn read_view(&mut self) -> Result<Option<CheckpointView>, SessionError> {
+        let env = Arc::clone(&self.env);
+        let connection = Arc::clone(&self.connection);
+        let user = self.user.clone();
+        let client_id = self.client_id.clone();
+        let cached = self.static_resolution.clone();
+        let result = tokio::task::spawn_blocking(move || read_view(&env, &connection, &user, client_id.as_ref(), cached))
+            .await
+            .map_err(|e| SessionError::Task(e.to_string()))??;
+        Ok(result.map(|(view, resolution)| {
+            if let Some(resolution) = resolution {
+                self.static_resolution = Some((view.version, resolution));
+            }
+            view
+        }))
+    }
+
+    /// The line announcing `view`, or `None` when the client already has exactly this state.
+    fn checkpoint_line(&self, view: &CheckpointView) -> Option<SyncLine> {
+        let bucket_line = |name: &BucketName| {
+            let b = &view.buckets[name];
+            BucketChecksum {
+                bucket: name.clone(),
+                checksum: b.checksum,
+                count: u32::try_from(b.count).unwrap_or(u32::MAX),
+                priority: b.priority,
+                subscriptions: b.subscriptions.clone(),
+            }
+        };
+        match &self.sent {
+            Some(sent) if sent.version == view.version => {
+                let updated: Vec<BucketChecksum> = view
+                    .order
+                    .iter()
+                    .filter(|name| sent.buckets.get(*name) != Some(&view.buckets[*name]))
+                    .map(bucket_line)
+                    .collect();
+                let removed: Vec<BucketName> = {
+                    let mut removed: Vec<BucketName> = sent
+                        .buckets
+                        .keys()
+                        .filter(|name| !view.buckets.contains_key(*name))
+                        .cloned()
+                        .collect();
+                    removed.sort();
+                    removed
+                };
+                let unchanged = updated.is_empty()
+                    && removed.is_empty()
+                    && sent.write_checkpoint == view.write_checkpoint
+                    && self.unfinished.is_empty()
+                    && sent.completed;
+                if unchanged {
+                    return None;
+                }
+                if sent.checkpoint == view.checkpoint
+                    && updated.is_empty()
+                    && removed.is_empty()
+                    && sent.write_checkpoint == view.write_checkpoint
+                    && !sent.completed
+                    && self.unfinished.is_empty()
+                {
+                    // Only reachable when a complete could not be sent for this checkpoint (compaction):
+                    // wait for a newer one rather than announce the same again.
+                    return None;
+                }
+                Some(SyncLine::CheckpointDiff(CheckpointDiff {
+                    last_op_id: view.checkpoint.op_id,
+                    write_checkpoint: view.write_checkpoint,
+                    removed_buckets: removed,
+                    updated_buckets: updated,
+                }))
+            }
+            // First checkpoint of the connection, or of a newly active sync-rules version: a full one,
+            // which makes the client drop every bucket it does not list.
+            _ => Some(SyncLine::Checkpoint(CheckpointLine {
+                last_op_id: view.checkpoint.op_id,
+                write_checkpoint: view.write_checkpoint,
+                buckets: view.order.iter().map(bucket_line).collect(),
+                streams: view.streams.clone(),
+            })),
+        }
+    }
+
+    /// Records `view` as sent; returns the buckets whose ops must be sent, in line order.
+    fn accept(&mut self, view: CheckpointView, full: bool) -> Vec<(BucketName, BucketPriority)> {
+        let previous = self.sent.take();
+        if full {
+            // A new version (or the first checkpoint): buckets the client still holds from before are
+            // dropped by it; anything unlisted is forgotten here too.
+            self.positions.retain(|name, _| view.buckets.contains_key(name));
+            self.unfinished.retain(|name| view.buckets.contains_key(name));
+        } else {
+            for name in previous.iter().flat_map(|p| p.buckets.keys()) {
+                if !view.buckets.contains_key(name) {
+                    // Removed: the client deletes it; if it comes back it starts from zero.
+                    self.positions.remove(name);
+                    self.unfinished.remove(name);
+                    self.requested.remove(name);
+                }
+            }
+        }
+        let mut to_send = Vec::new();
+        for name in &view.order {
+            let bucket = &view.buckets[name];
+            let known = !full
+                && previous
+                    .as_ref()
+                    .and_then(|p| p.buckets.get(name))
+                    .is_some_and(|b| b.checksum == bucket.checksum && b.count == bucket.count);
+            if !self.positions.contains_key(name) {
+                let start = self.requested.remove(name).unwrap_or(OpId::ZERO);
+                self.positions.insert(name.clone(), start);
+            }
+            if !known || self.unfinished.contains(name) {
+                self.unfinished.insert(name.clone());
+                to_send.push((name.clone(), bucket.priority));
+            }
+        }
+        self.sent = Some(Sent {
+            version: view.version,
+            checkpoint: view.checkpoint,
+            buckets: view.buckets,
+            write_checkpoint: view.write_checkpoint,
+            completed: false,
+        });
+        to_send
+    }
+
+    /// Sends the ops of `buckets` up to `checkpoint`, highest priority first, with the completes.
+    async fn send_data(
+        &mut self,
+        version: RulesVersion,
+        checkpoint: Checkpoint,
+        buckets: &[(BucketName, BucketPriority)],
+        commits: &mut watch::Receiver<u64>,
+    ) -> Result<Result<DataOutcome, SessionEnd>, SessionError> {
+        let mut groups: BTreeMap<BucketPriority, Vec<BucketName>> = BTreeMap::new();
+        for (name, priority) in buckets {
+            groups.entry(*priority).or_default().push(name.clone());
+        }
+        let last_group = groups.keys().next_back().copied();
+        let mut ops_sent = 0usize;
+        let mut largest_target = OpId::ZERO;
+        for (priority, names) in &groups {
+            for name in names {
+                loop {
+                    let after = self.positions.get(name).copied().unwrap_or(OpId::ZERO);
+                    let Some((line, last, targets, count)) = self.data_line(version, name, after, checkpoint.op_id).await?
+                    else {
+                        break;
+                    };
+                    largest_target = largest_target.max(targets);
+                    let has_more = line.has_more;
+                    if let Some(end) = self.send(SyncLine::Data(line)).await? {
+                        return Ok(Err(end));
+                    }
+                    self.env.metrics.ops_sent(count);
+                    self.positions.insert(name.clone(), last);
+                    ops_sent += count;
+                    if !has_more {
+                        break;
+                    }
+                    if ops_sent >= self.env.limits.interrupt_after_ops && commits.has_changed().unwrap_or(false) {
+                        return Ok(Ok(DataOutcome::Interrupted));
+                    }
+                }
+                self.unfinished.remove(name);
+            }
+            if largest_target > checkpoint.op_id {
+                return Ok(Ok(DataOutcome::Compacted {
+                    target_op: largest_target,
+                }));
+            }
+            if Some(*priority) != last_group {
+                let line = SyncLine::PartialCheckpointComplete(PartialCheckpointComplete {
+                    last_op_id: checkpoint.op_id,
+                    priority: *priority,
+                });
+                if let Some(end) = self.send(line).await? {
+                    return Ok(Err(end));
+                }
+            }
+        }
+        let complete = SyncLine::CheckpointComplete(CheckpointComplete {
+            last_op_id: checkpoint.op_id,
+        });
+        if let Some(end) = self.send(complete).await? {
+            return Ok(Err(end));
+        }
+        Ok(Ok(DataOutcome::Complete))
+    }
+
+    /// The next `data` line of `bucket` after `after`, up to `up_to`: the line, its last op id, the
+    /// largest compaction `target_op` in it and its op count. `None` when nothing is left.
+    async fn data_line(
+        &self,
+        version: RulesVersion,
+        bucket: &BucketName,
+        after: OpId,
+        up_to: OpId,
+    ) -> Result<Option<(DataLine, OpId, OpId, usize)>, SessionError> {
+        if after >= up_to {
+            return Ok(None);
+        }
+        let storage = Arc::clone(&self.env.storage);
+        let name = bucket.clone();
+        let limit = self.env.limits.max_ops_per_line;
+        let max_bytes = self.env.limits.max_line_bytes;
+        // One op more than a line holds tells whether more follow.
+        let mut ops = tokio::task::spawn_blocking(move || storage.ops(version, &name, after, up_to, limit + 1))
+            .await
+            .map_err(|e| SessionError::Task(e.to_string()))??;
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = 0usize;
+        let mut keep = 0usize;
+        for op in &ops {
+            if keep == limit || (keep > 0 && bytes >= max_bytes) {
+                break;
+            }
+            bytes += 64 + op.entry.data.as_ref().map_or(0, String::len) + op.entry.object_id.as_ref().map_or(0, String::len);
+            keep += 1;
+        }
+        let has_more = ops.len() > keep;
+        ops.truncate(keep);
+        let largest_target = ops.iter().filter_map(|op| op.target_op).max().unwrap_or(OpId::ZERO);
+        let last = ops.last().map_or(after, |op| op.entry.op_id);
+        let count = ops.len();
+        let line = DataLine {
+            bucket: bucket.clone(),
+            after,
+            has_more,
+            data: ops.into_iter().map(|op| op.entry).collect(),
+            next_after: last,
+        };
+        Ok(Some((line, last, largest_target, count)))
+    }
+}
+
+type ViewRead = Option<(CheckpointView, Option<Arc<ResolvedConnection>>)>;
+
+/// Reads a connection's view of the latest checkpoint (blocking). Retries when a compaction ran
+/// meanwhile, since checksums below a compacted range change (PROTOCOL §6.1 rule 4).
+fn read_view<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    connection: &ConnectionRequest,
+    user: &UserId,
+    client_id: Option<&ClientId>,
+    cached: Option<(RulesVersion, Arc<ResolvedConnection>)>,
+) -> Result<ViewRead, SessionError> {
+    loop {
+        let generation = env.events.compaction_generation();
+        if generation % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let Some(active) = env.storage.active_version()? else {
+            return Ok(None);
+        };
+        let version = active.version;
+        let Some(checkpoint) = env.storage.latest_checkpoint(version)? else {
+            return Ok(None);
+        };
+        let rules = env.rules.get(version, &active.rules)?;
+        let (resolution, newly_static) = match &cached {
+            Some((v, resolution)) if *v == version => (Arc::clone(resolution), None),
+            _ => {
+                let (resolution, used_lookups) = resolve(env, &rules, connection, version, &checkpoint)?;
+                let resolution = Arc::new(resolution);
+                let newly_static = (!used_lookups).then(|| Arc::clone(&resolution));
+                (resolution, newly_static)
+            }
+        };
+        if resolution.buckets.len() > env.limits.max_buckets {
+            return Err(SessionError::TooManyBuckets {
+                count: resolution.buckets.len(),
+                limit: env.limits.max_buckets,
+            });
+        }
+        let names: Vec<BucketName> = resolution.buckets.iter().map(|b| b.bucket.clone()).collect();
+        let sums = env.storage.bucket_checksums(version, checkpoint.op_id, &names)?;
+        let write_checkpoint = env.storage.write_checkpoint_for(user, client_id, checkpoint.lsn)?;
+        if env.events.compaction_generation() != generation {
+            continue;
+        }
+        let mut buckets = HashMap::with_capacity(names.len());
+        for (bucket, sum) in resolution.buckets.iter().zip(sums) {
+            buckets.insert(
+                bucket.bucket.clone(),
+                BucketView {
+                    checksum: sum.checksum,
+                    count: sum.count,
+                    priority: bucket.priority,
+                    subscriptions: bucket.origins.iter().map(|o| subscription_of(*o)).collect(),
+                },
+            );
+        }
+        let streams = resolution
+            .streams
+            .iter()
+            .map(|s| StreamDescription {
+                name: s.name.to_string(),
+                is_default: s.is_default,
+                errors: s
+                    .errors
+                    .iter()
+                    .map(|(subscription, message)| StreamError {
+                        subscription: subscription
+                            .and_then(|i| u32::try_from(i).ok())
+                            .map_or(SubscriptionRef::Default, SubscriptionRef::Explicit),
+                        message: message.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let view = CheckpointView {
+            version,
+            checkpoint,
+            order: names,
+            buckets,
+            streams,
+            write_checkpoint,
+        };
+        return Ok(Some((view, newly_static)));
+    }
+}
+
+fn subscription_of(origin: BucketOrigin) -> BucketSubscription {
+    match origin {
+        BucketOrigin::Default(k) => BucketSubscription::Default(u32::try_from(k).unwrap_or(u32::MAX)),
+        BucketOrigin::Subscription(i) => BucketSubscription::Sub(u32::try_from(i).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Resolves the connection's buckets at `checkpoint`; the flag says whether the parameter index was read
+/// (if not, the result holds for every checkpoint of the version).
+fn resolve<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    rules: &SyncRules,
+    connection: &ConnectionRequest,
+    version: RulesVersion,
+    checkpoint: &Checkpoint,
+) -> Result<(ResolvedConnection, bool), SessionError> {
+    let mut used_lookups = false;
+    let resolution = rules.resolve_connection(connection, |lookups: &[ParameterLookup]| {
+        used_lookups = true;
+        if lookups.len() > env.limits.max_lookups {
+            return Err(SessionError::TooManyLookups {
+                count: lookups.len(),
+                limit: env.limits.max_lookups,
+            });
+        }
+        let keys: Vec<String> = lookups.iter().map(ParameterLookup::key).collect();
+        let found = env.storage.lookup(version, checkpoint, &keys)?;
+        Ok(found
+            .into_iter()
+            .map(|rows| rows.iter().map(|json| parse_values(json)).collect())
+            .collect())
+    })?;
+    Ok((resolution, used_lookups))
+}
+
+/// Parameter-index values are stored as a JSON array (`ParameterRow::values_json`); a damaged entry
+/// matches nothing rather than failing every session of the user.
+fn parse_values(json: &str) -> Vec<SqliteValue> {
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::Array(values)) => values.iter().map(SqliteValue::from_json).collect(),
+        _ => {
+            warn!(values = json, "parameter index entry is not a JSON array; ignored");
+            Vec::new()
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Session behaviour on a real SQLite storage, without HTTP: the lines a client receives.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, SyncLine, SyncRequest, UserId};
+use tokio::sync::{mpsc, watch};
+
+use super::metrics::ApiMetrics;
+use super::session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
+use crate::storage::{
+    BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction, SqliteStorage,
+};
+use crate::versioned_rules::RulesCache;
+
+const RULES: &str = "
+bucket_definitions:
+  global:
+    data:
+      - SELECT * FROM lists
+  by_user:
+    parameters: SELECT request.user_id() AS user_id
+    data:
+      - SELECT * FROM todos WHERE owner = bucket.user_id
+";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    storage: Arc<Notifying<SqliteStorage>>,
+    env: Arc<SessionEnv<dyn BucketStorage>>,
+    version: RulesVersion,
+    lsn: u64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Fixture {
+    fn new(limits: SessionLimits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Notifying::new(SqliteStorage::open(dir.path().join("buckets.db")).unwrap()));
+        let version = storage.create_version(RULES).unwrap();
+        let events = Arc::clone(storage.events());
+        let dyn_storage: Arc<dyn BucketStorage> = storage.clone();
+        let env = Arc::new(SessionEnv {
+            storage: dyn_storage,
+            events,
+            rules: Arc::new(RulesCache::default()),
+            limits,
+            metrics: Arc::new(ApiMetrics::default()),
+        });
+        Fixture {
+            _dir: dir,
+            storage,
+            env,
+            version,
+            lsn: 100,
+            shutdown: watch::Sender::new(false),
+        }
+    }
+
+    fn bucket(&self, name: &str) -> BucketName {
+        BucketName::new(format!("{}#{name}", self.version))
+    }
+
+    /// Applies one transaction setting `(table, id)` rows with their buckets; returns its checkpoint.
+    fn commit(&mut self, rows: &[(&str, &str, Option<(&str, &str)>)]) -> OpId {
+        self.lsn += 10;
+        let changes = rows
+            .iter()
+            .map(|(table, id, placement)| RowChange {
+                row: SourceRowKey {
+                    table: format!("public.{table}"),
+                    key: (*id).to_owned(),
+                },
+                placements: Some(
+                    placement
+                        .iter()
+                        .map(|(bucket, data)| Placement {
+                            bucket: self.bucket(bucket),
+                            table: (*table).to_owned(),
+                            id: (*id).to_owned(),
+                            data: (*data).to_owned(),
+                        })
+                        .collect(),
+                ),
+                parameters: None,
+                source_row: None,
+            })
+            .collect();
+        self.storage
+            .apply_batch(
+                self.version,
+                &[SourceTransaction {
+                    commit_lsn: Lsn(self.lsn),
+                    changes,
+                }],
+            )
+            .unwrap()
+            .unwrap()
+            .op_id
+    }
+
+    fn start(&self, user: &str, request: SyncRequest) -> Stream {
+        self.start_with_capacity(user, request, 16)
+    }
+
+    fn start_with_capacity(&self, user: &str, request: SyncRequest, capacity: usize) -> Stream {
+        let expires_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let claims = SessionClaims {
+            user_id: user.into(),
+            payload: json!({"sub": user, "exp": expires_at}),
+            expires_at,
+        };
+        let (tx, rx) = mpsc::channel(capacity);
+        let session = Session::new(Arc::clone(&self.env), claims, &request, tx);
+        let task = tokio::spawn(session.run(self.shutdown.subscribe()));
+        Stream { rx, task }
+    }
+}
+
+struct Stream {
+    rx: mpsc::Receiver<SyncLine>,
+    task: tokio::task::JoinHandle<Result<SessionEnd, SessionError>>,
+}
+
+impl Stream {
+    async fn next(&mut self) -> SyncLine {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("a line within 10 s")
+            .expect("stream open")
+    }
+
+    /// Asserts nothing arrives for a while.
+    async fn quiet(&mut self) {
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await {
+            panic!("unexpected line {line:?}");
+        }
+    }
+}
+
+fn ops_of(line: &SyncLine) -> Vec<(u64, OpType)> {
+    match line {
+        SyncLine::Data(d) => d.data.iter().map(|o| (o.op_id.get(), o.op)).collect(),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+fn checksum_sum(lines: &[SyncLine], bucket: &BucketName) -> Checksum {
+    lines
+        .iter()
+        .filter_map(|l| match l {
+            SyncLine::Data(d) if &d.bucket == bucket => Some(d.data.iter().map(|o| o.checksum).sum::<Checksum>()),
+            _ => None,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete() {
+    let mut f = Fixture::new(SessionLimits::default());
+    let mut stream = f.start("u1", SyncRequest::default());
+    // The version is not active yet: keepalives only, never an empty checkpoint.
+    stream.quiet().await;
+
+    f.commit(&[
+        ("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#))),
+        ("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","owner":"u1"}"#))),
+        ("todos", "t2", Some(("by_user[\"u2\"]", r#"{"id":"t2","owner":"u2"}"#))),
+    ]);
+    f.storage.activate(f.version).unwrap();
+    let checkpoint = f.storage.latest_checkpoint(f.version).unwrap().unwrap().op_id;
+
+    let SyncLine::Checkpoint(line) = stream.next().await else {
+        panic!("first line must be the checkpoint")
+    };
+    assert_eq!(line.last_op_id, checkpoint);
+    let names: Vec<&str> = line.buckets.iter().map(|b| b.bucket.as_str()).collect();
+    let (global, mine) = (f.bucket("global[]"), f.bucket("by_user[\"u1\"]"));
+    assert_eq!(names, vec![global.as_str(), mine.as_str()], "definition order, u2's bucket absent");
+    assert_eq!(line.streams.len(), 2);
+    assert!(line.buckets.iter().all(|b| b.count == 1));
+
+    let mut lines = vec![stream.next().await, stream.next().await];
+    for line in &lines {
+        let SyncLine::Data(d) = line else { panic!("data expected: {line:?}") };
+        assert!(d.data.iter().all(|o| o.op_id <= checkpoint));
+        assert!(!d.has_more);
+        assert_eq!(d.after, OpId::ZERO);
+    }
+    lines.push(stream.next().await);
+    assert!(matches!(lines[2], SyncLine::CheckpointComplete(c) if c.last_op_id == checkpoint));
+    for bucket in &line.buckets {
+        assert_eq!(checksum_sum(&lines, &bucket.bucket), bucket.checksum, "{}", bucket.bucket);
+    }
+    stream.quiet().await;
+}
+
+#[tokio::test]
+async fn later_commits_send_diffs_and_write_checkpoints_empty_diffs() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":1}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let request = SyncRequest {
+        client_id: Some(ClientId("c1".into())),
+        ..SyncRequest::default()
+    };
+    let mut stream = f.start("u1", request);
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    assert_eq!(ops_of(&stream.next().await).len(), 1);
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+
+    // An update of the user's row and a change in someone else's bucket.
+    let update = f.commit(&[
+        ("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":2}"#))),
+        ("todos", "t9", Some(("by_user[\"u9\"]", r#"{"id":"t9"}"#))),
+    ]);
+    let SyncLine::CheckpointDiff(diff) = stream.next().await else {
+        panic!("diff expected")
+    };
+    assert_eq!(diff.last_op_id, update);
+    assert_eq!(diff.updated_buckets.len(), 1, "only the user's bucket changed for them");
+    assert!(diff.removed_buckets.is_empty());
+    let data = stream.next().await;
+    let ops = ops_of(&data);
+    assert_eq!(ops.len(), 1);
+    assert!(ops[0].0 < update.get() && ops[0].1 == OpType::Put, "t1's PUT, below t9's op: {ops:?}");
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(c) if c.last_op_id == update));
+
+    // A change only another user sees: nothing for u1.
+    f.commit(&[("todos", "t9", Some(("by_user[\"u9\"]", r#"{"id":"t9","v":2}"#)))]);
+    stream.quiet().await;
+
+    // A write checkpoint at an LSN the next commit passes: an empty diff carrying it, then a complete.
+    let id = f
+        .storage
+        .create_write_checkpoint(&UserId("u1".into()), Some(&ClientId("c1".into())), Lsn(f.lsn + 1))
+        .unwrap();
+    f.commit(&[]);
+    let SyncLine::CheckpointDiff(diff) = stream.next().await else {
+        panic!("diff expected")
+    };
+    assert_eq!(diff.write_checkpoint, Some(id));
+    assert!(diff.updated_buckets.is_empty() && diff.removed_buckets.is_empty());
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+
+    // Every later diff repeats it (an absent one would clear it on the client).
+    let next = f.commit(&[("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":3}"#)))]);
+    let SyncLine::CheckpointDiff(diff) = stream.next().await else {
+        panic!("diff expected")
+    };
+    assert_eq!((diff.last_op_id, diff.write_checkpoint), (next, Some(id)));
+}
+
+#[tokio::test]
+async fn a_reconnect_resumes_after_the_clients_positions() {
+    let mut f = Fixture::new(SessionLimits::default());
+    let first = f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#)))]);
+    let second = f.commit(&[("lists", "l2", Some(("global[]", r#"{"id":"l2"}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let request: SyncRequest = serde_json::from_value(json!({
+        "buckets": [{"name": f.bucket("global[]").as_str(), "after": first.get().to_string()},
+                    {"name": "unknown[]", "after": "5"}]
+    }))
+    .unwrap();
+    let mut stream = f.start("u1", request);
+    let SyncLine::Checkpoint(line) = stream.next().await else { panic!() };
+    assert!(line.buckets.iter().all(|b| b.bucket.as_str() != "unknown[]"), "unknown buckets are dropped");
+    let data = stream.next().await;
+    assert_eq!(ops_of(&data), vec![(second.get(), OpType::Put)]);
+    let SyncLine::Data(d) = &data else { panic!() };
+    assert_eq!((d.after, d.next_after), (first, second));
+    // The user's own (empty) bucket has nothing to send; the complete follows.
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+}
+
+#[tokio::test]
+async fn large_buckets_stream_in_bounded_lines_with_has_more() {
+    let mut f = Fixture::new(SessionLimits {
+        max_ops_per_line: 2,
+        ..SessionLimits::default()
+    });
+    for i in 0..5 {
+        f.commit(&[("lists", &format!("l{i}"), Some(("global[]", r#"{"id":"x"}"#)))]);
+    }
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start("u1", SyncRequest::default());
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    let mut sizes = Vec::new();
+    let mut more = Vec::new();
+    loop {
+        match stream.next().await {
+            SyncLine::Data(d) => {
+                sizes.push(d.data.len());
+                more.push(d.has_more);
+            }
+            SyncLine::CheckpointComplete(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sizes, vec![2, 2, 1]);
+    assert_eq!(more, vec![true, true, false]);
+}
+
+#[tokio::test]
+async fn a_new_active_version_gets_a_full_checkpoint_on_the_same_stream() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start("u1", SyncRequest::default());
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    stream.next().await;
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+
+    let old = f.bucket("global[]");
+    f.version = f.storage.create_version(RULES).unwrap();
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let SyncLine::Checkpoint(line) = stream.next().await else {
+        panic!("a full checkpoint for the new version")
+    };
+    assert!(line.buckets.iter().all(|b| b.bucket != old));
+    assert!(line.buckets.iter().any(|b| b.bucket == f.bucket("global[]")));
+    assert_eq!(ops_of(&stream.next().await).len(), 1);
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+}
+
+/// PROTOCOL §6.1 rule 3: an op compacted into a MOVE whose target lies beyond the checkpoint being
+/// sent must not be completed at that checkpoint; the session moves on to one that covers the target.
+#[tokio::test]
+async fn compaction_during_a_download_never_completes_a_checkpoint_with_a_missing_row() {
+    let mut f = Fixture::new(SessionLimits {
+        max_ops_per_line: 1,
+        ..SessionLimits::default()
+    });
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#)))]);
+    f.commit(&[("lists", "l2", Some(("global[]", r#"{"id":"l2","v":1}"#)))]);
+    let first = f.storage.latest_checkpoint(f.version).unwrap().unwrap().op_id;
+    f.storage.activate(f.version).unwrap();
+    // Room for one line: the session queues the checkpoint, reads l1's op and blocks sending it, before
+    // it has read l2's op.
+    let mut stream = f.start_with_capacity("u1", SyncRequest::default(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // l2 is superseded after `first`, and compaction turns its PUT into a MOVE targeting the new op.
+    let second = f.commit(&[("lists", "l2", Some(("global[]", r#"{"id":"l2","v":2}"#)))]);
+    let stats = f.storage.compact(f.version, OpId::MAX).unwrap();
+    assert!(stats.moved >= 1);
+
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(c) if c.last_op_id == first));
+    let mut lines = Vec::new();
+    loop {
+        let line = stream.next().await;
+        let done = matches!(line, SyncLine::CheckpointComplete(_));
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let completes: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| match l {
+            SyncLine::CheckpointComplete(c) => Some(c.last_op_id.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completes, vec![second.get()], "no complete for the first checkpoint: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| matches!(l, SyncLine::CheckpointDiff(d) if d.last_op_id == second))
+    );
+    let received: Vec<(u64, OpType)> = lines
+        .iter()
+        .filter(|l| matches!(l, SyncLine::Data(_)))
+        .flat_map(ops_of)
+        .collect();
+    assert!(received.contains(&(second.get(), OpType::Put)), "{received:?}");
+    let _ = stream.task;
+}
+
+#[tokio::test]
+async fn too_many_buckets_end_the_session_with_the_reference_code() {
+    let mut f = Fixture::new(SessionLimits {
+        max_buckets: 1,
+        ..SessionLimits::default()
+    });
+    f.commit(&[]);
+    f.storage.activate(f.version).unwrap();
+    let stream = f.start("u1", SyncRequest::default());
+    let result = tokio::time::timeout(Duration::from_secs(10), stream.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let error = result.unwrap_err();
+    assert_eq!(error.code(), "PSYNC_S2305");
+    assert!(error.to_string().contains("limit is 1"), "{error}");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_the_session() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start("u1", SyncRequest::default());
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    drop(stream.rx);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, SessionEnd::ClientGone);
+}

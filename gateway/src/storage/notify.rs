@@ -1,0 +1,203 @@
+//! Change notifications for readers in the same process: sync sessions wait on [`StorageEvents`]
+//! instead of polling, so a commit reaches every open stream within one wake-up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
+use tokio::sync::watch;
+
+use super::{
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, ReplicationState, Result, RowChange, RulesVersion,
+    SourceRowKey, SourceTransaction, StoredOp, SyncRulesVersion, TableSnapshot,
+};
+
+/// What readers can wait for. `commits` counts storage commits that may publish a new checkpoint or
+/// a new active version; `compactions` is odd while a compaction runs and changes with each one, so a
+/// reader can tell whether a compaction overlapped a group of reads (PROTOCOL §6.1 rule 4).
+#[derive(Debug)]
+pub struct StorageEvents {
+    commits: watch::Sender<u64>,
+    compactions: AtomicU64,
+}
+
+impl Default for StorageEvents {
+    fn default() -> Self {
+        StorageEvents {
+            commits: watch::Sender::new(0),
+            compactions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StorageEvents {
+    /// A receiver that sees every later commit (and is marked changed by none before now).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    /// Wakes every reader: something they read may have changed.
+    pub fn notify(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The compaction generation: even when none runs, changed by every compaction.
+    pub fn compaction_generation(&self) -> u64 {
+        self.compactions.load(Ordering::Acquire)
+    }
+}
+
+/// A [`BucketStorage`] that notifies [`StorageEvents`] after each write that readers care about.
+#[derive(Debug)]
+pub struct Notifying<S> {
+    inner: S,
+    events: std::sync::Arc<StorageEvents>,
+}
+
+impl<S: BucketStorage> Notifying<S> {
+    pub fn new(inner: S) -> Self {
+        Notifying {
+            inner,
+            events: std::sync::Arc::default(),
+        }
+    }
+
+    pub fn events(&self) -> &std::sync::Arc<StorageEvents> {
+        &self.events
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn notify_after<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_ok() {
+            self.events.notify();
+        }
+        result
+    }
+}
+
+impl<S: BucketStorage> BucketStorage for Notifying<S> {
+    fn apply(&self, version: RulesVersion, txn: &SourceTransaction) -> Result<Option<OpId>> {
+        self.notify_after(self.inner.apply(version, txn))
+    }
+
+    fn apply_batch(&self, version: RulesVersion, txns: &[SourceTransaction]) -> Result<Option<Checkpoint>> {
+        self.notify_after(self.inner.apply_batch(version, txns))
+    }
+
+    fn apply_snapshot_chunk(
+        &self,
+        version: RulesVersion,
+        changes: &[RowChange],
+        progress: &TableSnapshot,
+    ) -> Result<()> {
+        // No checkpoint is published by a snapshot chunk: nothing for readers.
+        self.inner.apply_snapshot_chunk(version, changes, progress)
+    }
+
+    fn snapshot_progress(&self, version: RulesVersion) -> Result<Vec<TableSnapshot>> {
+        self.inner.snapshot_progress(version)
+    }
+
+    fn replication_state(&self, version: RulesVersion) -> Result<ReplicationState> {
+        self.inner.replication_state(version)
+    }
+
+    fn set_replication_state(&self, version: RulesVersion, state: &ReplicationState) -> Result<()> {
+        self.inner.set_replication_state(version, state)
+    }
+
+    fn source_row(&self, version: RulesVersion, row: &SourceRowKey) -> Result<Option<String>> {
+        self.inner.source_row(version, row)
+    }
+
+    fn source_row_keys(&self, version: RulesVersion, table: &str) -> Result<Vec<String>> {
+        self.inner.source_row_keys(version, table)
+    }
+
+    fn versions(&self) -> Result<Vec<SyncRulesVersion>> {
+        self.inner.versions()
+    }
+
+    fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>> {
+        self.inner.latest_checkpoint(version)
+    }
+
+    fn bucket_checksums(
+        &self,
+        version: RulesVersion,
+        checkpoint: OpId,
+        buckets: &[BucketName],
+    ) -> Result<Vec<BucketSummary>> {
+        self.inner.bucket_checksums(version, checkpoint, buckets)
+    }
+
+    fn ops(
+        &self,
+        version: RulesVersion,
+        bucket: &BucketName,
+        after: OpId,
+        up_to: OpId,
+        limit: usize,
+    ) -> Result<Vec<StoredOp>> {
+        self.inner.ops(version, bucket, after, up_to, limit)
+    }
+
+    fn lookup(&self, version: RulesVersion, checkpoint: &Checkpoint, keys: &[String]) -> Result<Vec<Vec<String>>> {
+        self.inner.lookup(version, checkpoint, keys)
+    }
+
+    fn create_write_checkpoint(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        lsn: crate::lsn::Lsn,
+    ) -> Result<WriteCheckpointId> {
+        self.inner.create_write_checkpoint(user, client_id, lsn)
+    }
+
+    fn request_write_checkpoint(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        requested: WriteCheckpointId,
+        lsn: crate::lsn::Lsn,
+    ) -> Result<WriteCheckpointId> {
+        self.inner.request_write_checkpoint(user, client_id, requested, lsn)
+    }
+
+    fn write_checkpoint_for(
+        &self,
+        user: &UserId,
+        client_id: Option<&ClientId>,
+        up_to: crate::lsn::Lsn,
+    ) -> Result<Option<WriteCheckpointId>> {
+        self.inner.write_checkpoint_for(user, client_id, up_to)
+    }
+
+    fn create_version(&self, rules: &str) -> Result<RulesVersion> {
+        self.inner.create_version(rules)
+    }
+
+    fn active_version(&self) -> Result<Option<SyncRulesVersion>> {
+        self.inner.active_version()
+    }
+
+    fn activate(&self, version: RulesVersion) -> Result<()> {
+        self.notify_after(self.inner.activate(version))
+    }
+
+    fn delete_version(&self, version: RulesVersion) -> Result<()> {
+        self.inner.delete_version(version)
+    }
+
+    fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats> {
+        // Odd while running: a reader that sees the same even value before and after its reads knows
+        // no compaction overlapped them.
+        self.events.compactions.fetch_add(1, Ordering::AcqRel);
+        let result = self.inner.compact(version, up_to);
+        self.events.compactions.fetch_add(1, Ordering::AcqRel);
+        self.notify_after(result)
+    }
+}
