@@ -167,6 +167,10 @@ async function clientRows(db) {
   };
 }
 
+/** Text columns the backend trims, as backends normalize input: the server's row then differs from the client's
+ * local one, so the client can only show the server version after applying the write-checkpointed checkpoint. */
+const TRIMMED = ['description', 'name'];
+
 /** The app backend: applies one CRUD batch to Postgres in one transaction. */
 async function applyBatch(name, entries) {
   const c = await pool.connect();
@@ -177,6 +181,7 @@ async function applyBatch(name, entries) {
       if (!columns) throw new Error(`upload for unknown table ${entry.table}`);
       const data = entry.opData ?? {};
       const cols = Object.keys(data).filter((k) => columns.includes(k));
+      const value = (k) => (TRIMMED.includes(k) && typeof data[k] === 'string' ? data[k].trim() : data[k]);
       log(`${name} uploads ${entry.op} ${entry.table}/${entry.id} ${JSON.stringify(data)}`);
       if (entry.op === UpdateType.PUT) {
         const names = ['id', ...cols];
@@ -184,13 +189,13 @@ async function applyBatch(name, entries) {
         const update = cols.length ? `DO UPDATE SET ${cols.map((k) => `${k} = EXCLUDED.${k}`).join(', ')}` : 'DO NOTHING';
         await c.query(
           `INSERT INTO ${entry.table} (${names.join(', ')}) VALUES (${placeholders.join(', ')}) ON CONFLICT (id) ${update}`,
-          [entry.id, ...cols.map((k) => data[k])]
+          [entry.id, ...cols.map((k) => value(k))]
         );
       } else if (entry.op === UpdateType.PATCH) {
         if (cols.length) {
           await c.query(`UPDATE ${entry.table} SET ${cols.map((k, i) => `${k} = $${i + 2}`).join(', ')} WHERE id = $1`, [
             entry.id,
-            ...cols.map((k) => data[k])
+            ...cols.map((k) => value(k))
           ]);
         }
       } else if (entry.op === UpdateType.DELETE) {
@@ -532,14 +537,14 @@ const scenarios = {
     log('client: insert, update and delete locally');
     const t0 = Date.now();
     await alice.db.writeTransaction(async (tx) => {
-      await tx.execute('INSERT INTO todos (id, list_id, description, completed, priority) VALUES (?, ?, ?, 0, 5)', [newTodo, listId('groceries'), 'Cheese']);
-      await tx.execute("UPDATE todos SET description = 'Whole milk', completed = 1 WHERE id = ?", [`${PREFIX}-t1`]);
+      await tx.execute('INSERT INTO todos (id, list_id, description, completed, priority) VALUES (?, ?, ?, 0, 5)', [newTodo, listId('groceries'), ' Cheese ']);
+      await tx.execute("UPDATE todos SET description = 'Whole milk  ', completed = 1 WHERE id = ?", [`${PREFIX}-t1`]);
       await tx.execute('DELETE FROM todos WHERE id = ?', [`${PREFIX}-t2`]);
     });
     // A second transaction: a new list (a new bucket for Alice, through the parameter query) with a todo.
     await alice.db.writeTransaction(async (tx) => {
-      await tx.execute('INSERT INTO lists (id, owner_id, name) VALUES (?, ?, ?)', [newList, user('alice'), 'Party']);
-      await tx.execute('INSERT INTO todos (id, list_id, description, completed) VALUES (?, ?, ?, 0)', [newTodoInNewList, newList, 'Balloons']);
+      await tx.execute('INSERT INTO lists (id, owner_id, name) VALUES (?, ?, ?)', [newList, user('alice'), 'Party ']);
+      await tx.execute('INSERT INTO todos (id, list_id, description, completed) VALUES (?, ?, ?, 0)', [newTodoInNewList, newList, '  Balloons']);
     });
     result.latencies_ms.uploaded = await waitFor('ps_crud empty (uploaded)', async () => (await alice.crudCount()) === 0);
     const pgState = async () => ({
@@ -554,6 +559,7 @@ const scenarios = {
     assert(state.updated[0]?.description === 'Whole milk' && state.updated[0]?.completed === true, 'update reached postgres', state);
     assert(state.deleted.length === 0, 'delete reached postgres', state);
     assert(state.new_list.length === 1 && state.new_list_todo.length === 1, 'new list reached postgres', state);
+    // The backend trimmed the texts: only the checkpoint carrying the write checkpoint brings the trimmed versions.
     result.latencies_ms.round_trip = await waitFor('write checkpoint acknowledged: client equals postgres, new bucket synced', async () => {
       const [want, have] = [await expectedRows(alice.sub), await clientRows(alice.db)];
       const buckets = await alice.buckets();
@@ -570,8 +576,13 @@ const scenarios = {
     const s = alice.status();
     assert((await alice.crudCount()) === 0, 'ps_crud empty');
     assert(s.connected && s.hasSynced && !s.downloadError && !s.uploadError && !s.uploading, 'status after upload', s);
-    const local = await alice.db.getAll("SELECT name, last_op, target_op FROM ps_buckets WHERE name = '$local'");
-    result.local_bucket = local;
+    // The core's own record: the write checkpoint the gateway issued is the last one applied.
+    const kv = Object.fromEntries(
+      (await alice.db.getAll("SELECT key, CAST(value AS TEXT) AS value FROM ps_kv WHERE key LIKE '%checkpoint_request_id'")).map((r) => [r.key, r.value])
+    );
+    result.ps_kv = kv;
+    const issued = checkpoints.filter((r) => r.status === 200).map((r) => JSON.parse(r.body).data.write_checkpoint);
+    assert(issued.length > 0 && BigInt(kv.last_applied_checkpoint_request_id ?? 0) >= BigInt(issued[issued.length - 1]), 'the client applied the issued write checkpoint', { kv, issued });
     result.ids = { new_todo: newTodo, updated_todo: `${PREFIX}-t1`, deleted_todo: `${PREFIX}-t2`, new_list: newList, new_list_todo: newTodoInNewList };
   },
 

@@ -3,5 +3,6 @@
 mod cli;
 mod config;
 mod crash;
+mod interop;
 mod replication;
 mod source;
