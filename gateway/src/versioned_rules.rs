@@ -53,7 +53,10 @@ pub struct RulesCache {
 
 impl RulesCache {
     pub fn get(&self, version: RulesVersion, text: &str) -> Result<Arc<SyncRules>, StoredRulesError> {
-        let mut compiled = self.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(rules) = compiled.get(&version) {
             return Ok(Arc::clone(rules));
         }

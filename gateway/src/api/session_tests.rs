@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, watch};
 use super::metrics::ApiMetrics;
 use super::session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
 use crate::storage::{
-    BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction, SqliteStorage,
+    BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction,
+    SqliteStorage,
 };
 use crate::versioned_rules::RulesCache;
 
@@ -38,7 +39,9 @@ struct Fixture {
 impl Fixture {
     fn new(limits: SessionLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Notifying::new(SqliteStorage::open(dir.path().join("buckets.db")).unwrap()));
+        let storage = Arc::new(Notifying::new(
+            SqliteStorage::open(dir.path().join("buckets.db")).unwrap(),
+        ));
         let version = storage.create_version(RULES).unwrap();
         let events = Arc::clone(storage.events());
         let dyn_storage: Arc<dyn BucketStorage> = storage.clone();
@@ -151,7 +154,9 @@ fn checksum_sum(lines: &[SyncLine], bucket: &BucketName) -> Checksum {
     lines
         .iter()
         .filter_map(|l| match l {
-            SyncLine::Data(d) if &d.bucket == bucket => Some(d.data.iter().map(|o| o.checksum).sum::<Checksum>()),
+            SyncLine::Data(d) if &d.bucket == bucket => {
+                Some(d.data.iter().map(|o| o.checksum).sum::<Checksum>())
+            }
             _ => None,
         })
         .sum()
@@ -166,8 +171,16 @@ async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete(
 
     f.commit(&[
         ("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#))),
-        ("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","owner":"u1"}"#))),
-        ("todos", "t2", Some(("by_user[\"u2\"]", r#"{"id":"t2","owner":"u2"}"#))),
+        (
+            "todos",
+            "t1",
+            Some(("by_user[\"u1\"]", r#"{"id":"t1","owner":"u1"}"#)),
+        ),
+        (
+            "todos",
+            "t2",
+            Some(("by_user[\"u2\"]", r#"{"id":"t2","owner":"u2"}"#)),
+        ),
     ]);
     f.storage.activate(f.version).unwrap();
     let checkpoint = f.storage.latest_checkpoint(f.version).unwrap().unwrap().op_id;
@@ -178,13 +191,19 @@ async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete(
     assert_eq!(line.last_op_id, checkpoint);
     let names: Vec<&str> = line.buckets.iter().map(|b| b.bucket.as_str()).collect();
     let (global, mine) = (f.bucket("global[]"), f.bucket("by_user[\"u1\"]"));
-    assert_eq!(names, vec![global.as_str(), mine.as_str()], "definition order, u2's bucket absent");
+    assert_eq!(
+        names,
+        vec![global.as_str(), mine.as_str()],
+        "definition order, u2's bucket absent"
+    );
     assert_eq!(line.streams.len(), 2);
     assert!(line.buckets.iter().all(|b| b.count == 1));
 
     let mut lines = vec![stream.next().await, stream.next().await];
     for line in &lines {
-        let SyncLine::Data(d) = line else { panic!("data expected: {line:?}") };
+        let SyncLine::Data(d) = line else {
+            panic!("data expected: {line:?}")
+        };
         assert!(d.data.iter().all(|o| o.op_id <= checkpoint));
         assert!(!d.has_more);
         assert_eq!(d.after, OpId::ZERO);
@@ -192,7 +211,12 @@ async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete(
     lines.push(stream.next().await);
     assert!(matches!(lines[2], SyncLine::CheckpointComplete(c) if c.last_op_id == checkpoint));
     for bucket in &line.buckets {
-        assert_eq!(checksum_sum(&lines, &bucket.bucket), bucket.checksum, "{}", bucket.bucket);
+        assert_eq!(
+            checksum_sum(&lines, &bucket.bucket),
+            bucket.checksum,
+            "{}",
+            bucket.bucket
+        );
     }
     stream.quiet().await;
 }
@@ -220,12 +244,19 @@ async fn later_commits_send_diffs_and_write_checkpoints_empty_diffs() {
         panic!("diff expected")
     };
     assert_eq!(diff.last_op_id, update);
-    assert_eq!(diff.updated_buckets.len(), 1, "only the user's bucket changed for them");
+    assert_eq!(
+        diff.updated_buckets.len(),
+        1,
+        "only the user's bucket changed for them"
+    );
     assert!(diff.removed_buckets.is_empty());
     let data = stream.next().await;
     let ops = ops_of(&data);
     assert_eq!(ops.len(), 1);
-    assert!(ops[0].0 < update.get() && ops[0].1 == OpType::Put, "t1's PUT, below t9's op: {ops:?}");
+    assert!(
+        ops[0].0 < update.get() && ops[0].1 == OpType::Put,
+        "t1's PUT, below t9's op: {ops:?}"
+    );
     assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(c) if c.last_op_id == update));
 
     // A change only another user sees: nothing for u1.
@@ -265,8 +296,13 @@ async fn a_reconnect_resumes_after_the_clients_positions() {
     }))
     .unwrap();
     let mut stream = f.start("u1", request);
-    let SyncLine::Checkpoint(line) = stream.next().await else { panic!() };
-    assert!(line.buckets.iter().all(|b| b.bucket.as_str() != "unknown[]"), "unknown buckets are dropped");
+    let SyncLine::Checkpoint(line) = stream.next().await else {
+        panic!()
+    };
+    assert!(
+        line.buckets.iter().all(|b| b.bucket.as_str() != "unknown[]"),
+        "unknown buckets are dropped"
+    );
     let data = stream.next().await;
     assert_eq!(ops_of(&data), vec![(second.get(), OpType::Put)]);
     let SyncLine::Data(d) = &data else { panic!() };
@@ -365,7 +401,11 @@ async fn compaction_during_a_download_never_completes_a_checkpoint_with_a_missin
             _ => None,
         })
         .collect();
-    assert_eq!(completes, vec![second.get()], "no complete for the first checkpoint: {lines:?}");
+    assert_eq!(
+        completes,
+        vec![second.get()],
+        "no complete for the first checkpoint: {lines:?}"
+    );
     assert!(
         lines
             .iter()

@@ -5,3 +5,4 @@ mod config;
 mod crash;
 mod replication;
 mod source;
+mod sync_api;
