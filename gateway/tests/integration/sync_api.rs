@@ -337,3 +337,233 @@ async fn a_session_matches_the_reference_transcript_line_for_line() {
     drop(stream);
     api.gateway.stop().await;
 }
+
+/// A gateway on the golden schema and rules, with the golden dataset loaded.
+async fn golden_api(dir: &Path, prefix: &str) -> (TestDatabase, Api) {
+    let db = shared_cluster().create_database().expect("database");
+    db.psql(&golden("schema.sql")).expect("schema");
+    db.psql(&golden("dataset.sql")).expect("dataset");
+    let api = Api::start(dir, &db, &golden("sync-rules.yaml"), prefix).await;
+    (db, api)
+}
+
+fn signed(claims: &Value, secret: &[u8], kid: Option<&str>) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).expect("sign")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_get_401_with_the_reference_code_and_bad_requests_400() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_db, api) = golden_api(dir.path(), "sg_authfail_").await;
+    let now = unix_now();
+    let secret = crate::replication::harness::TEST_SECRET.as_bytes();
+    let good_claims = json!({"sub": "user1", "aud": "syncgate-test", "iat": now, "exp": now + 600});
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("no token", None, "PSYNC_S2106"),
+        ("garbled header", Some("Token".to_owned()), "PSYNC_S2106"),
+        ("not a JWT", Some("Token abc.def".to_owned()), "PSYNC_S2101"),
+        (
+            "expired",
+            Some(format!(
+                "Token {}",
+                signed(
+                    &json!({"sub": "user1", "aud": "syncgate-test", "iat": now - 7200, "exp": now - 3600}),
+                    secret,
+                    Some("test-hs256")
+                )
+            )),
+            "PSYNC_S2103",
+        ),
+        (
+            "wrong key",
+            Some(format!(
+                "Token {}",
+                signed(
+                    &good_claims,
+                    b"some-other-secret-0123456789abcdef",
+                    Some("test-hs256")
+                )
+            )),
+            "PSYNC_S2101",
+        ),
+        (
+            "wrong audience",
+            Some(format!(
+                "Bearer {}",
+                signed(
+                    &json!({"sub": "user1", "aud": "other", "iat": now, "exp": now + 600}),
+                    secret,
+                    Some("test-hs256")
+                )
+            )),
+            "PSYNC_S2105",
+        ),
+    ];
+    for (what, header, code) in cases {
+        for (method, path) in [
+            ("POST", "/sync/stream"),
+            ("GET", "/write-checkpoint2.json?client_id=c"),
+        ] {
+            let mut request = api
+                .http
+                .request(method.parse().expect("method"), format!("{}{path}", api.base))
+                // A malformed body must not matter: the token is checked first.
+                .body("{not json");
+            if let Some(header) = &header {
+                request = request.header("authorization", header);
+            }
+            let response = request.send().await.expect("response");
+            assert_eq!(response.status(), 401, "{what} {path}");
+            assert_eq!(
+                response.headers()["access-control-allow-origin"],
+                "*",
+                "CORS headers on errors too"
+            );
+            let body: Value =
+                serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON body");
+            assert_eq!(body["error"]["code"], json!(code), "{what} {path}: {body}");
+            assert_eq!(body["error"]["status"], json!(401));
+            assert!(
+                !body["error"]["description"]
+                    .as_str()
+                    .expect("description")
+                    .is_empty()
+            );
+        }
+    }
+
+    // A good token with a malformed or oversize body: 400 / 413, and the server goes on serving.
+    let token = format!("Token {}", signed(&good_claims, secret, Some("test-hs256")));
+    for (body, status) in [
+        ("{not json".to_owned(), 400),
+        ("[1,2]".to_owned(), 400),
+        (r#"{"buckets":[{"name":"x","after":"-5"}]}"#.to_owned(), 400),
+        (
+            r#"{"buckets":[{"name":"x","after":"99999999999999999999999"}]}"#.to_owned(),
+            400,
+        ),
+        (
+            format!(r#"{{"parameters":{{"x":"{}"}}}}"#, "y".repeat(2 * 1024 * 1024)),
+            413,
+        ),
+    ] {
+        let response = api
+            .http
+            .post(format!("{}/sync/stream", api.base))
+            .header("authorization", &token)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(response.status(), status, "{}", &body[..body.len().min(80)]);
+        let error: Value = serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON");
+        assert_eq!(error["error"]["status"], json!(status));
+    }
+    let response = api
+        .http
+        .get(format!("{}/no/such/route", api.base))
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(response.status(), 404);
+
+    // Still serving: a real stream works after all that.
+    let mut stream = api.stream("user1", "{}", "application/x-ndjson").await;
+    assert!(stream.next_line().await.get("checkpoint").is_some());
+    drop(stream);
+    api.gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_gets_a_gzipped_bson_stream_and_probes_and_metrics_answer() {
+    use std::io::Read as _;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (_db, api) = golden_api(dir.path(), "sg_bson_").await;
+    let liveness = api
+        .http
+        .get(format!("{}/probes/liveness", api.base))
+        .send()
+        .await
+        .expect("liveness");
+    assert_eq!(liveness.status(), 200);
+
+    // What the official SDK sends (golden sdk-recorded request).
+    let recorded: Value =
+        serde_json::from_str(&golden("sdk-recorded/002-POST_sync_stream.json")).expect("json");
+    let body = recorded["request"]["body"].as_str().expect("body").to_owned();
+    let mut response = api
+        .http
+        .post(format!("{}/sync/stream", api.base))
+        .header(
+            "authorization",
+            format!("Token {}", api.token("user1", Duration::from_secs(600))),
+        )
+        .header("content-type", "application/json")
+        .header(
+            "accept",
+            "application/vnd.powersync.bson-stream;q=0.9,application/x-ndjson;q=0.8",
+        )
+        .header("accept-encoding", "gzip, deflate")
+        .body(body)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.powersync.bson-stream"
+    );
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+
+    // Read until the complete is decodable: every chunk must inflate without waiting for more.
+    let mut compressed = Vec::new();
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &syncgate_protocol::SyncLine| {
+        matches!(l, syncgate_protocol::SyncLine::CheckpointComplete(_))
+    }) {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .expect("chunk in time")
+            .expect("read")
+            .expect("open");
+        compressed.extend_from_slice(&chunk);
+        let mut inflated = Vec::new();
+        let _ = flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut inflated);
+        lines = syncgate_protocol::bson::split_documents(&inflated)
+            .expect("whole BSON documents")
+            .into_iter()
+            .map(|doc| {
+                syncgate_protocol::SyncLine::from_bson(doc)
+                    .expect("a sync line")
+                    .expect("known line type")
+            })
+            .collect();
+    }
+    assert!(matches!(lines[0], syncgate_protocol::SyncLine::Checkpoint(_)));
+    assert_eq!(lines.len(), 4, "checkpoint, two data lines, complete: {lines:?}");
+
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("\nsyncgate_connections 1\n"), "{metrics}");
+    assert!(metrics.contains("syncgate_ops_sent_total 4\n"), "{metrics}");
+    drop(response);
+    api.gateway.stop().await;
+}
