@@ -62,10 +62,10 @@ impl RulesCache {
         }
         let rules = Arc::new(compile_version(version, text)?);
         // Versions are few and retired ones are removed; keep only the newest few.
-        if compiled.len() >= 4 {
-            if let Some(oldest) = compiled.keys().min().copied() {
-                compiled.remove(&oldest);
-            }
+        if compiled.len() >= 4
+            && let Some(oldest) = compiled.keys().min().copied()
+        {
+            compiled.remove(&oldest);
         }
         compiled.insert(version, Arc::clone(&rules));
         Ok(rules)

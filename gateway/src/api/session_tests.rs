@@ -27,6 +27,9 @@ bucket_definitions:
       - SELECT * FROM todos WHERE owner = bucket.user_id
 ";
 
+/// `(table, id, Some((bucket, data)))` rows of one transaction; `None` removes the row from every bucket.
+type Rows<'a> = [(&'a str, &'a str, Option<(&'a str, &'a str)>)];
+
 struct Fixture {
     _dir: tempfile::TempDir,
     storage: Arc<Notifying<SqliteStorage>>,
@@ -67,7 +70,7 @@ impl Fixture {
     }
 
     /// Applies one transaction setting `(table, id)` rows with their buckets; returns its checkpoint.
-    fn commit(&mut self, rows: &[(&str, &str, Option<(&str, &str)>)]) -> OpId {
+    fn commit(&mut self, rows: &Rows<'_>) -> OpId {
         self.lsn += 10;
         let changes = rows
             .iter()
@@ -109,7 +112,11 @@ impl Fixture {
     }
 
     fn start_with_capacity(&self, user: &str, request: SyncRequest, capacity: usize) -> Stream {
-        let expires_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        self.start_expiring(user, request, capacity, 3600)
+    }
+
+    fn start_expiring(&self, user: &str, request: SyncRequest, capacity: usize, ttl_seconds: u64) -> Stream {
+        let expires_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + ttl_seconds;
         let claims = SessionClaims {
             user_id: user.into(),
             payload: json!({"sub": user, "exp": expires_at}),
@@ -417,7 +424,7 @@ async fn compaction_during_a_download_never_completes_a_checkpoint_with_a_missin
         .flat_map(ops_of)
         .collect();
     assert!(received.contains(&(second.get(), OpType::Put)), "{received:?}");
-    let _ = stream.task;
+    stream.task.abort();
 }
 
 #[tokio::test]
@@ -452,4 +459,59 @@ async fn a_client_that_goes_away_ends_the_session() {
         .unwrap()
         .unwrap();
     assert_eq!(end, SessionEnd::ClientGone);
+}
+
+#[tokio::test]
+async fn keepalives_count_down_and_the_stream_ends_at_token_expiry() {
+    let mut f = Fixture::new(SessionLimits {
+        keepalive: Duration::from_millis(700),
+        ..SessionLimits::default()
+    });
+    f.commit(&[]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start_expiring("u1", SyncRequest::default(), 16, 3);
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+    let mut countdown = Vec::new();
+    loop {
+        match stream.next().await {
+            SyncLine::TokenExpiresIn(0) => break,
+            SyncLine::TokenExpiresIn(n) => countdown.push(n),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!countdown.is_empty() && countdown.iter().all(|n| (1..=3).contains(n)), "{countdown:?}");
+    assert!(countdown.windows(2).all(|w| w[0] >= w[1]), "{countdown:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
+    assert_eq!(end, SessionEnd::TokenExpired);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let mut f = Fixture::new(SessionLimits {
+        send_timeout: Duration::from_millis(300),
+        max_ops_per_line: 1,
+        ..SessionLimits::default()
+    });
+    for i in 0..10 {
+        f.commit(&[("lists", &format!("l{i}"), Some(("global[]", r#"{"id":"x"}"#)))]);
+    }
+    f.storage.activate(f.version).unwrap();
+    // Room for one line and nobody reading: the session may not queue more, and gives up.
+    let stream = f.start_with_capacity("u1", SyncRequest::default(), 1);
+    let result = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap();
+    assert!(matches!(result, Err(SessionError::SlowClient(_))), "{result:?}");
+    assert_eq!(stream.rx.len(), 1, "nothing beyond the channel's capacity was buffered");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_sessions_cleanly() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start("u1", SyncRequest::default());
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    f.shutdown.send_replace(true);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
+    assert_eq!(end, SessionEnd::Shutdown);
 }
