@@ -515,3 +515,285 @@ async fn shutdown_ends_open_sessions_cleanly() {
     let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
     assert_eq!(end, SessionEnd::Shutdown);
 }
+
+/// Authorization as a property (DESIGN invariant 6): for random memberships, rows and changes, every
+/// user receives exactly the rows the rules grant their token, and never an op of a bucket the current
+/// checkpoint does not list for them.
+mod authorization {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+    use syncgate_rules::{RowEvaluation, SourceTable, SqliteValue, SyncRules};
+
+    use super::*;
+    use crate::inspect::Replay;
+    use crate::storage::RowChange;
+    use crate::versioned_rules::compile_version;
+
+    const RULES: &str = "
+bucket_definitions:
+  mine:
+    parameters: SELECT request.user_id() AS user_id
+    data:
+      - SELECT id, owner, list_id, title FROM todos WHERE owner = bucket.user_id
+  by_list:
+    parameters: SELECT list_id FROM members WHERE user_id = request.user_id()
+    data:
+      - SELECT id, owner, list_id, title FROM todos WHERE list_id = bucket.list_id
+  public:
+    data:
+      - SELECT id, owner, list_id, title FROM todos WHERE is_public = 1
+";
+    const USERS: [&str; 3] = ["u0", "u1", "u2"];
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Todo {
+        owner: usize,
+        list: usize,
+        public: bool,
+        title: u8,
+    }
+
+    /// The source database: todos by id and (user, list) memberships.
+    #[derive(Debug, Clone, Default)]
+    struct Source {
+        todos: BTreeMap<usize, Todo>,
+        members: BTreeSet<(usize, usize)>,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Change {
+        SetTodo(usize, Todo),
+        DeleteTodo(usize),
+        Join(usize, usize),
+        Leave(usize, usize),
+    }
+
+    fn todo() -> impl Strategy<Value = Todo> {
+        // Owner 3 is nobody's: such rows are visible only through lists or `is_public`.
+        (0..4usize, 0..3usize, proptest::bool::weighted(0.2), any::<u8>()).prop_map(|(owner, list, public, title)| {
+            Todo {
+                owner,
+                list,
+                public,
+                title,
+            }
+        })
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..8usize, todo()).prop_map(|(id, t)| Change::SetTodo(id, t)),
+            (0..8usize).prop_map(Change::DeleteTodo),
+            (0..3usize, 0..3usize).prop_map(|(u, l)| Change::Join(u, l)),
+            (0..3usize, 0..3usize).prop_map(|(u, l)| Change::Leave(u, l)),
+        ]
+    }
+
+    /// What the user may see: (todo id, title), computed from the data, not from storage or rules.
+    fn granted(source: &Source, user: usize) -> BTreeSet<(String, u8)> {
+        source
+            .todos
+            .iter()
+            .filter(|(_, t)| t.owner == user || t.public || source.members.contains(&(user, t.list)))
+            .map(|(id, t)| (format!("t{id}"), t.title))
+            .collect()
+    }
+
+    struct Evaluator {
+        rules: SyncRules,
+        todos: SourceTable,
+        members: SourceTable,
+    }
+
+    impl Evaluator {
+        fn todo_change(&self, id: usize, todo: Option<&Todo>) -> RowChange {
+            let key = SourceRowKey {
+                table: "public.todos".into(),
+                key: format!("t{id}"),
+            };
+            let Some(t) = todo else {
+                return RowChange::delete(key);
+            };
+            let values = vec![
+                SqliteValue::text(format!("t{id}")),
+                SqliteValue::text(format!("u{}", t.owner)),
+                SqliteValue::text(format!("l{}", t.list)),
+                SqliteValue::text(t.title.to_string()),
+                SqliteValue::Integer(i64::from(t.public)),
+            ];
+            self.evaluate(&self.todos, key, &values)
+        }
+
+        fn member_change(&self, user: usize, list: usize, present: bool) -> RowChange {
+            let key = SourceRowKey {
+                table: "public.members".into(),
+                key: format!("u{user}|l{list}"),
+            };
+            if !present {
+                return RowChange::delete(key);
+            }
+            let values = vec![SqliteValue::text(format!("u{user}")), SqliteValue::text(format!("l{list}"))];
+            self.evaluate(&self.members, key, &values)
+        }
+
+        fn evaluate(&self, table: &SourceTable, key: SourceRowKey, values: &[SqliteValue]) -> RowChange {
+            let plan = self.rules.plan_table(table);
+            let mut evaluation = RowEvaluation::default();
+            self.rules.evaluate_row(&plan, values, &mut evaluation);
+            let (mut entries, mut errors) = (Vec::new(), Vec::new());
+            self.rules.evaluate_parameter_row(&plan, values, &mut entries, &mut errors);
+            assert!(errors.is_empty() && evaluation.errors.is_empty());
+            RowChange::from_evaluation(key, &plan, &evaluation, &entries, None)
+        }
+    }
+
+    /// A client's view: the bucket set of the current checkpoint and the ops received per bucket.
+    #[derive(Default)]
+    struct Client {
+        buckets: BTreeSet<String>,
+        replays: BTreeMap<String, Replay>,
+        write_checkpoint: Option<u64>,
+    }
+
+    impl Client {
+        fn receive(&mut self, line: &SyncLine) {
+            match line {
+                SyncLine::Checkpoint(c) => {
+                    self.buckets = c.buckets.iter().map(|b| b.bucket.to_string()).collect();
+                    self.replays.retain(|name, _| self.buckets.contains(name));
+                    self.write_checkpoint = c.write_checkpoint.map(|w| w.get());
+                }
+                SyncLine::CheckpointDiff(d) => {
+                    for removed in &d.removed_buckets {
+                        self.buckets.remove(removed.as_str());
+                        self.replays.remove(removed.as_str());
+                    }
+                    self.buckets.extend(d.updated_buckets.iter().map(|b| b.bucket.to_string()));
+                    self.write_checkpoint = d.write_checkpoint.map(|w| w.get());
+                }
+                SyncLine::Data(data) => {
+                    assert!(
+                        self.buckets.contains(data.bucket.as_str()),
+                        "op of a bucket the checkpoint does not grant: {}",
+                        data.bucket
+                    );
+                    let replay = self
+                        .replays
+                        .entry(data.bucket.to_string())
+                        .or_insert_with(|| Replay::new(data.bucket.clone()));
+                    for op in &data.data {
+                        replay.apply(op).unwrap();
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn rows(&self) -> BTreeSet<(String, u8)> {
+            self.replays
+                .values()
+                .flat_map(Replay::rows)
+                .map(|row| (row.id, row.data["title"].as_str().unwrap().parse().unwrap()))
+                .collect()
+        }
+    }
+
+    fn apply(f: &mut Fixture, evaluator: &Evaluator, source: &mut Source, changes: &[Change]) {
+        let rows: Vec<RowChange> = changes
+            .iter()
+            .map(|c| match c {
+                Change::SetTodo(id, t) => {
+                    source.todos.insert(*id, t.clone());
+                    evaluator.todo_change(*id, Some(t))
+                }
+                Change::DeleteTodo(id) => {
+                    source.todos.remove(id);
+                    evaluator.todo_change(*id, None)
+                }
+                Change::Join(u, l) => {
+                    source.members.insert((*u, *l));
+                    evaluator.member_change(*u, *l, true)
+                }
+                Change::Leave(u, l) => {
+                    source.members.remove(&(*u, *l));
+                    evaluator.member_change(*u, *l, false)
+                }
+            })
+            .collect();
+        f.lsn += 10;
+        f.storage
+            .apply_batch(
+                f.version,
+                &[SourceTransaction {
+                    commit_lsn: Lsn(f.lsn),
+                    changes: rows,
+                }],
+            )
+            .unwrap();
+    }
+
+    fn run_case(initial: &[Change], changes: &[Change]) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut f = Fixture::new(SessionLimits::default());
+            f.version = f.storage.create_version(RULES).unwrap();
+            let evaluator = Evaluator {
+                rules: compile_version(f.version, RULES).unwrap(),
+                todos: SourceTable::new("public", "todos", &["id", "owner", "list_id", "title", "is_public"]),
+                members: SourceTable::new("public", "members", &["user_id", "list_id"]),
+            };
+            let mut source = Source::default();
+            apply(&mut f, &evaluator, &mut source, initial);
+            f.storage.activate(f.version).unwrap();
+
+            let client_id = ClientId("c".into());
+            let mut streams: Vec<(Stream, Client)> = USERS
+                .iter()
+                .map(|user| {
+                    let request = SyncRequest {
+                        client_id: Some(client_id.clone()),
+                        ..SyncRequest::default()
+                    };
+                    (f.start(user, request), Client::default())
+                })
+                .collect();
+            let mut steps = vec![Vec::new()];
+            steps.extend(changes.chunks(2).map(<[Change]>::to_vec));
+            for step in steps {
+                apply(&mut f, &evaluator, &mut source, &step);
+                // A write checkpoint per user past this step: each stream shows when it has caught up.
+                let mut marks = Vec::new();
+                for user in USERS {
+                    let id = f
+                        .storage
+                        .create_write_checkpoint(&UserId(user.into()), Some(&client_id), Lsn(f.lsn + 1))
+                        .unwrap();
+                    marks.push(id.get());
+                }
+                apply(&mut f, &evaluator, &mut source, &[]);
+                for (i, (stream, client)) in streams.iter_mut().enumerate() {
+                    loop {
+                        let line = stream.next().await;
+                        client.receive(&line);
+                        if matches!(line, SyncLine::CheckpointComplete(_)) && client.write_checkpoint == Some(marks[i]) {
+                            break;
+                        }
+                    }
+                    assert_eq!(client.rows(), granted(&source, i), "user u{i} with {source:?}");
+                }
+            }
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn users_receive_exactly_the_rows_their_token_grants(
+            initial in proptest::collection::vec(change(), 0..12),
+            changes in proptest::collection::vec(change(), 0..10),
+        ) {
+            run_case(&initial, &changes);
+        }
+    }
+}
