@@ -567,3 +567,51 @@ async fn the_sdk_gets_a_gzipped_bson_stream_and_probes_and_metrics_answer() {
     drop(response);
     api.gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_positions_and_a_thousand_reconnects_leave_the_server_unharmed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_db, api) = golden_api(dir.path(), "sg_churn_").await;
+
+    // A position beyond every op: the checkpoint is sent, nothing of that bucket, then the complete.
+    let mut stream = api
+        .stream(
+            "user1",
+            r#"{"buckets":[{"name":"1#global[]","after":"9223372036854775806"},{"name":"nope[]","after":"3"}]}"#,
+            "application/x-ndjson",
+        )
+        .await;
+    let lines = stream.until_complete().await;
+    assert!(lines[0].get("checkpoint").is_some());
+    drop(stream);
+
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let mut stream = api.stream(if i % 2 == 0 { "user1" } else { "user2" }, "{}", "application/x-ndjson").await;
+        assert!(stream.next_line().await.get("checkpoint").is_some(), "connect {i}");
+    }
+    eprintln!("1,000 connects and disconnects in {:?}", started.elapsed());
+    // Every session notices its client left and ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics.contains("\nsyncgate_connections 0\n") {
+            assert!(metrics.contains("syncgate_connections_total 1001\n"), "{metrics}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sessions did not end: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut stream = api.stream("user1", "{}", "application/x-ndjson").await;
+    assert_eq!(stream.until_complete().await.len(), 4, "a full sync still works");
+    drop(stream);
+    api.gateway.stop().await;
+}
