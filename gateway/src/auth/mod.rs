@@ -16,6 +16,7 @@
 //! Refusals are [`AuthError`]s carrying the reference service's `PSYNC_S21xx` codes and bodies.
 
 mod error;
+mod http;
 mod jwks;
 mod keys;
 mod mint;
@@ -170,8 +171,8 @@ impl Authenticator {
         let remote = if config.jwks_uri.is_empty() {
             None
         } else {
-            let remote = RemoteKeys::new(config.jwks_uri.clone(), intervals)
-                .map_err(|e| AuthConfigError::HttpClient(e.to_string()))?;
+            let remote =
+                RemoteKeys::new(config.jwks_uri.clone(), intervals).map_err(AuthConfigError::HttpClient)?;
             Some(Arc::new(remote))
         };
         let audience_free_keys = static_keys.iter().any(|k| k.audience.is_none()) || remote.is_some();
