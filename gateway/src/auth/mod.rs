@@ -197,14 +197,26 @@ impl Authenticator {
 
     /// Starts the background `jwks_uri` fetcher on the current tokio runtime: fetches now
     /// (failures are logged and retried), then periodically and when a token names an unknown key.
-    /// Idempotent; a no-op without `jwks_uri`. Stops when the authenticator is dropped.
+    /// Idempotent; a no-op without `jwks_uri`. Stops when the authenticator is dropped. Outside a
+    /// tokio runtime it only logs an error (no keys are fetched).
     pub fn start_refresh(&self) {
         let Some(remote) = &self.remote else {
             return;
         };
-        self.refresher
-            .0
-            .get_or_init(|| tokio::spawn(jwks::refresh_loop(Arc::clone(remote))).abort_handle());
+        if self.refresher.0.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                "jwks_uri keys cannot be fetched: start_refresh was called outside a tokio runtime"
+            );
+            return;
+        };
+        self.refresher.0.get_or_init(|| {
+            runtime
+                .spawn(jwks::refresh_loop(Arc::clone(remote)))
+                .abort_handle()
+        });
     }
 
     /// Fetches every `jwks_uri` once, now; returns the URIs that failed (their old keys stay).
