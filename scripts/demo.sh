@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The main job: the gateway replicating a local demo Postgres with the demo sync rules.
+# The main job: the gateway replicating a local demo Postgres with the demo sync rules, serving clients.
 #
 # Starts a throwaway PostgreSQL 15 cluster in .demo/ (wal_level=logical, a free port, owned by an
-# unprivileged user when run as root), loads sql/demo/ (a todo app), runs `syncgate serve` on it,
-# prints what alice would sync, and keeps replicating until Ctrl-C, then stops Postgres.
-# Change rows meanwhile with the psql command it prints, and re-run `syncgate inspect` to see them.
+# unprivileged user when run as root), loads sql/demo/ (a todo app), runs `syncgate serve` on it with a
+# development HS256 key, prints what alice would sync, a token for her and a curl command that opens her
+# sync stream, and keeps running until Ctrl-C, then stops Postgres.
+# Change rows meanwhile with the psql command it prints and watch them arrive in the stream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -24,7 +25,11 @@ if [ "$(id -u)" -eq 0 ]; then
   chown syncgate-demo "$demo"
   run_pg() { runuser -u syncgate-demo -- "$@"; }
 fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+api_port=${SYNCGATE_DEMO_PORT:-$(free_port)}
+# A development key, generated per run: never use such a config in production.
+dev_key=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode())')
 run_pg "$pg_bin/initdb" -D "$demo/pg" -U postgres --auth=trust --encoding=UTF8 --locale=C --no-instructions >/dev/null
 cat >>"$demo/pg/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
@@ -56,6 +61,16 @@ storage:
   path: syncgate.sqlite
 sync_rules:
   path: ../sql/demo/sync-rules.yaml
+port: $api_port
+client_auth:
+  audience:
+    - syncgate-demo
+  jwks:
+    keys:
+      - kty: oct
+        alg: HS256
+        kid: demo-dev-key
+        k: $dev_key
 EOF
 
 "$syncgate" serve --config "$demo/powersync.yaml" 2>"$demo/syncgate.log" &
@@ -71,7 +86,11 @@ done
 echo "What alice syncs (syncgate inspect --config .demo/powersync.yaml --sub alice):"
 cat "$demo/alice.json"
 echo
+token=$("$syncgate" token --config "$demo/powersync.yaml" --sub alice --ttl 12h)
+echo "Sync API:              http://127.0.0.1:$api_port (readiness: /probes/readiness, metrics: /metrics)"
+echo "Alice's token (12 h):  $token"
+echo "Her sync stream:       curl -N -X POST -H 'Authorization: Token $token' -H 'Content-Type: application/json' -d '{}' http://127.0.0.1:$api_port/sync/stream"
 echo "Change the demo data:  ${psql[*]} -d demo"
-echo "Then inspect again:    $syncgate inspect --config $demo/powersync.yaml --sub alice"
-echo "Replicating until Ctrl-C."
+echo "Or inspect again:      $syncgate inspect --config $demo/powersync.yaml --sub alice"
+echo "Running until Ctrl-C."
 wait "$server_pid"

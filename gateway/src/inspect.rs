@@ -233,17 +233,26 @@ impl Replay {
     /// The net rows, sorted by (table, id). When several source rows (subkeys) hold the same output
     /// row, the client shows the data of the highest op id (PROTOCOL §3.2).
     pub fn finish(self) -> Vec<NetRow> {
-        let mut rows: BTreeMap<(String, String), (OpId, serde_json::Value)> = BTreeMap::new();
-        for ((table, id, _subkey), (op_id, data)) in self.entries {
-            match rows.get(&(table.clone(), id.clone())) {
-                Some((existing, _)) if *existing > op_id => {}
+        self.rows()
+    }
+
+    /// The net rows so far (see [`Replay::finish`]).
+    pub fn rows(&self) -> Vec<NetRow> {
+        let mut rows: BTreeMap<(&str, &str), (OpId, &serde_json::Value)> = BTreeMap::new();
+        for ((table, id, _subkey), (op_id, data)) in &self.entries {
+            match rows.get(&(table.as_str(), id.as_str())) {
+                Some((existing, _)) if existing > op_id => {}
                 _ => {
-                    rows.insert((table, id), (op_id, data));
+                    rows.insert((table, id), (*op_id, data));
                 }
             }
         }
         rows.into_iter()
-            .map(|((table, id), (_, data))| NetRow { table, id, data })
+            .map(|((table, id), (_, data))| NetRow {
+                table: table.to_owned(),
+                id: id.to_owned(),
+                data: data.clone(),
+            })
             .collect()
     }
 

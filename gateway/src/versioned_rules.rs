@@ -53,16 +53,19 @@ pub struct RulesCache {
 
 impl RulesCache {
     pub fn get(&self, version: RulesVersion, text: &str) -> Result<Arc<SyncRules>, StoredRulesError> {
-        let mut compiled = self.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(rules) = compiled.get(&version) {
             return Ok(Arc::clone(rules));
         }
         let rules = Arc::new(compile_version(version, text)?);
         // Versions are few and retired ones are removed; keep only the newest few.
-        if compiled.len() >= 4 {
-            if let Some(oldest) = compiled.keys().min().copied() {
-                compiled.remove(&oldest);
-            }
+        if compiled.len() >= 4
+            && let Some(oldest) = compiled.keys().min().copied()
+        {
+            compiled.remove(&oldest);
         }
         compiled.insert(version, Arc::clone(&rules));
         Ok(rules)

@@ -38,8 +38,8 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use error::EvalError;
 pub use request::{ConnectionRequest, RequestParameters, StreamSubscription};
 pub use sync_rules::{
-    BucketOrigin, CompileResult, EvaluatedRow, ParameterEntry, ParameterLookup, ResolvedBucket, ResolvedConnection,
-    ResolvedStream, RowError, RowEvaluation, SyncRules, TablePlan,
+    BucketOrigin, CompileResult, EvaluatedRow, ParameterEntry, ParameterLookup, ResolvedBucket,
+    ResolvedConnection, ResolvedStream, RowError, RowEvaluation, SyncRules, TablePlan,
 };
 pub use table::{SchemaTable, SourceSchema, SourceTable, TablePattern};
 pub use value::{SqliteType, SqliteValue};

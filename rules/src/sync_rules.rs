@@ -832,26 +832,27 @@ impl SyncRules {
         // Phase 2: buckets.
         let mut buckets: Vec<ResolvedBucket> = Vec::new();
         let mut index: HashMap<BucketName, usize> = HashMap::new();
-        let mut add = |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority, origin: BucketOrigin| {
-            match index.get(&bucket) {
-                Some(&i) => {
-                    let existing = &mut buckets[i];
-                    existing.priority = existing.priority.min(priority);
-                    if !existing.origins.contains(&origin) {
-                        existing.origins.push(origin);
+        let mut add =
+            |bucket: BucketName, definition: &Arc<str>, priority: BucketPriority, origin: BucketOrigin| {
+                match index.get(&bucket) {
+                    Some(&i) => {
+                        let existing = &mut buckets[i];
+                        existing.priority = existing.priority.min(priority);
+                        if !existing.origins.contains(&origin) {
+                            existing.origins.push(origin);
+                        }
+                    }
+                    None => {
+                        index.insert(bucket.clone(), buckets.len());
+                        buckets.push(ResolvedBucket {
+                            bucket,
+                            definition: Arc::clone(definition),
+                            priority,
+                            origins: vec![origin],
+                        });
                     }
                 }
-                None => {
-                    index.insert(bucket.clone(), buckets.len());
-                    buckets.push(ResolvedBucket {
-                        bucket,
-                        definition: Arc::clone(definition),
-                        priority,
-                        origins: vec![origin],
-                    });
-                }
-            }
-        };
+            };
         for unit in &contexts {
             let definition = &self.definitions[unit.definition];
             let ctx = unit.ctx(request, &self.compat);
@@ -918,11 +919,21 @@ impl SyncRules {
             }
         }
         for (i, subscription) in request.subscriptions.iter().enumerate() {
-            if self.definitions.iter().any(|d| d.name.as_ref() == subscription.stream) {
+            if self
+                .definitions
+                .iter()
+                .any(|d| d.name.as_ref() == subscription.stream)
+            {
                 continue;
             }
-            let message = format!("stream {:?} is not defined in the sync rules", subscription.stream);
-            match streams.iter_mut().find(|s| s.name.as_ref() == subscription.stream) {
+            let message = format!(
+                "stream {:?} is not defined in the sync rules",
+                subscription.stream
+            );
+            match streams
+                .iter_mut()
+                .find(|s| s.name.as_ref() == subscription.stream)
+            {
                 Some(stream) => stream.errors.push((Some(i), message)),
                 None => streams.push(ResolvedStream {
                     name: Arc::from(subscription.stream.as_str()),

@@ -122,7 +122,9 @@ mod tests {
         assert_eq!(Framing::negotiate(Some("*/*")), Framing::Ndjson);
         assert_eq!(Framing::negotiate(None), Framing::Ndjson);
         assert_eq!(
-            Framing::negotiate(Some("application/vnd.powersync.bson-stream;q=0.5, application/x-ndjson")),
+            Framing::negotiate(Some(
+                "application/vnd.powersync.bson-stream;q=0.5, application/x-ndjson"
+            )),
             Framing::Ndjson
         );
         assert_eq!(

@@ -58,7 +58,9 @@ pub struct ApiState {
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ApiState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,7 +86,11 @@ pub async fn serve_api(state: Arc<ApiState>, listener: TcpListener) {
     if let Ok(address) = listener.local_addr() {
         info!(%address, "sync API listening");
     }
-    warp::serve(routes(state)).incoming(listener).graceful(signal).run().await;
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(signal)
+        .run()
+        .await;
 }
 
 /// Every route, with CORS headers on every response (also errors), as the reference sends them.
@@ -177,7 +183,10 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
         .or(metrics)
         .recover(recover)
         .with(warp::reply::with::header("access-control-allow-origin", "*"))
-        .with(warp::reply::with::header("access-control-expose-headers", "Content-Type"))
+        .with(warp::reply::with::header(
+            "access-control-expose-headers",
+            "Content-Type",
+        ))
 }
 
 fn json_reply(status: StatusCode, body: &Value) -> warp::reply::Response {
@@ -206,7 +215,12 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallib
     } else if rejection.is_not_found() {
         ApiError::new(404, "PSYNC_S2002", "RouteNotFound", "route not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(404, "PSYNC_S2002", "RouteNotFound", "route not found for this method")
+        ApiError::new(
+            404,
+            "PSYNC_S2002",
+            "RouteNotFound",
+            "route not found for this method",
+        )
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::validation(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
@@ -225,7 +239,8 @@ where
 {
     let mut collected = Vec::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| reject(ApiError::validation(format!("reading the request body: {e}"))))?;
+        let mut chunk =
+            chunk.map_err(|e| reject(ApiError::validation(format!("reading the request body: {e}"))))?;
         if collected.len() + chunk.remaining() > limit {
             return Err(reject(ApiError::new(
                 413,
@@ -255,7 +270,8 @@ async fn sync_stream(
     if *state.shutdown.borrow() {
         return Err(reject(ApiError::unavailable("the gateway is shutting down")));
     }
-    if state.env.metrics.connections_open() >= u64::try_from(state.config.max_connections).unwrap_or(u64::MAX) {
+    if state.env.metrics.connections_open() >= u64::try_from(state.config.max_connections).unwrap_or(u64::MAX)
+    {
         return Err(reject(ApiError::unavailable(format!(
             "connection limit reached ({} streams); retry later",
             state.config.max_connections
@@ -268,7 +284,10 @@ async fn sync_stream(
 
     let mut response = warp::reply::stream(body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(framing.content_type()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(framing.content_type()),
+    );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if gzip {
@@ -278,7 +297,12 @@ async fn sync_stream(
 }
 
 /// Starts a session and returns its response body.
-fn open_stream(state: &Arc<ApiState>, claims: SessionClaims, request: &SyncRequest, encoder: LineEncoder) -> LineBody {
+fn open_stream(
+    state: &Arc<ApiState>,
+    claims: SessionClaims,
+    request: &SyncRequest,
+    encoder: LineEncoder,
+) -> LineBody {
     let guard = state.env.metrics.connection_opened();
     let (lines, receiver) = mpsc::channel(LINE_BUFFER);
     let (outcome_tx, outcome) = oneshot::channel();
@@ -354,7 +378,11 @@ async fn write_checkpoint(
     query: HashMap<String, String>,
     state: Arc<ApiState>,
 ) -> Result<warp::reply::Response, Rejection> {
-    let client_id = query.get("client_id").filter(|c| !c.is_empty()).cloned().map(ClientId);
+    let client_id = query
+        .get("client_id")
+        .filter(|c| !c.is_empty())
+        .cloned()
+        .map(ClientId);
     let id = state
         .write_checkpoints
         .create(&state.env.storage, UserId(claims.user_id), client_id)
@@ -385,7 +413,11 @@ async fn checkpoint_request(
     }
     .filter(|id| *id > 0)
     .and_then(WriteCheckpointId::from_i64)
-    .ok_or_else(|| reject(ApiError::validation("checkpoint_request_id must be an integer from 1 to 2^63-1")))?;
+    .ok_or_else(|| {
+        reject(ApiError::validation(
+            "checkpoint_request_id must be an integer from 1 to 2^63-1",
+        ))
+    })?;
     let id = state
         .write_checkpoints
         .request(&state.env.storage, UserId(claims.user_id), client_id, requested)

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use syncgate_protocol::{
-    BucketChecksum, BucketName, BucketPriority, BucketSubscription, Checksum, ClientId, OpId, StreamDescription,
-    StreamError, SubscriptionRef, SyncLine, SyncRequest, UserId, WriteCheckpointId,
-    line::{Checkpoint as CheckpointLine, CheckpointComplete, CheckpointDiff, DataLine, PartialCheckpointComplete},
+    BucketChecksum, BucketName, BucketPriority, BucketSubscription, Checksum, ClientId, OpId,
+    StreamDescription, StreamError, SubscriptionRef, SyncLine, SyncRequest, UserId, WriteCheckpointId,
+    line::{
+        Checkpoint as CheckpointLine, CheckpointComplete, CheckpointDiff, DataLine, PartialCheckpointComplete,
+    },
 };
-use syncgate_rules::{BucketOrigin, ConnectionRequest, ParameterLookup, ResolvedConnection, SqliteValue, SyncRules};
+use syncgate_rules::{
+    BucketOrigin, ConnectionRequest, ParameterLookup, ResolvedConnection, SqliteValue, SyncRules,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
@@ -162,7 +166,9 @@ enum DataOutcome {
     Interrupted,
     /// An op superseded after this checkpoint was sent (compaction, PROTOCOL §6.1 rule 3): the
     /// checkpoint cannot be completed; a newer one covering `target_op` exists.
-    Compacted { target_op: OpId },
+    Compacted {
+        target_op: OpId,
+    },
 }
 
 /// A running session.
@@ -208,7 +214,11 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         Session {
             user: UserId(claims.user_id.clone()),
             client_id: request.client_id.clone(),
-            requested: request.buckets.iter().map(|b| (b.name.clone(), b.after)).collect(),
+            requested: request
+                .buckets
+                .iter()
+                .map(|b| (b.name.clone(), b.after))
+                .collect(),
             env,
             claims,
             connection: Arc::new(connection),
@@ -287,7 +297,10 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
 
     /// Sends what the client lacks for the latest checkpoint, moving on to newer checkpoints while they
     /// appear. Returns `Some` when the session must end.
-    async fn sync_to_latest(&mut self, commits: &mut watch::Receiver<u64>) -> Result<Option<SessionEnd>, SessionError> {
+    async fn sync_to_latest(
+        &mut self,
+        commits: &mut watch::Receiver<u64>,
+    ) -> Result<Option<SessionEnd>, SessionError> {
         loop {
             commits.mark_unchanged();
             let started = Instant::now();
@@ -320,7 +333,9 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                     }
                     return Ok(None);
                 }
-                DataOutcome::Interrupted => debug!(user = %self.user.0, "newer checkpoint while downloading; moving on"),
+                DataOutcome::Interrupted => {
+                    debug!(user = %self.user.0, "newer checkpoint while downloading; moving on")
+                }
                 DataOutcome::Compacted { target_op } => {
                     debug!(user = %self.user.0, %target_op, checkpoint = %checkpoint.op_id,
                         "op compacted after this checkpoint was sent; moving to a newer one");
@@ -337,9 +352,11 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let user = self.user.clone();
         let client_id = self.client_id.clone();
         let cached = self.static_resolution.clone();
-        let result = tokio::task::spawn_blocking(move || read_view(&env, &connection, &user, client_id.as_ref(), cached))
-            .await
-            .map_err(|e| SessionError::Task(e.to_string()))??;
+        let result = tokio::task::spawn_blocking(move || {
+            read_view(&env, &connection, &user, client_id.as_ref(), cached)
+        })
+        .await
+        .map_err(|e| SessionError::Task(e.to_string()))??;
         Ok(result.map(|(view, resolution)| {
             if let Some(resolution) = resolution {
                 self.static_resolution = Some((view.version, resolution));
@@ -479,7 +496,8 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             for name in names {
                 loop {
                     let after = self.positions.get(name).copied().unwrap_or(OpId::ZERO);
-                    let Some((line, last, targets, count)) = self.data_line(version, name, after, checkpoint.op_id).await?
+                    let Some((line, last, targets, count)) =
+                        self.data_line(version, name, after, checkpoint.op_id).await?
                     else {
                         break;
                     };
@@ -494,7 +512,9 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                     if !has_more {
                         break;
                     }
-                    if ops_sent >= self.env.limits.interrupt_after_ops && commits.has_changed().unwrap_or(false) {
+                    if ops_sent >= self.env.limits.interrupt_after_ops
+                        && commits.has_changed().unwrap_or(false)
+                    {
                         return Ok(Ok(DataOutcome::Interrupted));
                     }
                 }
@@ -541,9 +561,10 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let limit = self.env.limits.max_ops_per_line;
         let max_bytes = self.env.limits.max_line_bytes;
         // One op more than a line holds tells whether more follow.
-        let mut ops = tokio::task::spawn_blocking(move || storage.ops(version, &name, after, up_to, limit + 1))
-            .await
-            .map_err(|e| SessionError::Task(e.to_string()))??;
+        let mut ops =
+            tokio::task::spawn_blocking(move || storage.ops(version, &name, after, up_to, limit + 1))
+                .await
+                .map_err(|e| SessionError::Task(e.to_string()))??;
         if ops.is_empty() {
             return Ok(None);
         }
@@ -553,12 +574,18 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             if keep == limit || (keep > 0 && bytes >= max_bytes) {
                 break;
             }
-            bytes += 64 + op.entry.data.as_ref().map_or(0, String::len) + op.entry.object_id.as_ref().map_or(0, String::len);
+            bytes += 64
+                + op.entry.data.as_ref().map_or(0, String::len)
+                + op.entry.object_id.as_ref().map_or(0, String::len);
             keep += 1;
         }
         let has_more = ops.len() > keep;
         ops.truncate(keep);
-        let largest_target = ops.iter().filter_map(|op| op.target_op).max().unwrap_or(OpId::ZERO);
+        let largest_target = ops
+            .iter()
+            .filter_map(|op| op.target_op)
+            .max()
+            .unwrap_or(OpId::ZERO);
         let last = ops.last().map_or(after, |op| op.entry.op_id);
         let count = ops.len();
         let line = DataLine {
@@ -614,7 +641,9 @@ fn read_view<S: BucketStorage + ?Sized>(
         }
         let names: Vec<BucketName> = resolution.buckets.iter().map(|b| b.bucket.clone()).collect();
         let sums = env.storage.bucket_checksums(version, checkpoint.op_id, &names)?;
-        let write_checkpoint = env.storage.write_checkpoint_for(user, client_id, checkpoint.lsn)?;
+        let write_checkpoint = env
+            .storage
+            .write_checkpoint_for(user, client_id, checkpoint.lsn)?;
         if env.events.compaction_generation() != generation {
             continue;
         }
@@ -701,7 +730,10 @@ fn parse_values(json: &str) -> Vec<SqliteValue> {
     match serde_json::from_str::<Value>(json) {
         Ok(Value::Array(values)) => values.iter().map(SqliteValue::from_json).collect(),
         _ => {
-            warn!(values = json, "parameter index entry is not a JSON array; ignored");
+            warn!(
+                values = json,
+                "parameter index entry is not a JSON array; ignored"
+            );
             Vec::new()
         }
     }

@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, watch};
 use super::metrics::ApiMetrics;
 use super::session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
 use crate::storage::{
-    BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction, SqliteStorage,
+    BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction,
+    SqliteStorage,
 };
 use crate::versioned_rules::RulesCache;
 
@@ -26,6 +27,9 @@ bucket_definitions:
       - SELECT * FROM todos WHERE owner = bucket.user_id
 ";
 
+/// `(table, id, Some((bucket, data)))` rows of one transaction; `None` removes the row from every bucket.
+type Rows<'a> = [(&'a str, &'a str, Option<(&'a str, &'a str)>)];
+
 struct Fixture {
     _dir: tempfile::TempDir,
     storage: Arc<Notifying<SqliteStorage>>,
@@ -38,7 +42,9 @@ struct Fixture {
 impl Fixture {
     fn new(limits: SessionLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(Notifying::new(SqliteStorage::open(dir.path().join("buckets.db")).unwrap()));
+        let storage = Arc::new(Notifying::new(
+            SqliteStorage::open(dir.path().join("buckets.db")).unwrap(),
+        ));
         let version = storage.create_version(RULES).unwrap();
         let events = Arc::clone(storage.events());
         let dyn_storage: Arc<dyn BucketStorage> = storage.clone();
@@ -64,7 +70,7 @@ impl Fixture {
     }
 
     /// Applies one transaction setting `(table, id)` rows with their buckets; returns its checkpoint.
-    fn commit(&mut self, rows: &[(&str, &str, Option<(&str, &str)>)]) -> OpId {
+    fn commit(&mut self, rows: &Rows<'_>) -> OpId {
         self.lsn += 10;
         let changes = rows
             .iter()
@@ -106,7 +112,11 @@ impl Fixture {
     }
 
     fn start_with_capacity(&self, user: &str, request: SyncRequest, capacity: usize) -> Stream {
-        let expires_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        self.start_expiring(user, request, capacity, 3600)
+    }
+
+    fn start_expiring(&self, user: &str, request: SyncRequest, capacity: usize, ttl_seconds: u64) -> Stream {
+        let expires_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + ttl_seconds;
         let claims = SessionClaims {
             user_id: user.into(),
             payload: json!({"sub": user, "exp": expires_at}),
@@ -151,7 +161,9 @@ fn checksum_sum(lines: &[SyncLine], bucket: &BucketName) -> Checksum {
     lines
         .iter()
         .filter_map(|l| match l {
-            SyncLine::Data(d) if &d.bucket == bucket => Some(d.data.iter().map(|o| o.checksum).sum::<Checksum>()),
+            SyncLine::Data(d) if &d.bucket == bucket => {
+                Some(d.data.iter().map(|o| o.checksum).sum::<Checksum>())
+            }
             _ => None,
         })
         .sum()
@@ -166,8 +178,16 @@ async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete(
 
     f.commit(&[
         ("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#))),
-        ("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","owner":"u1"}"#))),
-        ("todos", "t2", Some(("by_user[\"u2\"]", r#"{"id":"t2","owner":"u2"}"#))),
+        (
+            "todos",
+            "t1",
+            Some(("by_user[\"u1\"]", r#"{"id":"t1","owner":"u1"}"#)),
+        ),
+        (
+            "todos",
+            "t2",
+            Some(("by_user[\"u2\"]", r#"{"id":"t2","owner":"u2"}"#)),
+        ),
     ]);
     f.storage.activate(f.version).unwrap();
     let checkpoint = f.storage.latest_checkpoint(f.version).unwrap().unwrap().op_id;
@@ -178,13 +198,19 @@ async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete(
     assert_eq!(line.last_op_id, checkpoint);
     let names: Vec<&str> = line.buckets.iter().map(|b| b.bucket.as_str()).collect();
     let (global, mine) = (f.bucket("global[]"), f.bucket("by_user[\"u1\"]"));
-    assert_eq!(names, vec![global.as_str(), mine.as_str()], "definition order, u2's bucket absent");
+    assert_eq!(
+        names,
+        vec![global.as_str(), mine.as_str()],
+        "definition order, u2's bucket absent"
+    );
     assert_eq!(line.streams.len(), 2);
     assert!(line.buckets.iter().all(|b| b.count == 1));
 
     let mut lines = vec![stream.next().await, stream.next().await];
     for line in &lines {
-        let SyncLine::Data(d) = line else { panic!("data expected: {line:?}") };
+        let SyncLine::Data(d) = line else {
+            panic!("data expected: {line:?}")
+        };
         assert!(d.data.iter().all(|o| o.op_id <= checkpoint));
         assert!(!d.has_more);
         assert_eq!(d.after, OpId::ZERO);
@@ -192,7 +218,12 @@ async fn waits_for_the_first_checkpoint_then_sends_checkpoint_data_and_complete(
     lines.push(stream.next().await);
     assert!(matches!(lines[2], SyncLine::CheckpointComplete(c) if c.last_op_id == checkpoint));
     for bucket in &line.buckets {
-        assert_eq!(checksum_sum(&lines, &bucket.bucket), bucket.checksum, "{}", bucket.bucket);
+        assert_eq!(
+            checksum_sum(&lines, &bucket.bucket),
+            bucket.checksum,
+            "{}",
+            bucket.bucket
+        );
     }
     stream.quiet().await;
 }
@@ -220,12 +251,19 @@ async fn later_commits_send_diffs_and_write_checkpoints_empty_diffs() {
         panic!("diff expected")
     };
     assert_eq!(diff.last_op_id, update);
-    assert_eq!(diff.updated_buckets.len(), 1, "only the user's bucket changed for them");
+    assert_eq!(
+        diff.updated_buckets.len(),
+        1,
+        "only the user's bucket changed for them"
+    );
     assert!(diff.removed_buckets.is_empty());
     let data = stream.next().await;
     let ops = ops_of(&data);
     assert_eq!(ops.len(), 1);
-    assert!(ops[0].0 < update.get() && ops[0].1 == OpType::Put, "t1's PUT, below t9's op: {ops:?}");
+    assert!(
+        ops[0].0 < update.get() && ops[0].1 == OpType::Put,
+        "t1's PUT, below t9's op: {ops:?}"
+    );
     assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(c) if c.last_op_id == update));
 
     // A change only another user sees: nothing for u1.
@@ -265,8 +303,13 @@ async fn a_reconnect_resumes_after_the_clients_positions() {
     }))
     .unwrap();
     let mut stream = f.start("u1", request);
-    let SyncLine::Checkpoint(line) = stream.next().await else { panic!() };
-    assert!(line.buckets.iter().all(|b| b.bucket.as_str() != "unknown[]"), "unknown buckets are dropped");
+    let SyncLine::Checkpoint(line) = stream.next().await else {
+        panic!()
+    };
+    assert!(
+        line.buckets.iter().all(|b| b.bucket.as_str() != "unknown[]"),
+        "unknown buckets are dropped"
+    );
     let data = stream.next().await;
     assert_eq!(ops_of(&data), vec![(second.get(), OpType::Put)]);
     let SyncLine::Data(d) = &data else { panic!() };
@@ -365,7 +408,11 @@ async fn compaction_during_a_download_never_completes_a_checkpoint_with_a_missin
             _ => None,
         })
         .collect();
-    assert_eq!(completes, vec![second.get()], "no complete for the first checkpoint: {lines:?}");
+    assert_eq!(
+        completes,
+        vec![second.get()],
+        "no complete for the first checkpoint: {lines:?}"
+    );
     assert!(
         lines
             .iter()
@@ -377,7 +424,7 @@ async fn compaction_during_a_download_never_completes_a_checkpoint_with_a_missin
         .flat_map(ops_of)
         .collect();
     assert!(received.contains(&(second.get(), OpType::Put)), "{received:?}");
-    let _ = stream.task;
+    stream.task.abort();
 }
 
 #[tokio::test]
@@ -412,4 +459,341 @@ async fn a_client_that_goes_away_ends_the_session() {
         .unwrap()
         .unwrap();
     assert_eq!(end, SessionEnd::ClientGone);
+}
+
+#[tokio::test]
+async fn keepalives_count_down_and_the_stream_ends_at_token_expiry() {
+    let mut f = Fixture::new(SessionLimits {
+        keepalive: Duration::from_millis(700),
+        ..SessionLimits::default()
+    });
+    f.commit(&[]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start_expiring("u1", SyncRequest::default(), 16, 3);
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+    let mut countdown = Vec::new();
+    loop {
+        match stream.next().await {
+            SyncLine::TokenExpiresIn(0) => break,
+            SyncLine::TokenExpiresIn(n) => countdown.push(n),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!countdown.is_empty() && countdown.iter().all(|n| (1..=3).contains(n)), "{countdown:?}");
+    assert!(countdown.windows(2).all(|w| w[0] >= w[1]), "{countdown:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
+    assert_eq!(end, SessionEnd::TokenExpired);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let mut f = Fixture::new(SessionLimits {
+        send_timeout: Duration::from_millis(300),
+        max_ops_per_line: 1,
+        ..SessionLimits::default()
+    });
+    for i in 0..10 {
+        f.commit(&[("lists", &format!("l{i}"), Some(("global[]", r#"{"id":"x"}"#)))]);
+    }
+    f.storage.activate(f.version).unwrap();
+    // Room for one line and nobody reading: the session may not queue more, and gives up.
+    let stream = f.start_with_capacity("u1", SyncRequest::default(), 1);
+    let result = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap();
+    assert!(matches!(result, Err(SessionError::SlowClient(_))), "{result:?}");
+    assert_eq!(stream.rx.len(), 1, "nothing beyond the channel's capacity was buffered");
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_sessions_cleanly() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start("u1", SyncRequest::default());
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    f.shutdown.send_replace(true);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
+    assert_eq!(end, SessionEnd::Shutdown);
+}
+
+/// Authorization as a property (DESIGN invariant 6): for random memberships, rows and changes, every
+/// user receives exactly the rows the rules grant their token, and never an op of a bucket the current
+/// checkpoint does not list for them.
+mod authorization {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+    use syncgate_rules::{RowEvaluation, SourceTable, SqliteValue, SyncRules};
+
+    use super::*;
+    use crate::inspect::Replay;
+    use crate::storage::RowChange;
+    use crate::versioned_rules::compile_version;
+
+    const RULES: &str = "
+bucket_definitions:
+  mine:
+    parameters: SELECT request.user_id() AS user_id
+    data:
+      - SELECT id, owner, list_id, title FROM todos WHERE owner = bucket.user_id
+  by_list:
+    parameters: SELECT list_id FROM members WHERE user_id = request.user_id()
+    data:
+      - SELECT id, owner, list_id, title FROM todos WHERE list_id = bucket.list_id
+  public:
+    data:
+      - SELECT id, owner, list_id, title FROM todos WHERE is_public = 1
+";
+    const USERS: [&str; 3] = ["u0", "u1", "u2"];
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Todo {
+        owner: usize,
+        list: usize,
+        public: bool,
+        title: u8,
+    }
+
+    /// The source database: todos by id and (user, list) memberships.
+    #[derive(Debug, Clone, Default)]
+    struct Source {
+        todos: BTreeMap<usize, Todo>,
+        members: BTreeSet<(usize, usize)>,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Change {
+        SetTodo(usize, Todo),
+        DeleteTodo(usize),
+        Join(usize, usize),
+        Leave(usize, usize),
+    }
+
+    fn todo() -> impl Strategy<Value = Todo> {
+        // Owner 3 is nobody's: such rows are visible only through lists or `is_public`.
+        (0..4usize, 0..3usize, proptest::bool::weighted(0.2), any::<u8>()).prop_map(|(owner, list, public, title)| {
+            Todo {
+                owner,
+                list,
+                public,
+                title,
+            }
+        })
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..8usize, todo()).prop_map(|(id, t)| Change::SetTodo(id, t)),
+            (0..8usize).prop_map(Change::DeleteTodo),
+            (0..3usize, 0..3usize).prop_map(|(u, l)| Change::Join(u, l)),
+            (0..3usize, 0..3usize).prop_map(|(u, l)| Change::Leave(u, l)),
+        ]
+    }
+
+    /// What the user may see: (todo id, title), computed from the data, not from storage or rules.
+    fn granted(source: &Source, user: usize) -> BTreeSet<(String, u8)> {
+        source
+            .todos
+            .iter()
+            .filter(|(_, t)| t.owner == user || t.public || source.members.contains(&(user, t.list)))
+            .map(|(id, t)| (format!("t{id}"), t.title))
+            .collect()
+    }
+
+    struct Evaluator {
+        rules: SyncRules,
+        todos: SourceTable,
+        members: SourceTable,
+    }
+
+    impl Evaluator {
+        fn todo_change(&self, id: usize, todo: Option<&Todo>) -> RowChange {
+            let key = SourceRowKey {
+                table: "public.todos".into(),
+                key: format!("t{id}"),
+            };
+            let Some(t) = todo else {
+                return RowChange::delete(key);
+            };
+            let values = vec![
+                SqliteValue::text(format!("t{id}")),
+                SqliteValue::text(format!("u{}", t.owner)),
+                SqliteValue::text(format!("l{}", t.list)),
+                SqliteValue::text(t.title.to_string()),
+                SqliteValue::Integer(i64::from(t.public)),
+            ];
+            self.evaluate(&self.todos, key, &values)
+        }
+
+        fn member_change(&self, user: usize, list: usize, present: bool) -> RowChange {
+            let key = SourceRowKey {
+                table: "public.members".into(),
+                key: format!("u{user}|l{list}"),
+            };
+            if !present {
+                return RowChange::delete(key);
+            }
+            let values = vec![SqliteValue::text(format!("u{user}")), SqliteValue::text(format!("l{list}"))];
+            self.evaluate(&self.members, key, &values)
+        }
+
+        fn evaluate(&self, table: &SourceTable, key: SourceRowKey, values: &[SqliteValue]) -> RowChange {
+            let plan = self.rules.plan_table(table);
+            let mut evaluation = RowEvaluation::default();
+            self.rules.evaluate_row(&plan, values, &mut evaluation);
+            let (mut entries, mut errors) = (Vec::new(), Vec::new());
+            self.rules.evaluate_parameter_row(&plan, values, &mut entries, &mut errors);
+            assert!(errors.is_empty() && evaluation.errors.is_empty());
+            RowChange::from_evaluation(key, &plan, &evaluation, &entries, None)
+        }
+    }
+
+    /// A client's view: the bucket set of the current checkpoint and the ops received per bucket.
+    #[derive(Default)]
+    struct Client {
+        buckets: BTreeSet<String>,
+        replays: BTreeMap<String, Replay>,
+        write_checkpoint: Option<u64>,
+    }
+
+    impl Client {
+        fn receive(&mut self, line: &SyncLine) {
+            match line {
+                SyncLine::Checkpoint(c) => {
+                    self.buckets = c.buckets.iter().map(|b| b.bucket.to_string()).collect();
+                    self.replays.retain(|name, _| self.buckets.contains(name));
+                    self.write_checkpoint = c.write_checkpoint.map(|w| w.get());
+                }
+                SyncLine::CheckpointDiff(d) => {
+                    for removed in &d.removed_buckets {
+                        self.buckets.remove(removed.as_str());
+                        self.replays.remove(removed.as_str());
+                    }
+                    self.buckets.extend(d.updated_buckets.iter().map(|b| b.bucket.to_string()));
+                    self.write_checkpoint = d.write_checkpoint.map(|w| w.get());
+                }
+                SyncLine::Data(data) => {
+                    assert!(
+                        self.buckets.contains(data.bucket.as_str()),
+                        "op of a bucket the checkpoint does not grant: {}",
+                        data.bucket
+                    );
+                    let replay = self
+                        .replays
+                        .entry(data.bucket.to_string())
+                        .or_insert_with(|| Replay::new(data.bucket.clone()));
+                    for op in &data.data {
+                        replay.apply(op).unwrap();
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        fn rows(&self) -> BTreeSet<(String, u8)> {
+            self.replays
+                .values()
+                .flat_map(Replay::rows)
+                .map(|row| (row.id, row.data["title"].as_str().unwrap().parse().unwrap()))
+                .collect()
+        }
+    }
+
+    fn apply(f: &mut Fixture, evaluator: &Evaluator, source: &mut Source, changes: &[Change]) {
+        let rows: Vec<RowChange> = changes
+            .iter()
+            .map(|c| match c {
+                Change::SetTodo(id, t) => {
+                    source.todos.insert(*id, t.clone());
+                    evaluator.todo_change(*id, Some(t))
+                }
+                Change::DeleteTodo(id) => {
+                    source.todos.remove(id);
+                    evaluator.todo_change(*id, None)
+                }
+                Change::Join(u, l) => {
+                    source.members.insert((*u, *l));
+                    evaluator.member_change(*u, *l, true)
+                }
+                Change::Leave(u, l) => {
+                    source.members.remove(&(*u, *l));
+                    evaluator.member_change(*u, *l, false)
+                }
+            })
+            .collect();
+        f.lsn += 10;
+        f.storage
+            .apply_batch(
+                f.version,
+                &[SourceTransaction {
+                    commit_lsn: Lsn(f.lsn),
+                    changes: rows,
+                }],
+            )
+            .unwrap();
+    }
+
+    fn run_case(initial: &[Change], changes: &[Change]) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let mut f = Fixture::new(SessionLimits::default());
+            f.version = f.storage.create_version(RULES).unwrap();
+            let evaluator = Evaluator {
+                rules: compile_version(f.version, RULES).unwrap(),
+                todos: SourceTable::new("public", "todos", &["id", "owner", "list_id", "title", "is_public"]),
+                members: SourceTable::new("public", "members", &["user_id", "list_id"]),
+            };
+            let mut source = Source::default();
+            apply(&mut f, &evaluator, &mut source, initial);
+            f.storage.activate(f.version).unwrap();
+
+            let client_id = ClientId("c".into());
+            let mut streams: Vec<(Stream, Client)> = USERS
+                .iter()
+                .map(|user| {
+                    let request = SyncRequest {
+                        client_id: Some(client_id.clone()),
+                        ..SyncRequest::default()
+                    };
+                    (f.start(user, request), Client::default())
+                })
+                .collect();
+            let mut steps = vec![Vec::new()];
+            steps.extend(changes.chunks(2).map(<[Change]>::to_vec));
+            for step in steps {
+                apply(&mut f, &evaluator, &mut source, &step);
+                // A write checkpoint per user past this step: each stream shows when it has caught up.
+                let mut marks = Vec::new();
+                for user in USERS {
+                    let id = f
+                        .storage
+                        .create_write_checkpoint(&UserId(user.into()), Some(&client_id), Lsn(f.lsn + 1))
+                        .unwrap();
+                    marks.push(id.get());
+                }
+                apply(&mut f, &evaluator, &mut source, &[]);
+                for (i, (stream, client)) in streams.iter_mut().enumerate() {
+                    loop {
+                        let line = stream.next().await;
+                        client.receive(&line);
+                        if matches!(line, SyncLine::CheckpointComplete(_)) && client.write_checkpoint == Some(marks[i]) {
+                            break;
+                        }
+                    }
+                    assert_eq!(client.rows(), granted(&source, i), "user u{i} with {source:?}");
+                }
+            }
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn users_receive_exactly_the_rows_their_token_grants(
+            initial in proptest::collection::vec(change(), 0..12),
+            changes in proptest::collection::vec(change(), 0..10),
+        ) {
+            run_case(&initial, &changes);
+        }
+    }
 }

@@ -37,10 +37,12 @@ impl WriteCheckpoints {
     ) -> Result<WriteCheckpointId, ApiError> {
         let head = self.head().await?;
         let storage = Arc::clone(storage);
-        let id = tokio::task::spawn_blocking(move || storage.create_write_checkpoint(&user, client_id.as_ref(), head))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("storing the write checkpoint: {e}")))?;
+        let id = tokio::task::spawn_blocking(move || {
+            storage.create_write_checkpoint(&user, client_id.as_ref(), head)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("storing the write checkpoint: {e}")))?;
         self.emit_marker().await?;
         Ok(id)
     }
@@ -73,7 +75,9 @@ impl WriteCheckpoints {
             Err(error) => {
                 *guard = None;
                 warn!(%error, "write checkpoint: reading the WAL position failed");
-                Err(ApiError::unavailable(format!("the source database is unavailable: {error}")))
+                Err(ApiError::unavailable(format!(
+                    "the source database is unavailable: {error}"
+                )))
             }
         }
     }
@@ -86,7 +90,9 @@ impl WriteCheckpoints {
             Err(error) => {
                 *guard = None;
                 warn!(%error, "write checkpoint: emitting the marker failed");
-                Err(ApiError::unavailable(format!("the source database is unavailable: {error}")))
+                Err(ApiError::unavailable(format!(
+                    "the source database is unavailable: {error}"
+                )))
             }
         }
     }

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::error::JwksError;
+use super::http::HttpClient;
 use super::keys::KeySpec;
 
 /// Unknown-key refreshes start at most this often (an attacker's random `kid`s must not turn into
@@ -49,7 +50,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct RemoteKeys {
     uris: Vec<String>,
     intervals: RefreshIntervals,
-    client: reqwest::Client,
+    client: HttpClient,
     /// Keys per URI, in `uris` order; replaced wholesale on a successful fetch of that URI.
     keys: RwLock<Vec<Arc<Vec<KeySpec>>>>,
     refresh_wanted: Notify,
@@ -60,11 +61,8 @@ pub(crate) struct RemoteKeys {
 }
 
 impl RemoteKeys {
-    pub fn new(uris: Vec<String>, intervals: RefreshIntervals) -> Result<RemoteKeys, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .user_agent(concat!("syncgate/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    pub fn new(uris: Vec<String>, intervals: RefreshIntervals) -> Result<RemoteKeys, String> {
+        let client = HttpClient::new()?;
         let keys = RwLock::new(uris.iter().map(|_| Arc::new(Vec::new())).collect());
         Ok(RemoteKeys {
             uris,
@@ -129,27 +127,14 @@ impl RemoteKeys {
     }
 
     async fn fetch(&self, uri: &str) -> Result<Vec<KeySpec>, JwksError> {
-        let fetch_error = |message: String| JwksError::Fetch {
-            uri: uri.to_owned(),
-            message,
-        };
-        let response = self
+        let body = self
             .client
-            .get(uri)
-            .header("accept", "application/json")
-            .send()
+            .get(uri, MAX_DOCUMENT_BYTES, FETCH_TIMEOUT)
             .await
-            .map_err(|e| fetch_error(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(fetch_error(format!("HTTP {status}")));
-        }
-        let body = response.bytes().await.map_err(|e| fetch_error(e.to_string()))?;
-        if body.len() > MAX_DOCUMENT_BYTES {
-            return Err(fetch_error(format!(
-                "document larger than {MAX_DOCUMENT_BYTES} bytes"
-            )));
-        }
+            .map_err(|message| JwksError::Fetch {
+                uri: uri.to_owned(),
+                message,
+            })?;
         parse_jwks(uri, &body)
     }
 }

@@ -16,6 +16,7 @@
 //! Refusals are [`AuthError`]s carrying the reference service's `PSYNC_S21xx` codes and bodies.
 
 mod error;
+mod http;
 mod jwks;
 mod keys;
 mod mint;
@@ -170,8 +171,8 @@ impl Authenticator {
         let remote = if config.jwks_uri.is_empty() {
             None
         } else {
-            let remote = RemoteKeys::new(config.jwks_uri.clone(), intervals)
-                .map_err(|e| AuthConfigError::HttpClient(e.to_string()))?;
+            let remote =
+                RemoteKeys::new(config.jwks_uri.clone(), intervals).map_err(AuthConfigError::HttpClient)?;
             Some(Arc::new(remote))
         };
         let audience_free_keys = static_keys.iter().any(|k| k.audience.is_none()) || remote.is_some();
@@ -196,14 +197,26 @@ impl Authenticator {
 
     /// Starts the background `jwks_uri` fetcher on the current tokio runtime: fetches now
     /// (failures are logged and retried), then periodically and when a token names an unknown key.
-    /// Idempotent; a no-op without `jwks_uri`. Stops when the authenticator is dropped.
+    /// Idempotent; a no-op without `jwks_uri`. Stops when the authenticator is dropped. Outside a
+    /// tokio runtime it only logs an error (no keys are fetched).
     pub fn start_refresh(&self) {
         let Some(remote) = &self.remote else {
             return;
         };
-        self.refresher
-            .0
-            .get_or_init(|| tokio::spawn(jwks::refresh_loop(Arc::clone(remote))).abort_handle());
+        if self.refresher.0.get().is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                "jwks_uri keys cannot be fetched: start_refresh was called outside a tokio runtime"
+            );
+            return;
+        };
+        self.refresher.0.get_or_init(|| {
+            runtime
+                .spawn(jwks::refresh_loop(Arc::clone(remote)))
+                .abort_handle()
+        });
     }
 
     /// Fetches every `jwks_uri` once, now; returns the URIs that failed (their old keys stay).

@@ -971,3 +971,50 @@ async fn unreachable_jwks_uri_keeps_inline_keys_working() {
     // A failed first round does not make requests wait.
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn https_jwks_uri_goes_through_tls() {
+    // A plain-HTTP server behind an https:// URL: the TLS handshake fails, and says so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let uri = format!("https://{}/jwks.json", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        if let Ok((mut socket, _)) = listener.accept().await {
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+        }
+    });
+    let cfg = ClientAuthConfig {
+        jwks_uri: vec![uri],
+        ..config(vec![])
+    };
+    let errors = Authenticator::new(&cfg).expect("config").refresh_jwks().await;
+    task.abort();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].to_string().contains("TLS"), "{}", errors[0]);
+}
+
+#[tokio::test]
+async fn http_errors_are_reported_with_their_status() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let uri = format!("http://{}/missing", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        if let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let cfg = ClientAuthConfig {
+        jwks_uri: vec![uri],
+        ..config(vec![])
+    };
+    let errors = Authenticator::new(&cfg).expect("config").refresh_jwks().await;
+    task.abort();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].to_string().contains("404"), "{}", errors[0]);
+}

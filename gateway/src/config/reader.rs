@@ -8,10 +8,10 @@ use syncgate_rules::yaml::{self, Position, ScalarStyle, YamlKind, YamlNode};
 use super::ContentOrigin;
 use super::postgres::{UriParts, parse_uri};
 use super::{
-    ApiSettings, ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS, DEFAULT_PORT,
-    DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk, Loaded,
-    PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig, SyncRulesConfig, SyncRulesSource,
-    env,
+    ApiSettings, ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS,
+    DEFAULT_PORT, DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk,
+    Loaded, PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig, SyncRulesConfig,
+    SyncRulesSource, env,
 };
 
 const TOP_KNOWN: &[&str] = &[
@@ -753,7 +753,10 @@ impl Reader<'_> {
             for (key, field) in [
                 ("max_buckets_per_connection", &mut api.max_buckets_per_connection),
                 ("max_concurrent_connections", &mut api.max_concurrent_connections),
-                ("max_parameter_query_results", &mut api.max_parameter_query_results),
+                (
+                    "max_parameter_query_results",
+                    &mut api.max_parameter_query_results,
+                ),
             ] {
                 if let Some(v) = params.get(key) {
                     *field = self.positive(v, &format!("api.parameters.{key}"))?;

@@ -524,3 +524,35 @@ fn load_reads_the_file_and_reports_missing_files() {
     let e = Config::load_with_env(missing, &|_| None).unwrap_err().to_string();
     assert!(e.contains("cannot read the config file"), "{e}");
 }
+
+#[test]
+fn api_limits_use_powersync_keys_with_defaults() {
+    let f = Fixture::new();
+    assert_eq!(f.load(MINIMAL).unwrap().config.api, ApiSettings::default());
+    let text = format!(
+        "{MINIMAL}api:\n  tokens:\n    - secret\n  max_request_bytes: 4096\n  parameters:\n    max_buckets_per_connection: 50\n    \
+         max_concurrent_connections: 7\n    max_parameter_query_results: 9\n    max_data_fetch_concurrency: 3\n"
+    );
+    let loaded = f.load(&text).unwrap();
+    assert_eq!(
+        loaded.config.api,
+        ApiSettings {
+            max_buckets_per_connection: 50,
+            max_concurrent_connections: 7,
+            max_parameter_query_results: 9,
+            max_request_bytes: 4096,
+        }
+    );
+    let warned: Vec<&str> = loaded.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(warned.iter().any(|m| m.contains("`api.tokens`")), "{warned:?}");
+    assert!(
+        warned.iter().any(|m| m.contains("`api.parameters.max_data_fetch_concurrency`")),
+        "{warned:?}"
+    );
+    let error = f.error(&format!("{MINIMAL}api:\n  parameters:\n    max_buckets_per_connection: 0\n"), &[]);
+    assert!(
+        error.contains("`api.parameters.max_buckets_per_connection` must be a whole number greater than 0"),
+        "{error}"
+    );
+}

@@ -7,8 +7,8 @@ use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
 use tokio::sync::watch;
 
 use super::{
-    BucketStorage, BucketSummary, Checkpoint, CompactStats, ReplicationState, Result, RowChange, RulesVersion,
-    SourceRowKey, SourceTransaction, StoredOp, SyncRulesVersion, TableSnapshot,
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, ReplicationState, Result, RowChange,
+    RulesVersion, SourceRowKey, SourceTransaction, StoredOp, SyncRulesVersion, TableSnapshot,
 };
 
 /// What readers can wait for. `commits` counts storage commits that may publish a new checkpoint or
@@ -144,7 +144,12 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         self.inner.ops(version, bucket, after, up_to, limit)
     }
 
-    fn lookup(&self, version: RulesVersion, checkpoint: &Checkpoint, keys: &[String]) -> Result<Vec<Vec<String>>> {
+    fn lookup(
+        &self,
+        version: RulesVersion,
+        checkpoint: &Checkpoint,
+        keys: &[String],
+    ) -> Result<Vec<Vec<String>>> {
         self.inner.lookup(version, checkpoint, keys)
     }
 
@@ -164,7 +169,8 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         requested: WriteCheckpointId,
         lsn: crate::lsn::Lsn,
     ) -> Result<WriteCheckpointId> {
-        self.inner.request_write_checkpoint(user, client_id, requested, lsn)
+        self.inner
+            .request_write_checkpoint(user, client_id, requested, lsn)
     }
 
     fn write_checkpoint_for(

@@ -140,7 +140,7 @@ mod inspect_and_compact {
         BucketStorage, Lsn, RowChange, RulesVersion, SourceRowKey, SourceTransaction, SqliteStorage,
     };
     use syncgate_protocol::BucketName;
-    use syncgate_rules::{CompileOptions, RowEvaluation, SourceTable, SqliteValue, SyncRules, compile};
+    use syncgate_rules::{RowEvaluation, SourceTable, SqliteValue, SyncRules, compile};
 
     const RULES: &str = "\
 bucket_definitions:
@@ -178,9 +178,10 @@ sync_rules:
     }
 
     impl Tables {
-        fn new() -> Self {
+        /// Rules as the gateway compiles a stored version (bucket ids prefixed `<version>#`).
+        fn new(version: RulesVersion) -> Self {
             Tables {
-                rules: compile(RULES, &CompileOptions::default())
+                rules: compile(RULES, &syncgate::versioned_rules::compile_options(version))
                     .rules
                     .expect("rules compile"),
                 lists: SourceTable::new("public", "lists", &["id", "owner_id"]),
@@ -230,7 +231,7 @@ sync_rules:
         std::fs::write(dir.path().join("rules.yaml"), FILE_RULES).expect("write rules");
         let storage = SqliteStorage::open(dir.path().join("buckets.sqlite")).expect("open storage");
         let version = storage.create_version(RULES).expect("create version");
-        let t = Tables::new();
+        let t = Tables::new(version);
         let apply = |txn: SourceTransaction| {
             storage.apply(version, &txn).expect("apply").expect("not skipped");
         };
@@ -285,14 +286,21 @@ sync_rules:
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// Bucket names without checksums and counts, with rows.
+    /// Bucket names (without the `<version>#` prefix) with priorities and rows.
     fn rows_of(inspection: &Value) -> Value {
+        let version = inspection["version"].as_u64().expect("version");
         Value::Array(
             inspection["buckets"]
                 .as_array()
                 .expect("buckets")
                 .iter()
-                .map(|b| json!({"bucket": b["bucket"], "priority": b["priority"], "rows": b["rows"]}))
+                .map(|b| {
+                    let name = b["bucket"].as_str().expect("name");
+                    let name = name
+                        .strip_prefix(&format!("{version}#"))
+                        .unwrap_or_else(|| panic!("{name} lacks the version prefix"));
+                    json!({"bucket": name, "priority": b["priority"], "rows": b["rows"]})
+                })
                 .collect(),
         )
     }
@@ -408,7 +416,7 @@ sync_rules:
         );
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let inspection: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        assert_eq!(inspection["buckets"][0]["bucket"], json!("by_list[\"l2\"]"));
+        assert_eq!(rows_of(&inspection)[0]["bucket"], json!("by_list[\"l2\"]"));
 
         let out = run(dir.path(), &["inspect", "--sub", "u1", "--claims", "[1]"]);
         assert_eq!(out.status.code(), Some(1), "{out:?}");

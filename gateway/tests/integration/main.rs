@@ -6,3 +6,4 @@ mod crash;
 mod interop;
 mod replication;
 mod source;
+mod sync_api;

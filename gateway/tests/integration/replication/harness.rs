@@ -43,9 +43,14 @@ pub fn write_config_with_uri(dir: &Path, uri: &str, rules: &str, slot_prefix: &s
         indented.push_str(line);
         indented.push('\n');
     }
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(TEST_SECRET);
+    let port = free_port();
     let config = format!(
         "replication:\n  connections:\n    - type: postgresql\n      uri: {uri}\n      \
          sslmode: disable\n      slot_name_prefix: {slot_prefix}\nstorage:\n  type: sqlite\n  path: storage.sqlite\n\
+         port: {port}\nclient_auth:\n  audience:\n    - syncgate-test\n  jwks:\n    keys:\n      \
+         - kty: oct\n        alg: HS256\n        kid: test-hs256\n        k: {key}\n\
          sync_rules:\n  content: |\n{indented}",
     );
     let path = dir.join("powersync.yaml");
@@ -171,7 +176,7 @@ impl Gateway {
                     .into_iter()
                     .map(|r| (r.table, r.id, r.data.to_string()))
                     .collect();
-                (b.bucket, rows)
+                (unversioned(&b.bucket), rows)
             })
             .collect()
     }
@@ -320,6 +325,27 @@ impl Oracle {
 }
 
 /// JSON text re-serialized, so texts that differ only in spacing compare equal.
+/// A stored bucket id without its `<version>#` prefix, as the oracle (compiled unversioned) names it.
+pub fn unversioned(bucket: &str) -> String {
+    match bucket.split_once('#') {
+        Some((version, rest)) if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) => {
+            rest.to_owned()
+        }
+        _ => bucket.to_owned(),
+    }
+}
+
+/// A free TCP port on the loopback interface (for the gateway's `port`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// HS256 key the test configs accept (`kid` test-hs256, audience syncgate-test).
+pub const TEST_SECRET: &str = "syncgate-test-secret-0123456789abcdef0123456789";
+
 pub fn canonical(json: &str) -> String {
     serde_json::from_str::<serde_json::Value>(json)
         .expect("row json")

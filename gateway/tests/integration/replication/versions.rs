@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use syncgate::storage::VersionState;
 use syncgate_test_support::shared_cluster;
 
-use super::harness::{Gateway, Oracle, TIMEOUT, fast_options, write_config};
+use super::harness::{Gateway, Oracle, TIMEOUT, fast_options, unversioned, write_config};
 use super::{RULES, setup};
 
 const NEW_RULES: &str = "bucket_definitions:
@@ -107,7 +107,13 @@ async fn a_rules_change_switches_versions_atomically_and_drops_the_old_slot() {
                 .iter()
                 .map(|r| (r.table.clone(), r.id.clone(), r.data.to_string()))
                 .collect();
-            assert_eq!(got, want[&bucket.bucket], "bucket {}", bucket.bucket);
+            let name = unversioned(&bucket.bucket);
+            assert_eq!(
+                bucket.bucket,
+                format!("{new}#{name}"),
+                "the new version's buckets carry its prefix"
+            );
+            assert_eq!(got, want[&name], "bucket {}", bucket.bucket);
         }
     }
     gateway.stop().await;
