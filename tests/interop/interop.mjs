@@ -217,64 +217,93 @@ async function applyBatch(name, entries) {
 // Observing the SDK's HTTP traffic (without changing it): which requests it makes, with which token and which
 // bucket positions, and how many ops each sync stream delivered.
 
-/** Counts ops and line types in a sync stream body (NDJSON or BSON), as the SDK receives it (decompressed). */
-async function observeStream(body, stream, contentType, name) {
+/**
+ * Counts ops and line types of a sync stream body (NDJSON or BSON) as the SDK receives it (decompressed).
+ * Returns `{ chunk(bytes), end(how) }` for the pass-through stream below.
+ */
+function streamObserver(stream, contentType, name) {
   const bson = contentType.startsWith('application/vnd.powersync.bson-stream');
-  const reader = body.getReader();
   let pending = Buffer.alloc(0);
   const onLine = (type, ops, detail) => {
     stream.lines[type] = (stream.lines[type] ?? 0) + 1;
     stream.ops += ops;
     if (type !== 'data') log(`${name} stream#${stream.n} ← ${type}${detail ? ' ' + detail : ''}`);
   };
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      pending = Buffer.concat([pending, Buffer.from(value)]);
-      if (bson) {
-        while (pending.length >= 4 && pending.readInt32LE(0) <= pending.length) {
-          const doc = pending.subarray(0, pending.readInt32LE(0));
-          pending = pending.subarray(doc.length);
-          const keyEnd = doc.indexOf(0, 5);
-          const type = doc.subarray(5, keyEnd).toString('latin1');
-          // Each op is a document with a string element `op_id` (0x02 'op_id' 0x00).
-          let ops = 0;
-          for (let i = doc.indexOf('\x02op_id\x00', 0, 'latin1'); i >= 0; i = doc.indexOf('\x02op_id\x00', i + 1, 'latin1')) ops++;
-          onLine(type, type === 'data' ? ops : 0, '');
-        }
-      } else {
-        let nl;
-        while ((nl = pending.indexOf(10)) >= 0) {
-          const text = pending.subarray(0, nl).toString('utf8').trim();
-          pending = pending.subarray(nl + 1);
-          if (!text) continue;
-          let line;
-          try {
-            line = JSON.parse(text);
-          } catch {
-            onLine('unparsable', 0, text.slice(0, 200));
-            continue;
-          }
-          const type = Object.keys(line)[0];
-          const value = line[type];
-          let detail = '';
-          if (type === 'checkpoint' || type === 'checkpoint_diff') {
-            const buckets = value.buckets ?? value.updated_buckets ?? [];
-            detail = `last_op_id=${value.last_op_id} write_checkpoint=${value.write_checkpoint} buckets=${buckets.map((b) => `${b.bucket}:${b.count}`).join(',')}`;
-            if (value.removed_buckets?.length) detail += ` removed=${value.removed_buckets.join(',')}`;
-          } else if (type !== 'data') {
-            detail = JSON.stringify(value);
-          }
-          onLine(type, type === 'data' ? (value.data?.length ?? 0) : 0, detail);
-        }
+  const chunk = (value) => {
+    pending = Buffer.concat([pending, Buffer.from(value)]);
+    if (bson) {
+      while (pending.length >= 4 && pending.readInt32LE(0) <= pending.length) {
+        const doc = pending.subarray(0, pending.readInt32LE(0));
+        pending = pending.subarray(doc.length);
+        const keyEnd = doc.indexOf(0, 5);
+        const type = doc.subarray(5, keyEnd).toString('latin1');
+        // Each op is a document with a string element `op_id` (0x02 'op_id' 0x00).
+        let ops = 0;
+        for (let i = doc.indexOf('\x02op_id\x00', 0, 'latin1'); i >= 0; i = doc.indexOf('\x02op_id\x00', i + 1, 'latin1')) ops++;
+        onLine(type, type === 'data' ? ops : 0, '');
       }
+      return;
     }
-    stream.end = 'ended';
-  } catch (e) {
-    stream.end = `aborted: ${e?.name ?? e}`;
-  }
-  log(`${name} stream#${stream.n} ${stream.end} after ${stream.ops} op(s)`);
+    let nl;
+    while ((nl = pending.indexOf(10)) >= 0) {
+      const text = pending.subarray(0, nl).toString('utf8').trim();
+      pending = pending.subarray(nl + 1);
+      if (!text) continue;
+      let line;
+      try {
+        line = JSON.parse(text);
+      } catch {
+        onLine('unparsable', 0, text.slice(0, 200));
+        continue;
+      }
+      const type = Object.keys(line)[0];
+      const value = line[type];
+      let detail = '';
+      if (type === 'checkpoint' || type === 'checkpoint_diff') {
+        const buckets = value.buckets ?? value.updated_buckets ?? [];
+        detail = `last_op_id=${value.last_op_id} write_checkpoint=${value.write_checkpoint} buckets=${buckets.map((b) => `${b.bucket}:${b.count}`).join(',')}`;
+        if (value.removed_buckets?.length) detail += ` removed=${value.removed_buckets.join(',')}`;
+      } else if (type !== 'data') {
+        detail = JSON.stringify(value);
+      }
+      onLine(type, type === 'data' ? (value.data?.length ?? 0) : 0, detail);
+    }
+  };
+  const end = (how) => {
+    if (stream.end !== null) return;
+    stream.end = how;
+    log(`${name} stream#${stream.n} ${how} after ${stream.ops} op(s)`);
+  };
+  return { chunk, end };
+}
+
+/** The body as the SDK would read it, observed on the way: same chunks, and cancelling it cancels the body. */
+function observedBody(body, observer) {
+  const source = body.getReader();
+  return new ReadableStream(
+    {
+      async pull(controller) {
+        try {
+          const { done, value } = await source.read();
+          if (done) {
+            observer.end('ended by the server');
+            controller.close();
+            return;
+          }
+          observer.chunk(value);
+          controller.enqueue(value);
+        } catch (e) {
+          observer.end(`failed: ${e?.name ?? e}`);
+          controller.error(e);
+        }
+      },
+      cancel(reason) {
+        observer.end('closed by the client');
+        return source.cancel(reason);
+      }
+    },
+    { highWaterMark: 0 }
+  );
 }
 
 function observingFetch(name, stats) {
@@ -303,9 +332,8 @@ function observingFetch(name, stats) {
     if (url.pathname === '/sync/stream' && res.ok && res.body) {
       const stream = { n: stats.streams.length + 1, token: request.token, buckets: request.buckets, ops: 0, lines: {}, end: null };
       stats.streams.push(stream);
-      const [forSdk, forCount] = res.body.tee();
-      observeStream(forCount, stream, res.headers.get('content-type') ?? '', name);
-      return new Response(forSdk, { status: res.status, statusText: res.statusText, headers: res.headers });
+      const observer = streamObserver(stream, res.headers.get('content-type') ?? '', name);
+      return new Response(observedBody(res.body, observer), { status: res.status, statusText: res.statusText, headers: res.headers });
     }
     if (!res.ok || url.pathname === '/write-checkpoint2.json') {
       request.body = (await res.clone().text()).slice(0, 500);
@@ -363,8 +391,16 @@ function openClient(name, sub, tokenPlan = TOKENS.valid) {
     connector,
     async connect() {
       const t0 = Date.now();
-      await db.connect(connector, { connectionMethod: CONNECTION_METHOD, retryDelayMs: RETRY_DELAY_MS });
+      const connected = db.connect(connector, { connectionMethod: CONNECTION_METHOD, retryDelayMs: RETRY_DELAY_MS });
+      await withTimeout(connected, `${name} connect()`, () => ({ status: client.status(), ...client.summary() }));
       log(`${name} connect() resolved in ${Date.now() - t0} ms`);
+    },
+    /** waitForFirstSync(), failing with the status if it does not come within the timeout. */
+    async firstSync() {
+      const t0 = Date.now();
+      await db.waitForFirstSync({ signal: AbortSignal.timeout(TIMEOUT_MS) });
+      assert(db.currentStatus.hasSynced, `${name}: no first sync within ${TIMEOUT_MS} ms`, { status: client.status(), ...client.summary() });
+      return Date.now() - t0;
     },
     status() {
       const s = db.currentStatus;
@@ -400,6 +436,18 @@ function openClient(name, sub, tokenPlan = TOKENS.valid) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Waiting
+
+async function withTimeout(promise, description, detail, timeoutMs = TIMEOUT_MS) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${description} did not finish within ${timeoutMs} ms: ${JSON.stringify(detail())}`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 async function waitFor(description, check, timeoutMs = TIMEOUT_MS) {
   const t0 = Date.now();
@@ -464,7 +512,7 @@ const scenarios = {
     const bob = openClient('bob', user('bob'));
     await Promise.all([alice.connect(), bob.connect()]);
     const t0 = Date.now();
-    await Promise.all([alice.db.waitForFirstSync(), bob.db.waitForFirstSync()]);
+    await Promise.all([alice.firstSync(), bob.firstSync()]);
     result.latencies_ms.first_sync = Date.now() - t0;
     result.latencies_ms.alice = await waitInSync(alice, 'initial sync');
     result.latencies_ms.bob = await waitInSync(bob, 'initial sync');
@@ -493,7 +541,7 @@ const scenarios = {
     const alice = openClient('alice', user('alice'));
     const bob = openClient('bob', user('bob'));
     await Promise.all([alice.connect(), bob.connect()]);
-    await Promise.all([alice.db.waitForFirstSync(), bob.db.waitForFirstSync()]);
+    await Promise.all([alice.firstSync(), bob.firstSync()]);
     await waitInSync(alice, 'initial');
     await waitInSync(bob, 'initial');
     const step = async (name, text, params = []) => {
@@ -529,7 +577,7 @@ const scenarios = {
     await seed();
     const alice = openClient('alice', user('alice'));
     await alice.connect();
-    await alice.db.waitForFirstSync();
+    await alice.firstSync();
     await waitInSync(alice, 'initial');
     const newList = `${PREFIX}-party-${crypto.randomUUID()}`;
     const newTodo = crypto.randomUUID();
@@ -593,12 +641,13 @@ const scenarios = {
     const alice = openClient('alice', user('alice'));
     const metric0 = await opsSentMetric();
     await alice.connect();
-    await alice.db.waitForFirstSync();
+    await alice.firstSync();
     result.latencies_ms.first_sync = await waitInSync(alice, 'initial');
     const metric1 = await opsSentMetric();
     const first = alice.stats.streams[0];
     assert(first && first.ops >= BULK, 'the first stream downloaded everything', alice.summary());
     await alice.db.disconnect();
+    await waitFor('the first stream closed by disconnect()', async () => ({ ok: first.end !== null, detail: alice.summary() }));
     log('disconnected; changing postgres');
     await sql(`UPDATE todos SET description = 'changed while offline' WHERE id = $1`, [`${PREFIX}-bulk-1`]);
     await sql(`INSERT INTO todos (id, list_id, description) VALUES ($1, $2, 'added while offline')`, [`${PREFIX}-t9`, listId('groceries')]);
@@ -659,7 +708,7 @@ const scenarios = {
     await seed();
     const alice = openClient('alice', user('alice'), TOKENS.shortFirst);
     await alice.connect();
-    await alice.db.waitForFirstSync();
+    await alice.firstSync();
     await waitInSync(alice, 'initial with the short-lived token');
     const ttl = Number(args['short-ttl-s']);
     // The stream bound to token #1 must end (at its expiry, or earlier when the SDK prefetches) and a new one start

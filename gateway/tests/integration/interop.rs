@@ -203,18 +203,15 @@ fn check_result(scenario: &str, result: &Value, db: &TestDatabase) -> Result<(),
                 return fail("the first stream did not download the bulk rows");
             }
         }
-        "resume" => {
-            if result["restart_ops"].as_u64().is_none_or(|n| n >= 20) {
-                return fail("restart re-downloaded");
-            }
+        "resume" if result["restart_ops"].as_u64().is_none_or(|n| n >= 20) => {
+            return fail("restart re-downloaded");
         }
-        "expired-token" => {
-            let fetches = result["clients"]["alice"]["credential_fetches"]
+        "expired-token"
+            if result["clients"]["alice"]["credential_fetches"]
                 .as_u64()
-                .unwrap_or(0);
-            if fetches < 2 {
-                return fail("fetchCredentials was not called again");
-            }
+                .is_none_or(|n| n < 2) =>
+        {
+            return fail("fetchCredentials was not called again");
         }
         "token-refresh" => {
             let streams = result["clients"]["alice"]["streams"]
