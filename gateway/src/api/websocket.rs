@@ -44,7 +44,9 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection without an active stream for this long is closed (the SDK opens its stream at once
 /// and closes the socket when the stream ends).
 const IDLE_WITHOUT_STREAM: Duration = Duration::from_secs(60);
-/// Upper bound on the SETUP's max lifetime: a silent client is dropped after at most this long.
+/// Bounds on the SETUP's max lifetime: a silent client is dropped after at most this long, and never
+/// sooner than the lower bound whatever it asked for.
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
 const MAX_LIFETIME: Duration = Duration::from_secs(600);
 /// Upper bound on one write (a client that stops reading its socket).
 const MAX_WRITE_TIME: Duration = Duration::from_secs(30);
@@ -542,7 +544,8 @@ impl Connection {
         match self.state.auth.authenticate(token).await {
             Ok(claims) => {
                 debug!(user = %claims.user_id, %user_agent, "WebSocket connection set up");
-                self.lifetime = Duration::from_millis(u64::from(setup.max_lifetime_ms)).min(MAX_LIFETIME);
+                self.lifetime =
+                    Duration::from_millis(u64::from(setup.max_lifetime_ms)).clamp(MIN_LIFETIME, MAX_LIFETIME);
                 self.established = Some(Established {
                     claims,
                     encoding: Encoding::from_mime(&setup.data_mime),
