@@ -6,3 +6,4 @@ mod crash;
 mod replication;
 mod source;
 mod sync_api;
+mod websocket;
