@@ -22,7 +22,7 @@ use std::pin::Pin;
 
 pub use http::{ApiConfig, ApiState, serve_api};
 pub use metrics::ApiMetrics;
-pub use session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
+pub use session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits, SharedReads};
 
 /// An error answered before a stream starts: status and the reference's JSON error body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,9 @@ use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, SyncLine, 
 use tokio::sync::{mpsc, watch};
 
 use super::metrics::ApiMetrics;
-use super::session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
+use super::session::{
+    Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits, SharedReads,
+};
 use crate::storage::{
     BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction,
     SqliteStorage,
@@ -54,6 +56,7 @@ impl Fixture {
             rules: Arc::new(RulesCache::default()),
             limits,
             metrics: Arc::new(ApiMetrics::default()),
+            reads: SharedReads::default(),
         });
         Fixture {
             _dir: dir,
