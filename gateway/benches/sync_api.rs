@@ -43,7 +43,10 @@ CREATE PUBLICATION powersync FOR ALL TABLES;
 ";
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct GatewayProcess {
@@ -106,9 +109,15 @@ impl GatewayProcess {
         if all {
             claims.insert("all".into(), "yes".into());
         }
-        syncgate::auth::mint_token(&self.config.client_auth, sub, claims, Duration::from_secs(3600), SystemTime::now())
-            .expect("token")
-            .token
+        syncgate::auth::mint_token(
+            &self.config.client_auth,
+            sub,
+            claims,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .expect("token")
+        .token
     }
 
     fn rss_kib(&self) -> u64 {
@@ -152,7 +161,11 @@ async fn read_until_complete(response: &mut reqwest::Response, pending: &mut Vec
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }
@@ -181,10 +194,16 @@ async fn main() {
     .expect("rows");
     let dir = tempfile::tempdir().expect("dir");
     let gateway = GatewayProcess::start(dir.path(), &db);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
     let started = Instant::now();
     loop {
-        if let Ok(r) = http.get(format!("{}/probes/readiness", gateway.base)).send().await
+        if let Ok(r) = http
+            .get(format!("{}/probes/readiness", gateway.base))
+            .send()
+            .await
             && r.status() == 200
         {
             break;
@@ -192,7 +211,11 @@ async fn main() {
         assert!(started.elapsed() < Duration::from_secs(600), "gateway not ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("gateway ready (snapshot of {} rows) in {:.1} s", rows + streams + 1, started.elapsed().as_secs_f64());
+    println!(
+        "gateway ready (snapshot of {} rows) in {:.1} s",
+        rows + streams + 1,
+        started.elapsed().as_secs_f64()
+    );
 
     // (a) One 100,000-row bucket, from the request to checkpoint_complete.
     let mut times = Vec::new();
@@ -206,13 +229,18 @@ async fn main() {
     times.sort();
     let storage = SqliteStorage::open(dir.path().join("storage.sqlite")).expect("storage");
     let active = storage.active_version().expect("active").expect("a version");
-    let checkpoint = storage.latest_checkpoint(active.version).expect("cp").expect("cp");
+    let checkpoint = storage
+        .latest_checkpoint(active.version)
+        .expect("cp")
+        .expect("cp");
     let bucket = BucketName::new(format!("{}#by_user[\"big\"]", active.version));
     let begin = Instant::now();
     let mut after = OpId::ZERO;
     let mut read = 0;
     loop {
-        let ops = storage.ops(active.version, &bucket, after, checkpoint.op_id, 1000).expect("ops");
+        let ops = storage
+            .ops(active.version, &bucket, after, checkpoint.op_id, 1000)
+            .expect("ops");
         let Some(last) = ops.last() else { break };
         after = last.entry.op_id;
         read += ops.len();
@@ -256,7 +284,10 @@ async fn main() {
     for n in 0..samples {
         let begin = Instant::now();
         client
-            .execute(&format!("UPDATE bench SET seq = seq + 1 WHERE id = 'u-{}'", n % streams), &[])
+            .execute(
+                &format!("UPDATE bench SET seq = seq + 1 WHERE id = 'u-{}'", n % streams),
+                &[],
+            )
             .await
             .expect("update");
         let (_, at) = rx.recv().await.expect("line");
@@ -267,7 +298,10 @@ async fn main() {
     let mut all = Vec::new();
     for _ in 0..samples.min(20) {
         let begin = Instant::now();
-        client.execute("UPDATE ticks SET n = n + 1", &[]).await.expect("tick");
+        client
+            .execute("UPDATE ticks SET n = n + 1", &[])
+            .await
+            .expect("tick");
         for _ in 0..streams {
             let (_, at) = rx.recv().await.expect("line");
             all.push(at - begin);

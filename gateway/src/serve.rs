@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::api::session::{SessionEnv, SessionLimits};
+use crate::api::session::{SessionEnv, SessionLimits, SharedReads};
 use crate::api::write_checkpoint::WriteCheckpoints;
 use crate::api::{ApiConfig, ApiMetrics, ApiState, Authenticate};
 use crate::compact_cmd;
@@ -237,6 +237,7 @@ fn api_state(
             rules: Arc::new(RulesCache::default()),
             limits,
             metrics: Arc::new(ApiMetrics::default()),
+            reads: SharedReads::default(),
         }),
         auth: authenticator(config)?,
         write_checkpoints: Arc::new(WriteCheckpoints::new(source.clone())),

@@ -26,7 +26,7 @@ use crate::storage::BucketStorage;
 
 /// Lines buffered per stream between the session and the socket: small, so a slow client holds
 /// little memory and backpressure reaches the session quickly.
-const LINE_BUFFER: usize = 4;
+pub(super) const LINE_BUFFER: usize = 4;
 
 /// HTTP limits (config `api`).
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ struct Rejected(ApiError);
 
 impl warp::reject::Reject for Rejected {}
 
-fn reject(error: ApiError) -> Rejection {
+pub(super) fn reject(error: ApiError) -> Rejection {
     warp::reject::custom(Rejected(error))
 }
 
@@ -86,11 +86,17 @@ pub async fn serve_api(state: Arc<ApiState>, listener: TcpListener) {
     if let Ok(address) = listener.local_addr() {
         info!(%address, "sync API listening");
     }
-    warp::serve(routes(state))
+    warp::serve(routes(Arc::clone(&state)))
         .incoming(listener)
         .graceful(signal)
         .run()
         .await;
+    // Upgraded WebSocket connections are not tracked by the server: give their streams a moment to
+    // send their final COMPLETE (they end at the same shutdown signal).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.env.metrics.connections_open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Every route, with CORS headers on every response (also errors), as the reference sends them.
@@ -174,7 +180,11 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
             response
         });
 
-    preflight
+    // WebSocket (RSocket) transport: any path, only upgrade requests; others fall through unchanged.
+    let websocket = super::websocket::route(Arc::clone(&state));
+
+    websocket
+        .or(preflight)
         .or(sync_stream)
         .or(write_checkpoint)
         .or(checkpoint_request)

@@ -2,13 +2,16 @@
 //! one configured port.
 //!
 //! [`session`] decides what each stream sends; [`http`] is the warp server that authenticates requests
-//! and frames lines ([`encoding`]); [`write_checkpoint`] records write checkpoints and emits the WAL
+//! and frames lines ([`encoding`]); [`websocket`] serves the same sessions over RSocket-over-WebSocket
+//! ([`rsocket`] frames); [`write_checkpoint`] records write checkpoints and emits the WAL
 //! marker that acknowledges them.
 
 pub mod encoding;
 pub mod http;
 pub mod metrics;
+pub mod rsocket;
 pub mod session;
+pub mod websocket;
 pub mod write_checkpoint;
 
 #[cfg(test)]
@@ -19,7 +22,7 @@ use std::pin::Pin;
 
 pub use http::{ApiConfig, ApiState, serve_api};
 pub use metrics::ApiMetrics;
-pub use session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
+pub use session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits, SharedReads};
 
 /// An error answered before a stream starts: status and the reference's JSON error body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

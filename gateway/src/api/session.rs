@@ -72,6 +72,143 @@ pub struct SessionEnv<S: ?Sized> {
     pub rules: Arc<RulesCache>,
     pub limits: SessionLimits,
     pub metrics: Arc<ApiMetrics>,
+    pub reads: SharedReads,
+}
+
+/// Reads that every session makes for the same checkpoint, done once. A commit wakes every open
+/// session at the same moment; without this each would read the active version, the checkpoint and the
+/// checksums of shared buckets itself, on as many threads and connections as there are sessions.
+#[derive(Debug)]
+pub struct SharedReads {
+    /// Storage reads running at once; the rest wait (a few threads on pooled connections beat a herd).
+    permits: tokio::sync::Semaphore,
+    /// The active version and its latest checkpoint as of a commit count.
+    published: std::sync::Mutex<Option<Published>>,
+    /// Bucket summaries at one checkpoint (and compaction generation).
+    summaries: std::sync::Mutex<SummaryCache>,
+}
+
+#[derive(Debug, Clone)]
+struct Published {
+    commits: u64,
+    version: RulesVersion,
+    rules: Arc<str>,
+    checkpoint: Checkpoint,
+}
+
+#[derive(Debug, Default)]
+struct SummaryCache {
+    key: Option<(RulesVersion, OpId, u64)>,
+    summaries: HashMap<BucketName, (Checksum, u64)>,
+}
+
+/// Shared summaries kept per checkpoint; beyond this many buckets, the cache starts over.
+const SUMMARY_CACHE_BUCKETS: usize = 100_000;
+
+impl Default for SharedReads {
+    fn default() -> Self {
+        SharedReads {
+            permits: tokio::sync::Semaphore::new(4),
+            published: std::sync::Mutex::new(None),
+            summaries: std::sync::Mutex::new(SummaryCache::default()),
+        }
+    }
+}
+
+impl SharedReads {
+    /// The active version and its latest checkpoint, read at most once per commit.
+    fn published<S: BucketStorage + ?Sized>(
+        &self,
+        storage: &S,
+        commits: u64,
+    ) -> Result<Option<Published>, StorageError> {
+        let lock = |m: &std::sync::Mutex<Option<Published>>| {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        if let Some(cached) = lock(&self.published)
+            && cached.commits == commits
+        {
+            return Ok(Some(cached));
+        }
+        let Some(active) = storage.active_version()? else {
+            return Ok(None);
+        };
+        let Some(checkpoint) = storage.latest_checkpoint(active.version)? else {
+            return Ok(None);
+        };
+        let published = Published {
+            commits,
+            version: active.version,
+            rules: Arc::from(active.rules),
+            checkpoint,
+        };
+        *self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(published.clone());
+        Ok(Some(published))
+    }
+
+    /// Checksum and count of each bucket at `checkpoint`, from the cache where another session read them.
+    fn summaries<S: BucketStorage + ?Sized>(
+        &self,
+        storage: &S,
+        version: RulesVersion,
+        checkpoint: OpId,
+        generation: u64,
+        names: &[BucketName],
+    ) -> Result<Vec<(Checksum, u64)>, StorageError> {
+        let key = Some((version, checkpoint, generation));
+        let mut missing = Vec::new();
+        {
+            let mut cache = self
+                .summaries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.key != key || cache.summaries.len() > SUMMARY_CACHE_BUCKETS {
+                cache.key = key;
+                cache.summaries.clear();
+            }
+            for name in names {
+                if !cache.summaries.contains_key(name) {
+                    missing.push(name.clone());
+                }
+            }
+        }
+        let read = if missing.is_empty() {
+            Vec::new()
+        } else {
+            storage.bucket_checksums(version, checkpoint, &missing)?
+        };
+        let mut cache = self
+            .summaries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = cache.key == key;
+        let mut found: HashMap<&BucketName, (Checksum, u64)> = HashMap::new();
+        for summary in &read {
+            found.insert(&summary.bucket, (summary.checksum, summary.count));
+        }
+        if current {
+            for summary in &read {
+                cache
+                    .summaries
+                    .insert(summary.bucket.clone(), (summary.checksum, summary.count));
+            }
+        }
+        Ok(names
+            .iter()
+            .map(|name| {
+                found
+                    .get(name)
+                    .copied()
+                    .or_else(|| current.then(|| cache.summaries.get(name).copied()).flatten())
+                    .unwrap_or((Checksum::ZERO, 0))
+            })
+            .collect())
+    }
 }
 
 /// The verified identity a stream runs as.
@@ -352,6 +489,13 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let user = self.user.clone();
         let client_id = self.client_id.clone();
         let cached = self.static_resolution.clone();
+        let _permit = self
+            .env
+            .reads
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| SessionError::Task(e.to_string()))?;
         let result = tokio::task::spawn_blocking(move || {
             read_view(&env, &connection, &user, client_id.as_ref(), cached)
         })
@@ -616,14 +760,12 @@ fn read_view<S: BucketStorage + ?Sized>(
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let Some(active) = env.storage.active_version()? else {
+        let Some(published) = env.reads.published(&*env.storage, env.events.commit_count())? else {
             return Ok(None);
         };
-        let version = active.version;
-        let Some(checkpoint) = env.storage.latest_checkpoint(version)? else {
-            return Ok(None);
-        };
-        let rules = env.rules.get(version, &active.rules)?;
+        let version = published.version;
+        let checkpoint = published.checkpoint;
+        let rules = env.rules.get(version, &published.rules)?;
         let (resolution, newly_static) = match &cached {
             Some((v, resolution)) if *v == version => (Arc::clone(resolution), None),
             _ => {
@@ -640,7 +782,9 @@ fn read_view<S: BucketStorage + ?Sized>(
             });
         }
         let names: Vec<BucketName> = resolution.buckets.iter().map(|b| b.bucket.clone()).collect();
-        let sums = env.storage.bucket_checksums(version, checkpoint.op_id, &names)?;
+        let sums = env
+            .reads
+            .summaries(&*env.storage, version, checkpoint.op_id, generation, &names)?;
         let write_checkpoint = env
             .storage
             .write_checkpoint_for(user, client_id, checkpoint.lsn)?;
@@ -648,12 +792,12 @@ fn read_view<S: BucketStorage + ?Sized>(
             continue;
         }
         let mut buckets = HashMap::with_capacity(names.len());
-        for (bucket, sum) in resolution.buckets.iter().zip(sums) {
+        for (bucket, (checksum, count)) in resolution.buckets.iter().zip(sums) {
             buckets.insert(
                 bucket.bucket.clone(),
                 BucketView {
-                    checksum: sum.checksum,
-                    count: sum.count,
+                    checksum,
+                    count,
                     priority: bucket.priority,
                     subscriptions: bucket.origins.iter().map(|o| subscription_of(*o)).collect(),
                 },

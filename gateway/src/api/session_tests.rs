@@ -9,7 +9,9 @@ use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, SyncLine, 
 use tokio::sync::{mpsc, watch};
 
 use super::metrics::ApiMetrics;
-use super::session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits};
+use super::session::{
+    Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits, SharedReads,
+};
 use crate::storage::{
     BucketStorage, Lsn, Notifying, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction,
     SqliteStorage,
@@ -54,6 +56,7 @@ impl Fixture {
             rules: Arc::new(RulesCache::default()),
             limits,
             metrics: Arc::new(ApiMetrics::default()),
+            reads: SharedReads::default(),
         });
         Fixture {
             _dir: dir,
@@ -480,9 +483,16 @@ async fn keepalives_count_down_and_the_stream_ends_at_token_expiry() {
             other => panic!("{other:?}"),
         }
     }
-    assert!(!countdown.is_empty() && countdown.iter().all(|n| (1..=3).contains(n)), "{countdown:?}");
+    assert!(
+        !countdown.is_empty() && countdown.iter().all(|n| (1..=3).contains(n)),
+        "{countdown:?}"
+    );
     assert!(countdown.windows(2).all(|w| w[0] >= w[1]), "{countdown:?}");
-    let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(end, SessionEnd::TokenExpired);
 }
 
@@ -499,9 +509,16 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     f.storage.activate(f.version).unwrap();
     // Room for one line and nobody reading: the session may not queue more, and gives up.
     let stream = f.start_with_capacity("u1", SyncRequest::default(), 1);
-    let result = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), stream.task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(result, Err(SessionError::SlowClient(_))), "{result:?}");
-    assert_eq!(stream.rx.len(), 1, "nothing beyond the channel's capacity was buffered");
+    assert_eq!(
+        stream.rx.len(),
+        1,
+        "nothing beyond the channel's capacity was buffered"
+    );
 }
 
 #[tokio::test]
@@ -512,7 +529,11 @@ async fn shutdown_ends_open_sessions_cleanly() {
     let mut stream = f.start("u1", SyncRequest::default());
     assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
     f.shutdown.send_replace(true);
-    let end = tokio::time::timeout(Duration::from_secs(10), stream.task).await.unwrap().unwrap().unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(end, SessionEnd::Shutdown);
 }
 
@@ -571,14 +592,14 @@ bucket_definitions:
 
     fn todo() -> impl Strategy<Value = Todo> {
         // Owner 3 is nobody's: such rows are visible only through lists or `is_public`.
-        (0..4usize, 0..3usize, proptest::bool::weighted(0.2), any::<u8>()).prop_map(|(owner, list, public, title)| {
-            Todo {
+        (0..4usize, 0..3usize, proptest::bool::weighted(0.2), any::<u8>()).prop_map(
+            |(owner, list, public, title)| Todo {
                 owner,
                 list,
                 public,
                 title,
-            }
-        })
+            },
+        )
     }
 
     fn change() -> impl Strategy<Value = Change> {
@@ -633,7 +654,10 @@ bucket_definitions:
             if !present {
                 return RowChange::delete(key);
             }
-            let values = vec![SqliteValue::text(format!("u{user}")), SqliteValue::text(format!("l{list}"))];
+            let values = vec![
+                SqliteValue::text(format!("u{user}")),
+                SqliteValue::text(format!("l{list}")),
+            ];
             self.evaluate(&self.members, key, &values)
         }
 
@@ -642,7 +666,8 @@ bucket_definitions:
             let mut evaluation = RowEvaluation::default();
             self.rules.evaluate_row(&plan, values, &mut evaluation);
             let (mut entries, mut errors) = (Vec::new(), Vec::new());
-            self.rules.evaluate_parameter_row(&plan, values, &mut entries, &mut errors);
+            self.rules
+                .evaluate_parameter_row(&plan, values, &mut entries, &mut errors);
             assert!(errors.is_empty() && evaluation.errors.is_empty());
             RowChange::from_evaluation(key, &plan, &evaluation, &entries, None)
         }
@@ -669,7 +694,8 @@ bucket_definitions:
                         self.buckets.remove(removed.as_str());
                         self.replays.remove(removed.as_str());
                     }
-                    self.buckets.extend(d.updated_buckets.iter().map(|b| b.bucket.to_string()));
+                    self.buckets
+                        .extend(d.updated_buckets.iter().map(|b| b.bucket.to_string()));
                     self.write_checkpoint = d.write_checkpoint.map(|w| w.get());
                 }
                 SyncLine::Data(data) => {
@@ -734,13 +760,20 @@ bucket_definitions:
     }
 
     fn run_case(initial: &[Change], changes: &[Change]) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async move {
             let mut f = Fixture::new(SessionLimits::default());
             f.version = f.storage.create_version(RULES).unwrap();
             let evaluator = Evaluator {
                 rules: compile_version(f.version, RULES).unwrap(),
-                todos: SourceTable::new("public", "todos", &["id", "owner", "list_id", "title", "is_public"]),
+                todos: SourceTable::new(
+                    "public",
+                    "todos",
+                    &["id", "owner", "list_id", "title", "is_public"],
+                ),
                 members: SourceTable::new("public", "members", &["user_id", "list_id"]),
             };
             let mut source = Source::default();
@@ -776,7 +809,9 @@ bucket_definitions:
                     loop {
                         let line = stream.next().await;
                         client.receive(&line);
-                        if matches!(line, SyncLine::CheckpointComplete(_)) && client.write_checkpoint == Some(marks[i]) {
+                        if matches!(line, SyncLine::CheckpointComplete(_))
+                            && client.write_checkpoint == Some(marks[i])
+                        {
                             break;
                         }
                     }

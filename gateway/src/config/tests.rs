@@ -547,10 +547,15 @@ fn api_limits_use_powersync_keys_with_defaults() {
     assert_eq!(warned.len(), 2, "{warned:?}");
     assert!(warned.iter().any(|m| m.contains("`api.tokens`")), "{warned:?}");
     assert!(
-        warned.iter().any(|m| m.contains("`api.parameters.max_data_fetch_concurrency`")),
+        warned
+            .iter()
+            .any(|m| m.contains("`api.parameters.max_data_fetch_concurrency`")),
         "{warned:?}"
     );
-    let error = f.error(&format!("{MINIMAL}api:\n  parameters:\n    max_buckets_per_connection: 0\n"), &[]);
+    let error = f.error(
+        &format!("{MINIMAL}api:\n  parameters:\n    max_buckets_per_connection: 0\n"),
+        &[],
+    );
     assert!(
         error.contains("`api.parameters.max_buckets_per_connection` must be a whole number greater than 0"),
         "{error}"

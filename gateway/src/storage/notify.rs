@@ -40,6 +40,11 @@ impl StorageEvents {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Commits so far (what [`StorageEvents::subscribe`] receivers see change).
+    pub fn commit_count(&self) -> u64 {
+        *self.commits.borrow()
+    }
+
     /// The compaction generation: even when none runs, changed by every compaction.
     pub fn compaction_generation(&self) -> u64 {
         self.compactions.load(Ordering::Acquire)

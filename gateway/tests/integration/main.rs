@@ -7,3 +7,4 @@ mod interop;
 mod replication;
 mod source;
 mod sync_api;
+mod websocket;

@@ -13,16 +13,16 @@ use crate::replication::harness::{Gateway, fast_options, unversioned, write_conf
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/golden");
 
-fn golden(name: &str) -> String {
+pub(crate) fn golden(name: &str) -> String {
     std::fs::read_to_string(Path::new(GOLDEN).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// A gateway serving HTTP on its config's port.
-struct Api {
-    gateway: Gateway,
-    config: Config,
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Api {
+    pub(crate) gateway: Gateway,
+    pub(crate) config: Config,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
@@ -63,7 +63,7 @@ impl Api {
         }
     }
 
-    fn token(&self, sub: &str, ttl: Duration) -> String {
+    pub(crate) fn token(&self, sub: &str, ttl: Duration) -> String {
         syncgate::auth::mint_token(&self.config.client_auth, sub, Map::new(), ttl, SystemTime::now())
             .expect("mint")
             .token
@@ -339,7 +339,7 @@ async fn a_session_matches_the_reference_transcript_line_for_line() {
 }
 
 /// A gateway on the golden schema and rules, with the golden dataset loaded.
-async fn golden_api(dir: &Path, prefix: &str) -> (TestDatabase, Api) {
+pub(crate) async fn golden_api(dir: &Path, prefix: &str) -> (TestDatabase, Api) {
     let db = shared_cluster().create_database().expect("database");
     db.psql(&golden("schema.sql")).expect("schema");
     db.psql(&golden("dataset.sql")).expect("dataset");
@@ -347,13 +347,13 @@ async fn golden_api(dir: &Path, prefix: &str) -> (TestDatabase, Api) {
     (db, api)
 }
 
-fn signed(claims: &Value, secret: &[u8], kid: Option<&str>) -> String {
+pub(crate) fn signed(claims: &Value, secret: &[u8], kid: Option<&str>) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).expect("sign")
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("clock")
@@ -587,8 +587,17 @@ async fn absurd_positions_and_a_thousand_reconnects_leave_the_server_unharmed() 
 
     let started = std::time::Instant::now();
     for i in 0..1000 {
-        let mut stream = api.stream(if i % 2 == 0 { "user1" } else { "user2" }, "{}", "application/x-ndjson").await;
-        assert!(stream.next_line().await.get("checkpoint").is_some(), "connect {i}");
+        let mut stream = api
+            .stream(
+                if i % 2 == 0 { "user1" } else { "user2" },
+                "{}",
+                "application/x-ndjson",
+            )
+            .await;
+        assert!(
+            stream.next_line().await.get("checkpoint").is_some(),
+            "connect {i}"
+        );
     }
     eprintln!("1,000 connects and disconnects in {:?}", started.elapsed());
     // Every session notices its client left and ends.
@@ -607,7 +616,10 @@ async fn absurd_positions_and_a_thousand_reconnects_leave_the_server_unharmed() 
             assert!(metrics.contains("syncgate_connections_total 1001\n"), "{metrics}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "sessions did not end: {metrics}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions did not end: {metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut stream = api.stream("user1", "{}", "application/x-ndjson").await;
