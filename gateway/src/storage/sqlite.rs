@@ -1395,6 +1395,19 @@ impl BucketStorage for SqliteStorage {
         })
     }
 
+    fn changed_buckets(&self, version: RulesVersion, after: OpId) -> Result<Vec<BucketName>> {
+        let v = version_sql(version)?;
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT name FROM buckets WHERE version = ?1 AND last_op > ?2")?;
+            let names = statement
+                .query_map(params![v, after.as_i64()], |r| r.get::<_, String>(0))?
+                .map(|name| name.map(BucketName::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
+        })
+    }
+
     fn ops(
         &self,
         version: RulesVersion,
