@@ -681,9 +681,7 @@ struct Stmts<'c> {
     select_bucket: CachedStatement<'c>,
     insert_bucket: CachedStatement<'c>,
     select_state: CachedStatement<'c>,
-    upsert_state: CachedStatement<'c>,
-    /// Upserts [`STATES_PER_INSERT`] state rows of fresh rows, bound as they come (see
-    /// [`Writer::change`]).
+    /// Upserts [`STATES_PER_INSERT`] state rows, bound as they come (see [`Writer::change`]).
     upsert_states: CachedStatement<'c>,
     delete_state: CachedStatement<'c>,
     select_params: CachedStatement<'c>,
@@ -715,11 +713,6 @@ impl<'c> Stmts<'c> {
                 "SELECT placements, source_row FROM source_state
                  WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
             )?,
-            upsert_state: conn.prepare_cached(
-                "INSERT INTO source_state (version, source_table, source_key, placements, source_row)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row",
-            )?,
             delete_state: conn.prepare_cached(
                 "DELETE FROM source_state WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
             )?,
@@ -747,18 +740,20 @@ impl<'c> Stmts<'c> {
 /// prologue, which cost as much as the insert itself when done per op.
 const OPS_PER_INSERT: usize = 64;
 const OP_COLUMNS: usize = 8;
-/// State rows per `INSERT` of fresh snapshot rows, for the same reason.
+/// State rows per upsert, for the same reason.
 const STATES_PER_INSERT: usize = 64;
 const STATE_COLUMNS: usize = 5;
 
-/// `INSERT INTO <table> SELECT * FROM (VALUES (?, …), …) WHERE column1 IS NOT NULL<suffix>`: `rows` rows
-/// of `columns` parameters. A row whose first parameter is NULL is skipped, so a partly filled statement
-/// can be flushed without a statement per remaining size. (`WHERE` also makes `ON CONFLICT` parse after
-/// a `SELECT`.)
+/// `INSERT OR FAIL INTO <table> SELECT * FROM (VALUES (?, …), …) WHERE column1 IS NOT NULL<suffix>`:
+/// `rows` rows of `columns` parameters. A row whose first parameter is NULL is skipped, so a partly filled
+/// statement can be flushed without a statement per remaining size. (`WHERE` also makes `ON CONFLICT`
+/// parse after a `SELECT`.) `OR FAIL`: a multi-row statement that may abort needs a statement journal
+/// (a copy of every page it changes) to undo its own rows; an error fails the whole storage transaction
+/// anyway.
 fn multi_row_insert(table: &str, columns: usize, rows: usize, suffix: &str) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     format!(
-        "INSERT INTO {table} SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL{suffix}",
+        "INSERT OR FAIL INTO {table} SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL{suffix}",
         vec![row.as_str(); rows].join(", ")
     )
 }
@@ -909,7 +904,7 @@ impl<'c, 'k> Writer<'c, 'k> {
         Ok(())
     }
 
-    /// Binds a fresh row's state into the multi-row upsert, executing it when full.
+    /// Binds a row's new state into the multi-row upsert, executing it when full.
     fn push_state(&mut self, row: &SourceRowKey, packed: &[u8], source_row: Option<&str>) -> Result<()> {
         let base = self.pending_states * STATE_COLUMNS;
         let upsert = &mut self.stmts.upsert_states;
@@ -1001,7 +996,11 @@ impl<'c, 'k> Writer<'c, 'k> {
 
     /// Applies one row's new state: the halves its table feeds, then its stored source row. `fresh`: the
     /// caller knows the row has no stored state at all, so there is nothing to read or diff.
-    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool) -> Result<()> {
+    ///
+    /// `repeat`: the row occurred earlier in this storage transaction, so its state may still be bound
+    /// in the multi-row upsert and must be written before it is read. Other rows' state is upserted in
+    /// batches, never read again in the transaction.
+    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool, repeat: bool) -> Result<()> {
         let row = &change.row;
         if let Some(parameters) = &change.parameters {
             self.parameters(row, parameters, lsn, fresh)?;
@@ -1014,7 +1013,9 @@ impl<'c, 'k> Writer<'c, 'k> {
         let stored: Option<(Vec<u8>, Option<String>)> = if fresh {
             None
         } else {
-            self.flush_states()?;
+            if repeat {
+                self.flush_states()?;
+            }
             self.stmts
                 .select_state
                 .query_row(params![self.version, row.table, row.key], |r| {
@@ -1040,12 +1041,8 @@ impl<'c, 'k> Writer<'c, 'k> {
                     .delete_state
                     .execute(params![self.version, row.table, row.key])?;
             }
-        } else if fresh {
-            self.push_state(row, &packed, source_row)?;
         } else if stored.is_none() || packed != old_packed || source_row != old_source_row {
-            self.stmts
-                .upsert_state
-                .execute(params![self.version, row.table, row.key, packed, source_row])?;
+            self.push_state(row, &packed, source_row)?;
         }
         Ok(())
     }
@@ -1266,6 +1263,7 @@ impl BucketStorage for SqliteStorage {
             let mut writer = Writer::new(&tx, v, last_op, known)?;
             let mut checkpoint =
                 tx.prepare_cached("INSERT INTO checkpoints (version, lsn, op_id) VALUES (?1, ?2, ?3)")?;
+            let mut seen: HashSet<(&str, &str)> = HashSet::new();
             for txn in txns {
                 let lsn = lsn_sql(txn.commit_lsn)?;
                 if last_lsn.is_some_and(|stored| lsn <= stored) {
@@ -1273,7 +1271,8 @@ impl BucketStorage for SqliteStorage {
                     continue;
                 }
                 for change in &txn.changes {
-                    writer.change(change, lsn, false)?;
+                    let repeat = !seen.insert((change.row.table.as_str(), change.row.key.as_str()));
+                    writer.change(change, lsn, false, repeat)?;
                 }
                 checkpoint.execute(params![v, lsn, writer.last_op])?;
                 last_lsn = Some(lsn);
@@ -1314,9 +1313,11 @@ impl BucketStorage for SqliteStorage {
         let resolved = {
             let mut writer = Writer::new(&tx, v, last_op, known)?;
             let fresh = fresh_rows(&tx, v, changes)?;
+            let mut seen: HashSet<(&str, &str)> = HashSet::new();
             // Created at LSN 0: snapshot rows are visible at every checkpoint.
             for (change, fresh) in changes.iter().zip(fresh) {
-                writer.change(change, 0, fresh)?;
+                let repeat = !seen.insert((change.row.table.as_str(), change.row.key.as_str()));
+                writer.change(change, 0, fresh, repeat)?;
             }
             // The version's op id advances, so its next checkpoint covers these ops; the LSN stays.
             tx.execute(
