@@ -9,6 +9,8 @@ pub struct Lsn(pub u64);
 
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
+    /// The largest LSN storage can hold (SQLite integers are signed): "any position".
+    pub const MAX: Lsn = Lsn(0x7fff_ffff_ffff_ffff);
 
     pub fn get(self) -> u64 {
         self.0

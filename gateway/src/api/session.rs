@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::metrics::ApiMetrics;
-use crate::storage::{BucketStorage, Checkpoint, RulesVersion, StorageError, StorageEvents};
+use crate::storage::{BucketStorage, Checkpoint, Lsn, RulesVersion, StorageError, StorageEvents, StoredOp};
 use crate::versioned_rules::{RulesCache, StoredRulesError};
 
 /// Per-connection limits (PROTOCOL §4.2; configurable through `api` in the config).
@@ -86,7 +86,25 @@ pub struct SharedReads {
     published: std::sync::Mutex<Option<Published>>,
     /// Bucket summaries at one checkpoint (and compaction generation).
     summaries: std::sync::Mutex<SummaryCache>,
+    /// Buckets changed after an op id, as of a checkpoint: most sessions ask for the same one.
+    changed: std::sync::Mutex<Option<ChangedSet>>,
+    /// Recent op reads: sessions subscribed to the same bucket read the same ops after a commit.
+    ops: std::sync::Mutex<HashMap<OpsKey, Arc<Vec<StoredOp>>>>,
 }
+
+#[derive(Debug)]
+struct ChangedSet {
+    version: RulesVersion,
+    after: OpId,
+    up_to: OpId,
+    names: Arc<HashSet<BucketName>>,
+}
+
+/// (version, bucket, after, up_to, limit, compaction generation) of an op read.
+type OpsKey = (RulesVersion, BucketName, OpId, OpId, usize, u64);
+
+/// Op reads kept for other sessions; the cache starts over beyond this many.
+const OPS_CACHE_ENTRIES: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Published {
@@ -111,6 +129,8 @@ impl Default for SharedReads {
             permits: tokio::sync::Semaphore::new(4),
             published: std::sync::Mutex::new(None),
             summaries: std::sync::Mutex::new(SummaryCache::default()),
+            changed: std::sync::Mutex::new(None),
+            ops: std::sync::Mutex::new(HashMap::new()),
         }
     }
 }
@@ -149,6 +169,66 @@ impl SharedReads {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(published.clone());
         Ok(Some(published))
+    }
+
+    /// Buckets with ops after `after`, read once for every session at the same position.
+    fn changed<S: BucketStorage + ?Sized>(
+        &self,
+        storage: &S,
+        version: RulesVersion,
+        after: OpId,
+        up_to: OpId,
+    ) -> Result<Arc<HashSet<BucketName>>, StorageError> {
+        {
+            let cached = self
+                .changed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(set) = cached.as_ref()
+                && set.version == version
+                && set.after == after
+                && set.up_to >= up_to
+            {
+                return Ok(Arc::clone(&set.names));
+            }
+        }
+        // Read after `up_to` was published: the set covers every op up to it.
+        let names: Arc<HashSet<BucketName>> =
+            Arc::new(storage.changed_buckets(version, after)?.into_iter().collect());
+        *self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ChangedSet {
+            version,
+            after,
+            up_to,
+            names: Arc::clone(&names),
+        });
+        Ok(names)
+    }
+
+    /// Ops of a bucket, shared with other sessions reading the same range.
+    fn ops<S: BucketStorage + ?Sized>(
+        &self,
+        storage: &S,
+        key: OpsKey,
+    ) -> Result<Arc<Vec<StoredOp>>, StorageError> {
+        if let Some(ops) = self
+            .ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Arc::clone(ops));
+        }
+        let (version, bucket, after, up_to, limit, _) = &key;
+        let ops = Arc::new(storage.ops(*version, bucket, *after, *up_to, *limit)?);
+        let mut cache = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= OPS_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&ops));
+        Ok(ops)
     }
 
     /// Checksum and count of each bucket at `checkpoint`, from the cache where another session read them.
@@ -283,6 +363,26 @@ struct CheckpointView {
     buckets: HashMap<BucketName, BucketView>,
     streams: Vec<StreamDescription>,
     write_checkpoint: Option<WriteCheckpointId>,
+    reads: ReadMarks,
+}
+
+/// What a view's reads were based on, so the next read can reuse what cannot have changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ReadMarks {
+    compaction_generation: u64,
+    write_checkpoint_generation: u64,
+    /// A write checkpoint newer than the one at the checkpoint exists: re-read it at the next one.
+    write_checkpoint_pending: bool,
+}
+
+/// The previous view's results handed to the next read.
+#[derive(Debug, Clone)]
+struct PreviousRead {
+    version: RulesVersion,
+    checkpoint: OpId,
+    marks: ReadMarks,
+    write_checkpoint: Option<WriteCheckpointId>,
+    summaries: HashMap<BucketName, (Checksum, u64)>,
 }
 
 /// What the client has been told.
@@ -294,6 +394,7 @@ struct Sent {
     write_checkpoint: Option<WriteCheckpointId>,
     /// Whether the client received the complete for `checkpoint`.
     completed: bool,
+    reads: ReadMarks,
 }
 
 /// How sending a checkpoint's data ended.
@@ -447,6 +548,15 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 return Ok(None);
             };
             let Some(line) = self.checkpoint_line(&view) else {
+                if let Some(sent) = self.sent.as_mut()
+                    && sent.completed
+                    && sent.version == view.version
+                {
+                    // Nothing changed for this client: its state is also that of the newer checkpoint,
+                    // which the next read can start from.
+                    sent.checkpoint = view.checkpoint;
+                    sent.reads = view.reads;
+                }
                 return Ok(None);
             };
             let full = matches!(line, SyncLine::Checkpoint(_));
@@ -489,6 +599,17 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let user = self.user.clone();
         let client_id = self.client_id.clone();
         let cached = self.static_resolution.clone();
+        let previous = self.sent.as_ref().filter(|s| s.completed).map(|s| PreviousRead {
+            version: s.version,
+            checkpoint: s.checkpoint.op_id,
+            marks: s.reads,
+            write_checkpoint: s.write_checkpoint,
+            summaries: s
+                .buckets
+                .iter()
+                .map(|(name, b)| (name.clone(), (b.checksum, b.count)))
+                .collect(),
+        });
         let _permit = self
             .env
             .reads
@@ -497,7 +618,14 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             .await
             .map_err(|e| SessionError::Task(e.to_string()))?;
         let result = tokio::task::spawn_blocking(move || {
-            read_view(&env, &connection, &user, client_id.as_ref(), cached)
+            read_view(
+                &env,
+                &connection,
+                &user,
+                client_id.as_ref(),
+                cached,
+                previous.as_ref(),
+            )
         })
         .await
         .map_err(|e| SessionError::Task(e.to_string()))??;
@@ -617,6 +745,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             buckets: view.buckets,
             write_checkpoint: view.write_checkpoint,
             completed: false,
+            reads: view.reads,
         });
         to_send
     }
@@ -700,21 +829,28 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         if after >= up_to {
             return Ok(None);
         }
-        let storage = Arc::clone(&self.env.storage);
-        let name = bucket.clone();
+        let env = Arc::clone(&self.env);
         let limit = self.env.limits.max_ops_per_line;
         let max_bytes = self.env.limits.max_line_bytes;
-        // One op more than a line holds tells whether more follow.
-        let mut ops =
-            tokio::task::spawn_blocking(move || storage.ops(version, &name, after, up_to, limit + 1))
-                .await
-                .map_err(|e| SessionError::Task(e.to_string()))??;
+        // One op more than a line holds tells whether more follow. A compaction changes what the range
+        // holds, so its generation is part of the key.
+        let key = (
+            version,
+            bucket.clone(),
+            after,
+            up_to,
+            limit + 1,
+            self.env.events.compaction_generation(),
+        );
+        let ops = tokio::task::spawn_blocking(move || env.reads.ops(&*env.storage, key))
+            .await
+            .map_err(|e| SessionError::Task(e.to_string()))??;
         if ops.is_empty() {
             return Ok(None);
         }
         let mut bytes = 0usize;
         let mut keep = 0usize;
-        for op in &ops {
+        for op in ops.iter() {
             if keep == limit || (keep > 0 && bytes >= max_bytes) {
                 break;
             }
@@ -724,7 +860,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             keep += 1;
         }
         let has_more = ops.len() > keep;
-        ops.truncate(keep);
+        let ops = &ops[..keep];
         let largest_target = ops
             .iter()
             .filter_map(|op| op.target_op)
@@ -736,7 +872,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             bucket: bucket.clone(),
             after,
             has_more,
-            data: ops.into_iter().map(|op| op.entry).collect(),
+            data: ops.iter().map(|op| op.entry.clone()).collect(),
             next_after: last,
         };
         Ok(Some((line, last, largest_target, count)))
@@ -753,6 +889,7 @@ fn read_view<S: BucketStorage + ?Sized>(
     user: &UserId,
     client_id: Option<&ClientId>,
     cached: Option<(RulesVersion, Arc<ResolvedConnection>)>,
+    previous: Option<&PreviousRead>,
 ) -> Result<ViewRead, SessionError> {
     loop {
         let generation = env.events.compaction_generation();
@@ -782,17 +919,66 @@ fn read_view<S: BucketStorage + ?Sized>(
             });
         }
         let names: Vec<BucketName> = resolution.buckets.iter().map(|b| b.bucket.clone()).collect();
-        let sums = env
+        let write_checkpoint_generation = env.events.write_checkpoint_generation();
+        // The previous view stays valid for what the commits since did not touch.
+        let previous = previous.filter(|p| {
+            p.version == version
+                && p.marks.compaction_generation == generation
+                && p.checkpoint <= checkpoint.op_id
+        });
+        let changed = match previous {
+            Some(p) => Some(
+                env.reads
+                    .changed(&*env.storage, version, p.checkpoint, checkpoint.op_id)?,
+            ),
+            None => None,
+        };
+        let mut sums: Vec<Option<(Checksum, u64)>> = names
+            .iter()
+            .map(|name| {
+                let p = previous?;
+                let changed = changed.as_ref()?;
+                if changed.contains(name) {
+                    return None;
+                }
+                p.summaries.get(name).copied()
+            })
+            .collect();
+        let missing: Vec<BucketName> = names
+            .iter()
+            .zip(&sums)
+            .filter(|(_, sum)| sum.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut read = env
             .reads
-            .summaries(&*env.storage, version, checkpoint.op_id, generation, &names)?;
-        let write_checkpoint = env
-            .storage
-            .write_checkpoint_for(user, client_id, checkpoint.lsn)?;
+            .summaries(&*env.storage, version, checkpoint.op_id, generation, &missing)?
+            .into_iter();
+        for sum in &mut sums {
+            if sum.is_none() {
+                *sum = read.next();
+            }
+        }
+        let (write_checkpoint, write_checkpoint_pending) = match previous {
+            Some(p)
+                if p.marks.write_checkpoint_generation == write_checkpoint_generation
+                    && !p.marks.write_checkpoint_pending =>
+            {
+                (p.write_checkpoint, false)
+            }
+            _ => {
+                let at_checkpoint = env
+                    .storage
+                    .write_checkpoint_for(user, client_id, checkpoint.lsn)?;
+                let newest = env.storage.write_checkpoint_for(user, client_id, Lsn::MAX)?;
+                (at_checkpoint, newest != at_checkpoint)
+            }
+        };
         if env.events.compaction_generation() != generation {
             continue;
         }
         let mut buckets = HashMap::with_capacity(names.len());
-        for (bucket, (checksum, count)) in resolution.buckets.iter().zip(sums) {
+        for (bucket, (checksum, count)) in resolution.buckets.iter().zip(sums.into_iter().flatten()) {
             buckets.insert(
                 bucket.bucket.clone(),
                 BucketView {
@@ -828,6 +1014,11 @@ fn read_view<S: BucketStorage + ?Sized>(
             buckets,
             streams,
             write_checkpoint,
+            reads: ReadMarks {
+                compaction_generation: generation,
+                write_checkpoint_generation,
+                write_checkpoint_pending,
+            },
         };
         return Ok(Some((view, newly_static)));
     }

@@ -361,6 +361,10 @@ pub trait BucketStorage: Send + Sync {
         buckets: &[BucketName],
     ) -> Result<Vec<BucketSummary>>;
 
+    /// Buckets of `version` with an op after `after` (a superset of those changed up to any later
+    /// checkpoint). Sessions use it to skip re-reading buckets a commit did not touch.
+    fn changed_buckets(&self, version: RulesVersion, after: OpId) -> Result<Vec<BucketName>>;
+
     /// Ops of `bucket` with `after < op_id ≤ up_to`, in op id order, at most `limit`.
     fn ops(
         &self,

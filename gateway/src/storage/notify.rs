@@ -18,6 +18,8 @@ use super::{
 pub struct StorageEvents {
     commits: watch::Sender<u64>,
     compactions: AtomicU64,
+    /// Changed by every stored write checkpoint or checkpoint request.
+    write_checkpoints: AtomicU64,
 }
 
 impl Default for StorageEvents {
@@ -25,6 +27,7 @@ impl Default for StorageEvents {
         StorageEvents {
             commits: watch::Sender::new(0),
             compactions: AtomicU64::new(0),
+            write_checkpoints: AtomicU64::new(0),
         }
     }
 }
@@ -43,6 +46,11 @@ impl StorageEvents {
     /// Commits so far (what [`StorageEvents::subscribe`] receivers see change).
     pub fn commit_count(&self) -> u64 {
         *self.commits.borrow()
+    }
+
+    /// Changed by every write checkpoint stored since the process started.
+    pub fn write_checkpoint_generation(&self) -> u64 {
+        self.write_checkpoints.load(Ordering::Acquire)
     }
 
     /// The compaction generation: even when none runs, changed by every compaction.
@@ -138,6 +146,10 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         self.inner.bucket_checksums(version, checkpoint, buckets)
     }
 
+    fn changed_buckets(&self, version: RulesVersion, after: OpId) -> Result<Vec<BucketName>> {
+        self.inner.changed_buckets(version, after)
+    }
+
     fn ops(
         &self,
         version: RulesVersion,
@@ -164,7 +176,9 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         client_id: Option<&ClientId>,
         lsn: crate::lsn::Lsn,
     ) -> Result<WriteCheckpointId> {
-        self.inner.create_write_checkpoint(user, client_id, lsn)
+        let result = self.inner.create_write_checkpoint(user, client_id, lsn);
+        self.events.write_checkpoints.fetch_add(1, Ordering::AcqRel);
+        result
     }
 
     fn request_write_checkpoint(
@@ -174,8 +188,11 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         requested: WriteCheckpointId,
         lsn: crate::lsn::Lsn,
     ) -> Result<WriteCheckpointId> {
-        self.inner
-            .request_write_checkpoint(user, client_id, requested, lsn)
+        let result = self
+            .inner
+            .request_write_checkpoint(user, client_id, requested, lsn);
+        self.events.write_checkpoints.fetch_add(1, Ordering::AcqRel);
+        result
     }
 
     fn write_checkpoint_for(

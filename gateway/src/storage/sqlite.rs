@@ -206,6 +206,9 @@ const WRITER_CACHE_KIB: i64 = -262_144;
 /// The writer's memory map of the database file: 16 GiB, as much as SQLite allows.
 const WRITER_MMAP_BYTES: i64 = 1 << 34;
 
+/// Prepared statements the writer keeps: the write path alone uses about 15.
+const WRITER_STATEMENT_CACHE: usize = 64;
+
 /// Reader connections kept for reuse; more are opened on demand and dropped after use.
 const READER_POOL: usize = 8;
 
@@ -297,7 +300,16 @@ impl SqliteStorage {
             path: path.display().to_string(),
             source,
         };
-        let mut writer = Connection::open(&path).map_err(open_err)?;
+        // The connection sits behind our mutex: SQLite's per-call mutexes would only add cost.
+        let mut writer = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(open_err)?;
+        writer.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
         writer.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // WAL: readers never block the writer. FULL: a commit is on disk before it returns (invariant 4).
         writer
@@ -664,11 +676,13 @@ fn version_checkpoint(conn: &Connection, version: RulesVersion) -> Result<(i64, 
 /// Statements of the write path, prepared once per storage transaction: a row change runs several of
 /// them, and the statement cache's lookup by SQL text would otherwise be paid per statement.
 struct Stmts<'c> {
-    insert_op: CachedStatement<'c>,
+    /// Inserts [`OPS_PER_INSERT`] ops, bound as they are appended (see [`Writer::append`]).
+    insert_ops: CachedStatement<'c>,
     select_bucket: CachedStatement<'c>,
     insert_bucket: CachedStatement<'c>,
     select_state: CachedStatement<'c>,
-    upsert_state: CachedStatement<'c>,
+    /// Upserts [`STATES_PER_INSERT`] state rows, bound as they come (see [`Writer::change`]).
+    upsert_states: CachedStatement<'c>,
     delete_state: CachedStatement<'c>,
     select_params: CachedStatement<'c>,
     drop_new_params: CachedStatement<'c>,
@@ -679,10 +693,18 @@ struct Stmts<'c> {
 impl<'c> Stmts<'c> {
     fn prepare(conn: &'c Connection) -> Result<Self> {
         Ok(Stmts {
-            insert_op: conn.prepare_cached(
-                "INSERT INTO ops (op_id, bucket_id, op, object_type, object_id, subkey, data, checksum)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?,
+            insert_ops: conn.prepare_cached(&multi_row_insert(
+                "ops (op_id, bucket_id, op, object_type, object_id, subkey, data, checksum)",
+                OP_COLUMNS,
+                OPS_PER_INSERT,
+                "",
+            ))?,
+            upsert_states: conn.prepare_cached(&multi_row_insert(
+                "source_state (version, source_table, source_key, placements, source_row)",
+                STATE_COLUMNS,
+                STATES_PER_INSERT,
+                " ON CONFLICT DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row",
+            ))?,
             select_bucket: conn.prepare_cached("SELECT id FROM buckets WHERE version = ?1 AND name = ?2")?,
             insert_bucket: conn.prepare_cached(
                 "INSERT INTO buckets (version, name, checksum, count, last_op) VALUES (?1, ?2, 0, 0, 0)",
@@ -690,11 +712,6 @@ impl<'c> Stmts<'c> {
             select_state: conn.prepare_cached(
                 "SELECT placements, source_row FROM source_state
                  WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
-            )?,
-            upsert_state: conn.prepare_cached(
-                "INSERT INTO source_state (version, source_table, source_key, placements, source_row)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row",
             )?,
             delete_state: conn.prepare_cached(
                 "DELETE FROM source_state WHERE version = ?1 AND source_table = ?2 AND source_key = ?3",
@@ -717,6 +734,28 @@ impl<'c> Stmts<'c> {
             )?,
         })
     }
+}
+
+/// Ops per `INSERT` statement: each statement execution opens and closes cursors and runs the VM's
+/// prologue, which cost as much as the insert itself when done per op.
+const OPS_PER_INSERT: usize = 64;
+const OP_COLUMNS: usize = 8;
+/// State rows per upsert, for the same reason.
+const STATES_PER_INSERT: usize = 64;
+const STATE_COLUMNS: usize = 5;
+
+/// `INSERT OR FAIL INTO <table> SELECT * FROM (VALUES (?, …), …) WHERE column1 IS NOT NULL<suffix>`:
+/// `rows` rows of `columns` parameters. A row whose first parameter is NULL is skipped, so a partly filled
+/// statement can be flushed without a statement per remaining size. (`WHERE` also makes `ON CONFLICT`
+/// parse after a `SELECT`.) `OR FAIL`: a multi-row statement that may abort needs a statement journal
+/// (a copy of every page it changes) to undo its own rows; an error fails the whole storage transaction
+/// anyway.
+fn multi_row_insert(table: &str, columns: usize, rows: usize, suffix: &str) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!(
+        "INSERT OR FAIL INTO {table} SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL{suffix}",
+        vec![row.as_str(); rows].join(", ")
+    )
 }
 
 /// A bucket's running-sum change within one storage transaction.
@@ -777,6 +816,9 @@ struct Writer<'c, 'k> {
     /// Running sums are folded here and written once per bucket at the end: readers only see committed
     /// state, so one update per touched bucket is equivalent to one per op.
     buckets: HashMap<i64, BucketDelta>,
+    /// Rows bound into `stmts.insert_ops` / `stmts.upsert_states` and not yet executed.
+    pending_ops: usize,
+    pending_states: usize,
 }
 
 impl<'c, 'k> Writer<'c, 'k> {
@@ -800,12 +842,16 @@ impl<'c, 'k> Writer<'c, 'k> {
             known,
             resolved: HashMap::new(),
             buckets: HashMap::new(),
+            pending_ops: 0,
+            pending_states: 0,
         })
     }
 
     /// Writes the folded running sums and the op-id sequence; returns the bucket ids to cache once the
     /// transaction commits.
-    fn finish(self) -> Result<HashMap<String, i64>> {
+    fn finish(mut self) -> Result<HashMap<String, i64>> {
+        self.flush_ops()?;
+        self.flush_states()?;
         let mut update = self.conn.prepare_cached(
             "UPDATE buckets SET checksum = (checksum + ?2) % 4294967296, count = count + ?3, last_op = ?4
              WHERE id = ?1",
@@ -827,6 +873,52 @@ impl<'c, 'k> Writer<'c, 'k> {
         }
         meta_set(self.conn, "next_op_id", self.next_op)?;
         Ok(self.resolved)
+    }
+
+    /// Inserts the ops bound so far; the rows left unbound are skipped by their NULL op id.
+    fn flush_ops(&mut self) -> Result<()> {
+        if self.pending_ops == 0 {
+            return Ok(());
+        }
+        let insert = &mut self.stmts.insert_ops;
+        for row in self.pending_ops..OPS_PER_INSERT {
+            insert.raw_bind_parameter(row * OP_COLUMNS + 1, rusqlite::types::Null)?;
+        }
+        insert.raw_execute()?;
+        self.pending_ops = 0;
+        Ok(())
+    }
+
+    /// Upserts the state rows bound so far (as [`flush_ops`](Self::flush_ops)); due before any read of
+    /// `source_state`.
+    fn flush_states(&mut self) -> Result<()> {
+        if self.pending_states == 0 {
+            return Ok(());
+        }
+        let upsert = &mut self.stmts.upsert_states;
+        for row in self.pending_states..STATES_PER_INSERT {
+            upsert.raw_bind_parameter(row * STATE_COLUMNS + 1, rusqlite::types::Null)?;
+        }
+        upsert.raw_execute()?;
+        self.pending_states = 0;
+        Ok(())
+    }
+
+    /// Binds a row's new state into the multi-row upsert, executing it when full.
+    fn push_state(&mut self, row: &SourceRowKey, packed: &[u8], source_row: Option<&str>) -> Result<()> {
+        let base = self.pending_states * STATE_COLUMNS;
+        let upsert = &mut self.stmts.upsert_states;
+        upsert.raw_bind_parameter(base + 1, self.version)?;
+        upsert.raw_bind_parameter(base + 2, row.table.as_str())?;
+        upsert.raw_bind_parameter(base + 3, row.key.as_str())?;
+        upsert.raw_bind_parameter(base + 4, packed)?;
+        upsert.raw_bind_parameter(base + 5, source_row)?;
+        self.pending_states += 1;
+        if self.pending_states == STATES_PER_INSERT {
+            upsert.raw_execute()?;
+            self.pending_states = 0;
+        }
+        Ok(())
     }
 
     /// The id of `bucket`, creating the bucket (empty running sums) on its first op.
@@ -874,16 +966,23 @@ impl<'c, 'k> Writer<'c, 'k> {
             OpType::Move => "MOVE",
             OpType::Clear => "CLEAR",
         };
-        self.stmts.insert_op.execute(params![
-            op_id,
-            bucket_id,
-            kind,
-            object_type,
-            object_id,
-            subkey.as_str(),
-            data,
-            i64::from(checksum.as_u32())
-        ])?;
+        // Bound into the next free row of the multi-row insert (SQLite copies the values), inserted when
+        // the statement is full or at `flush_ops`. Nothing reads `ops` during a write.
+        let base = self.pending_ops * OP_COLUMNS;
+        let insert = &mut self.stmts.insert_ops;
+        insert.raw_bind_parameter(base + 1, op_id)?;
+        insert.raw_bind_parameter(base + 2, bucket_id)?;
+        insert.raw_bind_parameter(base + 3, kind)?;
+        insert.raw_bind_parameter(base + 4, object_type)?;
+        insert.raw_bind_parameter(base + 5, object_id)?;
+        insert.raw_bind_parameter(base + 6, subkey.as_str())?;
+        insert.raw_bind_parameter(base + 7, data)?;
+        insert.raw_bind_parameter(base + 8, i64::from(checksum.as_u32()))?;
+        self.pending_ops += 1;
+        if self.pending_ops == OPS_PER_INSERT {
+            insert.raw_execute()?;
+            self.pending_ops = 0;
+        }
         let delta = self.buckets.entry(bucket_id).or_insert(BucketDelta {
             checksum: Checksum::from_u32(0),
             count: 0,
@@ -897,7 +996,11 @@ impl<'c, 'k> Writer<'c, 'k> {
 
     /// Applies one row's new state: the halves its table feeds, then its stored source row. `fresh`: the
     /// caller knows the row has no stored state at all, so there is nothing to read or diff.
-    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool) -> Result<()> {
+    ///
+    /// `repeat`: the row occurred earlier in this storage transaction, so its state may still be bound
+    /// in the multi-row upsert and must be written before it is read. Other rows' state is upserted in
+    /// batches, never read again in the transaction.
+    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool, repeat: bool) -> Result<()> {
         let row = &change.row;
         if let Some(parameters) = &change.parameters {
             self.parameters(row, parameters, lsn, fresh)?;
@@ -910,6 +1013,9 @@ impl<'c, 'k> Writer<'c, 'k> {
         let stored: Option<(Vec<u8>, Option<String>)> = if fresh {
             None
         } else {
+            if repeat {
+                self.flush_states()?;
+            }
             self.stmts
                 .select_state
                 .query_row(params![self.version, row.table, row.key], |r| {
@@ -936,9 +1042,7 @@ impl<'c, 'k> Writer<'c, 'k> {
                     .execute(params![self.version, row.table, row.key])?;
             }
         } else if stored.is_none() || packed != old_packed || source_row != old_source_row {
-            self.stmts
-                .upsert_state
-                .execute(params![self.version, row.table, row.key, packed, source_row])?;
+            self.push_state(row, &packed, source_row)?;
         }
         Ok(())
     }
@@ -1159,6 +1263,7 @@ impl BucketStorage for SqliteStorage {
             let mut writer = Writer::new(&tx, v, last_op, known)?;
             let mut checkpoint =
                 tx.prepare_cached("INSERT INTO checkpoints (version, lsn, op_id) VALUES (?1, ?2, ?3)")?;
+            let mut seen: HashSet<(&str, &str)> = HashSet::new();
             for txn in txns {
                 let lsn = lsn_sql(txn.commit_lsn)?;
                 if last_lsn.is_some_and(|stored| lsn <= stored) {
@@ -1166,7 +1271,8 @@ impl BucketStorage for SqliteStorage {
                     continue;
                 }
                 for change in &txn.changes {
-                    writer.change(change, lsn, false)?;
+                    let repeat = !seen.insert((change.row.table.as_str(), change.row.key.as_str()));
+                    writer.change(change, lsn, false, repeat)?;
                 }
                 checkpoint.execute(params![v, lsn, writer.last_op])?;
                 last_lsn = Some(lsn);
@@ -1207,9 +1313,11 @@ impl BucketStorage for SqliteStorage {
         let resolved = {
             let mut writer = Writer::new(&tx, v, last_op, known)?;
             let fresh = fresh_rows(&tx, v, changes)?;
+            let mut seen: HashSet<(&str, &str)> = HashSet::new();
             // Created at LSN 0: snapshot rows are visible at every checkpoint.
             for (change, fresh) in changes.iter().zip(fresh) {
-                writer.change(change, 0, fresh)?;
+                let repeat = !seen.insert((change.row.table.as_str(), change.row.key.as_str()));
+                writer.change(change, 0, fresh, repeat)?;
             }
             // The version's op id advances, so its next checkpoint covers these ops; the LSN stays.
             tx.execute(
@@ -1392,6 +1500,19 @@ impl BucketStorage for SqliteStorage {
             }
             tx.commit()?;
             Ok(out)
+        })
+    }
+
+    fn changed_buckets(&self, version: RulesVersion, after: OpId) -> Result<Vec<BucketName>> {
+        let v = version_sql(version)?;
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT name FROM buckets WHERE version = ?1 AND last_op > ?2")?;
+            let names = statement
+                .query_map(params![v, after.as_i64()], |r| r.get::<_, String>(0))?
+                .map(|name| name.map(BucketName::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names)
         })
     }
 

@@ -63,6 +63,18 @@ impl Api {
         }
     }
 
+    /// The `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub(crate) fn token(&self, sub: &str, ttl: Duration) -> String {
         syncgate::auth::mint_token(&self.config.client_auth, sub, Map::new(), ttl, SystemTime::now())
             .expect("mint")
@@ -553,15 +565,7 @@ async fn the_sdk_gets_a_gzipped_bson_stream_and_probes_and_metrics_answer() {
     assert!(matches!(lines[0], syncgate_protocol::SyncLine::Checkpoint(_)));
     assert_eq!(lines.len(), 4, "checkpoint, two data lines, complete: {lines:?}");
 
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = api.metrics().await;
     assert!(metrics.contains("\nsyncgate_connections 1\n"), "{metrics}");
     assert!(metrics.contains("syncgate_ops_sent_total 4\n"), "{metrics}");
     drop(response);
@@ -603,15 +607,7 @@ async fn absurd_positions_and_a_thousand_reconnects_leave_the_server_unharmed() 
     // Every session notices its client left and ends.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = api
-            .http
-            .get(format!("{}/metrics", api.base))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = api.metrics().await;
         if metrics.contains("\nsyncgate_connections 0\n") {
             assert!(metrics.contains("syncgate_connections_total 1001\n"), "{metrics}");
             break;

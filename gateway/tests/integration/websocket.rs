@@ -146,15 +146,7 @@ fn bson_strings(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 async fn connections_gauge(api: &Api) -> u64 {
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = api.metrics().await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("syncgate_connections "))
