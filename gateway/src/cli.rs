@@ -200,8 +200,9 @@ fn json_object(flag: &str, text: &str) -> anyhow::Result<serde_json::Map<String,
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // pg_walstream logs every status update at info: only its warnings are news.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn"));
+        // pg_walstream logs every status update at info: only its warnings are news. warp logs a client
+        // closing a long-lived stream mid-body (every sync stream ends that way) as an error: not news.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn,warp::server=off"));
     // A second init (tests calling run twice) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
