@@ -171,6 +171,40 @@ impl SharedReads {
         Ok(Some(published))
     }
 
+    /// The published checkpoint as of `commits`, if a session already read it.
+    fn cached_published(&self, commits: u64) -> Option<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .filter(|p| p.commits == commits)
+    }
+
+    /// The changed-bucket set for `(version, after)` covering `up_to`, if a session already read it.
+    fn cached_changed(
+        &self,
+        version: RulesVersion,
+        after: OpId,
+        up_to: OpId,
+    ) -> Option<Arc<HashSet<BucketName>>> {
+        let cached = self
+            .changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cached
+            .as_ref()
+            .filter(|set| set.version == version && set.after == after && set.up_to >= up_to)
+            .map(|set| Arc::clone(&set.names))
+    }
+
+    fn cached_ops(&self, key: &OpsKey) -> Option<Arc<Vec<StoredOp>>> {
+        self.ops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
     /// Buckets with ops after `after`, read once for every session at the same position.
     fn changed<S: BucketStorage + ?Sized>(
         &self,
@@ -593,7 +627,48 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
 
     /// Reads the connection's state at the latest checkpoint of the active version, all from one
     /// consistent storage state (no compaction overlapping the reads).
+    /// Whether the latest commit cannot concern this client, decided from what other sessions already
+    /// read (no storage access, no blocking thread): same version and resolution, no compaction or write
+    /// checkpoint since, and none of its buckets among those the commit changed. Then its state is also
+    /// that of the newer checkpoint.
+    fn skip_unconcerned(&mut self) -> bool {
+        let reads = &self.env.reads;
+        let Some(sent) = self.sent.as_mut().filter(|s| s.completed) else {
+            return false;
+        };
+        if !self.unfinished.is_empty()
+            || sent.reads.write_checkpoint_pending
+            || sent.reads.write_checkpoint_generation != self.env.events.write_checkpoint_generation()
+            || sent.reads.compaction_generation != self.env.events.compaction_generation()
+            || self
+                .static_resolution
+                .as_ref()
+                .is_none_or(|(v, _)| *v != sent.version)
+        {
+            return false;
+        }
+        let Some(published) = reads.cached_published(self.env.events.commit_count()) else {
+            return false;
+        };
+        if published.version != sent.version || published.checkpoint.op_id < sent.checkpoint.op_id {
+            return false;
+        }
+        let Some(changed) =
+            reads.cached_changed(sent.version, sent.checkpoint.op_id, published.checkpoint.op_id)
+        else {
+            return false;
+        };
+        if sent.buckets.keys().any(|name| changed.contains(name)) {
+            return false;
+        }
+        sent.checkpoint = published.checkpoint;
+        true
+    }
+
     async fn read_view(&mut self) -> Result<Option<CheckpointView>, SessionError> {
+        if self.skip_unconcerned() {
+            return Ok(None);
+        }
         let env = Arc::clone(&self.env);
         let connection = Arc::clone(&self.connection);
         let user = self.user.clone();
@@ -610,13 +685,17 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 .map(|(name, b)| (name.clone(), (b.checksum, b.count)))
                 .collect(),
         });
-        let _permit = self
-            .env
+        let shared = Arc::clone(&self.env);
+        let _permit = shared
             .reads
             .permits
             .acquire()
             .await
             .map_err(|e| SessionError::Task(e.to_string()))?;
+        // Sessions that waited for a permit usually find everything read by the ones before them.
+        if self.skip_unconcerned() {
+            return Ok(None);
+        }
         let result = tokio::task::spawn_blocking(move || {
             read_view(
                 &env,
@@ -842,9 +921,12 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             limit + 1,
             self.env.events.compaction_generation(),
         );
-        let ops = tokio::task::spawn_blocking(move || env.reads.ops(&*env.storage, key))
-            .await
-            .map_err(|e| SessionError::Task(e.to_string()))??;
+        let ops = match self.env.reads.cached_ops(&key) {
+            Some(ops) => ops,
+            None => tokio::task::spawn_blocking(move || env.reads.ops(&*env.storage, key))
+                .await
+                .map_err(|e| SessionError::Task(e.to_string()))??,
+        };
         if ops.is_empty() {
             return Ok(None);
         }
