@@ -271,6 +271,7 @@ fn main() {
     let client = ms_list(&result, "client_ms");
     let notified = ms_list(&result, "notified_ms");
     let baseline = ms_list(&result, "baseline_ms");
+    let baseline_complete = ms_list(&result, "baseline_complete_ms");
     let commit = ms_list(&result, "commit_ms");
     // The gateway's own record of each stream: framing and gzip, as negotiated.
     let log = gateway.log_text();
@@ -287,6 +288,7 @@ fn main() {
     let (c50, c90, cmax) = summary(&client);
     let (b50, b90, bmax) = summary(&baseline);
     let (k50, _, kmax) = summary(&commit);
+    let (bc50, bc90, bcmax) = summary(&baseline_complete);
     let (n50, n90, nmax) = summary(&notified);
     let added: Vec<f64> = client.iter().zip(&baseline).map(|(c, b)| c - b).collect();
     let (a50, a90, amax) = summary(&added);
@@ -301,6 +303,10 @@ fn main() {
         result["baseline_reader"]["content_encoding"]
             .as_str()
             .unwrap_or("none"),
+    );
+    println!(
+        "    the checkpoint_complete after that data line, in the same reader: median {bc50:.1} ms, p90 {bc90:.1} ms, \
+         max {bcmax:.1} ms"
     );
     println!(
         "    the SDK's change notification alone (before the read that finds the row): median {n50:.1} ms, \

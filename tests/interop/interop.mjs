@@ -763,7 +763,8 @@ const scenarios = {
    * notification (`onChange` on `todos`, throttleMs 0 unless --throttle-ms; the SDK's default is 30) followed by a
    * read that finds the row (notified_ms: when that notification came). Baseline, from the same INSERT:
    * a plain `fetch` of POST /sync/stream (NDJSON, gzip as fetch negotiates it) reading lines until the row's `data`
-   * line arrives. Prints the latencies in ms.
+   * line arrives (baseline_ms; baseline_complete_ms: the checkpoint_complete after it, which the SDK waits for before
+   * it applies the row). Prints the latencies in ms.
    */
   async latency() {
     const samples = Number(args.samples);
@@ -809,6 +810,7 @@ const scenarios = {
     const client = [];
     const notified = [];
     const baseline = [];
+    const baselineComplete = [];
     const commit = [];
     let viaSafetyNet = 0;
     try {
@@ -831,7 +833,8 @@ const scenarios = {
         if (i >= warmup) {
           client.push(c.at - t0);
           notified.push(c.notified - t0);
-          baseline.push(b - t0);
+          baseline.push(b.data - t0);
+          baselineComplete.push(b.complete - t0);
           commit.push(committed - t0);
         }
         await new Promise((r) => setTimeout(r, 50));
@@ -848,6 +851,7 @@ const scenarios = {
     result.client_ms = round(client);
     result.notified_ms = round(notified);
     result.baseline_ms = round(baseline);
+    result.baseline_complete_ms = round(baselineComplete);
     result.commit_ms = round(commit);
     result.detection = { method: `onChange(todos, throttleMs ${throttleMs}) + getOptional`, notifications, via_safety_net: viaSafetyNet };
     result.baseline_reader = reader.info;
@@ -858,7 +862,8 @@ const scenarios = {
 
 /**
  * A plain HTTP reader of POST /sync/stream for `sub` (NDJSON; `fetch` negotiates gzip itself): `completed` resolves at
- * the first checkpoint_complete, `line(id)` when a `data` line holding `id` arrives (the time, performance.now()).
+ * the first checkpoint_complete; `line(id)` at the checkpoint_complete that follows the `data` line holding `id`, with
+ * both arrival times (performance.now()): `{ data, complete }`.
  */
 async function ndjsonReader(sub) {
   const controller = new AbortController();
@@ -880,6 +885,7 @@ async function ndjsonReader(sub) {
     end: null
   };
   const waiting = new Map();
+  let completing = [];
   let onComplete;
   const completed = new Promise((resolve) => (onComplete = resolve));
   (async () => {
@@ -896,12 +902,16 @@ async function ndjsonReader(sub) {
         const line = pending.slice(0, nl);
         pending = pending.slice(nl + 1);
         info.lines++;
-        if (line.startsWith('{"checkpoint_complete"')) onComplete();
+        if (line.startsWith('{"checkpoint_complete"')) {
+          onComplete();
+          for (const { resolve, data } of completing) resolve({ data, complete: at });
+          completing = [];
+        }
         if (line.startsWith('{"data"')) {
           for (const [id, resolve] of waiting) {
             if (line.includes(JSON.stringify(id))) {
               waiting.delete(id);
-              resolve(at);
+              completing.push({ resolve, data: at });
             }
           }
         }
