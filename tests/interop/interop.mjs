@@ -8,7 +8,8 @@
 //        --jwt-secret BASE64URL --jwt-kid KID --jwt-aud AUD --dir DIR [--prefix P] [--connection-method http|web-socket]
 //
 // Scenarios: initial, changes, upload, reconnect, resume (run after reconnect with the same --dir and --prefix:
-// a new process opening the same database file), expired-token, token-refresh. Each prints one JSON line on stdout,
+// a new process opening the same database file), expired-token, token-refresh, and latency (a measurement, run by
+// gateway/benches/official_client.rs: --samples, --warmup, --throttle-ms). Each prints one JSON line on stdout,
 // {"scenario", "ok", …}, and exits 0 only on success. Progress and the SDK's log go to stderr.
 // Tokens: HS256 JWTs minted here with node:crypto from the gateway's oct key (sub, aud, iat, exp, kid header).
 
@@ -34,7 +35,10 @@ const { values: args } = parseArgs({
     'retry-delay-ms': { type: 'string', default: '1000' },
     'timeout-s': { type: 'string', default: '60' },
     'short-ttl-s': { type: 'string', default: '15' },
-    'sdk-log-level': { type: 'string', default: 'debug' }
+    'sdk-log-level': { type: 'string', default: 'debug' },
+    samples: { type: 'string', default: '30' },
+    warmup: { type: 'string', default: '5' },
+    'throttle-ms': { type: 'string', default: '0' }
   }
 });
 
@@ -349,8 +353,9 @@ function observingFetch(name, stats) {
 
 const clients = [];
 
-/** A PowerSync database for `sub` in DIR/<prefix>-<name>.db, with a connector and request observation. */
-function openClient(name, sub, tokenPlan = TOKENS.valid) {
+/** A PowerSync database for `sub` in DIR/<prefix>-<name>.db, with a connector and request observation (unless
+ * `observe` is false: then the SDK fetches with its own default implementation, untouched). */
+function openClient(name, sub, tokenPlan = TOKENS.valid, { observe = true } = {}) {
   const stats = { tokens: [], credentialFetches: 0, uploads: 0, uploadedOps: 0, requests: [], streams: [] };
   const sdkLogger = {
     log(record) {
@@ -363,7 +368,7 @@ function openClient(name, sub, tokenPlan = TOKENS.valid) {
     schema,
     database: { dbFilename: `${PREFIX}-${name}.db`, dbLocation: DIR },
     logger: sdkLogger,
-    remoteOptions: { customFetch: observingFetch(name, stats) }
+    remoteOptions: observe ? { customFetch: observingFetch(name, stats) } : undefined
   });
   const connector = {
     async fetchCredentials() {
@@ -749,8 +754,180 @@ const scenarios = {
     result.latencies_ms.change_after_refresh = await waitInSync(alice, 'a change after the refresh');
     const s = alice.status();
     assert(s.connected && !s.downloadError, 'status after the refresh', s);
+  },
+
+  /**
+   * A measurement (benchmark (d), gateway/benches/official_client.rs), no assertion on timing: commit → row visible
+   * in one connected client with the SDK's defaults (HTTP; the SDK negotiates BSON and gzip), for --warmup + --samples
+   * single-row inserts (autocommit), measured from just before the INSERT is sent. Visibility: the SDK's own change
+   * notification (`onChange` on `todos`, throttleMs 0 unless --throttle-ms; the SDK's default is 30) followed by a
+   * read that finds the row (notified_ms: when that notification came). Baseline, from the same INSERT:
+   * a plain `fetch` of POST /sync/stream (NDJSON, gzip as fetch negotiates it) reading lines until the row's `data`
+   * line arrives (baseline_ms; baseline_complete_ms: the checkpoint_complete after it, which the SDK waits for before
+   * it applies the row). Prints the latencies in ms.
+   */
+  async latency() {
+    const samples = Number(args.samples);
+    const warmup = Number(args.warmup);
+    const throttleMs = Number(args['throttle-ms']);
+    await seed();
+    const alice = openClient('alice', user('alice'), TOKENS.valid, { observe: false });
+    await alice.connect();
+    result.latencies_ms.first_sync = await alice.firstSync();
+    await waitInSync(alice, 'initial');
+    const reader = await ndjsonReader(alice.sub);
+    await withTimeout(reader.completed, 'baseline reader: first checkpoint_complete', () => reader.info);
+
+    // Rows awaited in the client: checked on each change notification of `todos` (and by a slow safety net, counted:
+    // with throttleMs 0 a row found by it would mean a missed notification).
+    // Checks run one after the other, each after the notification that queued it.
+    const awaited = new Map();
+    let checks = Promise.resolve();
+    const check = (via, notified) =>
+      (checks = checks.then(async () => {
+        for (const [id, resolve] of awaited) {
+          if (await alice.db.getOptional('SELECT id FROM todos WHERE id = ?', [id])) {
+            awaited.delete(id);
+            resolve({ at: performance.now(), notified, via });
+          }
+        }
+      }));
+    let notifications = 0;
+    const dispose = alice.db.onChange(
+      {
+        onChange: () => {
+          notifications++;
+          return check('onChange', performance.now());
+        },
+        onError: (e) => log(`onChange error: ${e}`)
+      },
+      { tables: ['todos'], throttleMs }
+    );
+    const safetyNet = setInterval(() => awaited.size && check('safety net', performance.now()), 1000);
+    const visible = (id) => new Promise((resolve) => awaited.set(id, resolve));
+
+    const conn = await pool.connect();
+    const client = [];
+    const notified = [];
+    const baseline = [];
+    const baselineComplete = [];
+    const commit = [];
+    let viaSafetyNet = 0;
+    try {
+      for (let i = 0; i < warmup + samples; i++) {
+        const id = `${PREFIX}-lat-${i}`;
+        const inClient = visible(id);
+        const inReader = reader.line(id);
+        const t0 = performance.now();
+        await conn.query({
+          name: 'latency-insert',
+          text: 'INSERT INTO todos (id, list_id, description) VALUES ($1, $2, $3)',
+          values: [id, listId('groceries'), `latency ${i}`]
+        });
+        const committed = performance.now();
+        const [c, b] = await withTimeout(Promise.all([inClient, inReader]), `row ${id} visible`, () => ({
+          status: alice.status(),
+          reader: reader.info
+        }));
+        if (c.via !== 'onChange') viaSafetyNet++;
+        if (i >= warmup) {
+          client.push(c.at - t0);
+          notified.push(c.notified - t0);
+          baseline.push(b.data - t0);
+          baselineComplete.push(b.complete - t0);
+          commit.push(committed - t0);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } finally {
+      conn.release();
+      clearInterval(safetyNet);
+      dispose();
+      reader.close();
+    }
+    const round = (xs) => xs.map((x) => Math.round(x * 1000) / 1000);
+    result.samples = samples;
+    result.warmup = warmup;
+    result.client_ms = round(client);
+    result.notified_ms = round(notified);
+    result.baseline_ms = round(baseline);
+    result.baseline_complete_ms = round(baselineComplete);
+    result.commit_ms = round(commit);
+    result.detection = { method: `onChange(todos, throttleMs ${throttleMs}) + getOptional`, notifications, via_safety_net: viaSafetyNet };
+    result.baseline_reader = reader.info;
+    const s = alice.status();
+    assert(s.connected && s.hasSynced && !s.downloadError, 'status after the measurement', s);
   }
 };
+
+/**
+ * A plain HTTP reader of POST /sync/stream for `sub` (NDJSON; `fetch` negotiates gzip itself): `completed` resolves at
+ * the first checkpoint_complete; `line(id)` at the checkpoint_complete that follows the `data` line holding `id`, with
+ * both arrival times (performance.now()): `{ data, complete }`.
+ */
+async function ndjsonReader(sub) {
+  const controller = new AbortController();
+  const res = await fetch(`${ENDPOINT}/sync/stream`, {
+    method: 'POST',
+    headers: {
+      authorization: `Token ${mintToken(sub, now(), now() + 3600)}`,
+      'content-type': 'application/json',
+      accept: 'application/x-ndjson'
+    },
+    body: JSON.stringify({ buckets: [] }),
+    signal: controller.signal
+  });
+  assert(res.ok && res.body, `baseline reader: POST /sync/stream → ${res.status}`);
+  const info = {
+    content_type: res.headers.get('content-type'),
+    content_encoding: res.headers.get('content-encoding'),
+    lines: 0,
+    end: null
+  };
+  const waiting = new Map();
+  let completing = [];
+  let onComplete;
+  const completed = new Promise((resolve) => (onComplete = resolve));
+  (async () => {
+    const body = res.body.getReader();
+    const decoder = new TextDecoder();
+    let pending = '';
+    for (;;) {
+      const { done, value } = await body.read();
+      if (done) break;
+      const at = performance.now();
+      pending += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        info.lines++;
+        if (line.startsWith('{"checkpoint_complete"')) {
+          onComplete();
+          for (const { resolve, data } of completing) resolve({ data, complete: at });
+          completing = [];
+        }
+        if (line.startsWith('{"data"')) {
+          for (const [id, resolve] of waiting) {
+            if (line.includes(JSON.stringify(id))) {
+              waiting.delete(id);
+              completing.push({ resolve, data: at });
+            }
+          }
+        }
+      }
+    }
+    info.end = 'ended by the server';
+  })().catch((e) => {
+    info.end = `failed: ${e?.name ?? e}`;
+  });
+  return {
+    info,
+    completed,
+    line: (id) => new Promise((resolve) => waiting.set(id, resolve)),
+    close: () => controller.abort()
+  };
+}
 
 async function main() {
   const scenario = scenarios[SCENARIO];
