@@ -837,26 +837,31 @@ async fn restart_while_the_slot_is_still_held_waits_for_it() {
     let recvlogical = std::env::var_os("SYNCGATE_PG_BIN")
         .map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
         .join("pg_recvlogical");
-    let mut holder = Command::new(recvlogical)
-        .args([
-            "-d",
-            &db.url_without_session_options(),
-            "-S",
-            &slot,
-            "--start",
-            "--no-loop",
-        ])
-        .args([
-            "-f",
-            "/dev/null",
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=powersync",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pg_recvlogical");
+    let spawn_holder = || {
+        Command::new(&recvlogical)
+            .args([
+                "-d",
+                &db.url_without_session_options(),
+                "-S",
+                &slot,
+                "--start",
+                "--no-loop",
+            ])
+            .args([
+                "-f",
+                "/dev/null",
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=powersync",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pg_recvlogical")
+    };
+    // The killed gateway's walsender may still hold the slot for a moment: pg_recvlogical (--no-loop) then
+    // exits at once, so it is started again until it holds the slot.
+    let mut holder = spawn_holder();
     let held = Instant::now();
     while db
         .psql(&format!(
@@ -867,6 +872,9 @@ async fn restart_while_the_slot_is_still_held_waits_for_it() {
         != "t"
     {
         assert!(held.elapsed() < TIMEOUT, "pg_recvlogical never took the slot");
+        if holder.try_wait().expect("pg_recvlogical status").is_some() {
+            holder = spawn_holder();
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
