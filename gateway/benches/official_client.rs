@@ -13,18 +13,18 @@
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncgate_test_support::PgCluster;
 
-/// The oct key's secret, base64url of `syncgate-interop-test-secret-0123456789abcdef` (as in the interop test).
-const JWT_SECRET: &str = "c3luY2dhdGUtaW50ZXJvcC10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm";
-const JWT_KID: &str = "interop";
-const JWT_AUD: &str = "syncgate-interop";
+#[path = "../tests/support/serve_process.rs"]
+#[allow(dead_code, reason = "shared with the interop test, which uses more of it")]
+mod serve_process;
+use serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail};
+
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The whole node run, a backstop: the script's own waits time out after 60 s each.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -41,103 +41,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// The `syncgate serve` binary on a free port; killed when dropped.
-struct Gateway {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Gateway {
-    fn start(dir: &Path, uri: &str, rules: &Path) -> Gateway {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let config = format!(
-            "replication:
-  connections:
-    - type: postgresql
-      uri: {uri}
-      sslmode: disable
-storage:
-  type: sqlite
-  path: storage.sqlite
-sync_rules:
-  path: {rules}
-client_auth:
-  jwks:
-    keys:
-      - kty: oct
-        alg: HS256
-        kid: {JWT_KID}
-        k: {JWT_SECRET}
-  audience: [{JWT_AUD}]
-port: {port}
-",
-            rules = rules.canonicalize().expect("rules path").display(),
-        );
-        let config_path = dir.join("powersync.yaml");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = dir.join("serve.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_syncgate"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            // `sync stream opened` (debug) names each stream's framing and compression.
-            .env("RUST_LOG", "warn,syncgate::api::http=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("serve log"))
-            .spawn()
-            .expect("spawn syncgate serve");
-        Gateway { child, port, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("syncgate serve ended ({status}); log:\n{}", self.log_text());
-            }
-            if http_status(self.port, "/probes/readiness") == Some(200) {
-                return;
-            }
-            assert!(
-                started.elapsed() < READY_TIMEOUT,
-                "gateway not ready within {READY_TIMEOUT:?}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status code of a plain HTTP/1.1 GET, or None if the server does not answer.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 /// Median (mean of the middle two for an even count), p90 (nearest rank) and max of `values` in ms.
@@ -169,11 +72,6 @@ fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned())
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn main() {
@@ -208,8 +106,15 @@ fn main() {
         db.port(),
         db.name()
     );
-    let mut gateway = Gateway::start(work.path(), &uri, &dir.join("sync-rules.yaml"));
-    gateway.wait_ready();
+    // `sync stream opened` (debug) names each stream's framing and compression.
+    let mut gateway = ServeProcess::start(
+        work.path(),
+        &uri,
+        &dir.join("sync-rules.yaml"),
+        "bench_sdk_",
+        "warn,syncgate::api::http=debug",
+    );
+    gateway.wait_ready(READY_TIMEOUT);
 
     let node_log = work.path().join("latency.log");
     let load_before = load_average();

@@ -13,19 +13,17 @@
 //! gateway logs.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
+use crate::serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail};
+
 /// The oct key's secret, base64url of `syncgate-interop-test-secret-0123456789abcdef`.
-const JWT_SECRET: &str = "c3luY2dhdGUtaW50ZXJvcC10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm";
-const JWT_KID: &str = "interop";
-const JWT_AUD: &str = "syncgate-interop";
 /// Gateway readiness (replication snapshot of a few rows).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// A whole scenario, a backstop: the script's own waits time out after 60 s each.
@@ -86,8 +84,21 @@ fn run_interop(connection_method: &str) {
     let work = tempfile::tempdir().expect("temp dir");
     // Slot names are cluster-wide: one prefix per transport, so both tests can run at once.
     let slot_prefix = format!("interop_{}_", connection_method.replace('-', "_"));
-    let mut gateway = Gateway::start(work.path(), &db, &dir.join("sync-rules.yaml"), &slot_prefix);
-    gateway.wait_ready();
+    let uri = format!(
+        "postgresql://{}@{}:{}/{}",
+        db.user(),
+        db.host(),
+        db.port(),
+        db.name()
+    );
+    let mut gateway = ServeProcess::start(
+        work.path(),
+        &uri,
+        &dir.join("sync-rules.yaml"),
+        &slot_prefix,
+        "info",
+    );
+    gateway.wait_ready(READY_TIMEOUT);
     eprintln!(
         "gateway ready on port {} after {:?}",
         gateway.port,
@@ -224,7 +235,7 @@ fn check_result(scenario: &str, result: &Value, db: &TestDatabase) -> Result<(),
 /// Runs one scenario as a node process; its JSON result line, or the reason it failed (with its log).
 fn run_scenario(
     scenario: &str,
-    gateway: &Gateway,
+    gateway: &ServeProcess,
     db: &TestDatabase,
     work: &Path,
     prefix: &str,
@@ -293,122 +304,4 @@ fn run_scenario(
             log_tail()
         )),
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The `syncgate serve` binary on a free port; killed when dropped.
-struct Gateway {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Gateway {
-    fn start(dir: &Path, db: &TestDatabase, rules: &Path, slot_prefix: &str) -> Gateway {
-        let port = free_port();
-        let uri = format!(
-            "postgresql://{}@{}:{}/{}",
-            db.user(),
-            db.host(),
-            db.port(),
-            db.name()
-        );
-        let config = format!(
-            "replication:
-  connections:
-    - type: postgresql
-      uri: {uri}
-      sslmode: disable
-      slot_name_prefix: {slot_prefix}
-storage:
-  type: sqlite
-  path: storage.sqlite
-sync_rules:
-  path: {rules}
-client_auth:
-  jwks:
-    keys:
-      - kty: oct
-        alg: HS256
-        kid: {JWT_KID}
-        k: {JWT_SECRET}
-  audience: [{JWT_AUD}]
-port: {port}
-",
-            rules = rules.canonicalize().expect("rules path").display(),
-        );
-        let config_path = dir.join("powersync.yaml");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = dir.join("serve.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_syncgate"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("serve log"))
-            .spawn()
-            .expect("spawn syncgate serve");
-        Gateway { child, port, log }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), lines)
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("syncgate serve ended ({status}); log:\n{}", self.log_tail(80));
-        }
-    }
-
-    /// Waits until `/probes/readiness` answers 200.
-    fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            self.assert_running();
-            if http_status(self.port, "/probes/readiness") == Some(200) {
-                return;
-            }
-            assert!(
-                started.elapsed() < READY_TIMEOUT,
-                "gateway not ready within {READY_TIMEOUT:?}; log:\n{}",
-                self.log_tail(80)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// The status code of a plain HTTP/1.1 GET, or None if the server does not answer.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
