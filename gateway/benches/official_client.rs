@@ -12,10 +12,10 @@
 //! `bash scripts/setup-interop.sh`; without tests/interop/node_modules it only says so).
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use syncgate_test_support::PgCluster;
@@ -23,7 +23,7 @@ use syncgate_test_support::PgCluster;
 #[path = "../tests/support/serve_process.rs"]
 #[allow(dead_code, reason = "shared with the interop test, which uses more of it")]
 mod serve_process;
-use serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail};
+use serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail, wait_with_timeout};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The whole node run, a backstop: the script's own waits time out after 60 s each.
@@ -118,8 +118,7 @@ fn main() {
 
     let node_log = work.path().join("latency.log");
     let load_before = load_average();
-    let started = Instant::now();
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg("interop.mjs")
         .args(["--scenario", "latency"])
         .args(["--endpoint", &format!("http://127.0.0.1:{}", gateway.port)])
@@ -145,24 +144,7 @@ fn main() {
         .stderr(File::create(&node_log).expect("node log"))
         .spawn()
         .expect("cannot run node (needed for this bench)");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if started.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = reader.join().expect("stdout reader");
+    let (status, out) = wait_with_timeout(child, RUN_TIMEOUT);
     let result: Option<Value> = out.lines().rev().find_map(|l| serde_json::from_str(l).ok());
     let Some(result) = result.filter(|r| status.is_some_and(|s| s.success()) && r["ok"] == true) else {
         panic!(

@@ -13,7 +13,6 @@
 //! gateway logs.
 
 use std::fs::File;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail};
+use crate::serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail, wait_with_timeout};
 
 /// The oct key's secret, base64url of `syncgate-interop-test-secret-0123456789abcdef`.
 /// Gateway readiness (replication snapshot of a few rows).
@@ -243,8 +242,7 @@ fn run_scenario(
 ) -> Result<Value, String> {
     let log_path = work.join(format!("{scenario}.log"));
     let log = File::create(&log_path).expect("scenario log");
-    let started = Instant::now();
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg("interop.mjs")
         .args(["--scenario", scenario])
         .args(["--endpoint", &format!("http://127.0.0.1:{}", gateway.port)])
@@ -266,24 +264,7 @@ fn run_scenario(
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run node (needed for the interop test): {e}"))?;
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if started.elapsed() > SCENARIO_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = reader.join().expect("stdout reader");
+    let (status, out) = wait_with_timeout(child, SCENARIO_TIMEOUT);
     let log_tail = || tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 150);
     let Some(status) = status else {
         return Err(format!(

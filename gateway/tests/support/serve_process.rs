@@ -133,3 +133,27 @@ pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Waits for `child` (its stdout piped) at most `timeout`, killing it then; returns its exit status (`None`:
+/// killed) and everything it wrote to stdout.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+    let started = Instant::now();
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status, reader.join().expect("stdout reader"))
+}
