@@ -99,13 +99,7 @@ fn main() {
         db.psql(&sql).expect(file);
     }
     let work = tempfile::tempdir().expect("temp dir");
-    let uri = format!(
-        "postgresql://{}@{}:{}/{}",
-        db.user(),
-        db.host(),
-        db.port(),
-        db.name()
-    );
+    let uri = db.url_without_session_options();
     // `sync stream opened` (debug) names each stream's framing and compression.
     let mut gateway = ServeProcess::start(
         work.path(),

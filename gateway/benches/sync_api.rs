@@ -77,13 +77,10 @@ impl GatewayProcess {
             rules.push('\n');
         }
         let text = format!(
-            "replication:\n  connections:\n    - type: postgresql\n      uri: postgresql://{}@{}:{}/{}\n      sslmode: disable\n\
+            "replication:\n  connections:\n    - type: postgresql\n      uri: {uri}\n      sslmode: disable\n\
              storage:\n  type: sqlite\n  path: storage.sqlite\nport: {port}\nclient_auth:\n  audience:\n    - bench\n  jwks:\n    keys:\n      \
              - kty: oct\n        alg: HS256\n        kid: bench\n        k: {key}\nsync_rules:\n  content: |\n{rules}",
-            db.user(),
-            db.host(),
-            db.port(),
-            db.name()
+            uri = db.url_without_session_options(),
         );
         let path = dir.join("powersync.yaml");
         std::fs::write(&path, text).expect("config");

@@ -758,6 +758,21 @@ fn multi_row_insert(table: &str, columns: usize, rows: usize, suffix: &str) -> S
     )
 }
 
+/// Executes a multi-row statement of `rows` rows of `columns` parameters with only the first `bound` rows
+/// bound: the others get a NULL first column, which the statement skips (`WHERE` on it).
+fn execute_partial(
+    statement: &mut CachedStatement<'_>,
+    bound: usize,
+    rows: usize,
+    columns: usize,
+) -> Result<()> {
+    for row in bound..rows {
+        statement.raw_bind_parameter(row * columns + 1, rusqlite::types::Null)?;
+    }
+    statement.raw_execute()?;
+    Ok(())
+}
+
 /// A bucket's running-sum change within one storage transaction.
 struct BucketDelta {
     checksum: Checksum,
@@ -880,11 +895,12 @@ impl<'c, 'k> Writer<'c, 'k> {
         if self.pending_ops == 0 {
             return Ok(());
         }
-        let insert = &mut self.stmts.insert_ops;
-        for row in self.pending_ops..OPS_PER_INSERT {
-            insert.raw_bind_parameter(row * OP_COLUMNS + 1, rusqlite::types::Null)?;
-        }
-        insert.raw_execute()?;
+        execute_partial(
+            &mut self.stmts.insert_ops,
+            self.pending_ops,
+            OPS_PER_INSERT,
+            OP_COLUMNS,
+        )?;
         self.pending_ops = 0;
         Ok(())
     }
@@ -895,11 +911,12 @@ impl<'c, 'k> Writer<'c, 'k> {
         if self.pending_states == 0 {
             return Ok(());
         }
-        let upsert = &mut self.stmts.upsert_states;
-        for row in self.pending_states..STATES_PER_INSERT {
-            upsert.raw_bind_parameter(row * STATE_COLUMNS + 1, rusqlite::types::Null)?;
-        }
-        upsert.raw_execute()?;
+        execute_partial(
+            &mut self.stmts.upsert_states,
+            self.pending_states,
+            STATES_PER_INSERT,
+            STATE_COLUMNS,
+        )?;
         self.pending_states = 0;
         Ok(())
     }

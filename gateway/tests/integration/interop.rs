@@ -83,13 +83,7 @@ fn run_interop(connection_method: &str) {
     let work = tempfile::tempdir().expect("temp dir");
     // Slot names are cluster-wide: one prefix per transport, so both tests can run at once.
     let slot_prefix = format!("interop_{}_", connection_method.replace('-', "_"));
-    let uri = format!(
-        "postgresql://{}@{}:{}/{}",
-        db.user(),
-        db.host(),
-        db.port(),
-        db.name()
-    );
+    let uri = db.url_without_session_options();
     let mut gateway = ServeProcess::start(
         work.path(),
         &uri,

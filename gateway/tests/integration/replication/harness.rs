@@ -26,13 +26,7 @@ pub struct Gateway {
 }
 
 pub fn write_config(dir: &Path, db: &TestDatabase, rules: &str, slot_prefix: &str) -> PathBuf {
-    let uri = format!(
-        "postgresql://{}@{}:{}/{}",
-        db.user(),
-        db.host(),
-        db.port(),
-        db.name()
-    );
+    let uri = db.url_without_session_options();
     write_config_with_uri(dir, &uri, rules, slot_prefix)
 }
 
