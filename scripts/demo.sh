@@ -40,10 +40,14 @@ EOF
 run_pg "$pg_bin/pg_ctl" -D "$demo/pg" -l "$demo/pg/server.log" -w start >/dev/null
 server_pid=""
 cleanup() {
+  # Every step may fail (the gateway already gone, its exit status after a signal): Postgres must still stop.
+  set +e
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   run_pg "$pg_bin/pg_ctl" -D "$demo/pg" -m fast -w stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+# A signal ends the script through `exit`, so the EXIT trap runs (and stops Postgres).
+trap 'exit 130' INT TERM
 
 psql=("$pg_bin/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres)
 "${psql[@]}" -d postgres -c 'CREATE DATABASE demo'
