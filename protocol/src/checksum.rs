@@ -43,11 +43,22 @@ impl Checksum {
     /// Checksum of a PUT: the first 4 bytes (little-endian) of
     /// `sha256("put." + object_type + "." + object_id + "." + data)`, `data` being the exact string sent.
     pub fn of_put(object_type: &str, object_id: &str, data: &str) -> Self {
+        Self::from_put_digest(&Self::put_digest(object_type, object_id, data))
+    }
+
+    /// The whole SHA-256 a PUT's checksum is taken from. Storage keeps part of it as a collision-resistant
+    /// hash of the row's data, so one PUT costs one SHA-256, not two.
+    pub fn put_digest(object_type: &str, object_id: &str, data: &str) -> [u8; 32] {
         let mut hasher = Sha256::new();
         for part in ["put.", object_type, ".", object_id, ".", data] {
             hasher.update(part.as_bytes());
         }
-        Self::from_digest(&hasher.finalize())
+        hasher.finalize().into()
+    }
+
+    /// The checksum of a PUT from its [`put_digest`](Self::put_digest).
+    pub fn from_put_digest(digest: &[u8; 32]) -> Self {
+        Self::from_digest(digest)
     }
 
     /// Checksum of a REMOVE: `sha256("delete." + subkey)`, so every REMOVE of one source row has the same

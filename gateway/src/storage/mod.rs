@@ -22,6 +22,7 @@
 //!    so a session's separate reads agree without holding a read transaction across a network wait.
 
 mod notify;
+mod segment;
 mod sqlite;
 
 #[cfg(test)]
@@ -32,7 +33,7 @@ use std::fmt;
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId, WriteCheckpointId};
 
 pub use notify::{Notifying, StorageEvents};
-pub use sqlite::SqliteStorage;
+pub use sqlite::{SqliteStorage, version_ops};
 
 pub use crate::lsn::{Lsn, ParseLsnError};
 

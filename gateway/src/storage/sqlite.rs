@@ -24,6 +24,7 @@ use syncgate_protocol::{
     BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, Subkey, UserId, WriteCheckpointId,
 };
 
+use super::segment::{self, OpRef, SegmentBuilder};
 use super::{
     BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, ParameterRow, Placement, ReplicationState,
     Result, RowChange, RulesVersion, SourceRowKey, SourceTransaction, StorageError, StoredOp,
@@ -193,6 +194,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE sync_rules SET has_source_rows = 1
         WHERE EXISTS (SELECT 1 FROM source_rows s WHERE s.version = sync_rules.version);
     DROP TABLE source_rows;
+    ",
+    // 4: ops packed per bucket in segments (see `segment`): one row per bucket per storage transaction
+    // instead of a row and an index entry per op, which were most of the writer's time. Filled from `ops`
+    // by `migrate_segments` after this script.
+    r"
+    CREATE TABLE op_segments (
+        bucket_id INTEGER NOT NULL,
+        last_op INTEGER NOT NULL,
+        first_op INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        -- Wrapping u32 sum of the segment's op checksums.
+        checksum INTEGER NOT NULL,
+        ops BLOB NOT NULL,
+        UNIQUE (bucket_id, last_op)
+    );
     ",
 ];
 
@@ -409,6 +425,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         match version {
             1 => seed_sequences(&tx)?,
             3 => migrate_placements(&tx)?,
+            4 => migrate_segments(&tx)?,
             _ => {}
         }
         tx.execute("DELETE FROM schema_version", [])?;
@@ -498,13 +515,175 @@ fn migrate_placements(tx: &Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of a placement's data hash: SHA-256 truncated to 128 bits, so "same hash" means "same data"
-/// even for data chosen to collide (a 32-bit op checksum would not do).
+/// Format 4: moves every op of `ops` into segments, in op-id order per bucket, then drops `ops`; and
+/// rehashes placements the format-4 way ([`put_hash`]) from the data of each one's latest PUT, so an
+/// unchanged row still writes no op after the upgrade.
+fn migrate_segments(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute_batch(
+        "CREATE TEMP TABLE put_hashes (
+            bucket_id INTEGER NOT NULL, object_type TEXT NOT NULL, object_id TEXT NOT NULL, hash BLOB NOT NULL,
+            PRIMARY KEY (bucket_id, object_type, object_id)
+        ) WITHOUT ROWID",
+    )?;
+    let mut remember = tx.prepare(
+        "INSERT INTO put_hashes (bucket_id, object_type, object_id, hash) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT DO UPDATE SET hash = excluded.hash",
+    )?;
+    let mut select = tx.prepare(
+        "SELECT bucket_id, op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
+         ORDER BY bucket_id, op_id",
+    )?;
+    let mut rows = select.query([])?;
+    let mut builder = SegmentBuilder::default();
+    let mut bucket = None;
+    while let Some(r) = rows.next()? {
+        let bucket_id: i64 = r.get(0)?;
+        if bucket != Some(bucket_id) || builder.is_full() {
+            if let Some(previous) = bucket {
+                insert_segment(tx, previous, &builder)?;
+            }
+            builder.clear();
+            bucket = Some(bucket_id);
+        }
+        let kind: String = r.get(2)?;
+        let op = OpRef {
+            op_id: r.get(1)?,
+            op: op_type_from(&kind)?,
+            object_type: text_or_null(r, 3)?,
+            object_id: text_or_null(r, 4)?,
+            subkey: text_or_null(r, 5)?,
+            data: text_or_null(r, 6)?,
+            checksum: checksum_from(r.get(7)?)?,
+            target_op: r.get(8)?,
+        };
+        // In op-id order, so the last PUT of a placement leaves its hash.
+        if let (OpType::Put, Some(object_type), Some(object_id), Some(data)) =
+            (op.op, op.object_type, op.object_id, op.data)
+        {
+            let hash = put_hash(&Checksum::put_digest(object_type, object_id, data));
+            remember.execute(params![bucket_id, object_type, object_id, &hash[..]])?;
+        }
+        builder.push(&op);
+    }
+    if let Some(previous) = bucket {
+        insert_segment(tx, previous, &builder)?;
+    }
+    drop(rows);
+    drop(select);
+    drop(remember);
+    rehash_placements(tx)?;
+    tx.execute_batch("DROP TABLE ops; DROP TABLE temp.put_hashes")?;
+    Ok(())
+}
+
+/// Replaces each stored placement's hash by the one `migrate_segments` computed for its latest PUT.
+fn rehash_placements(tx: &Transaction<'_>) -> Result<()> {
+    let mut select = tx.prepare(
+        "SELECT version, source_table, source_key, placements FROM source_state WHERE placements != X''",
+    )?;
+    let mut lookup = tx.prepare(
+        "SELECT hash FROM put_hashes WHERE bucket_id = ?1 AND object_type = ?2 AND object_id = ?3",
+    )?;
+    // Collected first and applied after the scan: SQLite leaves a scan of a table changed under it undefined.
+    tx.execute_batch(
+        "CREATE TEMP TABLE rehashed (
+            version INTEGER NOT NULL, source_table TEXT NOT NULL, source_key TEXT NOT NULL, placements BLOB NOT NULL
+        )",
+    )?;
+    let mut update = tx.prepare(
+        "INSERT INTO rehashed (version, source_table, source_key, placements) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut rows = select.query([])?;
+    while let Some(r) = rows.next()? {
+        let old = blob(r, 3)?;
+        let mut packed = Vec::with_capacity(old.len());
+        for placement in unpack_placements(old)? {
+            let found: Option<Vec<u8>> = lookup
+                .query_row(
+                    params![placement.bucket_id, placement.object_type, placement.object_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // Without a PUT (never expected: nothing compacts a live PUT) the old hash stays; it matches
+            // no new hash, so the row's next change writes a PUT.
+            let hash = match found.as_deref().map(<[u8; HASH_LEN]>::try_from) {
+                Some(Ok(hash)) => hash,
+                _ => placement.hash,
+            };
+            pack_placement(
+                &mut packed,
+                placement.bucket_id,
+                placement.object_type,
+                placement.object_id,
+                &hash,
+            )?;
+        }
+        if packed != old {
+            update.execute(params![
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                packed
+            ])?;
+        }
+    }
+    drop(rows);
+    tx.execute_batch(
+        "UPDATE source_state SET placements = r.placements FROM temp.rehashed r
+         WHERE source_state.version = r.version AND source_state.source_table = r.source_table
+           AND source_state.source_key = r.source_key;
+         DROP TABLE temp.rehashed",
+    )?;
+    Ok(())
+}
+
+/// Column `index` of `row` as a blob, borrowed from the row.
+fn blob<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<&'r [u8]> {
+    row.get_ref(index)?
+        .as_blob()
+        .map_err(|e| corrupt("op segment column", e))
+}
+
+/// Column `index` of `row` as text or NULL, borrowed from the row.
+fn text_or_null<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<Option<&'r str>> {
+    row.get_ref(index)?
+        .as_str_or_null()
+        .map_err(|e| corrupt("op column", e))
+}
+
+/// Writes one segment of `bucket_id`.
+fn insert_segment(conn: &Connection, bucket_id: i64, segment: &SegmentBuilder) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO op_segments (bucket_id, last_op, first_op, count, checksum, ops)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        bucket_id,
+        segment.last_op,
+        segment.first_op,
+        segment.count,
+        i64::from(segment.checksum.as_u32()),
+        segment.bytes
+    ])?;
+    Ok(())
+}
+
+/// Bytes of a placement's data hash: 128 bits of a SHA-256 over the data, so "same hash" means "same
+/// data" even for data chosen to collide (a 32-bit op checksum would not do).
 const HASH_LEN: usize = 16;
 
+/// Format 3's placement hash: of the data alone (only its migration still computes it).
 fn data_hash(data: &str) -> [u8; HASH_LEN] {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(data.as_bytes());
+    let mut hash = [0; HASH_LEN];
+    hash.copy_from_slice(&digest[..HASH_LEN]);
+    hash
+}
+
+/// Format 4's placement hash: the first 128 bits of the PUT checksum's digest. The placement key already
+/// fixes object type and id, so for one placement equal digests mean equal data.
+fn put_hash(digest: &[u8; 32]) -> [u8; HASH_LEN] {
     let mut hash = [0; HASH_LEN];
     hash.copy_from_slice(&digest[..HASH_LEN]);
     hash
@@ -677,7 +856,6 @@ fn version_checkpoint(conn: &Connection, version: RulesVersion) -> Result<(i64, 
 /// them, and the statement cache's lookup by SQL text would otherwise be paid per statement.
 struct Stmts<'c> {
     /// Inserts [`OPS_PER_INSERT`] ops, bound as they are appended (see [`Writer::append`]).
-    insert_ops: CachedStatement<'c>,
     select_bucket: CachedStatement<'c>,
     insert_bucket: CachedStatement<'c>,
     select_state: CachedStatement<'c>,
@@ -693,12 +871,6 @@ struct Stmts<'c> {
 impl<'c> Stmts<'c> {
     fn prepare(conn: &'c Connection) -> Result<Self> {
         Ok(Stmts {
-            insert_ops: conn.prepare_cached(&multi_row_insert(
-                "ops (op_id, bucket_id, op, object_type, object_id, subkey, data, checksum)",
-                OP_COLUMNS,
-                OPS_PER_INSERT,
-                "",
-            ))?,
             upsert_states: conn.prepare_cached(&multi_row_insert(
                 "source_state (version, source_table, source_key, placements, source_row)",
                 STATE_COLUMNS,
@@ -736,11 +908,8 @@ impl<'c> Stmts<'c> {
     }
 }
 
-/// Ops per `INSERT` statement: each statement execution opens and closes cursors and runs the VM's
-/// prologue, which cost as much as the insert itself when done per op.
-const OPS_PER_INSERT: usize = 64;
-const OP_COLUMNS: usize = 8;
-/// State rows per upsert, for the same reason.
+/// State rows per upsert: each statement execution opens and closes cursors and runs the VM's prologue,
+/// which cost as much as the insert itself when done per row.
 const STATES_PER_INSERT: usize = 64;
 const STATE_COLUMNS: usize = 5;
 
@@ -778,6 +947,8 @@ struct BucketDelta {
     checksum: Checksum,
     count: i64,
     last_op: i64,
+    /// The bucket's ops of this transaction not yet written.
+    segment: SegmentBuilder,
 }
 
 /// Bucket ids by version and name, kept across storage transactions so the write path resolves a name
@@ -829,10 +1000,10 @@ struct Writer<'c, 'k> {
     known: &'k HashMap<String, i64>,
     resolved: HashMap<String, i64>,
     /// Running sums are folded here and written once per bucket at the end: readers only see committed
-    /// state, so one update per touched bucket is equivalent to one per op.
+    /// state, so one update per touched bucket is equivalent to one per op. New ops gather in each
+    /// bucket's open segment.
     buckets: HashMap<i64, BucketDelta>,
-    /// Rows bound into `stmts.insert_ops` / `stmts.upsert_states` and not yet executed.
-    pending_ops: usize,
+    /// Rows bound into `stmts.upsert_states` and not yet executed.
     pending_states: usize,
 }
 
@@ -857,7 +1028,6 @@ impl<'c, 'k> Writer<'c, 'k> {
             known,
             resolved: HashMap::new(),
             buckets: HashMap::new(),
-            pending_ops: 0,
             pending_states: 0,
         })
     }
@@ -865,7 +1035,11 @@ impl<'c, 'k> Writer<'c, 'k> {
     /// Writes the folded running sums and the op-id sequence; returns the bucket ids to cache once the
     /// transaction commits.
     fn finish(mut self) -> Result<HashMap<String, i64>> {
-        self.flush_ops()?;
+        for (&bucket, delta) in &self.buckets {
+            if !delta.segment.is_empty() {
+                insert_segment(self.conn, bucket, &delta.segment)?;
+            }
+        }
         self.flush_states()?;
         let mut update = self.conn.prepare_cached(
             "UPDATE buckets SET checksum = (checksum + ?2) % 4294967296, count = count + ?3, last_op = ?4
@@ -890,23 +1064,8 @@ impl<'c, 'k> Writer<'c, 'k> {
         Ok(self.resolved)
     }
 
-    /// Inserts the ops bound so far; the rows left unbound are skipped by their NULL op id.
-    fn flush_ops(&mut self) -> Result<()> {
-        if self.pending_ops == 0 {
-            return Ok(());
-        }
-        execute_partial(
-            &mut self.stmts.insert_ops,
-            self.pending_ops,
-            OPS_PER_INSERT,
-            OP_COLUMNS,
-        )?;
-        self.pending_ops = 0;
-        Ok(())
-    }
-
-    /// Upserts the state rows bound so far (as [`flush_ops`](Self::flush_ops)); due before any read of
-    /// `source_state`.
+    /// Upserts the state rows bound so far (the rows left unbound are skipped by their NULL first column);
+    /// due before any read of `source_state`.
     fn flush_states(&mut self) -> Result<()> {
         if self.pending_states == 0 {
             return Ok(());
@@ -959,7 +1118,7 @@ impl<'c, 'k> Writer<'c, 'k> {
         Ok(id)
     }
 
-    /// Appends one op and adds it to the bucket's running checksum and count.
+    /// Appends one op to its bucket's open segment and adds it to the bucket's running checksum and count.
     #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
@@ -977,34 +1136,27 @@ impl<'c, 'k> Writer<'c, 'k> {
         }
         self.next_op += 1;
         self.last_op = op_id;
-        let kind = match op {
-            OpType::Put => "PUT",
-            OpType::Remove => "REMOVE",
-            OpType::Move => "MOVE",
-            OpType::Clear => "CLEAR",
-        };
-        // Bound into the next free row of the multi-row insert (SQLite copies the values), inserted when
-        // the statement is full or at `flush_ops`. Nothing reads `ops` during a write.
-        let base = self.pending_ops * OP_COLUMNS;
-        let insert = &mut self.stmts.insert_ops;
-        insert.raw_bind_parameter(base + 1, op_id)?;
-        insert.raw_bind_parameter(base + 2, bucket_id)?;
-        insert.raw_bind_parameter(base + 3, kind)?;
-        insert.raw_bind_parameter(base + 4, object_type)?;
-        insert.raw_bind_parameter(base + 5, object_id)?;
-        insert.raw_bind_parameter(base + 6, subkey.as_str())?;
-        insert.raw_bind_parameter(base + 7, data)?;
-        insert.raw_bind_parameter(base + 8, i64::from(checksum.as_u32()))?;
-        self.pending_ops += 1;
-        if self.pending_ops == OPS_PER_INSERT {
-            insert.raw_execute()?;
-            self.pending_ops = 0;
-        }
-        let delta = self.buckets.entry(bucket_id).or_insert(BucketDelta {
-            checksum: Checksum::from_u32(0),
+        let delta = self.buckets.entry(bucket_id).or_insert_with(|| BucketDelta {
+            checksum: Checksum::ZERO,
             count: 0,
             last_op: op_id,
+            segment: SegmentBuilder::default(),
         });
+        delta.segment.push(&OpRef {
+            op_id,
+            op,
+            object_type: Some(object_type),
+            object_id: Some(object_id),
+            subkey: Some(subkey.as_str()),
+            data,
+            checksum,
+            target_op: None,
+        });
+        // Nothing reads the segments during a write, so a full one can go out now, bounding memory.
+        if delta.segment.is_full() {
+            insert_segment(self.conn, bucket_id, &delta.segment)?;
+            delta.segment.clear();
+        }
         delta.checksum += checksum;
         delta.count += 1;
         delta.last_op = op_id;
@@ -1114,7 +1266,8 @@ impl<'c, 'k> Writer<'c, 'k> {
         // client a download and the bucket an op for nothing.
         let mut packed = Vec::with_capacity(old_packed.len().max(64));
         for (bucket_id, table, id, data) in resolved {
-            let hash = data_hash(data);
+            let digest = Checksum::put_digest(table, id, data);
+            let hash = put_hash(&digest);
             let unchanged = old
                 .iter()
                 .any(|o| (o.bucket_id, o.object_type, o.object_id, o.hash) == (bucket_id, table, id, hash));
@@ -1126,7 +1279,7 @@ impl<'c, 'k> Writer<'c, 'k> {
                     id,
                     &subkey,
                     Some(data),
-                    Checksum::of_put(table, id, data),
+                    Checksum::from_put_digest(&digest),
                 )?;
             }
             pack_placement(&mut packed, bucket_id, table, id, &hash)?;
@@ -1233,30 +1386,35 @@ fn user_client(user: &UserId, client_id: Option<&ClientId>) -> (String, String) 
     )
 }
 
-/// One row of `ops` as stored (columns: op_id, op, object_type, object_id, subkey, data, checksum,
-/// target_op), before validation.
-struct OpRow {
-    op_id: i64,
-    op: String,
-    object_type: Option<String>,
-    object_id: Option<String>,
-    subkey: Option<String>,
-    data: Option<String>,
-    checksum: i64,
-    target_op: Option<i64>,
-}
-
-fn stored_op(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
-    Ok(OpRow {
-        op_id: r.get(0)?,
-        op: r.get(1)?,
-        object_type: r.get(2)?,
-        object_id: r.get(3)?,
-        subkey: r.get(4)?,
-        data: r.get(5)?,
-        checksum: r.get(6)?,
-        target_op: r.get(7)?,
-    })
+/// Every op of `version` with an op id above `after`, with its bucket's name, in op-id order: for tests
+/// and tools that inspect a storage file on a connection of their own (read-only is enough), e.g. while
+/// the gateway that owns it is stopped or killed.
+pub fn version_ops(
+    conn: &Connection,
+    version: RulesVersion,
+    after: OpId,
+) -> Result<Vec<(BucketName, StoredOp)>> {
+    let mut stmt = conn.prepare(
+        "SELECT b.name, s.first_op, s.ops FROM op_segments s JOIN buckets b ON b.id = s.bucket_id
+         WHERE b.version = ?1 AND s.last_op > ?2",
+    )?;
+    let mut rows = stmt.query(params![version_sql(version)?, after.as_i64()])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let bucket = BucketName::new(row.get::<_, String>(0)?);
+        let mut ops = Vec::new();
+        segment::decode_into(
+            row.get(1)?,
+            blob(row, 2)?,
+            after.as_i64(),
+            i64::MAX,
+            usize::MAX,
+            &mut ops,
+        )?;
+        out.extend(ops.into_iter().map(|op| (bucket.clone(), op)));
+    }
+    out.sort_by_key(|(_, op)| op.entry.op_id);
+    Ok(out)
 }
 
 impl BucketStorage for SqliteStorage {
@@ -1492,8 +1650,13 @@ impl BucketStorage for SqliteStorage {
                 let mut state = tx.prepare_cached(
                     "SELECT id, checksum, count, last_op FROM buckets WHERE version = ?1 AND name = ?2",
                 )?;
-                let mut scan = tx.prepare_cached(
-                    "SELECT COALESCE(SUM(checksum), 0), COUNT(*) FROM ops WHERE bucket_id = ?1 AND op_id <= ?2",
+                let mut whole = tx.prepare_cached(
+                    "SELECT COALESCE(SUM(checksum), 0), COALESCE(SUM(count), 0) FROM op_segments
+                     WHERE bucket_id = ?1 AND last_op <= ?2",
+                )?;
+                // Segments of a bucket do not overlap: at most one holds ops on both sides of `c`.
+                let mut straddling = tx.prepare_cached(
+                    "SELECT first_op, ops FROM op_segments WHERE bucket_id = ?1 AND last_op > ?2 AND first_op <= ?2",
                 )?;
                 for bucket in buckets {
                     let running: Option<(i64, i64, i64, i64)> = state
@@ -1505,8 +1668,23 @@ impl BucketStorage for SqliteStorage {
                         None => (0, 0),
                         // No op of this bucket after the checkpoint: the running sums are its state there.
                         Some((_, sum, count, last_op)) if last_op <= c => (sum, count),
-                        // An older checkpoint: sum the ops. SUM cannot overflow below 2^31 ops per bucket.
-                        Some((id, ..)) => scan.query_row(params![id, c], |r| Ok((r.get(0)?, r.get(1)?)))?,
+                        // An older checkpoint: sum the segments up to it. SUM cannot overflow below 2^31 segments.
+                        Some((id, ..)) => {
+                            let (mut sum, mut count): (i64, i64) =
+                                whole.query_row(params![id, c], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                            let part = straddling
+                                .query_row(params![id, c], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                                .optional()?;
+                            if let Some((first_op, bytes)) = part {
+                                let mut ops = Vec::new();
+                                segment::decode_into(first_op, &bytes, 0, c, usize::MAX, &mut ops)?;
+                                for op in &ops {
+                                    sum += i64::from(op.entry.checksum.as_u32());
+                                }
+                                count += i64::try_from(ops.len()).unwrap_or(i64::MAX);
+                            }
+                            (sum, count)
+                        }
                     };
                     out.push(BucketSummary {
                         bucket: bucket.clone(),
@@ -1542,42 +1720,20 @@ impl BucketStorage for SqliteStorage {
         limit: usize,
     ) -> Result<Vec<StoredOp>> {
         let v = version_sql(version)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after, up_to) = (after.as_i64(), up_to.as_i64());
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
+                "SELECT first_op, ops FROM op_segments
                  WHERE bucket_id = (SELECT id FROM buckets WHERE version = ?1 AND name = ?2)
-                   AND op_id > ?3 AND op_id <= ?4 ORDER BY op_id LIMIT ?5",
+                   AND last_op > ?3 AND first_op <= ?4 ORDER BY last_op",
             )?;
-            let rows = stmt.query_map(
-                params![v, bucket.as_str(), after.as_i64(), up_to.as_i64(), limit],
-                stored_op,
-            )?;
+            let mut rows = stmt.query(params![v, bucket.as_str(), after, up_to])?;
             let mut out = Vec::new();
-            for row in rows {
-                let OpRow {
-                    op_id,
-                    op,
-                    object_type,
-                    object_id,
-                    subkey,
-                    data,
-                    checksum,
-                    target_op,
-                } = row?;
-                let op = op_type_from(&op)?;
-                out.push(StoredOp {
-                    entry: OplogEntry {
-                        op_id: op_from(op_id)?,
-                        op,
-                        object_type,
-                        object_id,
-                        data,
-                        checksum: checksum_from(checksum)?,
-                        subkey: subkey.map(Subkey),
-                    },
-                    target_op: target_op.map(op_from).transpose()?,
-                });
+            while out.len() < limit
+                && let Some(row) = rows.next()?
+            {
+                let bytes = blob(row, 1)?;
+                segment::decode_into(row.get(0)?, bytes, after, up_to, limit, &mut out)?;
             }
             Ok(out)
         })
@@ -1737,7 +1893,7 @@ impl BucketStorage for SqliteStorage {
             Some(_) => {}
         }
         tx.execute(
-            "DELETE FROM ops WHERE bucket_id IN (SELECT id FROM buckets WHERE version = ?1)",
+            "DELETE FROM op_segments WHERE bucket_id IN (SELECT id FROM buckets WHERE version = ?1)",
             [v],
         )?;
         for table in [
@@ -1787,98 +1943,116 @@ impl BucketStorage for SqliteStorage {
 }
 
 /// Compacts one bucket's ops ≤ `limit`; returns (ops turned into MOVE, ops merged away into a CLEAR).
+/// The bucket's segments are rewritten, which also merges the small segments streaming leaves behind.
 fn compact_bucket(tx: &Transaction<'_>, bucket: i64, limit: i64) -> Result<(u64, u64)> {
-    struct Op {
-        id: i64,
-        kind: OpType,
-        key: Option<(String, String, String)>,
-        checksum: i64,
-        target: Option<i64>,
-    }
-    let mut ops: Vec<Op> = {
+    let (rowids, mut ops) = {
+        // Segments up to the one holding `limit`; ops above it in that one are rewritten unchanged.
         let mut stmt = tx.prepare_cached(
-            "SELECT op_id, op, object_type, object_id, subkey, data, checksum, target_op FROM ops
-             WHERE bucket_id = ?1 AND op_id <= ?2 ORDER BY op_id",
+            "SELECT rowid, first_op, ops FROM op_segments WHERE bucket_id = ?1 AND first_op <= ?2
+             ORDER BY last_op",
         )?;
-        let rows = stmt.query_map(params![bucket, limit], stored_op)?;
-        let mut ops = Vec::new();
-        for row in rows {
-            let OpRow {
-                op_id: id,
-                op: kind,
-                object_type,
-                object_id,
-                subkey,
-                checksum,
-                target_op: target,
-                ..
-            } = row?;
-            let key = match (object_type, object_id, subkey) {
-                (Some(t), Some(i), Some(s)) => Some((t, i, s)),
-                _ => None,
-            };
-            ops.push(Op {
-                id,
-                kind: op_type_from(&kind)?,
-                key,
-                checksum,
-                target,
-            });
+        let mut rows = stmt.query(params![bucket, limit])?;
+        let (mut rowids, mut ops) = (Vec::new(), Vec::new());
+        while let Some(row) = rows.next()? {
+            rowids.push(row.get::<_, i64>(0)?);
+            let bytes = blob(row, 2)?;
+            segment::decode_into(row.get(1)?, bytes, i64::MIN, i64::MAX, usize::MAX, &mut ops)?;
         }
-        ops
+        (rowids, ops)
     };
+    let head = ops.partition_point(|op| op.entry.op_id.as_i64() <= limit);
     // Newest first: the first op seen for a row key is its latest; every earlier PUT/REMOVE of that key is
     // superseded and becomes a MOVE pointing at it (the op the client's row state comes from).
-    let mut latest: HashMap<(String, String, String), i64> = HashMap::new();
+    let mut latest: HashMap<(String, String, String), OpId> = HashMap::new();
     let mut moved = 0;
-    for op in ops.iter_mut().rev() {
-        if !matches!(op.kind, OpType::Put | OpType::Remove) {
+    for op in ops[..head].iter_mut().rev() {
+        let entry = &mut op.entry;
+        if !matches!(entry.op, OpType::Put | OpType::Remove) {
             continue;
         }
-        let Some(key) = op.key.take() else { continue };
+        let (Some(object_type), Some(object_id), Some(subkey)) =
+            (&entry.object_type, &entry.object_id, &entry.subkey)
+        else {
+            continue;
+        };
+        let key = (object_type.clone(), object_id.clone(), subkey.0.clone());
         match latest.get(&key) {
             Some(&target) => {
-                tx.prepare_cached(
-                    "UPDATE ops SET op = 'MOVE', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
-                     target_op = ?2 WHERE op_id = ?1",
-                )?
-                .execute(params![op.id, target])?;
-                op.kind = OpType::Move;
-                op.target = Some(target);
+                entry.op = OpType::Move;
+                (entry.object_type, entry.object_id, entry.subkey, entry.data) = (None, None, None, None);
+                op.target_op = Some(target);
                 moved += 1;
             }
             None => {
-                latest.insert(key, op.id);
+                latest.insert(key, entry.op_id);
             }
         }
     }
     // The leading run of REMOVE/MOVE/CLEAR holds no live row: one CLEAR at its last op id carries its sum.
-    let run = ops
+    let run = ops[..head]
         .iter()
-        .take_while(|op| matches!(op.kind, OpType::Remove | OpType::Move | OpType::Clear))
+        .take_while(|op| matches!(op.entry.op, OpType::Remove | OpType::Move | OpType::Clear))
         .count();
     let mut cleared = 0;
-    if let Some(last) = run.checked_sub(1).map(|i| &ops[i])
-        && !(run == 1 && last.kind == OpType::Clear)
-    {
+    if run > 1 || (run == 1 && ops[0].entry.op != OpType::Clear) {
         let sum = ops[..run]
             .iter()
-            .map(|op| op.checksum)
-            .sum::<i64>()
-            .rem_euclid(1 << 32);
-        let target = ops[..run].iter().filter_map(|op| op.target).max();
-        tx.prepare_cached("DELETE FROM ops WHERE bucket_id = ?1 AND op_id >= ?2 AND op_id < ?3")?
-            .execute(params![bucket, ops[0].id, last.id])?;
-        tx.prepare_cached(
-            "UPDATE ops SET op = 'CLEAR', object_type = NULL, object_id = NULL, subkey = NULL, data = NULL,
-             checksum = ?2, target_op = ?3 WHERE op_id = ?1",
-        )?
-        .execute(params![last.id, sum, target])?;
-        let removed = i64::try_from(run - 1).expect("an op count fits i64");
+            .fold(Checksum::ZERO, |sum, op| sum + op.entry.checksum);
+        let target = ops[..run].iter().filter_map(|op| op.target_op).max();
+        let last = ops.drain(..run).next_back().expect("the run is not empty");
+        ops.insert(
+            0,
+            StoredOp {
+                entry: OplogEntry {
+                    op_id: last.entry.op_id,
+                    op: OpType::Clear,
+                    object_type: None,
+                    object_id: None,
+                    data: None,
+                    checksum: sum,
+                    subkey: None,
+                },
+                target_op: target,
+            },
+        );
+        cleared = u64::try_from(run - 1).unwrap_or(0);
+    }
+    let mut segments = Vec::new();
+    let mut builder = SegmentBuilder::default();
+    for op in &ops {
+        if builder.is_full() {
+            segments.push(std::mem::take(&mut builder));
+        }
+        let entry = &op.entry;
+        builder.push(&OpRef {
+            op_id: entry.op_id.as_i64(),
+            op: entry.op,
+            object_type: entry.object_type.as_deref(),
+            object_id: entry.object_id.as_deref(),
+            subkey: entry.subkey.as_ref().map(Subkey::as_str),
+            data: entry.data.as_deref(),
+            checksum: entry.checksum,
+            target_op: op.target_op.map(OpId::as_i64),
+        });
+    }
+    if !builder.is_empty() {
+        segments.push(builder);
+    }
+    if moved + cleared == 0 && segments.len() >= rowids.len() {
+        // Nothing to rewrite: every op stays and the segments are as few as they get.
+        return Ok((0, 0));
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM op_segments WHERE rowid = ?1")?;
+    for rowid in rowids {
+        delete.execute([rowid])?;
+    }
+    for segment in &segments {
+        insert_segment(tx, bucket, segment)?;
+    }
+    if cleared > 0 {
         // Checksums are unchanged by construction; the count drops (guard rule 4: cached counts change).
         tx.prepare_cached("UPDATE buckets SET count = count - ?2 WHERE id = ?1")?
-            .execute(params![bucket, removed])?;
-        cleared = u64::try_from(removed).unwrap_or(0);
+            .execute(params![bucket, i64::try_from(cleared).unwrap_or(i64::MAX)])?;
     }
     Ok((moved, cleared))
 }

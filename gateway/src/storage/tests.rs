@@ -463,7 +463,10 @@ fn readers_and_the_writer_do_not_block_each_other() {
     let mut reader = rusqlite::Connection::open(f.storage.path()).unwrap();
     let rtx = reader.transaction().unwrap();
     let count = |c: &rusqlite::Connection| -> i64 {
-        c.query_row("SELECT COUNT(*) FROM ops", [], |r| r.get(0)).unwrap()
+        c.query_row("SELECT COALESCE(SUM(count), 0) FROM op_segments", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
     };
     assert_eq!(count(&rtx), 1);
     f.apply(txn(20, vec![set("2", vec![place("a", "t2", "{}")])]))
@@ -1075,7 +1078,9 @@ fn deleting_a_version_removes_its_snapshot_and_replication_rows() {
     }
     // Ops of the deleted version's buckets are gone; the other version's one op stays.
     let ops: i64 = conn
-        .query_row("SELECT COUNT(*) FROM ops", [], |r| r.get(0))
+        .query_row("SELECT COALESCE(SUM(count), 0) FROM op_segments", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(ops, 1);
     // The other version keeps its own.
@@ -1263,4 +1268,87 @@ fn a_format_2_file_keeps_its_placements_data_and_source_rows() {
     // Compaction works on the converted op log.
     s.compact(f.version, latest).unwrap();
     assert_eq!(f.kinds("b"), [OpType::Clear]);
+}
+
+/// Ops span several segments (one transaction larger than a segment, then two transactions sharing one):
+/// pages of any size read them all in order, checksums at a checkpoint inside a segment count only its
+/// ops up to there, and compaction merges the segments without changing what is read.
+#[test]
+fn ops_across_segments_read_in_pages_and_sum_at_every_checkpoint() {
+    let f = Fixture::new();
+    let s = &f.storage;
+    let big: Vec<RowChange> = (0..2_500)
+        .map(|i| {
+            set(
+                &i.to_string(),
+                vec![place("a", &format!("t{i}"), &format!(r#"{{"v":{i}}}"#))],
+            )
+        })
+        .collect();
+    let first = f.apply(txn(10, big)).unwrap();
+    let small = |lsn: u64, from: u32| {
+        txn(
+            lsn,
+            (from..from + 10)
+                .map(|i| {
+                    set(
+                        &i.to_string(),
+                        vec![place("a", &format!("t{i}"), r#"{"v":"new"}"#)],
+                    )
+                })
+                .collect(),
+        )
+    };
+    // One storage transaction, one segment, two checkpoints.
+    let second = s
+        .apply_batch(f.version, &[small(20, 0), small(30, 100)])
+        .unwrap()
+        .unwrap();
+    let all = f.ops("a");
+    assert_eq!(all.len(), 2_520);
+    assert!(all.windows(2).all(|w| w[0].entry.op_id < w[1].entry.op_id));
+    for page in [1, 7, 999, 1_000, 1_001, 5_000] {
+        let mut read = Vec::new();
+        let mut after = OpId::ZERO;
+        loop {
+            let ops = s.ops(f.version, &b("a"), after, second.op_id, page).unwrap();
+            let Some(last) = ops.last() else { break };
+            assert!(ops.len() <= page);
+            after = last.entry.op_id;
+            read.extend(ops);
+        }
+        assert_eq!(read, all, "pages of {page}");
+    }
+    let sum = |ops: &[StoredOp]| ops.iter().fold(Checksum::ZERO, |sum, op| sum + op.entry.checksum);
+    let at_first = f.summary(first, "a");
+    assert_eq!((at_first.checksum, at_first.count), (sum(&all[..2_500]), 2_500));
+    let middle = all[2_509].entry.op_id;
+    let at_middle = f.summary(middle, "a");
+    assert_eq!((at_middle.checksum, at_middle.count), (sum(&all[..2_510]), 2_510));
+    // Ops up to a checkpoint inside the shared segment, and not beyond it.
+    let upto = s.ops(f.version, &b("a"), first, middle, usize::MAX).unwrap();
+    assert_eq!(upto, all[2_500..2_510]);
+
+    let segments = |f: &Fixture| -> i64 {
+        rusqlite::Connection::open(f.storage.path())
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM op_segments", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(segments(&f), 4);
+    let stats = s.compact(f.version, second.op_id).unwrap();
+    assert_eq!(stats.moved, 20, "rows 0-9 and 100-109 were put twice");
+    // The MOVEs of rows 0-9 lead the bucket: one CLEAR replaces them.
+    assert_eq!(stats.cleared, 9);
+    let compacted = f.ops("a");
+    assert_eq!(compacted.len(), 2_511);
+    assert_eq!(compacted[0].entry.op, OpType::Clear);
+    let latest = f.summary(second.op_id, "a");
+    assert_eq!((latest.checksum, latest.count), (sum(&all), 2_511));
+    assert_eq!(sum(&compacted), sum(&all));
+    assert_eq!(segments(&f), 3, "2,520 ops in segments of at most 1,000");
+    // A second run finds nothing to do and rewrites nothing.
+    let again = s.compact(f.version, second.op_id).unwrap();
+    assert_eq!((again.moved, again.cleared), (0, 0));
+    assert_eq!(f.ops("a"), compacted);
 }

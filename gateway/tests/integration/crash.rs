@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 use syncgate::storage::{BucketStorage, Lsn, RulesVersion, SqliteStorage};
-use syncgate_protocol::BucketName;
+use syncgate_protocol::{BucketName, OpId};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
 use crate::replication::harness::{Oracle, canonical, unversioned, write_config};
@@ -173,7 +173,9 @@ impl Setup {
             return 0;
         }
         open_ro(&self.storage)
-            .query_row("SELECT count(*) FROM ops", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT coalesce(sum(count), 0) FROM op_segments", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(i64::cast_unsigned)
             .unwrap_or(0)
     }
@@ -340,30 +342,26 @@ type OpRow = (
     i64,
 );
 
+/// (op id, bucket, type, object type, object id, subkey, data, checksum) of every op after `after`.
 fn ops_after(conn: &Connection, version: u64, after: u64) -> Vec<OpRow> {
-    let mut statement = conn
-        .prepare(
-            "SELECT o.op_id, b.name, o.op, o.object_type, o.object_id, o.subkey, o.data, o.checksum
-             FROM ops o JOIN buckets b ON b.id = o.bucket_id
-             WHERE b.version = ?1 AND o.op_id > ?2 ORDER BY o.op_id",
-        )
-        .expect("prepare ops");
-    statement
-        .query_map([version.cast_signed(), after.cast_signed()], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })
-        .expect("query ops")
-        .collect::<Result<_, _>>()
+    let after = OpId::new(after).expect("op id");
+    syncgate::storage::version_ops(conn, RulesVersion(version), after)
         .expect("read ops")
+        .into_iter()
+        .map(|(bucket, op)| {
+            let entry = op.entry;
+            (
+                entry.op_id.as_i64(),
+                bucket.as_str().to_owned(),
+                format!("{:?}", entry.op),
+                entry.object_type,
+                entry.object_id,
+                entry.subkey.map(|s| s.0),
+                entry.data,
+                i64::from(entry.checksum.as_u32()),
+            )
+        })
+        .collect()
 }
 
 /// (lsn, op id) of every checkpoint of the version, in LSN order.
@@ -386,7 +384,7 @@ fn checkpoints(conn: &Connection, version: u64) -> Vec<(u64, u64)> {
 fn buckets(conn: &Connection, version: u64) -> Vec<String> {
     let mut statement = conn
         .prepare(
-            "SELECT DISTINCT b.name FROM ops o JOIN buckets b ON b.id = o.bucket_id
+            "SELECT DISTINCT b.name FROM op_segments s JOIN buckets b ON b.id = s.bucket_id
              WHERE b.version = ?1 ORDER BY b.name",
         )
         .expect("prepare buckets");
@@ -515,7 +513,7 @@ async fn sigkill_during_snapshot_and_streaming_loses_and_duplicates_nothing() {
     let base_op = {
         let conn = open_ro(&clean.storage);
         conn.query_row(
-            "SELECT coalesce(max(o.op_id), 0) FROM ops o JOIN buckets b ON b.id = o.bucket_id
+            "SELECT coalesce(max(s.last_op), 0) FROM op_segments s JOIN buckets b ON b.id = s.bucket_id
              WHERE b.version = ?1",
             [version.cast_signed()],
             |r| r.get::<_, i64>(0),
