@@ -174,6 +174,13 @@ async fn main() {
         println!("replication bench: skipped (run it with `cargo bench -p syncgate --bench replication`)");
         return;
     }
+    // The replicator's own logs (e.g. `RUST_LOG=syncgate=info` for the per-table snapshot stages).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rows = env_u64("BENCH_ROWS", 1_000_000);
     let txns = env_u64("BENCH_TXNS", 1_000);
     let txn_rows = TXN_UPDATES + TXN_INSERTS + TXN_DELETES;

@@ -375,13 +375,24 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             info!(%table, resuming = resume_after.is_some(), "copying table");
             let table_started = Instant::now();
             let mut table_rows = 0u64;
-            // Read and evaluate the next chunk while the previous one is written: the writer is the
-            // bottleneck, so it should only write. Chunks are still written one after another, in order.
-            let mut writing: Option<tokio::task::JoinHandle<Result<(), StorageError>>> = None;
+            // Three chunks in flight: the next one is read from Postgres while this one is evaluated and
+            // the previous one written. Chunks are still written one after another, in order.
+            let mut writing: Option<tokio::task::JoinHandle<Result<Duration, StorageError>>> = None;
+            // Where the table's time went, for the log: reading from Postgres, evaluating rules, waiting for
+            // the previous chunk's write, and the writes themselves (the stages overlap).
+            let mut stages = SnapshotStages::default();
+            let chunk_rows = self.options.snapshot_chunk_rows;
+            let read_chunk = |after: Option<Vec<String>>| {
+                let (reader, layout) = (&reader, &layout);
+                async move {
+                    let started = Instant::now();
+                    let chunk = reader.copy_chunk(layout, after.as_deref(), chunk_rows).await?;
+                    Ok::<_, ReplicatorError>((chunk, started.elapsed()))
+                }
+            };
+            let (mut chunk, took) = read_chunk(resume_after.clone()).await?;
+            stages.read += took;
             loop {
-                let chunk = reader
-                    .copy_chunk(&layout, resume_after.as_deref(), self.options.snapshot_chunk_rows)
-                    .await?;
                 let rows = u64::try_from(chunk.rows.len()).unwrap_or(u64::MAX);
                 table_rows += rows;
                 let progress = TableSnapshot {
@@ -397,42 +408,69 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 let done = progress.done;
                 let rules = Arc::clone(&self.rules);
                 let mapper = Arc::clone(&mapper);
-                let changes = tokio::task::spawn_blocking(move || {
+                let evaluation = tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
                     let mut scratch = Scratch::default();
-                    chunk
+                    let changes = chunk
                         .rows
                         .iter()
                         .map(|row| {
                             let values: Vec<Option<&str>> = row.iter().map(Option::as_deref).collect();
                             mapper.evaluate(&rules, &values, &mut scratch)
                         })
-                        .collect::<Vec<RowChange>>()
-                })
-                .await?;
+                        .collect::<Vec<RowChange>>();
+                    // The raw rows are freed here, beside the writer rather than on its thread.
+                    drop(chunk);
+                    (changes, started.elapsed())
+                });
+                let (evaluated, next) = if done {
+                    (evaluation.await?, None)
+                } else {
+                    let (evaluated, next) = tokio::join!(evaluation, read_chunk(resume_after.clone()));
+                    (evaluated?, Some(next?))
+                };
+                let (changes, took) = evaluated;
+                stages.evaluate += took;
+                let started = Instant::now();
                 if let Some(previous_write) = writing.take() {
-                    previous_write.await??;
+                    stages.write += previous_write.await??;
                 }
+                stages.wait += started.elapsed();
                 let storage = Arc::clone(&self.storage);
                 let version = self.version;
                 let metrics = Arc::clone(&self.metrics);
                 writing = Some(tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
                     storage.apply_snapshot_chunk(version, &changes, &progress)?;
+                    let took = started.elapsed();
                     metrics
                         .snapshot_rows
                         .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
-                    Ok(())
+                    // Hundreds of thousands of small allocations: freed on another thread, so the writer
+                    // can start the next chunk at once.
+                    tokio::task::spawn_blocking(move || drop(changes));
+                    Ok(took)
                 }));
-                if done {
-                    break;
-                }
+                let Some((next_chunk, took)) = next else { break };
+                stages.read += took;
+                chunk = next_chunk;
                 debug!(%table, rows = table_rows, "snapshot progress");
             }
             if let Some(last_write) = writing.take() {
-                last_write.await??;
+                stages.write += last_write.await??;
             }
             total_rows += table_rows;
             let seconds = table_started.elapsed().as_secs_f64();
-            info!(%table, rows = table_rows, seconds, "table copied");
+            info!(
+                %table,
+                rows = table_rows,
+                seconds,
+                read_seconds = stages.read.as_secs_f64(),
+                evaluate_seconds = stages.evaluate.as_secs_f64(),
+                write_seconds = stages.write.as_secs_f64(),
+                write_wait_seconds = stages.wait.as_secs_f64(),
+                "table copied"
+            );
             max_lsn = max_lsn.max(chunk_lsn);
         }
         reader.finish().await?;
@@ -932,6 +970,15 @@ fn texts(values: &[ColumnValue]) -> Vec<Option<&str>> {
             ColumnValue::Null | ColumnValue::UnchangedToast => None,
         })
         .collect()
+}
+
+/// Time spent per stage of one table's snapshot.
+#[derive(Default)]
+struct SnapshotStages {
+    read: Duration,
+    evaluate: Duration,
+    write: Duration,
+    wait: Duration,
 }
 
 #[derive(Debug)]

@@ -216,6 +216,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
 #[allow(clippy::cast_possible_wrap)] // a handful of migrations, far below i64::MAX
 const FORMAT_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// Page size of new storage files (SQLite's default is 4 KiB).
+const PAGE_SIZE: i64 = 16_384;
+
 /// The writer's page cache, negative as SQLite expects a size in KiB: 256 MiB.
 const WRITER_CACHE_KIB: i64 = -262_144;
 
@@ -246,14 +249,13 @@ pub struct SqliteStorage {
 /// How often the background checkpointer copies committed WAL frames into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The writer checkpoints by itself when the WAL grows past this many pages (1 GiB of 4 KiB pages; at
-/// 256 MiB the writer's own checkpoints cost a third of the ingest rate in the replication bench). The
+/// The writer checkpoints by itself when the WAL grows past this many bytes (at 256 MiB the writer's own checkpoints cost a third of the ingest rate in the replication bench). The
 /// WAL file keeps its largest size until the last connection closes: truncating it on every restart
 /// (`journal_size_limit`) cost 15–20 % of the ingest rate.
 /// Under a steady stream of commits the background checkpointer never finds the WAL fully copied at the
 /// start of a write, so SQLite cannot restart it; the writer's own checkpoint (by then mostly done in the
 /// background) lets it restart, and bounds the WAL should the checkpointer fail.
-const WRITER_FALLBACK_CHECKPOINT_PAGES: i64 = 262_144;
+const WRITER_FALLBACK_CHECKPOINT_BYTES: i64 = 1 << 30;
 
 /// A thread running `PRAGMA wal_checkpoint(PASSIVE)` on its own connection. A passive checkpoint never
 /// blocks the writer or readers; it copies what is committed and leaves the rest for the next round.
@@ -327,6 +329,11 @@ impl SqliteStorage {
         .map_err(open_err)?;
         writer.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
         writer.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // Takes effect only on a new, empty file (before WAL mode is set). Op segments are blobs of up to
+        // 512 KiB: larger pages mean fewer overflow pages to chain and fewer WAL frames per commit.
+        writer
+            .pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(open_err)?;
         // WAL: readers never block the writer. FULL: a commit is on disk before it returns (invariant 4).
         writer
             .pragma_update(None, "journal_mode", "WAL")
@@ -339,15 +346,22 @@ impl SqliteStorage {
         // `Checkpointer`); the writer's own is only the fallback.
         // Memory-mapped reads: index seeks beyond the page cache read the OS's cache directly instead of
         // a pread and a copy per page (SQLite caps the map at its compiled maximum, 2 GiB by default).
-        for (pragma, value) in [
-            ("cache_size", WRITER_CACHE_KIB),
-            ("wal_autocheckpoint", WRITER_FALLBACK_CHECKPOINT_PAGES),
-            ("mmap_size", WRITER_MMAP_BYTES),
-        ] {
+        for (pragma, value) in [("cache_size", WRITER_CACHE_KIB), ("mmap_size", WRITER_MMAP_BYTES)] {
             writer.pragma_update(None, pragma, value).map_err(open_err)?;
         }
         writer
             .pragma_update(None, "temp_store", "MEMORY")
+            .map_err(open_err)?;
+        // Files created before format 4 keep 4 KiB pages: the fallback is set in bytes, not pages.
+        let page_size: i64 = writer
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(open_err)?;
+        writer
+            .pragma_update(
+                None,
+                "wal_autocheckpoint",
+                WRITER_FALLBACK_CHECKPOINT_BYTES / page_size.max(512),
+            )
             .map_err(open_err)?;
         migrate(&mut writer)?;
         let checkpointer = Checkpointer::start(&path)?;

@@ -412,11 +412,13 @@ fn versions_activate_atomically() {
 }
 
 #[test]
-fn the_file_is_in_wal_mode() {
+fn the_file_is_in_wal_mode_with_16_kib_pages() {
     let f = Fixture::new();
     let conn = rusqlite::Connection::open(f.storage.path()).unwrap();
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(page_size, 16_384);
 }
 
 #[test]
