@@ -858,8 +858,11 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
         set("2", vec![place("a", "t2", "{}"), place("b", "t2", "{}")]),
         param_change("m1", &[("k", "[\"l1\"]")]),
     ];
+    assert_eq!(s.writer_synchronous().unwrap(), 2, "FULL");
     s.apply_snapshot_chunk(f.version, &chunk, &progress(Some("2"), false, 7))
         .unwrap();
+    // Chunks commit with NORMAL; every other write is FULL again.
+    assert_eq!(s.writer_synchronous().unwrap(), 2, "FULL after a chunk");
     assert_eq!(
         s.snapshot_progress(f.version).unwrap(),
         [progress(Some("2"), false, 7)]
