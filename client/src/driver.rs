@@ -218,6 +218,7 @@ impl<C: BackendConnector> SyncDriver<C> {
             .get("content-encoding")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
         let mut decoder = gzip.then(|| GzDecoder::new(Vec::new()));
+        tracing::info!(gzip, "sync stream open");
         pending.extend(self.machine.handle(SyncEvent::StreamOpened));
         if let Some(end) = self.run_instructions(&mut pending).await? {
             return Ok(end);

@@ -1,0 +1,5 @@
+//! The client's integration tests, in one test binary.
+
+mod end_to_end;
+mod gateway_process;
+mod transcripts;
