@@ -228,13 +228,7 @@ impl<C: BackendConnector> SyncDriver<C> {
         loop {
             let chunk = tokio::time::timeout(self.options.idle_timeout, response.chunk())
                 .await
-                .map_err(|_| ClientError::HttpStatus {
-                    status: 0,
-                    body: format!(
-                        "no data for {:?}; the connection is presumed dead",
-                        self.options.idle_timeout
-                    ),
-                })??;
+                .map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))??;
             let Some(chunk) = chunk else {
                 tracing::info!("sync stream ended by the service");
                 return Ok(StreamEnd::Closed(None));

@@ -22,6 +22,10 @@ pub enum ClientError {
     Unauthorized(String),
     #[error("the service answered HTTP {status}: {body}")]
     HttpStatus { status: u16, body: String },
+    #[error(
+        "the sync stream sent nothing for {0:?} (the service sends a keepalive every ~20 s); reconnecting"
+    )]
+    StreamIdle(std::time::Duration),
     #[error("the sync stream could not be decompressed: {0}")]
     Decompress(#[source] std::io::Error),
     #[error("the backend connector failed: {0}")]
@@ -38,6 +42,7 @@ impl ClientError {
                 | ClientError::Http(_)
                 | ClientError::Unauthorized(_)
                 | ClientError::HttpStatus { .. }
+                | ClientError::StreamIdle(_)
                 | ClientError::Decompress(_)
                 | ClientError::Connector(_)
         )
