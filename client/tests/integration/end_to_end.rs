@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudEntry, LocalDatabase, SyncDriver, SyncOptions,
+    BackendConnector, ClientError, Credentials, CrudEntry, LocalDatabase, Schema, SyncDriver, SyncOptions,
 };
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
@@ -263,4 +263,201 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
         std::thread::sleep(Duration::from_millis(200));
     }
     sync.abort();
+}
+
+/// Client and Postgres queries that must give the same rows for one user.
+struct Expectation {
+    client_sql: &'static str,
+    postgres_sql: String,
+}
+
+fn interop_expectations(user: &str) -> Vec<Expectation> {
+    let visible_lists = format!(
+        "SELECT id FROM lists WHERE owner_id = '{user}' UNION SELECT list_id FROM list_members WHERE user_id = '{user}'"
+    );
+    vec![
+        Expectation {
+            client_sql: "SELECT id, owner_id, name FROM lists ORDER BY id",
+            postgres_sql: format!(
+                "SELECT id, owner_id, name FROM lists WHERE id IN ({visible_lists}) ORDER BY id COLLATE \"C\""
+            ),
+        },
+        Expectation {
+            client_sql: "SELECT id, list_id, description, completed, priority FROM todos ORDER BY id",
+            postgres_sql: format!(
+                "SELECT id, list_id, description, completed::int AS completed, priority FROM todos
+                 WHERE list_id IN ({visible_lists}) ORDER BY id COLLATE \"C\""
+            ),
+        },
+        Expectation {
+            client_sql: "SELECT id, body FROM announcements ORDER BY id",
+            postgres_sql: "SELECT id, body FROM announcements ORDER BY id COLLATE \"C\"".to_owned(),
+        },
+    ]
+}
+
+/// Waits until every expectation holds for the client's file; `what` names the step in the failure message.
+fn wait_until_client_matches(
+    db: &TestDatabase,
+    file: &Path,
+    expectations: &[Expectation],
+    what: &str,
+    gateway: &GatewayProcess,
+) {
+    let started = Instant::now();
+    loop {
+        let mismatch = expectations.iter().find_map(|e| {
+            let local = local_rows(file, e.client_sql);
+            let expected = pg_json(db, &e.postgres_sql);
+            (local != expected).then(|| format!("{}: local {local}, expected {expected}", e.client_sql))
+        });
+        let Some(mismatch) = mismatch else { return };
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "{what}: not reached within {CHANGE_TIMEOUT:?}: {mismatch}\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn granted_buckets_appear_and_revoked_ones_disappear() {
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    let db = shared_cluster().create_database().expect("test database");
+    db.psql(&std::fs::read_to_string(interop.join("schema.sql")).expect("schema.sql"))
+        .expect("schema");
+    db.psql(&std::fs::read_to_string(interop.join("data.sql")).expect("data.sql"))
+        .expect("data");
+    db.psql(
+        "INSERT INTO lists (id, owner_id, name) VALUES ('la', 'alice', 'Alice''s'), ('lb', 'bob', 'Bob''s');
+         INSERT INTO todos (id, list_id, description, completed, priority) VALUES
+           ('ta1', 'la', 'milk', false, 1), ('tb1', 'lb', 'report', true, NULL), ('tb2', 'lb', 'slides', false, 3);",
+    )
+    .expect("rows");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut gateway = GatewayProcess::start(
+        work.path(),
+        &db.url_without_session_options(),
+        &interop.join("sync-rules.yaml"),
+        &format!("client_grants_{}_", std::process::id()),
+    );
+    gateway.wait_ready(READY_TIMEOUT);
+    let schema = Schema::from_json(
+        r#"{"tables": [
+          {"name": "lists", "columns": [{"name": "owner_id", "type": "text"}, {"name": "name", "type": "text"}]},
+          {"name": "todos", "columns": [{"name": "list_id", "type": "text"}, {"name": "description", "type": "text"},
+                                        {"name": "completed", "type": "integer"}, {"name": "priority", "type": "integer"}]},
+          {"name": "announcements", "columns": [{"name": "body", "type": "text"}]}
+        ]}"#,
+    )
+    .expect("schema");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut syncs = Vec::new();
+    for user in ["alice", "bob"] {
+        let file = work.path().join(format!("{user}.db"));
+        let mut local = LocalDatabase::open(&file).expect("open");
+        local.set_schema(&schema).expect("set schema");
+        let mut driver = SyncDriver::new(
+            local,
+            FixedConnector {
+                credentials: Credentials {
+                    endpoint: gateway.endpoint(),
+                    token: token(user),
+                },
+            },
+            SyncOptions {
+                retry_delay: Duration::from_millis(200),
+                ..SyncOptions::default()
+            },
+        );
+        syncs.push(runtime.spawn(async move { driver.run().await }));
+    }
+    let alice = work.path().join("alice.db");
+    let bob = work.path().join("bob.db");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "alice's first sync",
+        &gateway,
+    );
+    wait_until_client_matches(
+        &db,
+        &bob,
+        &interop_expectations("bob"),
+        "bob's first sync",
+        &gateway,
+    );
+    assert_eq!(
+        local_rows(&alice, "SELECT id FROM todos"),
+        serde_json::json!([{"id": "ta1"}])
+    );
+
+    // Bob shares his list with alice: its bucket appears for her, with its todos.
+    db.psql("INSERT INTO list_members (id, list_id, user_id) VALUES ('m1', 'lb', 'alice')")
+        .expect("share");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "the granted list",
+        &gateway,
+    );
+    assert_eq!(
+        local_rows(&alice, "SELECT id FROM todos ORDER BY id"),
+        serde_json::json!([{"id": "ta1"}, {"id": "tb1"}, {"id": "tb2"}])
+    );
+
+    // Changes in the shared list reach both; then the share is revoked and the list leaves alice's client.
+    db.psql("UPDATE todos SET description = 'slides v2', completed = true WHERE id = 'tb2'; DELETE FROM todos WHERE id = 'tb1'")
+        .expect("change shared todos");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "changes in the shared list",
+        &gateway,
+    );
+    wait_until_client_matches(
+        &db,
+        &bob,
+        &interop_expectations("bob"),
+        "bob sees his changes",
+        &gateway,
+    );
+    db.psql("DELETE FROM list_members WHERE id = 'm1'")
+        .expect("revoke");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "the revoked list",
+        &gateway,
+    );
+    assert_eq!(
+        local_rows(&alice, "SELECT id FROM lists"),
+        serde_json::json!([{"id": "la"}])
+    );
+    wait_until_client_matches(
+        &db,
+        &bob,
+        &interop_expectations("bob"),
+        "bob keeps his list",
+        &gateway,
+    );
+
+    for sync in syncs {
+        assert!(
+            !sync.is_finished(),
+            "a sync driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        sync.abort();
+    }
 }
