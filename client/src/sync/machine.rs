@@ -122,6 +122,8 @@ impl SyncStateMachine {
             })
             .collect();
         self.target = None;
+        // The service will resend the current checkpoint; until then nothing is known to be complete.
+        self.held_back = None;
         self.refreshing = false;
         self.streaming = true;
         let request = SyncRequest {
@@ -212,6 +214,9 @@ impl SyncStateMachine {
     }
 
     fn begin_download(&mut self) {
+        // Ops of the new checkpoint will reach the op log before it completes; publishing the held-back
+        // older one then would show part of the newer one. The new checkpoint supersedes it.
+        self.held_back = None;
         for bucket in self.buckets.values_mut() {
             bucket.received_ops = 0;
         }
