@@ -346,6 +346,14 @@ impl LocalDatabase {
                 "INSERT OR REPLACE INTO sg_kv(key, value) VALUES ('applied_checkpoint', ?1)",
                 [plan.last_op_id.as_i64()],
             )?;
+            // The acknowledged target is done with: later checkpoints (which may omit write_checkpoint,
+            // e.g. on a fresh stream) apply freely until the next local write sets a new one.
+            if let Some(write_checkpoint) = plan.write_checkpoint {
+                tx.execute(
+                    "DELETE FROM sg_kv WHERE key = 'write_checkpoint_target' AND CAST(value AS INTEGER) <= ?1",
+                    [write_checkpoint.as_i64()],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(ApplyOutcome::Applied)
@@ -649,6 +657,11 @@ mod tests {
         assert_eq!(
             db.apply_checkpoint(&plan(5, &["b"], Some(7))).expect("apply"),
             ApplyOutcome::Applied
+        );
+        assert_eq!(
+            db.apply_checkpoint(&plan(6, &["b"], None)).expect("apply"),
+            ApplyOutcome::Applied,
+            "an acknowledged write no longer holds back checkpoints without write_checkpoint"
         );
     }
 
