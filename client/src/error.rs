@@ -8,6 +8,8 @@ pub enum ClientError {
     Sqlite(#[from] rusqlite::Error),
     #[error("schema file is not valid JSON of the documented shape: {0}")]
     SchemaJson(#[source] serde_json::Error),
+    #[error("schema file is not valid YAML of the documented shape: {0}")]
+    SchemaYaml(String),
     #[error("invalid schema: {0}")]
     InvalidSchema(String),
     #[error("the database holds no schema: run `sync --schema FILE` once, or call LocalDatabase::set_schema")]

@@ -34,7 +34,7 @@ enum Command {
         /// The local database file (created if missing).
         #[arg(long)]
         db: PathBuf,
-        /// The schema (JSON); stored in the database. Optional once stored.
+        /// The schema (JSON or YAML); stored in the database. Optional once stored.
         #[arg(long)]
         schema: Option<PathBuf>,
         /// Exit 0 once the first complete checkpoint is applied; non-zero on failure.
@@ -107,7 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading the schema {}", path.display()))?;
                 let schema =
-                    Schema::from_json(&text).with_context(|| format!("schema {}", path.display()))?;
+                    Schema::from_text(&text).with_context(|| format!("schema {}", path.display()))?;
                 database.set_schema(&schema)?;
             } else if database.schema()?.is_none() {
                 return Err(ClientError::NoSchema.into());

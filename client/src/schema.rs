@@ -78,6 +78,25 @@ impl Schema {
         Ok(schema)
     }
 
+    /// Parses a schema file: JSON, or YAML of the same shape (anything not starting with `{`).
+    pub fn from_text(text: &str) -> Result<Schema, ClientError> {
+        if text.trim_start().starts_with('{') {
+            return Self::from_json(text);
+        }
+        let documents = yaml_rust2::YamlLoader::load_from_str(text)
+            .map_err(|e| ClientError::SchemaYaml(e.to_string()))?;
+        let [document] = documents.as_slice() else {
+            return Err(ClientError::SchemaYaml(format!(
+                "expected one YAML document, found {}",
+                documents.len()
+            )));
+        };
+        let schema: Schema =
+            serde_json::from_value(yaml_to_json(document)?).map_err(ClientError::SchemaJson)?;
+        schema.validate()?;
+        Ok(schema)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a schema has string keys and plain values")
     }
@@ -294,6 +313,41 @@ impl Table {
     }
 }
 
+/// A YAML value as JSON (only what a schema file needs: maps with string keys, lists, scalars).
+fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Result<serde_json::Value, ClientError> {
+    use serde_json::Value;
+    use yaml_rust2::Yaml;
+    Ok(match yaml {
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(text) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| Value::String(text.clone()), Value::Number),
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Null => Value::Null,
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(map) => {
+            let mut object = serde_json::Map::new();
+            for (key, value) in map {
+                let Yaml::String(key) = key else {
+                    return Err(ClientError::SchemaYaml(format!(
+                        "map keys must be strings, found {key:?}"
+                    )));
+                };
+                object.insert(key.clone(), yaml_to_json(value)?);
+            }
+            Value::Object(object)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => {
+            return Err(ClientError::SchemaYaml(
+                "aliases are not supported in schema files".to_owned(),
+            ));
+        }
+    })
+}
+
 /// `"name"` with embedded quotes doubled.
 pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -322,6 +376,24 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(schema.tables[0].columns[1].column_type, ColumnType::Integer);
+    }
+
+    #[test]
+    fn yaml_reads_like_json() {
+        let yaml = Schema::from_text(
+            "tables:\n  - name: todos\n    columns:\n      - {name: title, type: text}\n      - name: done\n        type: integer\n    insert_only: true\n",
+        )
+        .expect("yaml schema");
+        let json = Schema::from_text(
+            r#"{"tables": [{"name": "todos", "insert_only": true,
+                "columns": [{"name": "title", "type": "text"}, {"name": "done", "type": "integer"}]}]}"#,
+        )
+        .expect("json schema");
+        assert_eq!(yaml, json);
+        assert!(matches!(
+            Schema::from_text("tables: [{name: t, colums: []}]"),
+            Err(ClientError::SchemaJson(_))
+        ));
     }
 
     #[test]

@@ -31,6 +31,21 @@ const SCHEMA: &str = r#"{"tables": [
    "indexes": [{"name": "by_list", "columns": ["list_id"]}]}
 ]}"#;
 
+/// `SCHEMA` as YAML: user2's client reads this one.
+const SCHEMA_YAML: &str = "
+tables:
+  - name: lists
+    columns: [{name: name, type: text}, {name: owner_id, type: text}, {name: created_at, type: text}]
+  - name: todos
+    columns:
+      - {name: list_id, type: text}
+      - {name: description, type: text}
+      - {name: completed, type: integer}
+      - {name: owner_id, type: text}
+      - {name: created_at, type: text}
+    indexes: [{name: by_list, columns: [list_id]}]
+";
+
 const CLIENT_LISTS: &str = "SELECT id, name, owner_id FROM lists ORDER BY id";
 const CLIENT_TODOS: &str = "SELECT id, list_id, description, completed, owner_id FROM todos ORDER BY id";
 
@@ -177,11 +192,14 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
     gateway.wait_ready(READY_TIMEOUT);
     let schema = work.path().join("schema.json");
     std::fs::write(&schema, SCHEMA).expect("schema file");
+    let schema_yaml = work.path().join("schema.yaml");
+    std::fs::write(&schema_yaml, SCHEMA_YAML).expect("schema file");
 
     // Each user's client ends with exactly its rules' rows.
     for user in ["user1", "user2"] {
         let file = work.path().join(format!("{user}.db"));
-        let (status, stderr) = sync_once(&gateway, &token(user), &file, &schema);
+        let schema = if user == "user1" { &schema } else { &schema_yaml };
+        let (status, stderr) = sync_once(&gateway, &token(user), &file, schema);
         assert!(
             status.is_some_and(|s| s.success()),
             "sync --once for {user} failed ({status:?}):\n{stderr}\ngateway log:\n{}",
