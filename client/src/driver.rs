@@ -196,6 +196,11 @@ impl<C: BackendConnector> SyncDriver<C> {
             .post(&url)
             .header("authorization", format!("Token {}", credentials.token))
             .header("content-type", "application/json")
+            // For the service's logs (PROTOCOL §1.1).
+            .header(
+                "x-user-agent",
+                concat!("syncgate-client/", env!("CARGO_PKG_VERSION")),
+            )
             // No BSON support here: pin NDJSON.
             .header("accept", "application/x-ndjson")
             .header("accept-encoding", "gzip")
