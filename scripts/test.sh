@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup-interop.sh
 cargo test --workspace --all-targets
-cargo run --quiet --bin syncgate -- rules test-cases testdata/sync-rules-cases.jsonl
+cargo run --quiet -- rules test-cases testdata/sync-rules-cases.jsonl
