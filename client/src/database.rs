@@ -1,0 +1,721 @@
+//! The local SQLite database: internal tables, the app's schema as views, and the storage side of the sync
+//! instructions.
+//!
+//! Internal tables (all prefixed `sg_`):
+//! - `sg_buckets`: per bucket, the last op received (`last_op`, the next request's `after`), the last
+//!   checkpoint applied, and the running checksum of every op received since the last CLEAR;
+//! - `sg_oplog`: the latest PUT of each row key `(bucket, type, id, subkey)`; a later PUT or REMOVE of the
+//!   same key replaces or deletes it (a REMOVE is not stored);
+//! - `sg_pending_rows`: rows touched by downloaded ops and not yet published, per bucket;
+//! - `sg_data`: the synced rows the app sees, one JSON document per `(type, id)`, whatever the schema
+//!   declares (undeclared types stay here until a schema declares them); `sg_local_data` for local-only
+//!   tables;
+//! - `sg_crud`: the upload queue, one entry per row change, grouped by `tx_id`;
+//! - `sg_kv`: client id, schema, write-checkpoint target.
+//!
+//! Publishing a checkpoint recomputes each pending row from the op log (the PUT with the highest op id
+//! across buckets wins; no PUT left deletes the row) in one transaction, and only if no local write awaits
+//! acknowledgement: the check and the publish are atomic because both happen in that transaction.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::{Map, Value};
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry};
+
+use crate::error::ClientError;
+use crate::schema::Schema;
+use crate::sync::{ApplyPlan, StoredBucket};
+
+const INTERNAL_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS sg_kv (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sg_buckets (
+    name TEXT PRIMARY KEY,
+    last_op INTEGER NOT NULL DEFAULT 0,
+    last_applied_op INTEGER NOT NULL DEFAULT 0,
+    checksum INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sg_oplog (
+    bucket TEXT NOT NULL,
+    row_type TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    subkey TEXT NOT NULL,
+    op_id INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (bucket, row_type, row_id, subkey)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sg_oplog_by_row ON sg_oplog (row_type, row_id, op_id);
+CREATE TABLE IF NOT EXISTS sg_pending_rows (
+    bucket TEXT NOT NULL,
+    row_type TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    PRIMARY KEY (bucket, row_type, row_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
+CREATE TABLE IF NOT EXISTS sg_local_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
+CREATE TABLE IF NOT EXISTS sg_crud (id INTEGER PRIMARY KEY AUTOINCREMENT, tx_id INTEGER, data TEXT NOT NULL);
+";
+
+/// Stands for an absent subkey in the op-log key (the reference client uses the literal `null` too).
+const NO_SUBKEY: &str = "null";
+
+/// Whether a checkpoint was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Applied,
+    /// Local writes await acknowledgement; nothing changed.
+    WaitingForUploads,
+}
+
+/// One entry of the upload queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CrudEntry {
+    pub op_id: i64,
+    pub tx_id: Option<i64>,
+    /// `{"op": "PUT"|"PATCH"|"DELETE", "type", "id", "data"}`.
+    pub data: Value,
+}
+
+/// A local SQLite database file managed by the client.
+#[derive(Debug)]
+pub struct LocalDatabase {
+    conn: Connection,
+}
+
+impl LocalDatabase {
+    /// Opens (creating if needed) the database file and its internal tables.
+    pub fn open(path: &Path) -> Result<LocalDatabase, ClientError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// An in-memory database (tests, tools).
+    pub fn open_in_memory() -> Result<LocalDatabase, ClientError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<LocalDatabase, ClientError> {
+        // WAL: readers (another process running `query`) do not block the sync writer.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(INTERNAL_TABLES)?;
+        Ok(LocalDatabase { conn })
+    }
+
+    /// The connection, for the app's own reads and writes. Writes through the schema's views queue
+    /// uploads; group several into one upload transaction with [`LocalDatabase::write_transaction`].
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs `f` in one transaction and gives its queued changes one upload transaction id.
+    pub fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        assign_transaction_ids(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// The persistent client id (a random UUID v4, created on first use).
+    pub fn client_id(&self) -> Result<ClientId, ClientError> {
+        if let Some(id) = self.kv_get("client_id")? {
+            return Ok(ClientId(id));
+        }
+        // SQLite's randomblob is a CSPRNG; format its 16 bytes as a version-4 UUID.
+        let id: String = self.conn.query_row(
+            "WITH r(b) AS (SELECT lower(hex(randomblob(16))))
+             SELECT substr(b,1,8) || '-' || substr(b,9,4) || '-4' || substr(b,14,3) || '-' ||
+                    substr('89ab', 1 + (abs(random()) % 4), 1) || substr(b,18,3) || '-' || substr(b,21,12) FROM r",
+            [],
+            |row| row.get(0),
+        )?;
+        self.kv_set("client_id", &id)?;
+        Ok(ClientId(id))
+    }
+
+    /// Installs `schema`: recreates the views, triggers and indexes (no data migration) and stores it.
+    pub fn set_schema(&mut self, schema: &Schema) -> Result<(), ClientError> {
+        schema.validate()?;
+        let previous = self.schema()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(previous) = previous {
+            for statement in previous.drop_statements() {
+                tx.execute_batch(&statement)?;
+            }
+        }
+        for statement in schema.create_statements() {
+            tx.execute_batch(&statement)?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO sg_kv(key, value) VALUES ('schema', ?1)",
+            [schema.to_json()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The stored schema, if one was set.
+    pub fn schema(&self) -> Result<Option<Schema>, ClientError> {
+        self.kv_get("schema")?
+            .map(|text| Schema::from_json(&text))
+            .transpose()
+    }
+
+    /// Buckets and their download positions, for [`crate::sync::SyncEvent::Start`].
+    pub fn stored_buckets(&self) -> Result<Vec<StoredBucket>, ClientError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT name, last_op, checksum FROM sg_buckets ORDER BY name")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut buckets = Vec::new();
+        for row in rows {
+            let (name, last_op, checksum) = row?;
+            buckets.push(StoredBucket {
+                name: BucketName::new(name),
+                last_op: op_id_from_sql(last_op)?,
+                checksum: checksum_from_sql(checksum)?,
+            });
+        }
+        Ok(buckets)
+    }
+
+    /// Persists ops of one bucket with its new position and running checksum (one transaction).
+    pub fn store_ops(
+        &mut self,
+        bucket: &BucketName,
+        ops: &[OplogEntry],
+        last_op: OpId,
+        checksum: Checksum,
+    ) -> Result<(), ClientError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO sg_oplog(bucket, row_type, row_id, subkey, op_id, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut remove = tx.prepare_cached(
+                "DELETE FROM sg_oplog WHERE bucket = ?1 AND row_type = ?2 AND row_id = ?3 AND subkey = ?4",
+            )?;
+            let mut pending = tx.prepare_cached(
+                "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id) VALUES (?1, ?2, ?3)",
+            )?;
+            for op in ops {
+                let row = op.object_type.as_deref().zip(op.object_id.as_deref());
+                let subkey = op.subkey.as_ref().map_or(NO_SUBKEY, |s| s.as_str());
+                match (op.op, row) {
+                    (OpType::Put, Some((row_type, row_id))) => {
+                        let data = op.data.as_deref().unwrap_or("{}");
+                        put.execute(params![
+                            bucket.as_str(),
+                            row_type,
+                            row_id,
+                            subkey,
+                            op.op_id.as_i64(),
+                            data
+                        ])?;
+                        pending.execute(params![bucket.as_str(), row_type, row_id])?;
+                    }
+                    (OpType::Remove, Some((row_type, row_id))) => {
+                        remove.execute(params![bucket.as_str(), row_type, row_id, subkey])?;
+                        pending.execute(params![bucket.as_str(), row_type, row_id])?;
+                    }
+                    (OpType::Clear, _) => {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id)
+                             SELECT bucket, row_type, row_id FROM sg_oplog WHERE bucket = ?1",
+                            [bucket.as_str()],
+                        )?;
+                        tx.execute("DELETE FROM sg_oplog WHERE bucket = ?1", [bucket.as_str()])?;
+                    }
+                    // MOVE only carries a checksum; a PUT/REMOVE without a row is counted, not stored.
+                    _ => {}
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO sg_buckets(name, last_op, checksum) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET last_op = excluded.last_op, checksum = excluded.checksum",
+            params![bucket.as_str(), last_op.as_i64(), i64::from(checksum.as_u32())],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops buckets: their ops and positions. Their rows are marked pending, so the next published
+    /// checkpoint removes them unless another bucket holds them.
+    pub fn delete_buckets(&mut self, buckets: &[BucketName]) -> Result<(), ClientError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for bucket in buckets {
+            tx.execute(
+                "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id)
+                 SELECT bucket, row_type, row_id FROM sg_oplog WHERE bucket = ?1",
+                [bucket.as_str()],
+            )?;
+            tx.execute("DELETE FROM sg_oplog WHERE bucket = ?1", [bucket.as_str()])?;
+            tx.execute("DELETE FROM sg_buckets WHERE name = ?1", [bucket.as_str()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Publishes a validated checkpoint to the app's tables, unless `plan.wait_for_local_writes` and
+    /// local writes await acknowledgement (PROTOCOL §4.3).
+    pub fn apply_checkpoint(&mut self, plan: &ApplyPlan) -> Result<ApplyOutcome, ClientError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if plan.wait_for_local_writes {
+            let queued: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM sg_crud)", [], |row| row.get(0))?;
+            let target: Option<i64> = tx
+                .query_row(
+                    "SELECT CAST(value AS INTEGER) FROM sg_kv WHERE key = 'write_checkpoint_target'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let reached = match (target, plan.write_checkpoint) {
+                (None, _) => true,
+                (Some(target), Some(seen)) => target <= seen.as_i64(),
+                (Some(_), None) => false,
+            };
+            if queued || !reached {
+                return Ok(ApplyOutcome::WaitingForUploads);
+            }
+        }
+        let buckets = Value::Array(
+            plan.buckets
+                .iter()
+                .map(|b| Value::String(b.as_str().to_owned()))
+                .collect(),
+        )
+        .to_string();
+        let full = plan.priority.is_none();
+        // Full checkpoint: every pending row, whatever bucket touched it (removed buckets included);
+        // partial: rows touched by the included buckets, valued from those buckets only.
+        let pending_rows = "SELECT DISTINCT row_type, row_id FROM sg_pending_rows
+                            WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))";
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO sg_data(type, id, data)
+                 SELECT p.row_type, p.row_id, (
+                     SELECT o.data FROM sg_oplog o
+                     WHERE o.row_type = p.row_type AND o.row_id = p.row_id
+                       AND (?2 OR o.bucket IN (SELECT value FROM json_each(?1)))
+                     ORDER BY o.op_id DESC LIMIT 1) AS winner
+                 FROM ({pending_rows}) p WHERE winner IS NOT NULL"
+            ),
+            params![buckets, full],
+        )?;
+        tx.execute(
+            &format!(
+                "DELETE FROM sg_data WHERE (type, id) IN ({pending_rows}) AND NOT EXISTS (
+                     SELECT 1 FROM sg_oplog o WHERE o.row_type = sg_data.type AND o.row_id = sg_data.id
+                       AND (?2 OR o.bucket IN (SELECT value FROM json_each(?1))))"
+            ),
+            params![buckets, full],
+        )?;
+        tx.execute(
+            "DELETE FROM sg_pending_rows WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))",
+            params![buckets, full],
+        )?;
+        tx.execute(
+            "UPDATE sg_buckets SET last_op = max(last_op, ?2), last_applied_op = ?2
+             WHERE name IN (SELECT value FROM json_each(?1))",
+            params![buckets, plan.last_op_id.as_i64()],
+        )?;
+        if full {
+            tx.execute(
+                "INSERT OR REPLACE INTO sg_kv(key, value) VALUES ('applied_checkpoint', ?1)",
+                [plan.last_op_id.as_i64()],
+            )?;
+            // The acknowledged target is done with: later checkpoints (which may omit write_checkpoint,
+            // e.g. on a fresh stream) apply freely until the next local write sets a new one.
+            if let Some(write_checkpoint) = plan.write_checkpoint {
+                tx.execute(
+                    "DELETE FROM sg_kv WHERE key = 'write_checkpoint_target' AND CAST(value AS INTEGER) <= ?1",
+                    [write_checkpoint.as_i64()],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(ApplyOutcome::Applied)
+    }
+
+    /// The last checkpoint published in full, if any.
+    pub fn applied_checkpoint(&self) -> Result<Option<OpId>, ClientError> {
+        let value: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM sg_kv WHERE key = 'applied_checkpoint'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        value.map(op_id_from_sql).transpose()
+    }
+
+    /// The upload queue in order; entries written outside [`LocalDatabase::write_transaction`] get a
+    /// transaction id of their own first.
+    pub fn upload_queue(&mut self) -> Result<Vec<CrudEntry>, ClientError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        assign_transaction_ids(&tx)?;
+        let entries = {
+            let mut statement = tx.prepare("SELECT id, tx_id, data FROM sg_crud ORDER BY id")?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Option<i64>>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut entries = Vec::new();
+            for row in rows {
+                let (op_id, tx_id, data) = row?;
+                let data = serde_json::from_str(&data)
+                    .map_err(|e| ClientError::CorruptState(format!("upload queue entry {op_id}: {e}")))?;
+                entries.push(CrudEntry { op_id, tx_id, data });
+            }
+            entries
+        };
+        tx.commit()?;
+        Ok(entries)
+    }
+
+    /// Runs a read query and returns its rows as JSON objects (column name → value; blobs as hex).
+    pub fn query_json(&self, sql: &str) -> Result<Vec<Map<String, Value>>, ClientError> {
+        let mut statement = self.conn.prepare(sql)?;
+        let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
+        let mut rows = statement.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut object = Map::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                object.insert(name.clone(), sql_value_to_json(row.get_ref(i)?));
+            }
+            out.push(object);
+        }
+        Ok(out)
+    }
+
+    fn kv_get(&self, key: &str) -> Result<Option<String>, ClientError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT CAST(value AS TEXT) FROM sg_kv WHERE key = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn kv_set(&self, key: &str, value: &str) -> Result<(), ClientError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO sg_kv(key, value) VALUES (?1, ?2)",
+            [key, value],
+        )?;
+        Ok(())
+    }
+}
+
+/// Gives every queue entry without a transaction id the next one (one id for all of them: they were
+/// written since the last assignment, by one transaction or by several outside our wrapper).
+fn assign_transaction_ids(tx: &rusqlite::Transaction<'_>) -> Result<(), ClientError> {
+    tx.execute(
+        "UPDATE sg_crud SET tx_id = (SELECT coalesce(max(tx_id), 0) + 1 FROM sg_crud) WHERE tx_id IS NULL",
+        [],
+    )?;
+    Ok(())
+}
+
+fn sql_value_to_json(value: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::String(b.iter().map(|byte| format!("{byte:02x}")).collect()),
+    }
+}
+
+fn op_id_from_sql(value: i64) -> Result<OpId, ClientError> {
+    OpId::from_i64(value).ok_or_else(|| ClientError::CorruptState(format!("negative op id {value}")))
+}
+
+fn checksum_from_sql(value: i64) -> Result<Checksum, ClientError> {
+    u32::try_from(value)
+        .map(Checksum::from_u32)
+        .map_err(|_| ClientError::CorruptState(format!("checksum {value} out of u32 range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use syncgate_protocol::{BucketPriority, Subkey, WriteCheckpointId};
+
+    use super::*;
+
+    fn schema(json: &str) -> Schema {
+        Schema::from_json(json).expect("schema")
+    }
+
+    fn todos_schema() -> Schema {
+        schema(
+            r#"{"tables": [{"name": "todos", "columns": [{"name": "title", "type": "text"},
+               {"name": "done", "type": "integer"}, {"name": "weight", "type": "real"}],
+               "indexes": [{"name": "by_title", "columns": ["title"]}]},
+               {"name": "drafts", "columns": [{"name": "body", "type": "text"}], "local_only": true}]}"#,
+        )
+    }
+
+    fn op_id(value: u64) -> OpId {
+        OpId::new(value).expect("op id")
+    }
+
+    fn put(id: u64, object_type: &str, object_id: &str, data: &str) -> OplogEntry {
+        OplogEntry::put(
+            op_id(id),
+            object_type.to_owned(),
+            object_id.to_owned(),
+            Subkey(format!("s/{object_id}")),
+            data.to_owned(),
+        )
+    }
+
+    fn remove(id: u64, object_type: &str, object_id: &str) -> OplogEntry {
+        OplogEntry::remove(
+            op_id(id),
+            object_type.to_owned(),
+            object_id.to_owned(),
+            Subkey(format!("s/{object_id}")),
+        )
+    }
+
+    fn store(db: &mut LocalDatabase, bucket: &str, ops: &[OplogEntry]) {
+        let last = ops.iter().map(|o| o.op_id).max().expect("ops");
+        db.store_ops(&BucketName::new(bucket), ops, last, Checksum::ZERO)
+            .expect("store");
+    }
+
+    fn plan(last: u64, buckets: &[&str], write_checkpoint: Option<u64>) -> ApplyPlan {
+        ApplyPlan {
+            last_op_id: op_id(last),
+            write_checkpoint: write_checkpoint.and_then(WriteCheckpointId::new),
+            priority: None,
+            buckets: buckets.iter().map(|b| BucketName::new(*b)).collect(),
+            wait_for_local_writes: true,
+        }
+    }
+
+    fn rows(db: &LocalDatabase, sql: &str) -> String {
+        Value::Array(
+            db.query_json(sql)
+                .expect("query")
+                .into_iter()
+                .map(Value::Object)
+                .collect(),
+        )
+        .to_string()
+    }
+
+    #[test]
+    fn views_type_the_synced_documents_and_only_complete_checkpoints_show() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        store(
+            &mut db,
+            "b",
+            &[put(
+                1,
+                "todos",
+                "t1",
+                r#"{"id":"t1","title":"milk","done":1,"weight":"2.5"}"#,
+            )],
+        );
+        assert_eq!(
+            rows(&db, "SELECT * FROM todos"),
+            "[]",
+            "nothing shows before the checkpoint applies"
+        );
+        assert_eq!(
+            db.apply_checkpoint(&plan(1, &["b"], None)).expect("apply"),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            rows(&db, "SELECT * FROM todos"),
+            r#"[{"id":"t1","title":"milk","done":1,"weight":2.5}]"#
+        );
+        let plan_text: String = db
+            .connection()
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM todos WHERE title = 'milk'",
+                [],
+                |r| r.get(3),
+            )
+            .expect("plan");
+        assert!(plan_text.contains("sg_index_todos_by_title"), "{plan_text}");
+        assert_eq!(db.stored_buckets().expect("buckets")[0].last_op, op_id(1));
+    }
+
+    #[test]
+    fn the_highest_op_across_buckets_wins_and_a_row_no_bucket_holds_is_deleted() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        store(&mut db, "a", &[put(1, "todos", "t1", r#"{"title":"old"}"#)]);
+        store(&mut db, "b", &[put(2, "todos", "t1", r#"{"title":"new"}"#)]);
+        db.apply_checkpoint(&plan(2, &["a", "b"], None)).expect("apply");
+        assert_eq!(rows(&db, "SELECT title FROM todos"), r#"[{"title":"new"}]"#);
+        store(&mut db, "b", &[remove(3, "todos", "t1")]);
+        db.apply_checkpoint(&plan(3, &["a", "b"], None)).expect("apply");
+        assert_eq!(rows(&db, "SELECT title FROM todos"), r#"[{"title":"old"}]"#);
+        db.delete_buckets(&[BucketName::new("a")]).expect("delete");
+        db.apply_checkpoint(&plan(3, &["b"], None)).expect("apply");
+        assert_eq!(rows(&db, "SELECT title FROM todos"), "[]");
+    }
+
+    #[test]
+    fn local_writes_queue_uploads_and_hold_back_downloads_until_acknowledged() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        db.write_transaction(|tx| {
+            tx.execute("INSERT INTO todos(id, title, done) VALUES ('t1', 'milk', 0)", [])?;
+            tx.execute("UPDATE todos SET done = 1 WHERE id = 't1'", [])?;
+            Ok(())
+        })
+        .expect("write");
+        db.connection()
+            .execute("DELETE FROM todos WHERE id = 't1'", [])
+            .expect("delete");
+        db.connection()
+            .execute("INSERT INTO drafts(id, body) VALUES ('d1', 'local only')", [])
+            .expect("local-only insert");
+        let queue = db.upload_queue().expect("queue");
+        let ops: Vec<String> = queue.iter().map(|e| e.data.to_string()).collect();
+        assert_eq!(
+            ops,
+            [
+                r#"{"op":"PUT","type":"todos","id":"t1","data":{"title":"milk","done":0,"weight":null}}"#,
+                r#"{"op":"PATCH","type":"todos","id":"t1","data":{"done":1}}"#,
+                r#"{"op":"DELETE","type":"todos","id":"t1","data":null}"#,
+            ]
+        );
+        assert_eq!(
+            queue[0].tx_id, queue[1].tx_id,
+            "one transaction, one upload transaction id"
+        );
+        assert_ne!(queue[1].tx_id, queue[2].tx_id);
+        assert_eq!(
+            rows(&db, "SELECT * FROM drafts"),
+            r#"[{"id":"d1","body":"local only"}]"#
+        );
+
+        store(&mut db, "b", &[put(5, "todos", "t2", r#"{"title":"server"}"#)]);
+        assert_eq!(
+            db.apply_checkpoint(&plan(5, &["b"], Some(7))).expect("apply"),
+            ApplyOutcome::WaitingForUploads
+        );
+        // Priority 0 ignores local writes.
+        let mut urgent = plan(5, &["b"], None);
+        urgent.priority = Some(BucketPriority::HIGHEST);
+        urgent.wait_for_local_writes = false;
+        assert_eq!(
+            db.apply_checkpoint(&urgent).expect("apply"),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(rows(&db, "SELECT id FROM todos"), r#"[{"id":"t2"}]"#);
+
+        // Queue drained but the write checkpoint (the i64::MAX sentinel) is not reached yet.
+        db.connection().execute("DELETE FROM sg_crud", []).expect("drain");
+        assert_eq!(
+            db.apply_checkpoint(&plan(5, &["b"], Some(7))).expect("apply"),
+            ApplyOutcome::WaitingForUploads
+        );
+        db.kv_set("write_checkpoint_target", "7").expect("target");
+        assert_eq!(
+            db.apply_checkpoint(&plan(5, &["b"], Some(6))).expect("apply"),
+            ApplyOutcome::WaitingForUploads
+        );
+        assert_eq!(
+            db.apply_checkpoint(&plan(5, &["b"], Some(7))).expect("apply"),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(
+            db.apply_checkpoint(&plan(6, &["b"], None)).expect("apply"),
+            ApplyOutcome::Applied,
+            "an acknowledged write no longer holds back checkpoints without write_checkpoint"
+        );
+    }
+
+    #[test]
+    fn undeclared_types_are_kept_and_appear_when_a_schema_declares_them() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        store(&mut db, "b", &[put(1, "lists", "l1", r#"{"name":"Groceries"}"#)]);
+        db.apply_checkpoint(&plan(1, &["b"], None)).expect("apply");
+        assert!(db.query_json("SELECT * FROM lists").is_err(), "no view yet");
+        db.set_schema(&schema(
+            r#"{"tables": [{"name": "lists", "columns": [{"name": "name", "type": "text"}]}]}"#,
+        ))
+        .expect("new schema");
+        assert_eq!(
+            rows(&db, "SELECT * FROM lists"),
+            r#"[{"id":"l1","name":"Groceries"}]"#
+        );
+        assert!(
+            db.query_json("SELECT * FROM todos").is_err(),
+            "the old view is gone"
+        );
+        assert!(db.schema().expect("schema").is_some());
+    }
+
+    #[test]
+    fn clear_drops_the_buckets_ops() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        store(&mut db, "b", &[put(1, "todos", "t1", r#"{"title":"a"}"#)]);
+        db.apply_checkpoint(&plan(1, &["b"], None)).expect("apply");
+        store(
+            &mut db,
+            "b",
+            &[OplogEntry::compacted(
+                op_id(2),
+                OpType::Clear,
+                Checksum::from_u32(9),
+            )],
+        );
+        db.apply_checkpoint(&plan(2, &["b"], None)).expect("apply");
+        assert_eq!(rows(&db, "SELECT * FROM todos"), "[]");
+    }
+
+    #[test]
+    fn the_client_id_is_a_persistent_uuid_v4() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.db");
+        let first = LocalDatabase::open(&path).expect("db").client_id().expect("id");
+        assert_eq!(first.as_str().len(), 36);
+        assert_eq!(first.as_str().as_bytes()[14], b'4');
+        assert_eq!(
+            LocalDatabase::open(&path).expect("db").client_id().expect("id"),
+            first
+        );
+    }
+}

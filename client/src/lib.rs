@@ -1,0 +1,24 @@
+//! # syncgate-client
+//!
+//! A local SQLite database that stays in sync with Postgres through a PowerSync-compatible service (the
+//! syncgate gateway, or PowerSync itself). The app declares a [`Schema`]; synced rows are stored
+//! schemaless and each app table is a view over them, so the app reads and writes plain SQL tables.
+//!
+//! - [`database`]: the local database — op log, synced rows, upload queue, schema views.
+//! - [`sync`]: the protocol as a sans-IO state machine (events in, instructions out), tested with golden
+//!   transcripts.
+//! - [`driver`]: the tokio loop that runs the state machine over HTTP and a [`BackendConnector`].
+//!
+//! Data reaches the app's tables only at a complete checkpoint whose bucket checksums all match, and never
+//! while local writes await acknowledgement (except priority-0 buckets).
+
+pub mod database;
+pub mod driver;
+mod error;
+pub mod schema;
+pub mod sync;
+
+pub use database::{ApplyOutcome, CrudEntry, LocalDatabase};
+pub use driver::{BackendConnector, Credentials, SyncDriver, SyncOptions};
+pub use error::ClientError;
+pub use schema::{Column, ColumnType, Index, Schema, Table};

@@ -1,0 +1,8 @@
+//! The sync logic, sans-IO: [`SyncStateMachine`] turns [`SyncEvent`]s into [`Instruction`]s; the driver
+//! (crate::driver) does the I/O.
+
+mod machine;
+mod messages;
+
+pub use machine::SyncStateMachine;
+pub use messages::{ApplyPlan, CloseReason, Instruction, StoredBucket, SyncEvent, SyncStatus};

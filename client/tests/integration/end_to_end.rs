@@ -1,0 +1,481 @@
+//! The client against a real Postgres 15 and the real `syncgate serve` binary: the golden dataset and
+//! sync rules of testdata/golden/ (lists for everyone, todos per owner). Two users sync with the CLI's
+//! `--once` and each ends with exactly its rules' rows; then a client run through the library resumes
+//! from its stored op ids and follows an UPDATE, a DELETE and INSERTs made in Postgres.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use syncgate_client::{
+    BackendConnector, ClientError, Credentials, CrudEntry, LocalDatabase, Schema, SyncDriver, SyncOptions,
+};
+use syncgate_test_support::{TestDatabase, shared_cluster};
+
+use crate::gateway_process::{GatewayProcess, token};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Backstop for one CLI run; it normally takes well under a second.
+const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+/// Backstop for a change in Postgres to reach the client.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(90);
+
+const SCHEMA: &str = r#"{"tables": [
+  {"name": "lists", "columns": [{"name": "name", "type": "text"}, {"name": "owner_id", "type": "text"},
+                                {"name": "created_at", "type": "text"}]},
+  {"name": "todos", "columns": [{"name": "list_id", "type": "text"}, {"name": "description", "type": "text"},
+                                {"name": "completed", "type": "integer"}, {"name": "owner_id", "type": "text"},
+                                {"name": "created_at", "type": "text"}],
+   "indexes": [{"name": "by_list", "columns": ["list_id"]}]}
+]}"#;
+
+/// `SCHEMA` as YAML: user2's client reads this one.
+const SCHEMA_YAML: &str = "
+tables:
+  - name: lists
+    columns: [{name: name, type: text}, {name: owner_id, type: text}, {name: created_at, type: text}]
+  - name: todos
+    columns:
+      - {name: list_id, type: text}
+      - {name: description, type: text}
+      - {name: completed, type: integer}
+      - {name: owner_id, type: text}
+      - {name: created_at, type: text}
+    indexes: [{name: by_list, columns: [list_id]}]
+";
+
+const CLIENT_LISTS: &str = "SELECT id, name, owner_id FROM lists ORDER BY id";
+const CLIENT_TODOS: &str = "SELECT id, list_id, description, completed, owner_id FROM todos ORDER BY id";
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/golden")
+        .join(name)
+}
+
+/// What the rules give `user`, straight from Postgres, in the shape of the client queries above.
+fn expected(db: &TestDatabase, user: &str) -> (Value, Value) {
+    let lists = pg_json(db, "SELECT id::text AS id, name, owner_id FROM lists ORDER BY id");
+    let todos = pg_json(
+        db,
+        &format!(
+            "SELECT id::text AS id, list_id::text AS list_id, description, completed::int AS completed, owner_id
+             FROM todos WHERE owner_id = '{user}' ORDER BY id"
+        ),
+    );
+    (lists, todos)
+}
+
+fn pg_json(db: &TestDatabase, query: &str) -> Value {
+    let text = db
+        .psql(&format!(
+            "SELECT coalesce(json_agg(t), '[]'::json) FROM ({query}) t"
+        ))
+        .expect("psql");
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("psql output {text:?}: {e}"))
+}
+
+fn client_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_syncgate-client"));
+    command.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    command
+}
+
+/// Runs the CLI to completion (killed after `timeout`); returns its status (None: timed out), stdout and
+/// stderr.
+fn run_cli(mut command: Command, timeout: Duration) -> (Option<ExitStatus>, String, String) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child: Child = command.spawn().expect("spawn syncgate-client");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, out.join().expect("stdout"), err.join().expect("stderr"))
+}
+
+fn sync_once(
+    gateway: &GatewayProcess,
+    token: &str,
+    db_file: &Path,
+    schema: &Path,
+) -> (Option<ExitStatus>, String) {
+    let mut command = client_binary();
+    command
+        .arg("sync")
+        .args(["--endpoint", &gateway.endpoint(), "--token", token, "--db"])
+        .arg(db_file)
+        .arg("--schema")
+        .arg(schema)
+        .args(["--once", "--retry-delay-ms", "200", "--max-failures", "3"]);
+    let (status, _stdout, stderr) = run_cli(command, CLI_TIMEOUT);
+    (status, stderr)
+}
+
+/// `syncgate-client query`: stdout must be exactly one JSON array.
+fn cli_query(db_file: &Path, sql: &str) -> Value {
+    let mut command = client_binary();
+    command.arg("query").arg("--db").arg(db_file).arg(sql);
+    let (status, stdout, stderr) = run_cli(command, CLI_TIMEOUT);
+    assert!(status.is_some_and(|s| s.success()), "query failed: {stderr}");
+    let value: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout {stdout:?} is not one JSON value: {e}"));
+    assert!(value.is_array(), "{stdout}");
+    value
+}
+
+fn local_rows(db_file: &Path, sql: &str) -> Value {
+    let db = LocalDatabase::open(db_file).expect("open local db");
+    Value::Array(
+        db.query_json(sql)
+            .expect("query")
+            .into_iter()
+            .map(Value::Object)
+            .collect(),
+    )
+}
+
+struct FixedConnector {
+    credentials: Credentials,
+}
+
+impl BackendConnector for FixedConnector {
+    async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
+        Ok(self.credentials.clone())
+    }
+
+    async fn upload_data(&self, _entries: Vec<CrudEntry>) -> Result<(), ClientError> {
+        Err(ClientError::Connector(
+            "this test makes no local writes".to_owned(),
+        ))
+    }
+}
+
+#[test]
+fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
+    let db = shared_cluster().create_database().expect("test database");
+    db.psql(&std::fs::read_to_string(golden("schema.sql")).expect("schema.sql"))
+        .expect("schema");
+    db.psql(&std::fs::read_to_string(golden("dataset.sql")).expect("dataset.sql"))
+        .expect("dataset");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut gateway = GatewayProcess::start(
+        work.path(),
+        &db.url_without_session_options(),
+        &golden("sync-rules.yaml"),
+        &format!("client_e2e_{}_", std::process::id()),
+    );
+    gateway.wait_ready(READY_TIMEOUT);
+    let schema = work.path().join("schema.json");
+    std::fs::write(&schema, SCHEMA).expect("schema file");
+    let schema_yaml = work.path().join("schema.yaml");
+    std::fs::write(&schema_yaml, SCHEMA_YAML).expect("schema file");
+
+    // Each user's client ends with exactly its rules' rows.
+    for user in ["user1", "user2"] {
+        let file = work.path().join(format!("{user}.db"));
+        let schema = if user == "user1" { &schema } else { &schema_yaml };
+        let (status, stderr) = sync_once(&gateway, &token(user), &file, schema);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "sync --once for {user} failed ({status:?}):\n{stderr}\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        let (lists, todos) = expected(&db, user);
+        assert_eq!(
+            todos.as_array().map(Vec::len),
+            Some(if user == "user1" { 2 } else { 1 })
+        );
+        assert_eq!(cli_query(&file, CLIENT_LISTS), lists, "{user}'s lists");
+        assert_eq!(cli_query(&file, CLIENT_TODOS), todos, "{user}'s todos");
+    }
+
+    // A rejected token fails --once with a non-zero exit.
+    let (status, stderr) = sync_once(&gateway, "not-a-jwt", &work.path().join("bad.db"), &schema);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a bad token must fail: {status:?}\n{stderr}"
+    );
+    assert!(stderr.contains("401"), "{stderr}");
+
+    // The library resumes user1's database and follows changes made in Postgres.
+    let user1_file = work.path().join("user1.db");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut driver = SyncDriver::new(
+        LocalDatabase::open(&user1_file).expect("open user1.db"),
+        FixedConnector {
+            credentials: Credentials {
+                endpoint: gateway.endpoint(),
+                token: token("user1"),
+            },
+        },
+        SyncOptions {
+            retry_delay: Duration::from_millis(200),
+            ..SyncOptions::default()
+        },
+    );
+    let sync = runtime.spawn(async move { driver.run().await });
+    db.psql(
+        "UPDATE todos SET description = 'milk (2l)', completed = true WHERE id = 'aaaaaaaa-0000-4000-8000-000000000001';
+         DELETE FROM todos WHERE id = 'aaaaaaaa-0000-4000-8000-000000000002';
+         INSERT INTO lists (id, name, owner_id) VALUES ('33333333-3333-4333-8333-333333333333', 'Shared', 'user2');
+         INSERT INTO todos (id, list_id, description, owner_id) VALUES
+           ('aaaaaaaa-0000-4000-8000-000000000003', '11111111-1111-4111-8111-111111111111', 'eggs', 'user1'),
+           ('bbbbbbbb-0000-4000-8000-000000000002', '22222222-2222-4222-8222-222222222222', 'slides', 'user2');",
+    )
+    .expect("changes");
+    let (lists, todos) = expected(&db, "user1");
+    assert_eq!(
+        todos.as_array().map(Vec::len),
+        Some(2),
+        "user1 holds the updated and the inserted todo"
+    );
+    let started = Instant::now();
+    loop {
+        let local = (
+            local_rows(&user1_file, CLIENT_LISTS),
+            local_rows(&user1_file, CLIENT_TODOS),
+        );
+        if local == (lists.clone(), todos.clone()) {
+            break;
+        }
+        assert!(
+            !sync.is_finished(),
+            "the sync driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "changes did not reach the client within {CHANGE_TIMEOUT:?}; local {local:?}, expected {:?}\ngateway log:\n{}",
+            (lists, todos),
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sync.abort();
+}
+
+/// Client and Postgres queries that must give the same rows for one user.
+struct Expectation {
+    client_sql: &'static str,
+    postgres_sql: String,
+}
+
+fn interop_expectations(user: &str) -> Vec<Expectation> {
+    let visible_lists = format!(
+        "SELECT id FROM lists WHERE owner_id = '{user}' UNION SELECT list_id FROM list_members WHERE user_id = '{user}'"
+    );
+    vec![
+        Expectation {
+            client_sql: "SELECT id, owner_id, name FROM lists ORDER BY id",
+            postgres_sql: format!(
+                "SELECT id, owner_id, name FROM lists WHERE id IN ({visible_lists}) ORDER BY id COLLATE \"C\""
+            ),
+        },
+        Expectation {
+            client_sql: "SELECT id, list_id, description, completed, priority FROM todos ORDER BY id",
+            postgres_sql: format!(
+                "SELECT id, list_id, description, completed::int AS completed, priority FROM todos
+                 WHERE list_id IN ({visible_lists}) ORDER BY id COLLATE \"C\""
+            ),
+        },
+        Expectation {
+            client_sql: "SELECT id, body FROM announcements ORDER BY id",
+            postgres_sql: "SELECT id, body FROM announcements ORDER BY id COLLATE \"C\"".to_owned(),
+        },
+    ]
+}
+
+/// Waits until every expectation holds for the client's file; `what` names the step in the failure message.
+fn wait_until_client_matches(
+    db: &TestDatabase,
+    file: &Path,
+    expectations: &[Expectation],
+    what: &str,
+    gateway: &GatewayProcess,
+) {
+    let started = Instant::now();
+    loop {
+        let mismatch = expectations.iter().find_map(|e| {
+            let local = local_rows(file, e.client_sql);
+            let expected = pg_json(db, &e.postgres_sql);
+            (local != expected).then(|| format!("{}: local {local}, expected {expected}", e.client_sql))
+        });
+        let Some(mismatch) = mismatch else { return };
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "{what}: not reached within {CHANGE_TIMEOUT:?}: {mismatch}\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn granted_buckets_appear_and_revoked_ones_disappear() {
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
+    let db = shared_cluster().create_database().expect("test database");
+    db.psql(&std::fs::read_to_string(interop.join("schema.sql")).expect("schema.sql"))
+        .expect("schema");
+    db.psql(&std::fs::read_to_string(interop.join("data.sql")).expect("data.sql"))
+        .expect("data");
+    db.psql(
+        "INSERT INTO lists (id, owner_id, name) VALUES ('la', 'alice', 'Alice''s'), ('lb', 'bob', 'Bob''s');
+         INSERT INTO todos (id, list_id, description, completed, priority) VALUES
+           ('ta1', 'la', 'milk', false, 1), ('tb1', 'lb', 'report', true, NULL), ('tb2', 'lb', 'slides', false, 3);",
+    )
+    .expect("rows");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut gateway = GatewayProcess::start(
+        work.path(),
+        &db.url_without_session_options(),
+        &interop.join("sync-rules.yaml"),
+        &format!("client_grants_{}_", std::process::id()),
+    );
+    gateway.wait_ready(READY_TIMEOUT);
+    let schema = Schema::from_json(
+        r#"{"tables": [
+          {"name": "lists", "columns": [{"name": "owner_id", "type": "text"}, {"name": "name", "type": "text"}]},
+          {"name": "todos", "columns": [{"name": "list_id", "type": "text"}, {"name": "description", "type": "text"},
+                                        {"name": "completed", "type": "integer"}, {"name": "priority", "type": "integer"}]},
+          {"name": "announcements", "columns": [{"name": "body", "type": "text"}]}
+        ]}"#,
+    )
+    .expect("schema");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut syncs = Vec::new();
+    for user in ["alice", "bob"] {
+        let file = work.path().join(format!("{user}.db"));
+        let mut local = LocalDatabase::open(&file).expect("open");
+        local.set_schema(&schema).expect("set schema");
+        let mut driver = SyncDriver::new(
+            local,
+            FixedConnector {
+                credentials: Credentials {
+                    endpoint: gateway.endpoint(),
+                    token: token(user),
+                },
+            },
+            SyncOptions {
+                retry_delay: Duration::from_millis(200),
+                ..SyncOptions::default()
+            },
+        );
+        syncs.push(runtime.spawn(async move { driver.run().await }));
+    }
+    let alice = work.path().join("alice.db");
+    let bob = work.path().join("bob.db");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "alice's first sync",
+        &gateway,
+    );
+    wait_until_client_matches(
+        &db,
+        &bob,
+        &interop_expectations("bob"),
+        "bob's first sync",
+        &gateway,
+    );
+    assert_eq!(
+        local_rows(&alice, "SELECT id FROM todos"),
+        serde_json::json!([{"id": "ta1"}])
+    );
+
+    // Bob shares his list with alice: its bucket appears for her, with its todos.
+    db.psql("INSERT INTO list_members (id, list_id, user_id) VALUES ('m1', 'lb', 'alice')")
+        .expect("share");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "the granted list",
+        &gateway,
+    );
+    assert_eq!(
+        local_rows(&alice, "SELECT id FROM todos ORDER BY id"),
+        serde_json::json!([{"id": "ta1"}, {"id": "tb1"}, {"id": "tb2"}])
+    );
+
+    // Changes in the shared list reach both; then the share is revoked and the list leaves alice's client.
+    db.psql("UPDATE todos SET description = 'slides v2', completed = true WHERE id = 'tb2'; DELETE FROM todos WHERE id = 'tb1'")
+        .expect("change shared todos");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "changes in the shared list",
+        &gateway,
+    );
+    wait_until_client_matches(
+        &db,
+        &bob,
+        &interop_expectations("bob"),
+        "bob sees his changes",
+        &gateway,
+    );
+    db.psql("DELETE FROM list_members WHERE id = 'm1'")
+        .expect("revoke");
+    wait_until_client_matches(
+        &db,
+        &alice,
+        &interop_expectations("alice"),
+        "the revoked list",
+        &gateway,
+    );
+    assert_eq!(
+        local_rows(&alice, "SELECT id FROM lists"),
+        serde_json::json!([{"id": "la"}])
+    );
+    wait_until_client_matches(
+        &db,
+        &bob,
+        &interop_expectations("bob"),
+        "bob keeps his list",
+        &gateway,
+    );
+
+    for sync in syncs {
+        assert!(
+            !sync.is_finished(),
+            "a sync driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        sync.abort();
+    }
+}

@@ -1,0 +1,6 @@
+//! The client's integration tests, in one test binary.
+
+mod driver;
+mod end_to_end;
+mod gateway_process;
+mod transcripts;
