@@ -18,25 +18,32 @@ const JWT_SECRET: &[u8] = b"syncgate-interop-test-secret-0123456789abcdef";
 const JWT_KID: &str = "interop";
 const JWT_AUD: &str = "syncgate-interop";
 
-/// The `syncgate` binary of this workspace: next to the test binary's directory (`target/<profile>/`),
-/// built first if a lone `cargo test -p syncgate-client` did not build it.
+/// The `syncgate` binary of this workspace, next to the test binary's directory (`target/<profile>/`).
+/// Built (a no-op when up to date) before use: a lone `cargo test -p syncgate-client` does not build
+/// it, and an old one would test old gateway code.
 fn syncgate_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("syncgate");
-    if !binary.exists() {
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let status = Command::new(cargo)
-            .args(["build", "-p", "syncgate", "--bin", "syncgate"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the syncgate binary failed");
-    }
-    binary
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test binary lives in target/<profile>/deps");
+            let mut args = vec!["build", "-p", "syncgate", "--bin", "syncgate"];
+            if profile_dir.ends_with("release") {
+                args.push("--release");
+            }
+            let cargo = option_env!("CARGO").unwrap_or("cargo");
+            let status = Command::new(cargo)
+                .args(&args)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the syncgate binary failed");
+            profile_dir.join("syncgate")
+        })
+        .clone()
 }
 
 /// `syncgate serve` on a free port; killed when dropped.
