@@ -93,10 +93,29 @@ pub struct SharedReads {
     ops: std::sync::Mutex<HashMap<OpsKey, Arc<Vec<StoredOp>>>>,
     /// Lines many sessions send alike after a commit, built and serialized once.
     lines: std::sync::Mutex<LineCache>,
-    /// One session at a time reads what every session needs after a commit; the others wait for it.
-    prefetch: tokio::sync::Mutex<()>,
-    /// The commit count (plus one) of the last such read, so waiting sessions do not repeat it.
-    prefetched: std::sync::atomic::AtomicU64,
+    /// The commit count (plus one) for which a session has taken on reading what every session needs
+    /// after a commit; the others wait for `prefetched` to reach it.
+    prefetching: std::sync::atomic::AtomicU64,
+    /// The commit count (plus one) of the last such read, done or failed.
+    prefetched: watch::Sender<u64>,
+}
+
+/// Marks a prefetch done however the reading session leaves it (error or not), releasing the waiters.
+struct PrefetchDone<'a> {
+    prefetched: &'a watch::Sender<u64>,
+    mark: u64,
+}
+
+impl Drop for PrefetchDone<'_> {
+    fn drop(&mut self) {
+        self.prefetched.send_if_modified(|done| {
+            let newer = *done < self.mark;
+            if newer {
+                *done = self.mark;
+            }
+            newer
+        });
+    }
 }
 
 /// Lines shared between sessions. A line is shared only when equal, so the keys only bound the size.
@@ -169,8 +188,8 @@ impl Default for SharedReads {
             changed: std::sync::Mutex::new(None),
             ops: std::sync::Mutex::new(HashMap::new()),
             lines: std::sync::Mutex::new(LineCache::default()),
-            prefetch: tokio::sync::Mutex::new(()),
-            prefetched: std::sync::atomic::AtomicU64::new(0),
+            prefetching: std::sync::atomic::AtomicU64::new(0),
+            prefetched: watch::Sender::new(0),
         }
     }
 }
@@ -584,6 +603,23 @@ impl From<mpsc::Sender<OutLine>> for LineSink {
 }
 
 impl LineSink {
+    /// Queues `line` if there is room; gives it back when the buffer is full.
+    fn try_send(&self, line: OutLine) -> Result<Result<(), OutLine>, ()> {
+        use mpsc::error::TrySendError;
+        match self {
+            LineSink::Lines(sender) => match sender.try_send(line.into_line()) {
+                Ok(()) => Ok(Ok(())),
+                Err(TrySendError::Full(line)) => Ok(Err(OutLine::Own(line))),
+                Err(TrySendError::Closed(_)) => Err(()),
+            },
+            LineSink::Out(sender) => match sender.try_send(line) {
+                Ok(()) => Ok(Ok(())),
+                Err(TrySendError::Full(line)) => Ok(Err(line)),
+                Err(TrySendError::Closed(_)) => Err(()),
+            },
+        }
+    }
+
     /// `Err` when the receiver is gone.
     async fn send(&self, line: OutLine) -> Result<(), ()> {
         match self {
@@ -713,7 +749,15 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
 
     /// Sends a line; `Some` when the session must end.
     async fn send(&self, line: impl Into<OutLine>) -> Result<Option<SessionEnd>, SessionError> {
-        let line = line.into();
+        // Most lines find room: no timer for them (a commit sends thousands of lines at once).
+        let line = match self.out.try_send(line.into()) {
+            Ok(Ok(())) => {
+                self.env.metrics.line_sent();
+                return Ok(None);
+            }
+            Ok(Err(line)) => line,
+            Err(()) => return Ok(Some(SessionEnd::ClientGone)),
+        };
         let timeout = self.env.limits.send_timeout;
         match tokio::time::timeout(timeout, self.out.send(line)).await {
             Ok(Ok(())) => {
@@ -870,8 +914,9 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 if self.skip_unconcerned() {
                     return Ok(None);
                 }
+                let positions = previous.as_ref().map(|_| self.positions.clone());
                 tokio::task::spawn_blocking(move || {
-                    read_view(
+                    let read = read_view(
                         &env,
                         &connection,
                         &user,
@@ -879,7 +924,13 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                         cached,
                         previous.as_ref(),
                         Reads::Storage,
-                    )
+                    );
+                    if let (Ok(Ok(Some((view, _)))), Some(previous), Some(positions)) =
+                        (&read, &previous, &positions)
+                    {
+                        warm_ops(&env, view, previous, positions);
+                    }
+                    read
                 })
                 .await
                 .map_err(|e| SessionError::Task(e.to_string()))??
@@ -896,28 +947,33 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
 
     /// After a commit, the first session to wake reads what decides whether a session is concerned (the
     /// published checkpoint, the buckets changed since the one it has) in one blocking hop, while the
-    /// others wait for it instead of queueing for read permits; most then skip in memory, and a
+    /// others wait for it instead of queueing for read permits; then most skip in memory, and a
     /// concerned session finds a free permit.
     async fn prefetch_shared(&self) -> Result<(), SessionError> {
+        use std::sync::atomic::Ordering;
         let Some(sent) = self.sent.as_ref().filter(|s| s.completed) else {
             return Ok(());
         };
         let (version, after) = (sent.version, sent.checkpoint.op_id);
         let reads = &self.env.reads;
         let commits = self.env.events.commit_count();
-        let done = || {
-            reads.prefetched.load(std::sync::atomic::Ordering::Acquire) == commits.wrapping_add(1)
-                || reads.cached_published(commits).is_some_and(|p| {
-                    p.version != version || reads.cached_changed(version, after, p.checkpoint.op_id).is_some()
-                })
+        let mark = commits.wrapping_add(1);
+        let cached = reads.cached_published(commits).is_some_and(|p| {
+            p.version != version || reads.cached_changed(version, after, p.checkpoint.op_id).is_some()
+        });
+        if cached || *reads.prefetched.borrow() >= mark {
+            return Ok(());
+        }
+        if reads.prefetching.fetch_max(mark, Ordering::AcqRel) >= mark {
+            // Another session is reading it: wait (a failed read releases us too).
+            let mut done = reads.prefetched.subscribe();
+            let _ = done.wait_for(|done| *done >= mark).await;
+            return Ok(());
+        }
+        let _done = PrefetchDone {
+            prefetched: &reads.prefetched,
+            mark,
         };
-        if done() {
-            return Ok(());
-        }
-        let _turn = reads.prefetch.lock().await;
-        if done() {
-            return Ok(());
-        }
         let env = Arc::clone(&self.env);
         tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
             if let Some(published) = env.reads.published(&*env.storage, commits)?
@@ -931,9 +987,6 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         })
         .await
         .map_err(|e| SessionError::Task(e.to_string()))??;
-        reads
-            .prefetched
-            .store(commits.wrapping_add(1), std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -1127,16 +1180,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let env = Arc::clone(&self.env);
         let limit = self.env.limits.max_ops_per_line;
         let max_bytes = self.env.limits.max_line_bytes;
-        // One op more than a line holds tells whether more follow. A compaction changes what the range
-        // holds, so its generation is part of the key.
-        let key = (
-            version,
-            bucket.clone(),
-            after,
-            up_to,
-            limit + 1,
-            self.env.events.compaction_generation(),
-        );
+        let key = ops_key(&self.env, version, bucket, after, up_to);
         if let Some(data) = self.env.reads.cached_data(&key) {
             return Ok(Some(data));
         }
@@ -1189,6 +1233,59 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         };
         self.env.reads.cache_data(key, &data);
         Ok(Some(data))
+    }
+}
+
+/// The key of the op read behind the next `data` line of `bucket` after `after`. One op more than a
+/// line holds tells whether more follow; a compaction changes what the range holds, so its generation
+/// is part of the key.
+fn ops_key<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    version: RulesVersion,
+    bucket: &BucketName,
+    after: OpId,
+    up_to: OpId,
+) -> OpsKey {
+    (
+        version,
+        bucket.clone(),
+        after,
+        up_to,
+        env.limits.max_ops_per_line + 1,
+        env.events.compaction_generation(),
+    )
+}
+
+/// Buckets whose ops [`warm_ops`] reads ahead in one view read.
+const WARM_BUCKETS: usize = 4;
+
+/// Reads the ops a concerned session is about to send for a few buckets that changed, in the blocking
+/// hop that read its view, so its first `data` lines need no second hop. Best effort: a failed read is
+/// left to the `data` line's own read to report.
+fn warm_ops<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    view: &CheckpointView,
+    previous: &PreviousRead,
+    positions: &HashMap<BucketName, OpId>,
+) {
+    if previous.version != view.version {
+        return;
+    }
+    let changed = view.order.iter().filter(|name| {
+        let bucket = &view.buckets[*name];
+        previous.summaries.get(*name) != Some(&(bucket.checksum, bucket.count))
+    });
+    for name in changed.take(WARM_BUCKETS) {
+        let Some(&after) = positions.get(name) else {
+            continue;
+        };
+        if after >= view.checkpoint.op_id {
+            continue;
+        }
+        let key = ops_key(env, view.version, name, after, view.checkpoint.op_id);
+        if env.reads.cached_data(&key).is_none() && env.reads.cached_ops(&key).is_none() {
+            let _ = env.reads.ops(&*env.storage, key);
+        }
     }
 }
 
