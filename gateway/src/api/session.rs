@@ -700,7 +700,10 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let mut commits = self.env.events.subscribe();
         let keepalive = self.env.limits.keepalive;
         let mut next_keepalive = tokio::time::Instant::now() + keepalive;
-        let expiry = tokio::time::Instant::now() + self.seconds_left();
+        // Timers made once and reset, not on every wake-up: a commit wakes every open session.
+        let keepalive_timer = tokio::time::sleep_until(next_keepalive);
+        let expiry_timer = tokio::time::sleep_until(tokio::time::Instant::now() + self.seconds_left());
+        tokio::pin!(keepalive_timer, expiry_timer);
         loop {
             if *shutdown.borrow() {
                 return Ok(SessionEnd::Shutdown);
@@ -714,8 +717,9 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                         return Ok(SessionEnd::Shutdown);
                     }
                 }
-                () = tokio::time::sleep_until(next_keepalive) => {
+                () = &mut keepalive_timer => {
                     next_keepalive += keepalive;
+                    keepalive_timer.as_mut().reset(next_keepalive);
                     let left = self.seconds_left().as_secs();
                     if left == 0 {
                         continue;
@@ -725,7 +729,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                         return Ok(end);
                     }
                 }
-                () = tokio::time::sleep_until(expiry) => {
+                () = &mut expiry_timer => {
                     self.send(SyncLine::TokenExpiresIn(0)).await?;
                     return Ok(SessionEnd::TokenExpired);
                 }
