@@ -3,6 +3,7 @@
 //! client at once.
 
 use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use flate2::Compression;
@@ -66,6 +67,85 @@ fn quality(header: &str, item: &str) -> Option<f32> {
     })
 }
 
+/// A line as a session hands it to its transport.
+#[derive(Debug, Clone)]
+pub enum OutLine {
+    /// A line only this session sends.
+    Own(SyncLine),
+    /// A line many sessions send for the same checkpoint (the same `data` range, diff or complete):
+    /// built once and serialized at most once per framing, however many streams carry it.
+    Shared(Arc<SharedLine>),
+}
+
+impl OutLine {
+    pub fn line(&self) -> &SyncLine {
+        match self {
+            OutLine::Own(line) => line,
+            OutLine::Shared(shared) => &shared.line,
+        }
+    }
+
+    pub fn into_line(self) -> SyncLine {
+        match self {
+            OutLine::Own(line) => line,
+            OutLine::Shared(shared) => shared.line.clone(),
+        }
+    }
+
+    /// The line's bytes in `framing` (uncompressed).
+    pub fn serialized(&self, framing: Framing) -> Bytes {
+        match self {
+            OutLine::Own(line) => Bytes::from(serialize(line, framing, Vec::new())),
+            OutLine::Shared(shared) => shared.serialized(framing),
+        }
+    }
+}
+
+impl From<SyncLine> for OutLine {
+    fn from(line: SyncLine) -> Self {
+        OutLine::Own(line)
+    }
+}
+
+/// A line shared between sessions, with its serializations filled in by the first stream needing each.
+#[derive(Debug)]
+pub struct SharedLine {
+    line: SyncLine,
+    ndjson: OnceLock<Bytes>,
+    bson: OnceLock<Bytes>,
+}
+
+impl SharedLine {
+    pub fn new(line: SyncLine) -> Arc<SharedLine> {
+        Arc::new(SharedLine {
+            line,
+            ndjson: OnceLock::new(),
+            bson: OnceLock::new(),
+        })
+    }
+
+    pub fn line(&self) -> &SyncLine {
+        &self.line
+    }
+
+    pub fn serialized(&self, framing: Framing) -> Bytes {
+        let cell = match framing {
+            Framing::Ndjson => &self.ndjson,
+            Framing::Bson => &self.bson,
+        };
+        cell.get_or_init(|| Bytes::from(serialize(&self.line, framing, Vec::new())))
+            .clone()
+    }
+}
+
+fn serialize(line: &SyncLine, framing: Framing, mut out: Vec<u8>) -> Vec<u8> {
+    match framing {
+        Framing::Ndjson => line.write_ndjson(&mut out),
+        Framing::Bson => line.write_bson(NumberPolicy::Syncgate, &mut out),
+    }
+    out
+}
+
 /// Turns lines into body chunks.
 #[derive(Debug)]
 pub struct LineEncoder {
@@ -85,18 +165,27 @@ impl LineEncoder {
 
     /// One line as a chunk that decodes completely on its own (the compressor is sync-flushed).
     pub fn encode(&mut self, line: &SyncLine) -> Bytes {
+        let scratch = serialize(line, self.framing, std::mem::take(&mut self.scratch));
+        let bytes = match &mut self.gzip {
+            None => Bytes::copy_from_slice(&scratch),
+            Some(gzip) => compress(gzip, &scratch),
+        };
+        self.scratch = scratch;
         self.scratch.clear();
-        match self.framing {
-            Framing::Ndjson => line.write_ndjson(&mut self.scratch),
-            Framing::Bson => line.write_bson(NumberPolicy::Syncgate, &mut self.scratch),
-        }
-        match &mut self.gzip {
-            None => Bytes::copy_from_slice(&self.scratch),
-            Some(gzip) => {
-                // Writing into a Vec cannot fail.
-                let _ = gzip.write_all(&self.scratch);
-                let _ = gzip.flush();
-                Bytes::from(std::mem::take(gzip.get_mut()))
+        bytes
+    }
+
+    /// Like [`LineEncoder::encode`]; a shared line's serialization is reused (compression is per
+    /// stream: a gzip stream's bytes depend on everything before them).
+    pub fn encode_out(&mut self, line: &OutLine) -> Bytes {
+        match line {
+            OutLine::Own(line) => self.encode(line),
+            OutLine::Shared(shared) => {
+                let bytes = shared.serialized(self.framing);
+                match &mut self.gzip {
+                    None => bytes,
+                    Some(gzip) => compress(gzip, &bytes),
+                }
             }
         }
     }
@@ -106,6 +195,14 @@ impl LineEncoder {
         let gzip = self.gzip.take()?;
         gzip.finish().ok().map(Bytes::from)
     }
+}
+
+/// Compresses one line and sync-flushes it, so the chunk inflates completely on its own.
+fn compress(gzip: &mut GzEncoder<Vec<u8>>, bytes: &[u8]) -> Bytes {
+    // Writing into a Vec cannot fail.
+    let _ = gzip.write_all(bytes);
+    let _ = gzip.flush();
+    Bytes::from(std::mem::take(gzip.get_mut()))
 }
 
 #[cfg(test)]
@@ -134,6 +231,30 @@ mod tests {
         assert!(accepts_gzip(Some("gzip, deflate")));
         assert!(!accepts_gzip(Some("gzip;q=0, br")));
         assert!(!accepts_gzip(None));
+    }
+
+    #[test]
+    fn a_shared_line_encodes_as_the_same_line_sent_alone() {
+        let line = SyncLine::CheckpointComplete(syncgate_protocol::line::CheckpointComplete {
+            last_op_id: syncgate_protocol::OpId::new(42).expect("in range"),
+        });
+        let shared = OutLine::Shared(SharedLine::new(line.clone()));
+        for framing in [Framing::Ndjson, Framing::Bson] {
+            for gzip in [false, true] {
+                let mut own = LineEncoder::new(framing, gzip);
+                let mut reused = LineEncoder::new(framing, gzip);
+                // Twice: the second time the shared serialization is reused.
+                for _ in 0..2 {
+                    assert_eq!(
+                        reused.encode_out(&shared),
+                        own.encode(&line),
+                        "{framing:?} gzip {gzip}"
+                    );
+                }
+                assert_eq!(reused.finish(), own.finish());
+            }
+        }
+        assert_eq!(shared.into_line(), line);
     }
 
     #[test]

@@ -9,14 +9,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
-use syncgate_protocol::{ClientId, SyncLine, SyncRequest, UserId, WriteCheckpointId};
+use syncgate_protocol::{ClientId, SyncRequest, UserId, WriteCheckpointId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use warp::http::{HeaderValue, Response, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
-use super::encoding::{Framing, LineEncoder, accepts_gzip};
+use super::encoding::{Framing, LineEncoder, OutLine, accepts_gzip};
 use super::metrics::ConnectionGuard;
 use super::session::{Session, SessionClaims, SessionEnd, SessionEnv};
 use super::write_checkpoint::WriteCheckpoints;
@@ -347,7 +347,7 @@ fn open_stream(
 /// The response body of a sync stream: encoded lines as they come; aborted (not ended) when the session
 /// fails, so the client does not mistake a failure for a clean end.
 struct LineBody {
-    lines: mpsc::Receiver<SyncLine>,
+    lines: mpsc::Receiver<OutLine>,
     encoder: LineEncoder,
     outcome: Option<oneshot::Receiver<Result<SessionEnd, String>>>,
     metrics: Arc<super::ApiMetrics>,
@@ -362,7 +362,7 @@ impl Stream for LineBody {
         if let Some(outcome) = this.outcome.as_mut() {
             match this.lines.poll_recv(cx) {
                 Poll::Ready(Some(line)) => {
-                    let bytes = this.encoder.encode(&line);
+                    let bytes = this.encoder.encode_out(&line);
                     this.metrics.bytes_sent(bytes.len());
                     return Poll::Ready(Some(Ok(bytes)));
                 }

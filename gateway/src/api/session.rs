@@ -27,6 +27,7 @@ use syncgate_rules::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use super::encoding::{OutLine, SharedLine};
 use super::metrics::ApiMetrics;
 use crate::storage::{BucketStorage, Checkpoint, Lsn, RulesVersion, StorageError, StorageEvents, StoredOp};
 use crate::versioned_rules::{RulesCache, StoredRulesError};
@@ -90,7 +91,62 @@ pub struct SharedReads {
     changed: std::sync::Mutex<Option<ChangedSet>>,
     /// Recent op reads: sessions subscribed to the same bucket read the same ops after a commit.
     ops: std::sync::Mutex<HashMap<OpsKey, Arc<Vec<StoredOp>>>>,
+    /// Lines many sessions send alike after a commit, built and serialized once.
+    lines: std::sync::Mutex<LineCache>,
+    /// The commit count (plus one) for which a session has taken on reading what every session needs
+    /// after a commit; the others wait for `prefetched` to reach it.
+    prefetching: std::sync::atomic::AtomicU64,
+    /// The commit count (plus one) of the last such read, done or failed.
+    prefetched: watch::Sender<u64>,
 }
+
+/// Marks a prefetch done however the reading session leaves it (error or not), releasing the waiters.
+struct PrefetchDone<'a> {
+    prefetched: &'a watch::Sender<u64>,
+    mark: u64,
+}
+
+impl Drop for PrefetchDone<'_> {
+    fn drop(&mut self) {
+        self.prefetched.send_if_modified(|done| {
+            let newer = *done < self.mark;
+            if newer {
+                *done = self.mark;
+            }
+            newer
+        });
+    }
+}
+
+/// Lines shared between sessions. A line is shared only when equal, so the keys only bound the size.
+#[derive(Debug, Default)]
+struct LineCache {
+    complete: Option<Arc<SharedLine>>,
+    /// Diffs to the same checkpoint (sessions whose changes are alike send the same one).
+    diffs: Vec<Arc<SharedLine>>,
+    /// The `data` line of an op read (the limits that shape it are the same for every session).
+    data: HashMap<OpsKey, SharedData>,
+    /// Approximate op bytes in `data`.
+    data_bytes: usize,
+}
+
+/// A `data` line with what the session needs to know about it.
+#[derive(Debug, Clone)]
+struct SharedData {
+    line: Arc<SharedLine>,
+    last: OpId,
+    largest_target: OpId,
+    count: usize,
+    has_more: bool,
+    /// Approximate op bytes (the line-size estimate).
+    bytes: usize,
+}
+
+/// Op bytes of shared `data` lines kept (each also held serialized); the cache starts over beyond.
+const DATA_CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Distinct diffs kept per checkpoint; more are sent unshared.
+const DIFF_CACHE_ENTRIES: usize = 64;
 
 #[derive(Debug)]
 struct ChangedSet {
@@ -131,6 +187,9 @@ impl Default for SharedReads {
             summaries: std::sync::Mutex::new(SummaryCache::default()),
             changed: std::sync::Mutex::new(None),
             ops: std::sync::Mutex::new(HashMap::new()),
+            lines: std::sync::Mutex::new(LineCache::default()),
+            prefetching: std::sync::atomic::AtomicU64::new(0),
+            prefetched: watch::Sender::new(0),
         }
     }
 }
@@ -195,6 +254,86 @@ impl SharedReads {
             .as_ref()
             .filter(|set| set.version == version && set.after == after && set.up_to >= up_to)
             .map(|set| Arc::clone(&set.names))
+    }
+
+    fn line_cache(&self) -> std::sync::MutexGuard<'_, LineCache> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The `checkpoint_complete` for `last_op_id`, shared.
+    fn complete(&self, last_op_id: OpId) -> Arc<SharedLine> {
+        let mut cache = self.line_cache();
+        if let Some(line) = cache.complete.as_ref()
+            && matches!(line.line(), SyncLine::CheckpointComplete(c) if c.last_op_id == last_op_id)
+        {
+            return Arc::clone(line);
+        }
+        let line = SharedLine::new(SyncLine::CheckpointComplete(CheckpointComplete { last_op_id }));
+        cache.complete = Some(Arc::clone(&line));
+        line
+    }
+
+    /// `diff` as a line, shared with sessions sending an equal one.
+    fn diff(&self, diff: CheckpointDiff) -> OutLine {
+        let mut cache = self.line_cache();
+        if let Some(line) = cache
+            .diffs
+            .iter()
+            .find(|line| matches!(line.line(), SyncLine::CheckpointDiff(d) if *d == diff))
+        {
+            return OutLine::Shared(Arc::clone(line));
+        }
+        if cache.diffs.first().is_some_and(
+            |line| !matches!(line.line(), SyncLine::CheckpointDiff(d) if d.last_op_id == diff.last_op_id),
+        ) {
+            cache.diffs.clear();
+        }
+        if cache.diffs.len() >= DIFF_CACHE_ENTRIES {
+            return OutLine::Own(SyncLine::CheckpointDiff(diff));
+        }
+        let line = SharedLine::new(SyncLine::CheckpointDiff(diff));
+        cache.diffs.push(Arc::clone(&line));
+        OutLine::Shared(line)
+    }
+
+    fn cached_data(&self, key: &OpsKey) -> Option<SharedData> {
+        self.line_cache().data.get(key).cloned()
+    }
+
+    fn cache_data(&self, key: OpsKey, data: &SharedData) {
+        let mut cache = self.line_cache();
+        if cache.data.len() >= OPS_CACHE_ENTRIES || cache.data_bytes + data.bytes > DATA_CACHE_BYTES {
+            cache.data.clear();
+            cache.data_bytes = 0;
+        }
+        cache.data_bytes += data.bytes;
+        cache.data.insert(key, data.clone());
+    }
+
+    /// Checksum and count of each bucket at `checkpoint` if other sessions read them all already.
+    fn cached_summaries(
+        &self,
+        version: RulesVersion,
+        checkpoint: OpId,
+        generation: u64,
+        names: &[BucketName],
+    ) -> Option<Vec<(Checksum, u64)>> {
+        let cache = self
+            .summaries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        if cache.key != Some((version, checkpoint, generation)) {
+            return None;
+        }
+        names
+            .iter()
+            .map(|name| cache.summaries.get(name).copied())
+            .collect()
     }
 
     fn cached_ops(&self, key: &OpsKey) -> Option<Arc<Vec<StoredOp>>> {
@@ -443,6 +582,60 @@ enum DataOutcome {
     },
 }
 
+/// Where a session's lines go: transports take [`OutLine`]s (shared lines serialized once); a plain
+/// line channel gets every line as its own copy.
+#[derive(Debug, Clone)]
+pub enum LineSink {
+    Lines(mpsc::Sender<SyncLine>),
+    Out(mpsc::Sender<OutLine>),
+}
+
+impl From<mpsc::Sender<SyncLine>> for LineSink {
+    fn from(sender: mpsc::Sender<SyncLine>) -> Self {
+        LineSink::Lines(sender)
+    }
+}
+
+impl From<mpsc::Sender<OutLine>> for LineSink {
+    fn from(sender: mpsc::Sender<OutLine>) -> Self {
+        LineSink::Out(sender)
+    }
+}
+
+impl LineSink {
+    /// Queues `line` if there is room; gives it back when the buffer is full.
+    fn try_send(&self, line: OutLine) -> Result<Result<(), OutLine>, ()> {
+        use mpsc::error::TrySendError;
+        match self {
+            LineSink::Lines(sender) => match sender.try_send(line.into_line()) {
+                Ok(()) => Ok(Ok(())),
+                Err(TrySendError::Full(line)) => Ok(Err(OutLine::Own(line))),
+                Err(TrySendError::Closed(_)) => Err(()),
+            },
+            LineSink::Out(sender) => match sender.try_send(line) {
+                Ok(()) => Ok(Ok(())),
+                Err(TrySendError::Full(line)) => Ok(Err(line)),
+                Err(TrySendError::Closed(_)) => Err(()),
+            },
+        }
+    }
+
+    /// `Err` when the receiver is gone.
+    async fn send(&self, line: OutLine) -> Result<(), ()> {
+        match self {
+            LineSink::Lines(sender) => sender.send(line.into_line()).await.map_err(|_| ()),
+            LineSink::Out(sender) => sender.send(line).await.map_err(|_| ()),
+        }
+    }
+
+    async fn closed(&self) {
+        match self {
+            LineSink::Lines(sender) => sender.closed().await,
+            LineSink::Out(sender) => sender.closed().await,
+        }
+    }
+}
+
 /// A running session.
 pub struct Session<S: BucketStorage + ?Sized + 'static> {
     env: Arc<SessionEnv<S>>,
@@ -459,7 +652,7 @@ pub struct Session<S: BucketStorage + ?Sized + 'static> {
     sent: Option<Sent>,
     /// Rules whose resolution reads no parameter index are resolved once per version.
     static_resolution: Option<(RulesVersion, Arc<ResolvedConnection>)>,
-    out: mpsc::Sender<SyncLine>,
+    out: LineSink,
 }
 
 impl<S: BucketStorage + ?Sized + 'static> Session<S> {
@@ -467,7 +660,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         env: Arc<SessionEnv<S>>,
         claims: SessionClaims,
         request: &SyncRequest,
-        out: mpsc::Sender<SyncLine>,
+        out: impl Into<LineSink>,
     ) -> Self {
         let empty = Map::new();
         let client_parameters = Value::Object(request.parameters.clone().unwrap_or_else(|| empty.clone()));
@@ -498,7 +691,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             unfinished: HashSet::new(),
             sent: None,
             static_resolution: None,
-            out,
+            out: out.into(),
         }
     }
 
@@ -507,7 +700,10 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let mut commits = self.env.events.subscribe();
         let keepalive = self.env.limits.keepalive;
         let mut next_keepalive = tokio::time::Instant::now() + keepalive;
-        let expiry = tokio::time::Instant::now() + self.seconds_left();
+        // Timers made once and reset, not on every wake-up: a commit wakes every open session.
+        let keepalive_timer = tokio::time::sleep_until(next_keepalive);
+        let expiry_timer = tokio::time::sleep_until(tokio::time::Instant::now() + self.seconds_left());
+        tokio::pin!(keepalive_timer, expiry_timer);
         loop {
             if *shutdown.borrow() {
                 return Ok(SessionEnd::Shutdown);
@@ -521,8 +717,9 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                         return Ok(SessionEnd::Shutdown);
                     }
                 }
-                () = tokio::time::sleep_until(next_keepalive) => {
+                () = &mut keepalive_timer => {
                     next_keepalive += keepalive;
+                    keepalive_timer.as_mut().reset(next_keepalive);
                     let left = self.seconds_left().as_secs();
                     if left == 0 {
                         continue;
@@ -532,7 +729,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                         return Ok(end);
                     }
                 }
-                () = tokio::time::sleep_until(expiry) => {
+                () = &mut expiry_timer => {
                     self.send(SyncLine::TokenExpiresIn(0)).await?;
                     return Ok(SessionEnd::TokenExpired);
                 }
@@ -555,7 +752,16 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
     }
 
     /// Sends a line; `Some` when the session must end.
-    async fn send(&self, line: SyncLine) -> Result<Option<SessionEnd>, SessionError> {
+    async fn send(&self, line: impl Into<OutLine>) -> Result<Option<SessionEnd>, SessionError> {
+        // Most lines find room: no timer for them (a commit sends thousands of lines at once).
+        let line = match self.out.try_send(line.into()) {
+            Ok(Ok(())) => {
+                self.env.metrics.line_sent();
+                return Ok(None);
+            }
+            Ok(Err(line)) => line,
+            Err(()) => return Ok(Some(SessionEnd::ClientGone)),
+        };
         let timeout = self.env.limits.send_timeout;
         match tokio::time::timeout(timeout, self.out.send(line)).await {
             Ok(Ok(())) => {
@@ -593,7 +799,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 }
                 return Ok(None);
             };
-            let full = matches!(line, SyncLine::Checkpoint(_));
+            let full = matches!(line.line(), SyncLine::Checkpoint(_));
             if let Some(end) = self.send(line).await? {
                 return Ok(Some(end));
             }
@@ -669,6 +875,10 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         if self.skip_unconcerned() {
             return Ok(None);
         }
+        self.prefetch_shared().await?;
+        if self.skip_unconcerned() {
+            return Ok(None);
+        }
         let env = Arc::clone(&self.env);
         let connection = Arc::clone(&self.connection);
         let user = self.user.clone();
@@ -685,29 +895,52 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 .map(|(name, b)| (name.clone(), (b.checksum, b.count)))
                 .collect(),
         });
-        let shared = Arc::clone(&self.env);
-        let _permit = shared
-            .reads
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| SessionError::Task(e.to_string()))?;
-        // Sessions that waited for a permit usually find everything read by the ones before them.
-        if self.skip_unconcerned() {
-            return Ok(None);
-        }
-        let result = tokio::task::spawn_blocking(move || {
-            read_view(
-                &env,
-                &connection,
-                &user,
-                client_id.as_ref(),
-                cached,
-                previous.as_ref(),
-            )
-        })
-        .await
-        .map_err(|e| SessionError::Task(e.to_string()))??;
+        // What every concerned session reads alike is usually cached by now: no blocking-pool hop.
+        let result = match read_view(
+            &env,
+            &connection,
+            &user,
+            client_id.as_ref(),
+            cached.clone(),
+            previous.as_ref(),
+            Reads::CacheOnly,
+        )? {
+            Ok(result) => result,
+            Err(Uncached) => {
+                let shared = Arc::clone(&self.env);
+                let _permit = shared
+                    .reads
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|e| SessionError::Task(e.to_string()))?;
+                // Sessions that waited for a permit usually find everything read by the ones before them.
+                if self.skip_unconcerned() {
+                    return Ok(None);
+                }
+                let positions = previous.as_ref().map(|_| self.positions.clone());
+                tokio::task::spawn_blocking(move || {
+                    let read = read_view(
+                        &env,
+                        &connection,
+                        &user,
+                        client_id.as_ref(),
+                        cached,
+                        previous.as_ref(),
+                        Reads::Storage,
+                    );
+                    if let (Ok(Ok(Some((view, _)))), Some(previous), Some(positions)) =
+                        (&read, &previous, &positions)
+                    {
+                        warm_ops(&env, view, previous, positions);
+                    }
+                    read
+                })
+                .await
+                .map_err(|e| SessionError::Task(e.to_string()))??
+                .unwrap_or(None) // Reads::Storage never answers Uncached.
+            }
+        };
         Ok(result.map(|(view, resolution)| {
             if let Some(resolution) = resolution {
                 self.static_resolution = Some((view.version, resolution));
@@ -716,8 +949,53 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         }))
     }
 
+    /// After a commit, the first session to wake reads what decides whether a session is concerned (the
+    /// published checkpoint, the buckets changed since the one it has) in one blocking hop, while the
+    /// others wait for it instead of queueing for read permits; then most skip in memory, and a
+    /// concerned session finds a free permit.
+    async fn prefetch_shared(&self) -> Result<(), SessionError> {
+        use std::sync::atomic::Ordering;
+        let Some(sent) = self.sent.as_ref().filter(|s| s.completed) else {
+            return Ok(());
+        };
+        let (version, after) = (sent.version, sent.checkpoint.op_id);
+        let reads = &self.env.reads;
+        let commits = self.env.events.commit_count();
+        let mark = commits.wrapping_add(1);
+        let cached = reads.cached_published(commits).is_some_and(|p| {
+            p.version != version || reads.cached_changed(version, after, p.checkpoint.op_id).is_some()
+        });
+        if cached || *reads.prefetched.borrow() >= mark {
+            return Ok(());
+        }
+        if reads.prefetching.fetch_max(mark, Ordering::AcqRel) >= mark {
+            // Another session is reading it: wait (a failed read releases us too).
+            let mut done = reads.prefetched.subscribe();
+            let _ = done.wait_for(|done| *done >= mark).await;
+            return Ok(());
+        }
+        let _done = PrefetchDone {
+            prefetched: &reads.prefetched,
+            mark,
+        };
+        let env = Arc::clone(&self.env);
+        tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
+            if let Some(published) = env.reads.published(&*env.storage, commits)?
+                && published.version == version
+                && published.checkpoint.op_id >= after
+            {
+                env.reads
+                    .changed(&*env.storage, version, after, published.checkpoint.op_id)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| SessionError::Task(e.to_string()))??;
+        Ok(())
+    }
+
     /// The line announcing `view`, or `None` when the client already has exactly this state.
-    fn checkpoint_line(&self, view: &CheckpointView) -> Option<SyncLine> {
+    fn checkpoint_line(&self, view: &CheckpointView) -> Option<OutLine> {
         let bucket_line = |name: &BucketName| {
             let b = &view.buckets[name];
             BucketChecksum {
@@ -765,7 +1043,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                     // wait for a newer one rather than announce the same again.
                     return None;
                 }
-                Some(SyncLine::CheckpointDiff(CheckpointDiff {
+                Some(self.env.reads.diff(CheckpointDiff {
                     last_op_id: view.checkpoint.op_id,
                     write_checkpoint: view.write_checkpoint,
                     removed_buckets: removed,
@@ -774,12 +1052,12 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             }
             // First checkpoint of the connection, or of a newly active sync-rules version: a full one,
             // which makes the client drop every bucket it does not list.
-            _ => Some(SyncLine::Checkpoint(CheckpointLine {
+            _ => Some(OutLine::Own(SyncLine::Checkpoint(CheckpointLine {
                 last_op_id: view.checkpoint.op_id,
                 write_checkpoint: view.write_checkpoint,
                 buckets: view.order.iter().map(bucket_line).collect(),
                 streams: view.streams.clone(),
-            })),
+            }))),
         }
     }
 
@@ -848,20 +1126,17 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             for name in names {
                 loop {
                     let after = self.positions.get(name).copied().unwrap_or(OpId::ZERO);
-                    let Some((line, last, targets, count)) =
-                        self.data_line(version, name, after, checkpoint.op_id).await?
-                    else {
+                    let Some(data) = self.data_line(version, name, after, checkpoint.op_id).await? else {
                         break;
                     };
-                    largest_target = largest_target.max(targets);
-                    let has_more = line.has_more;
-                    if let Some(end) = self.send(SyncLine::Data(line)).await? {
+                    largest_target = largest_target.max(data.largest_target);
+                    if let Some(end) = self.send(OutLine::Shared(data.line)).await? {
                         return Ok(Err(end));
                     }
-                    self.env.metrics.ops_sent(count);
-                    self.positions.insert(name.clone(), last);
-                    ops_sent += count;
-                    if !has_more {
+                    self.env.metrics.ops_sent(data.count);
+                    self.positions.insert(name.clone(), data.last);
+                    ops_sent += data.count;
+                    if !data.has_more {
                         break;
                     }
                     if ops_sent >= self.env.limits.interrupt_after_ops
@@ -887,45 +1162,40 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 }
             }
         }
-        let complete = SyncLine::CheckpointComplete(CheckpointComplete {
-            last_op_id: checkpoint.op_id,
-        });
-        if let Some(end) = self.send(complete).await? {
+        let complete = self.env.reads.complete(checkpoint.op_id);
+        if let Some(end) = self.send(OutLine::Shared(complete)).await? {
             return Ok(Err(end));
         }
         Ok(Ok(DataOutcome::Complete))
     }
 
-    /// The next `data` line of `bucket` after `after`, up to `up_to`: the line, its last op id, the
-    /// largest compaction `target_op` in it and its op count. `None` when nothing is left.
+    /// The next `data` line of `bucket` after `after`, up to `up_to`, shared with every session sending
+    /// the same range. `None` when nothing is left.
     async fn data_line(
         &self,
         version: RulesVersion,
         bucket: &BucketName,
         after: OpId,
         up_to: OpId,
-    ) -> Result<Option<(DataLine, OpId, OpId, usize)>, SessionError> {
+    ) -> Result<Option<SharedData>, SessionError> {
         if after >= up_to {
             return Ok(None);
         }
         let env = Arc::clone(&self.env);
         let limit = self.env.limits.max_ops_per_line;
         let max_bytes = self.env.limits.max_line_bytes;
-        // One op more than a line holds tells whether more follow. A compaction changes what the range
-        // holds, so its generation is part of the key.
-        let key = (
-            version,
-            bucket.clone(),
-            after,
-            up_to,
-            limit + 1,
-            self.env.events.compaction_generation(),
-        );
+        let key = ops_key(&self.env, version, bucket, after, up_to);
+        if let Some(data) = self.env.reads.cached_data(&key) {
+            return Ok(Some(data));
+        }
         let ops = match self.env.reads.cached_ops(&key) {
             Some(ops) => ops,
-            None => tokio::task::spawn_blocking(move || env.reads.ops(&*env.storage, key))
-                .await
-                .map_err(|e| SessionError::Task(e.to_string()))??,
+            None => {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || env.reads.ops(&*env.storage, key))
+                    .await
+                    .map_err(|e| SessionError::Task(e.to_string()))??
+            }
         };
         if ops.is_empty() {
             return Ok(None);
@@ -957,14 +1227,89 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             data: ops.iter().map(|op| op.entry.clone()).collect(),
             next_after: last,
         };
-        Ok(Some((line, last, largest_target, count)))
+        let data = SharedData {
+            line: SharedLine::new(SyncLine::Data(line)),
+            last,
+            largest_target,
+            count,
+            has_more,
+            bytes,
+        };
+        self.env.reads.cache_data(key, &data);
+        Ok(Some(data))
+    }
+}
+
+/// The key of the op read behind the next `data` line of `bucket` after `after`. One op more than a
+/// line holds tells whether more follow; a compaction changes what the range holds, so its generation
+/// is part of the key.
+fn ops_key<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    version: RulesVersion,
+    bucket: &BucketName,
+    after: OpId,
+    up_to: OpId,
+) -> OpsKey {
+    (
+        version,
+        bucket.clone(),
+        after,
+        up_to,
+        env.limits.max_ops_per_line + 1,
+        env.events.compaction_generation(),
+    )
+}
+
+/// Buckets whose ops [`warm_ops`] reads ahead in one view read.
+const WARM_BUCKETS: usize = 4;
+
+/// Reads the ops a concerned session is about to send for a few buckets that changed, in the blocking
+/// hop that read its view, so its first `data` lines need no second hop. Best effort: a failed read is
+/// left to the `data` line's own read to report.
+fn warm_ops<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    view: &CheckpointView,
+    previous: &PreviousRead,
+    positions: &HashMap<BucketName, OpId>,
+) {
+    if previous.version != view.version {
+        return;
+    }
+    let changed = view.order.iter().filter(|name| {
+        let bucket = &view.buckets[*name];
+        previous.summaries.get(*name) != Some(&(bucket.checksum, bucket.count))
+    });
+    for name in changed.take(WARM_BUCKETS) {
+        let Some(&after) = positions.get(name) else {
+            continue;
+        };
+        if after >= view.checkpoint.op_id {
+            continue;
+        }
+        let key = ops_key(env, view.version, name, after, view.checkpoint.op_id);
+        if env.reads.cached_data(&key).is_none() && env.reads.cached_ops(&key).is_none() {
+            let _ = env.reads.ops(&*env.storage, key);
+        }
     }
 }
 
 type ViewRead = Option<(CheckpointView, Option<Arc<ResolvedConnection>>)>;
 
-/// Reads a connection's view of the latest checkpoint (blocking). Retries when a compaction ran
-/// meanwhile, since checksums below a compacted range change (PROTOCOL §6.1 rule 4).
+/// Where [`read_view`] may get what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// Storage where the shared cache lacks it (blocking).
+    Storage,
+    /// The shared cache only: fine on an async thread, and after a commit most sessions find all there.
+    CacheOnly,
+}
+
+/// Only storage has what a [`Reads::CacheOnly`] view needs.
+#[derive(Debug)]
+struct Uncached;
+
+/// Reads a connection's view of the latest checkpoint (blocking with [`Reads::Storage`]). Retries when
+/// a compaction ran meanwhile, since checksums below a compacted range change (PROTOCOL §6.1 rule 4).
 fn read_view<S: BucketStorage + ?Sized>(
     env: &SessionEnv<S>,
     connection: &ConnectionRequest,
@@ -972,22 +1317,37 @@ fn read_view<S: BucketStorage + ?Sized>(
     client_id: Option<&ClientId>,
     cached: Option<(RulesVersion, Arc<ResolvedConnection>)>,
     previous: Option<&PreviousRead>,
-) -> Result<ViewRead, SessionError> {
+    reads: Reads,
+) -> Result<Result<ViewRead, Uncached>, SessionError> {
+    let cache_only = reads == Reads::CacheOnly;
     loop {
         let generation = env.events.compaction_generation();
         if generation % 2 == 1 {
+            if cache_only {
+                return Ok(Err(Uncached));
+            }
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let Some(published) = env.reads.published(&*env.storage, env.events.commit_count())? else {
-            return Ok(None);
+        let commits = env.events.commit_count();
+        let published = if cache_only {
+            match env.reads.cached_published(commits) {
+                Some(published) => published,
+                None => return Ok(Err(Uncached)),
+            }
+        } else {
+            match env.reads.published(&*env.storage, commits)? {
+                Some(published) => published,
+                None => return Ok(Ok(None)),
+            }
         };
         let version = published.version;
         let checkpoint = published.checkpoint;
-        let rules = env.rules.get(version, &published.rules)?;
         let (resolution, newly_static) = match &cached {
             Some((v, resolution)) if *v == version => (Arc::clone(resolution), None),
+            _ if cache_only => return Ok(Err(Uncached)),
             _ => {
+                let rules = env.rules.get(version, &published.rules)?;
                 let (resolution, used_lookups) = resolve(env, &rules, connection, version, &checkpoint)?;
                 let resolution = Arc::new(resolution);
                 let newly_static = (!used_lookups).then(|| Arc::clone(&resolution));
@@ -1009,6 +1369,12 @@ fn read_view<S: BucketStorage + ?Sized>(
                 && p.checkpoint <= checkpoint.op_id
         });
         let changed = match previous {
+            Some(p) if cache_only => {
+                match env.reads.cached_changed(version, p.checkpoint, checkpoint.op_id) {
+                    Some(changed) => Some(changed),
+                    None => return Ok(Err(Uncached)),
+                }
+            }
             Some(p) => Some(
                 env.reads
                     .changed(&*env.storage, version, p.checkpoint, checkpoint.op_id)?,
@@ -1032,10 +1398,19 @@ fn read_view<S: BucketStorage + ?Sized>(
             .filter(|(_, sum)| sum.is_none())
             .map(|(name, _)| name.clone())
             .collect();
-        let mut read = env
-            .reads
-            .summaries(&*env.storage, version, checkpoint.op_id, generation, &missing)?
-            .into_iter();
+        let read = if cache_only {
+            match env
+                .reads
+                .cached_summaries(version, checkpoint.op_id, generation, &missing)
+            {
+                Some(read) => read,
+                None => return Ok(Err(Uncached)),
+            }
+        } else {
+            env.reads
+                .summaries(&*env.storage, version, checkpoint.op_id, generation, &missing)?
+        };
+        let mut read = read.into_iter();
         for sum in &mut sums {
             if sum.is_none() {
                 *sum = read.next();
@@ -1048,6 +1423,7 @@ fn read_view<S: BucketStorage + ?Sized>(
             {
                 (p.write_checkpoint, false)
             }
+            _ if cache_only => return Ok(Err(Uncached)),
             _ => {
                 let at_checkpoint = env
                     .storage
@@ -1057,6 +1433,9 @@ fn read_view<S: BucketStorage + ?Sized>(
             }
         };
         if env.events.compaction_generation() != generation {
+            if cache_only {
+                return Ok(Err(Uncached));
+            }
             continue;
         }
         let mut buckets = HashMap::with_capacity(names.len());
@@ -1102,7 +1481,7 @@ fn read_view<S: BucketStorage + ?Sized>(
                 write_checkpoint_pending,
             },
         };
-        return Ok(Some((view, newly_static)));
+        return Ok(Ok(Some((view, newly_static))));
     }
 }
 

@@ -19,18 +19,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use syncgate_protocol::bson::{NumberPolicy, decode_document};
-use syncgate_protocol::{SyncLine, SyncRequest};
+use syncgate_protocol::SyncRequest;
+use syncgate_protocol::bson::decode_document;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::{Filter, Rejection, Reply};
 
+use super::encoding::{Framing, OutLine};
 use super::http::{LINE_BUFFER, reject};
 use super::metrics::ConnectionGuard;
 use super::rsocket::{Frame, Payload, Setup, error_code, frame_type};
@@ -148,7 +148,7 @@ struct ActiveStream {
     id: u32,
     /// Request-N credit: PAYLOADs the client is ready for.
     credits: u64,
-    lines: mpsc::Receiver<SyncLine>,
+    lines: mpsc::Receiver<OutLine>,
     lines_done: bool,
     /// `None` once the session's outcome was received (the stream is then draining its last lines).
     outcome: Option<oneshot::Receiver<Result<SessionEnd, SessionError>>>,
@@ -158,7 +158,7 @@ struct ActiveStream {
 }
 
 enum StreamEvent {
-    Line(SyncLine),
+    Line(OutLine),
     Ended(Result<SessionEnd, SessionError>),
     /// The session ended cleanly and every line it queued was sent (or the drain timed out).
     Drained,
@@ -174,7 +174,7 @@ async fn stream_event(stream: &mut Option<ActiveStream>) -> StreamEvent {
     }
     enum Raw {
         Outcome(Result<Result<SessionEnd, SessionError>, oneshot::error::RecvError>),
-        Line(Option<SyncLine>),
+        Line(Option<OutLine>),
         Deadline,
     }
     let can_send = stream.credits > 0 && !stream.lines_done;
@@ -691,9 +691,8 @@ impl Connection {
         match event {
             StreamEvent::Line(line) => {
                 stream.credits -= 1;
-                let mut data = Vec::new();
-                line.write_bson(NumberPolicy::Syncgate, &mut data);
-                self.send(&Frame::next(id, Bytes::from(data))).await?;
+                self.send(&Frame::next(id, line.serialized(Framing::Bson)))
+                    .await?;
             }
             StreamEvent::Ended(Ok(SessionEnd::ClientGone)) => self.stream = None,
             StreamEvent::Ended(Ok(end)) => {
@@ -734,6 +733,9 @@ async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
+    use syncgate_protocol::SyncLine;
+    use syncgate_protocol::bson::NumberPolicy;
+
     use super::*;
 
     #[test]
