@@ -21,10 +21,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
-use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry};
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, WriteCheckpointId};
 
 use crate::error::ClientError;
-use crate::schema::Schema;
+use crate::schema::{Schema, WRITE_CHECKPOINT_SENTINEL};
 use crate::sync::{ApplyPlan, StoredBucket};
 
 const INTERNAL_TABLES: &str = "
@@ -74,6 +74,16 @@ pub struct CrudEntry {
     pub tx_id: Option<i64>,
     /// `{"op": "PUT"|"PATCH"|"DELETE", "type", "id", "data"}`.
     pub data: Value,
+}
+
+/// The queued changes of one local transaction, uploaded together. Complete it (return `Ok` from
+/// [`crate::BackendConnector::upload_data`]) only once the backend has durably applied it: its entries are
+/// then removed from the queue; until then the same transaction is offered again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CrudTransaction {
+    pub transaction_id: i64,
+    /// In queue order; never empty.
+    pub entries: Vec<CrudEntry>,
 }
 
 /// A local SQLite database file managed by the client.
@@ -381,24 +391,86 @@ impl LocalDatabase {
         assign_transaction_ids(&tx)?;
         let entries = {
             let mut statement = tx.prepare("SELECT id, tx_id, data FROM sg_crud ORDER BY id")?;
-            let rows = statement.query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Option<i64>>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })?;
-            let mut entries = Vec::new();
-            for row in rows {
-                let (op_id, tx_id, data) = row?;
-                let data = serde_json::from_str(&data)
-                    .map_err(|e| ClientError::CorruptState(format!("upload queue entry {op_id}: {e}")))?;
-                entries.push(CrudEntry { op_id, tx_id, data });
-            }
-            entries
+            let rows = statement.query_map([], crud_row)?;
+            rows.map(|row| crud_entry(row?)).collect::<Result<Vec<_>, _>>()?
         };
         tx.commit()?;
         Ok(entries)
+    }
+
+    /// The oldest queued transaction, if any (entries written outside
+    /// [`LocalDatabase::write_transaction`] get a transaction id first).
+    pub fn next_crud_transaction(&mut self) -> Result<Option<CrudTransaction>, ClientError> {
+        // A cheap read first: the driver polls this, and the assignment below takes the write lock.
+        let queued: bool = self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM sg_crud)", [], |row| row.get(0))?;
+        if !queued {
+            return Ok(None);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        assign_transaction_ids(&tx)?;
+        let entries = {
+            let mut statement = tx.prepare(
+                "SELECT id, tx_id, data FROM sg_crud WHERE tx_id = (SELECT tx_id FROM sg_crud ORDER BY id LIMIT 1)
+                 ORDER BY id",
+            )?;
+            let rows = statement.query_map([], crud_row)?;
+            rows.map(|row| crud_entry(row?)).collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(entries
+            .first()
+            .and_then(|e| e.tx_id)
+            .map(|transaction_id| CrudTransaction {
+                transaction_id,
+                entries,
+            }))
+    }
+
+    /// Removes an uploaded transaction's entries from the queue.
+    pub fn complete_crud_transaction(&mut self, transaction: &CrudTransaction) -> Result<(), ClientError> {
+        let last = transaction.entries.iter().map(|e| e.op_id).max().unwrap_or(0);
+        self.conn.execute(
+            "DELETE FROM sg_crud WHERE tx_id = ?1 AND id <= ?2",
+            params![transaction.transaction_id, last],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the queue is empty but no write checkpoint was obtained for the uploads (the target is
+    /// still the sentinel a local write sets): the next step is `GET /write-checkpoint2.json`.
+    pub fn needs_write_checkpoint(&self) -> Result<bool, ClientError> {
+        Ok(self.conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM sg_crud)
+                AND EXISTS (SELECT 1 FROM sg_kv WHERE key = 'write_checkpoint_target' AND value = ?1)",
+            [WRITE_CHECKPOINT_SENTINEL],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Makes `id` (from the service) the write checkpoint downloads wait for, unless a local write
+    /// happened since the queue was drained (then that write's upload asks for a newer one). Returns
+    /// whether it was set.
+    pub fn set_write_checkpoint_target(&mut self, id: WriteCheckpointId) -> Result<bool, ClientError> {
+        let changed = self.conn.execute(
+            "UPDATE sg_kv SET value = ?1 WHERE key = 'write_checkpoint_target' AND value = ?2
+               AND NOT EXISTS (SELECT 1 FROM sg_crud)",
+            params![id.as_i64(), WRITE_CHECKPOINT_SENTINEL],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Whether local writes await upload or acknowledgement (queued, or a write-checkpoint target set).
+    pub fn has_pending_writes(&self) -> Result<bool, ClientError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sg_crud)
+                OR EXISTS (SELECT 1 FROM sg_kv WHERE key = 'write_checkpoint_target')",
+            [],
+            |row| row.get(0),
+        )?)
     }
 
     /// Runs a read query and returns its rows as JSON objects (column name → value; blobs as hex).
@@ -437,14 +509,25 @@ impl LocalDatabase {
     }
 }
 
-/// Gives every queue entry without a transaction id the next one (one id for all of them: they were
-/// written since the last assignment, by one transaction or by several outside our wrapper).
+/// Gives every queue entry without a transaction id one id (they were written since the last
+/// assignment, by one transaction or by several outside our wrapper): the first entry's id, which
+/// AUTOINCREMENT never reuses, so transaction ids keep increasing after the queue drains.
 fn assign_transaction_ids(tx: &rusqlite::Transaction<'_>) -> Result<(), ClientError> {
     tx.execute(
-        "UPDATE sg_crud SET tx_id = (SELECT coalesce(max(tx_id), 0) + 1 FROM sg_crud) WHERE tx_id IS NULL",
+        "UPDATE sg_crud SET tx_id = (SELECT min(id) FROM sg_crud WHERE tx_id IS NULL) WHERE tx_id IS NULL",
         [],
     )?;
     Ok(())
+}
+
+fn crud_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Option<i64>, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn crud_entry((op_id, tx_id, data): (i64, Option<i64>, String)) -> Result<CrudEntry, ClientError> {
+    let data = serde_json::from_str(&data)
+        .map_err(|e| ClientError::CorruptState(format!("upload queue entry {op_id}: {e}")))?;
+    Ok(CrudEntry { op_id, tx_id, data })
 }
 
 fn sql_value_to_json(value: rusqlite::types::ValueRef<'_>) -> Value {
@@ -663,6 +746,64 @@ mod tests {
             ApplyOutcome::Applied,
             "an acknowledged write no longer holds back checkpoints without write_checkpoint"
         );
+    }
+
+    #[test]
+    fn the_queue_drains_one_transaction_at_a_time_then_asks_for_a_write_checkpoint() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        assert!(!db.has_pending_writes().expect("pending"));
+        assert_eq!(db.next_crud_transaction().expect("next"), None);
+        db.write_transaction(|tx| {
+            tx.execute("INSERT INTO todos(id, title) VALUES ('t1', 'a')", [])?;
+            tx.execute("INSERT INTO todos(id, title) VALUES ('t2', 'b')", [])?;
+            Ok(())
+        })
+        .expect("write");
+        db.connection()
+            .execute("DELETE FROM todos WHERE id = 't1'", [])
+            .expect("delete");
+        assert!(db.has_pending_writes().expect("pending"));
+
+        let first = db.next_crud_transaction().expect("next").expect("queued");
+        assert_eq!(first.entries.len(), 2);
+        assert_eq!(
+            db.next_crud_transaction().expect("next"),
+            Some(first.clone()),
+            "offered again until completed"
+        );
+        db.complete_crud_transaction(&first).expect("complete");
+        let second = db.next_crud_transaction().expect("next").expect("queued");
+        assert_eq!(second.entries.len(), 1);
+        assert_eq!(second.entries[0].data["op"], "DELETE");
+        assert!(
+            !db.needs_write_checkpoint().expect("check"),
+            "queue not empty yet"
+        );
+        db.complete_crud_transaction(&second).expect("complete");
+        assert_eq!(db.next_crud_transaction().expect("next"), None);
+        assert!(db.needs_write_checkpoint().expect("check"));
+
+        // A write between draining and the answer keeps the sentinel: its upload asks again.
+        db.connection()
+            .execute("INSERT INTO todos(id, title) VALUES ('t3', 'c')", [])
+            .expect("insert");
+        let id = WriteCheckpointId::new(42).expect("id");
+        assert!(!db.set_write_checkpoint_target(id).expect("set"));
+        let third = db.next_crud_transaction().expect("next").expect("queued");
+        db.complete_crud_transaction(&third).expect("complete");
+        assert!(db.set_write_checkpoint_target(id).expect("set"));
+        assert!(!db.needs_write_checkpoint().expect("check"));
+        assert!(db.has_pending_writes().expect("pending"), "until acknowledged");
+        assert_eq!(
+            db.apply_checkpoint(&plan(1, &[], Some(41))).expect("apply"),
+            ApplyOutcome::WaitingForUploads
+        );
+        assert_eq!(
+            db.apply_checkpoint(&plan(1, &[], Some(42))).expect("apply"),
+            ApplyOutcome::Applied
+        );
+        assert!(!db.has_pending_writes().expect("pending"));
     }
 
     #[test]

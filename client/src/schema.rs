@@ -68,7 +68,7 @@ pub struct Index {
 
 /// Largest op id / write checkpoint: a local write sets the write-checkpoint target to it, so nothing but
 /// a server-issued id can satisfy the apply gate (PROTOCOL §4.3).
-const WRITE_CHECKPOINT_SENTINEL: &str = "9223372036854775807";
+pub(crate) const WRITE_CHECKPOINT_SENTINEL: &str = "9223372036854775807";
 
 impl Schema {
     /// Parses and validates a schema file's JSON text.
