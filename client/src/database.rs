@@ -11,7 +11,9 @@
 //!   declares (undeclared types stay here until a schema declares them); `sg_local_data` for local-only
 //!   tables;
 //! - `sg_crud`: the upload queue, one entry per row change, grouped by `tx_id`;
-//! - `sg_kv`: client id, schema, write-checkpoint target.
+//! - `sg_kv`: client id, schema, write-checkpoint target;
+//! - `sg_table_versions`: per row type, a counter bumped by every transaction that changes its rows
+//!   (a published checkpoint, a local write), which live queries watch.
 //!
 //! Publishing a checkpoint recomputes each pending row from the op log (the PUT with the highest op id
 //! across buckets wins; no PUT left deletes the row) in one transaction, and only if no local write awaits
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS sg_pending_rows (
 CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
 CREATE TABLE IF NOT EXISTS sg_local_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
 CREATE TABLE IF NOT EXISTS sg_crud (id INTEGER PRIMARY KEY AUTOINCREMENT, tx_id INTEGER, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sg_table_versions (type TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Stands for an absent subkey in the op-log key (the reference client uses the literal `null` too).
@@ -342,6 +345,16 @@ impl LocalDatabase {
             ),
             params![buckets, full],
         )?;
+        // Once per type per publish: a live query re-runs at most once per applied checkpoint.
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO sg_table_versions(type, version)
+                 SELECT p.row_type, coalesce(v.version, 0) + 1
+                 FROM (SELECT DISTINCT row_type FROM ({pending_rows})) p
+                 LEFT JOIN sg_table_versions v ON v.type = p.row_type"
+            ),
+            params![buckets, full],
+        )?;
         tx.execute(
             "DELETE FROM sg_pending_rows WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))",
             params![buckets, full],
@@ -473,11 +486,70 @@ impl LocalDatabase {
         )?)
     }
 
+    /// A live query: a stream whose first item is the result of `sql` now, then a new result each time a
+    /// transaction changes a table the query reads (a published checkpoint, a local write from any
+    /// connection or process), at most once per such transaction and only when the result differs.
+    ///
+    /// The stream has its own connection to the database file (not available for in-memory databases).
+    /// It checks `PRAGMA data_version` every `poll_interval` — a cheap read that moves only when another
+    /// connection commits — and then the versions of the tables the query names (`sg_table_versions`), so a
+    /// commit to other tables costs no re-run. A query naming no declared table re-runs on any change.
+    pub fn watch(
+        &self,
+        sql: &str,
+        params: Vec<rusqlite::types::Value>,
+        poll_interval: std::time::Duration,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<Map<String, Value>>, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or(ClientError::WatchNeedsFile)?
+            .to_owned();
+        let watcher = LocalDatabase::init(Connection::open(&path)?)?;
+        // The query is checked now, so a typo fails here and not on the first poll.
+        watcher.conn.prepare(sql)?;
+        let tables = watcher.schema()?.map(|schema| referenced_tables(sql, &schema));
+        let tables = Value::Array(
+            tables
+                .unwrap_or_default()
+                .into_iter()
+                .map(Value::String)
+                .collect(),
+        )
+        .to_string();
+        let state = WatchState {
+            db: watcher,
+            sql: sql.to_owned(),
+            params,
+            tables,
+            poll_interval,
+            seen: None,
+            last: None,
+        };
+        Ok(futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next().await;
+            Some((item, state))
+        }))
+    }
+
     /// Runs a read query and returns its rows as JSON objects (column name → value; blobs as hex).
     pub fn query_json(&self, sql: &str) -> Result<Vec<Map<String, Value>>, ClientError> {
-        let mut statement = self.conn.prepare(sql)?;
+        self.query_json_with(sql, &[])
+    }
+
+    /// [`LocalDatabase::query_json`] with positional parameters.
+    pub fn query_json_with(
+        &self,
+        sql: &str,
+        params: &[rusqlite::types::Value],
+    ) -> Result<Vec<Map<String, Value>>, ClientError> {
+        let mut statement = self.conn.prepare_cached(sql)?;
         let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
-        let mut rows = statement.query([])?;
+        let mut rows = statement.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let mut object = Map::with_capacity(names.len());
@@ -507,6 +579,69 @@ impl LocalDatabase {
         )?;
         Ok(())
     }
+}
+
+/// A live query's connection and what it last saw.
+struct WatchState {
+    db: LocalDatabase,
+    sql: String,
+    params: Vec<rusqlite::types::Value>,
+    /// JSON array of the table names the query reads; empty: any table.
+    tables: String,
+    poll_interval: std::time::Duration,
+    /// `(data_version, sum of the watched tables' versions)` at the last run.
+    seen: Option<(i64, i64)>,
+    last: Option<Vec<Map<String, Value>>>,
+}
+
+impl WatchState {
+    /// Waits for the next differing result (the first call returns the current one).
+    async fn next(&mut self) -> Result<Vec<Map<String, Value>>, ClientError> {
+        loop {
+            if self.seen.is_some() {
+                tokio::time::sleep(self.poll_interval).await;
+            }
+            let data_version: i64 = self
+                .db
+                .conn
+                .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+            if self.seen.is_some_and(|(seen, _)| seen == data_version) {
+                continue;
+            }
+            let versions: i64 = self.db.conn.query_row(
+                "SELECT coalesce(sum(version), 0) FROM sg_table_versions
+                 WHERE json_array_length(?1) = 0 OR type IN (SELECT value FROM json_each(?1))",
+                [&self.tables],
+                |row| row.get(0),
+            )?;
+            let changed = self.seen.is_none_or(|(_, seen)| seen != versions);
+            self.seen = Some((data_version, versions));
+            if !changed {
+                continue;
+            }
+            let rows = self.db.query_json_with(&self.sql, &self.params)?;
+            if self.last.as_ref() != Some(&rows) {
+                self.last = Some(rows.clone());
+                return Ok(rows);
+            }
+        }
+    }
+}
+
+/// The schema's tables whose names appear as words in `sql` (a superset of what it reads is harmless:
+/// at worst an extra re-run).
+fn referenced_tables(sql: &str, schema: &Schema) -> Vec<String> {
+    let words: std::collections::HashSet<String> = sql
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    schema
+        .tables
+        .iter()
+        .filter(|t| words.contains(&t.name.to_lowercase()))
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 /// Gives every queue entry without a transaction id one id (they were written since the last
@@ -804,6 +939,68 @@ mod tests {
             ApplyOutcome::Applied
         );
         assert!(!db.has_pending_writes().expect("pending"));
+    }
+
+    #[tokio::test]
+    async fn a_live_query_sees_local_writes_and_published_checkpoints() {
+        use futures_util::StreamExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        let watch = db
+            .watch(
+                "SELECT id, title FROM todos WHERE done = ?1 ORDER BY id",
+                vec![rusqlite::types::Value::Integer(0)],
+                std::time::Duration::from_millis(5),
+            )
+            .expect("watch");
+        let mut watch = std::pin::pin!(watch);
+        let mut next = async || {
+            let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+                .await
+                .expect("a new result in time")
+                .expect("stream open")
+                .expect("query");
+            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+        };
+        assert_eq!(next().await, "[]");
+
+        db.connection()
+            .execute("INSERT INTO todos(id, title, done) VALUES ('t1', 'local', 0)", [])
+            .expect("local write");
+        assert_eq!(next().await, r#"[{"id":"t1","title":"local"}]"#);
+
+        // Synced rows show once the checkpoint publishes, both in one new result.
+        db.connection()
+            .execute("DELETE FROM sg_crud", [])
+            .expect("acknowledged");
+        db.connection()
+            .execute("DELETE FROM sg_kv WHERE key = 'write_checkpoint_target'", [])
+            .expect("acknowledged");
+        store(
+            &mut db,
+            "b",
+            &[
+                put(1, "todos", "t2", r#"{"title":"synced","done":0}"#),
+                put(2, "todos", "t3", r#"{"title":"synced too","done":0}"#),
+            ],
+        );
+        db.connection()
+            .execute("INSERT INTO drafts(id, body) VALUES ('d1', 'another table')", [])
+            .expect("unrelated write");
+        db.apply_checkpoint(&plan(2, &["b"], None)).expect("apply");
+        assert_eq!(
+            next().await,
+            r#"[{"id":"t1","title":"local"},{"id":"t2","title":"synced"},{"id":"t3","title":"synced too"}]"#
+        );
+        assert!(matches!(
+            LocalDatabase::open_in_memory().expect("db").watch(
+                "SELECT 1",
+                Vec::new(),
+                std::time::Duration::from_millis(5)
+            ),
+            Err(ClientError::WatchNeedsFile)
+        ));
     }
 
     #[test]

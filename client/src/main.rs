@@ -70,6 +70,15 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         max_failures: u32,
     },
+    /// Print the result of SQL as one JSON array line, then a new line each time the result changes.
+    Watch {
+        #[arg(long)]
+        db: PathBuf,
+        sql: String,
+        /// How often to check the database for commits.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
     /// Run SQL as one local write transaction: changes go to the tables and the upload queue.
     Exec {
         #[arg(long)]
@@ -241,6 +250,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             tracing::info!(changes, "local write queued for upload");
             Ok(())
+        }
+        Command::Watch { db, sql, interval_ms } => {
+            use futures_util::StreamExt as _;
+            use std::io::Write as _;
+            let database = open_existing(&db)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let stream = database.watch(&sql, Vec::new(), Duration::from_millis(interval_ms))?;
+            runtime.block_on(async {
+                let mut stream = std::pin::pin!(stream);
+                let mut stdout = std::io::stdout().lock();
+                while let Some(rows) = stream.next().await {
+                    let rows = rows?;
+                    let line =
+                        serde_json::Value::Array(rows.into_iter().map(serde_json::Value::Object).collect());
+                    // Flushed per line: a reader acts on each result as it comes.
+                    writeln!(stdout, "{line}")?;
+                    stdout.flush()?;
+                }
+                Ok(())
+            })
         }
         Command::Query { db, sql } => {
             let database = open_existing(&db)?;

@@ -328,6 +328,44 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         serde_json::json!([{"id": "t0"}])
     );
 
+    // A live query in its own process, following the steps below.
+    let mut watch = client_binary()
+        .arg("watch")
+        .arg("--db")
+        .arg(&file)
+        .arg(CLIENT_TODOS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let watched: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let watch_lines = {
+        let watched = Arc::clone(&watched);
+        let stdout = watch.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let line = line.expect("watch output");
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("watch line {line:?} is not JSON: {e}"));
+                watched.lock().expect("lock").push(value);
+            }
+        })
+    };
+    let watch_saw = |what: &str, gateway: &GatewayProcess, rows: Value| {
+        wait_for(what, gateway, || {
+            let seen = watched.lock().expect("lock");
+            seen.contains(&rows)
+                .then_some(())
+                .ok_or(format!("watch printed {seen:?}"))
+        });
+    };
+    watch_saw(
+        "the watch's first result",
+        &gateway,
+        local_rows(&file, CLIENT_TODOS),
+    );
+
     // 1. An insert (two rows, one transaction), an update and a delete, uploaded and acknowledged.
     exec(
         &file,
@@ -398,6 +436,11 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         serde_json::json!([{"queued": 2, "awaiting": 1}]),
         "and kept queued"
     );
+    watch_saw(
+        "the watch sees the offline writes",
+        &gateway,
+        local_rows(&file, CLIENT_TODOS),
+    );
     backend.set_mode(Mode::Online);
     gateway.restart();
     wait_for("offline writes converge", &gateway, || converged(&db, &file));
@@ -408,7 +451,24 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         ),
         serde_json::json!([{"id": "t1", "completed": 1}, {"id": "t3", "completed": 0}])
     );
+    // A change made in Postgres reaches the watch through sync.
+    db.psql("UPDATE todos SET description = 'changed in postgres' WHERE id = 't1'")
+        .expect("update");
+    wait_for("the Postgres change syncs", &gateway, || converged(&db, &file));
+    watch_saw(
+        "the watch sees the synced change",
+        &gateway,
+        local_rows(&file, CLIENT_TODOS),
+    );
+    assert!(
+        local_rows(&file, CLIENT_TODOS)
+            .to_string()
+            .contains("changed in postgres"),
+        "the synced change is in what the watch printed"
+    );
     kill(sync);
+    kill(watch);
+    watch_lines.join().expect("watch reader");
 
     // 3. A crash mid-upload: the backend commits the transaction but never answers, and the client is
     // SIGKILLed waiting. Restarted, it uploads the same transaction again (the backend applies it
@@ -458,7 +518,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     assert_eq!(
         pg_json(&db, PG_TODOS),
         serde_json::json!([
-            {"id": "t1", "description": "milk", "completed": 1, "owner_id": "user1"},
+            {"id": "t1", "description": "changed in postgres", "completed": 1, "owner_id": "user1"},
             {"id": "t3", "description": "offline, then crash", "completed": 0, "owner_id": "user1"},
             {"id": "t4", "description": "crash", "completed": 0, "owner_id": "user1"},
         ])
