@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS sg_pending_rows (
     row_id TEXT NOT NULL,
     PRIMARY KEY (bucket, row_type, row_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
+CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sg_local_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
 CREATE TABLE IF NOT EXISTS sg_crud (id INTEGER PRIMARY KEY AUTOINCREMENT, tx_id INTEGER, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sg_table_versions (type TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
@@ -355,10 +355,15 @@ impl LocalDatabase {
             ),
             params![buckets, full],
         )?;
-        tx.execute(
-            "DELETE FROM sg_pending_rows WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))",
-            params![buckets, full],
-        )?;
+        if full {
+            // Unconditional: SQLite truncates the table instead of deleting row by row.
+            tx.execute("DELETE FROM sg_pending_rows", [])?;
+        } else {
+            tx.execute(
+                "DELETE FROM sg_pending_rows WHERE bucket IN (SELECT value FROM json_each(?1))",
+                [&buckets],
+            )?;
+        }
         tx.execute(
             "UPDATE sg_buckets SET last_op = max(last_op, ?2), last_applied_op = ?2
              WHERE name IN (SELECT value FROM json_each(?1))",
