@@ -5,7 +5,9 @@
 //! - `sg_buckets`: per bucket, the last op received (`last_op`, the next request's `after`), the last
 //!   checkpoint applied, and the running checksum of every op received since the last CLEAR;
 //! - `sg_oplog`: the latest PUT of each row key `(bucket, type, id, subkey)`; a later PUT or REMOVE of the
-//!   same key replaces or deletes it (a REMOVE is not stored);
+//!   same key replaces or deletes it (a REMOVE is not stored). Keyed row first: publishing looks up every
+//!   pending row's PUTs across buckets, with the data in the same b-tree; a bucket-wide CLEAR or removal
+//!   (rare) scans the table instead of every op paying for a second index;
 //! - `sg_pending_rows`: rows touched by downloaded ops and not yet published, per bucket;
 //! - `sg_data`: the synced rows the app sees, one JSON document per `(type, id)`, whatever the schema
 //!   declares (undeclared types stay here until a schema declares them); `sg_local_data` for local-only
@@ -44,14 +46,14 @@ CREATE TABLE IF NOT EXISTS sg_oplog (
     subkey TEXT NOT NULL,
     op_id INTEGER NOT NULL,
     data TEXT NOT NULL,
-    PRIMARY KEY (bucket, row_type, row_id, subkey)
+    PRIMARY KEY (row_type, row_id, bucket, subkey)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sg_oplog_by_row ON sg_oplog (row_type, row_id, op_id);
 CREATE TABLE IF NOT EXISTS sg_pending_rows (
     bucket TEXT NOT NULL,
     row_type TEXT NOT NULL,
     row_id TEXT NOT NULL,
-    PRIMARY KEY (bucket, row_type, row_id)
+    -- Row first: publishing reads the distinct rows in key order, without a temporary sort.
+    PRIMARY KEY (row_type, row_id, bucket)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sg_local_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
@@ -276,15 +278,27 @@ impl LocalDatabase {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for bucket in buckets {
-            tx.execute(
-                "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id)
-                 SELECT bucket, row_type, row_id FROM sg_oplog WHERE bucket = ?1",
-                [bucket.as_str()],
-            )?;
-            tx.execute("DELETE FROM sg_oplog WHERE bucket = ?1", [bucket.as_str()])?;
-            tx.execute("DELETE FROM sg_buckets WHERE name = ?1", [bucket.as_str()])?;
-        }
+        // One scan of the op log for all of them (it is keyed by row, not bucket).
+        let names = Value::Array(
+            buckets
+                .iter()
+                .map(|b| Value::String(b.as_str().to_owned()))
+                .collect(),
+        )
+        .to_string();
+        tx.execute(
+            "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id)
+             SELECT bucket, row_type, row_id FROM sg_oplog WHERE bucket IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
+        tx.execute(
+            "DELETE FROM sg_oplog WHERE bucket IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
+        tx.execute(
+            "DELETE FROM sg_buckets WHERE name IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -323,25 +337,29 @@ impl LocalDatabase {
         let full = plan.priority.is_none();
         // Full checkpoint: every pending row, whatever bucket touched it (removed buckets included);
         // partial: rows touched by the included buckets, valued from those buckets only.
-        let pending_rows = "SELECT DISTINCT row_type, row_id FROM sg_pending_rows
-                            WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))";
+        let included_pending = "(?2 OR p.bucket IN (SELECT value FROM json_each(?1)))";
+        let included_op = "(?2 OR o.bucket IN (SELECT value FROM json_each(?1)))";
+        // One pass in key order (both tables are keyed row first; CROSS JOIN keeps the pending rows
+        // outside, so no temporary sort): per row, the PUT with the highest op id. SQLite takes the
+        // bare column `o.data` from the row where max() is found.
         tx.execute(
             &format!(
                 "INSERT OR REPLACE INTO sg_data(type, id, data)
-                 SELECT p.row_type, p.row_id, (
-                     SELECT o.data FROM sg_oplog o
-                     WHERE o.row_type = p.row_type AND o.row_id = p.row_id
-                       AND (?2 OR o.bucket IN (SELECT value FROM json_each(?1)))
-                     ORDER BY o.op_id DESC LIMIT 1) AS winner
-                 FROM ({pending_rows}) p WHERE winner IS NOT NULL"
+                 SELECT row_type, row_id, data FROM (
+                     SELECT o.row_type, o.row_id, o.data, max(o.op_id)
+                     FROM sg_pending_rows p CROSS JOIN sg_oplog o
+                         ON o.row_type = p.row_type AND o.row_id = p.row_id
+                     WHERE {included_pending} AND {included_op}
+                     GROUP BY p.row_type, p.row_id)"
             ),
             params![buckets, full],
         )?;
         tx.execute(
             &format!(
-                "DELETE FROM sg_data WHERE (type, id) IN ({pending_rows}) AND NOT EXISTS (
-                     SELECT 1 FROM sg_oplog o WHERE o.row_type = sg_data.type AND o.row_id = sg_data.id
-                       AND (?2 OR o.bucket IN (SELECT value FROM json_each(?1))))"
+                "DELETE FROM sg_data WHERE (type, id) IN (
+                     SELECT p.row_type, p.row_id FROM sg_pending_rows p WHERE {included_pending} AND NOT EXISTS (
+                         SELECT 1 FROM sg_oplog o
+                         WHERE o.row_type = p.row_type AND o.row_id = p.row_id AND {included_op}))"
             ),
             params![buckets, full],
         )?;
@@ -349,9 +367,9 @@ impl LocalDatabase {
         tx.execute(
             &format!(
                 "INSERT OR REPLACE INTO sg_table_versions(type, version)
-                 SELECT p.row_type, coalesce(v.version, 0) + 1
-                 FROM (SELECT DISTINCT row_type FROM ({pending_rows})) p
-                 LEFT JOIN sg_table_versions v ON v.type = p.row_type"
+                 SELECT t.row_type, coalesce(v.version, 0) + 1
+                 FROM (SELECT DISTINCT p.row_type FROM sg_pending_rows p WHERE {included_pending}) t
+                 LEFT JOIN sg_table_versions v ON v.type = t.row_type"
             ),
             params![buckets, full],
         )?;
