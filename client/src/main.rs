@@ -244,11 +244,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if database.schema()?.is_none() {
                 return Err(ClientError::NoSchema.into());
             }
-            let changes = database.write_transaction(|tx| {
+            let queued = database.write_transaction(|tx| {
+                let count = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<i64> {
+                    tx.query_row("SELECT count(*) FROM sg_crud", [], |row| row.get(0))
+                };
+                let before = count(tx)?;
                 tx.execute_batch(&sql)?;
-                Ok(tx.changes())
+                Ok(count(tx)? - before)
             })?;
-            tracing::info!(changes, "local write queued for upload");
+            tracing::info!(queued, "local write done; row changes queued for upload");
             Ok(())
         }
         Command::Watch { db, sql, interval_ms } => {
