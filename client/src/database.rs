@@ -21,11 +21,15 @@
 //! across buckets wins; no PUT left deletes the row) in one transaction, and only if no local write awaits
 //! acknowledgement: the check and the publish are atomic because both happen in that transaction.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, WriteCheckpointId};
+
+use tokio::sync::Notify;
 
 use crate::error::ClientError;
 use crate::schema::{Schema, WRITE_CHECKPOINT_SENTINEL};
@@ -95,6 +99,19 @@ pub struct CrudTransaction {
 #[derive(Debug)]
 pub struct LocalDatabase {
     conn: Connection,
+    /// Wakes this process's live queries on the same file after a commit here (None in memory).
+    commits: Option<Arc<Notify>>,
+}
+
+/// Per database file, what this process's live queries wait on besides their poll: a commit through a
+/// [`LocalDatabase`] of the same process wakes them at once. Commits by other processes (and through
+/// [`LocalDatabase::connection`] directly) are seen at the next poll.
+fn commit_notifier(path: &str) -> Arc<Notify> {
+    static NOTIFIERS: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Mutex::default);
+    let mut notifiers = NOTIFIERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(notifiers.entry(path.to_owned()).or_default())
 }
 
 impl LocalDatabase {
@@ -114,7 +131,8 @@ impl LocalDatabase {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(INTERNAL_TABLES)?;
-        Ok(LocalDatabase { conn })
+        let commits = conn.path().filter(|p| !p.is_empty()).map(commit_notifier);
+        Ok(LocalDatabase { conn, commits })
     }
 
     /// The connection, for the app's own reads and writes. Writes through the schema's views queue
@@ -134,7 +152,14 @@ impl LocalDatabase {
         let value = f(&tx)?;
         assign_transaction_ids(&tx)?;
         tx.commit()?;
+        self.notify_commit();
         Ok(value)
+    }
+
+    fn notify_commit(&self) {
+        if let Some(commits) = &self.commits {
+            commits.notify_waiters();
+        }
     }
 
     /// The persistent client id (a random UUID v4, created on first use).
@@ -402,6 +427,7 @@ impl LocalDatabase {
             }
         }
         tx.commit()?;
+        self.notify_commit();
         Ok(ApplyOutcome::Applied)
     }
 
@@ -514,7 +540,9 @@ impl LocalDatabase {
     /// connection or process), at most once per such transaction and only when the result differs.
     ///
     /// The stream has its own connection to the database file (not available for in-memory databases).
-    /// It checks `PRAGMA data_version` every `poll_interval` — a cheap read that moves only when another
+    /// It checks at once after a commit through a [`LocalDatabase`] of this process (a published
+    /// checkpoint, [`LocalDatabase::write_transaction`]), otherwise every `poll_interval`: it reads
+    /// `PRAGMA data_version` — a cheap read that moves only when another
     /// connection commits — and then the versions of the tables the query names (`sg_table_versions`), so a
     /// commit to other tables costs no re-run. A query naming no declared table re-runs on any change.
     pub fn watch(
@@ -620,34 +648,48 @@ struct WatchState {
 impl WatchState {
     /// Waits for the next differing result (the first call returns the current one).
     async fn next(&mut self) -> Result<Vec<Map<String, Value>>, ClientError> {
+        let commits = self.db.commits.clone().expect("a watch has a database file");
         loop {
-            if self.seen.is_some() {
-                tokio::time::sleep(self.poll_interval).await;
-            }
-            let data_version: i64 = self
-                .db
-                .conn
-                .query_row("PRAGMA data_version", [], |row| row.get(0))?;
-            if self.seen.is_some_and(|(seen, _)| seen == data_version) {
-                continue;
-            }
-            let versions: i64 = self.db.conn.query_row(
-                "SELECT coalesce(sum(version), 0) FROM sg_table_versions
-                 WHERE json_array_length(?1) = 0 OR type IN (SELECT value FROM json_each(?1))",
-                [&self.tables],
-                |row| row.get(0),
-            )?;
-            let changed = self.seen.is_none_or(|(_, seen)| seen != versions);
-            self.seen = Some((data_version, versions));
-            if !changed {
-                continue;
-            }
-            let rows = self.db.query_json_with(&self.sql, &self.params)?;
-            if self.last.as_ref() != Some(&rows) {
-                self.last = Some(rows.clone());
+            // Registered before the check: a commit between the check and the wait still wakes it.
+            let notified = commits.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(rows) = self.check()? {
                 return Ok(rows);
             }
+            tokio::select! {
+                () = tokio::time::sleep(self.poll_interval) => {}
+                () = notified => {}
+            }
         }
+    }
+
+    /// Re-runs the query if a table it reads changed since the last check; returns a differing result.
+    fn check(&mut self) -> Result<Option<Vec<Map<String, Value>>>, ClientError> {
+        let data_version: i64 = self
+            .db
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.seen.is_some_and(|(seen, _)| seen == data_version) {
+            return Ok(None);
+        }
+        let versions: i64 = self.db.conn.query_row(
+            "SELECT coalesce(sum(version), 0) FROM sg_table_versions
+             WHERE json_array_length(?1) = 0 OR type IN (SELECT value FROM json_each(?1))",
+            [&self.tables],
+            |row| row.get(0),
+        )?;
+        let changed = self.seen.is_none_or(|(_, seen)| seen != versions);
+        self.seen = Some((data_version, versions));
+        if !changed {
+            return Ok(None);
+        }
+        let rows = self.db.query_json_with(&self.sql, &self.params)?;
+        if self.last.as_ref() == Some(&rows) {
+            return Ok(None);
+        }
+        self.last = Some(rows.clone());
+        Ok(Some(rows))
     }
 }
 
@@ -1024,6 +1066,42 @@ mod tests {
             ),
             Err(ClientError::WatchNeedsFile)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_commit_in_this_process_wakes_a_live_query_without_waiting_for_its_poll() {
+        use futures_util::StreamExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        // A poll interval no test waits for: only the commit notification can produce the second result.
+        let watch = db
+            .watch(
+                "SELECT id FROM todos",
+                Vec::new(),
+                std::time::Duration::from_secs(3600),
+            )
+            .expect("watch");
+        let mut watch = std::pin::pin!(watch);
+        let mut next = async || {
+            let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+                .await
+                .expect("a new result in time")
+                .expect("stream open")
+                .expect("query");
+            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+        };
+        assert_eq!(next().await, "[]");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            db.write_transaction(|tx| {
+                tx.execute("INSERT INTO todos(id, title) VALUES ('t1', 'a')", [])?;
+                Ok(())
+            })
+            .expect("write");
+        });
+        assert_eq!(next().await, r#"[{"id":"t1"}]"#);
+        writer.await.expect("writer");
     }
 
     #[test]
