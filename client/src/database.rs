@@ -5,26 +5,34 @@
 //! - `sg_buckets`: per bucket, the last op received (`last_op`, the next request's `after`), the last
 //!   checkpoint applied, and the running checksum of every op received since the last CLEAR;
 //! - `sg_oplog`: the latest PUT of each row key `(bucket, type, id, subkey)`; a later PUT or REMOVE of the
-//!   same key replaces or deletes it (a REMOVE is not stored);
+//!   same key replaces or deletes it (a REMOVE is not stored). Keyed row first: publishing looks up every
+//!   pending row's PUTs across buckets, with the data in the same b-tree; a bucket-wide CLEAR or removal
+//!   (rare) scans the table instead of every op paying for a second index;
 //! - `sg_pending_rows`: rows touched by downloaded ops and not yet published, per bucket;
 //! - `sg_data`: the synced rows the app sees, one JSON document per `(type, id)`, whatever the schema
 //!   declares (undeclared types stay here until a schema declares them); `sg_local_data` for local-only
 //!   tables;
 //! - `sg_crud`: the upload queue, one entry per row change, grouped by `tx_id`;
-//! - `sg_kv`: client id, schema, write-checkpoint target.
+//! - `sg_kv`: client id, schema, write-checkpoint target;
+//! - `sg_table_versions`: per row type, a counter bumped by every transaction that changes its rows
+//!   (a published checkpoint, a local write), which live queries watch.
 //!
 //! Publishing a checkpoint recomputes each pending row from the op log (the PUT with the highest op id
 //! across buckets wins; no PUT left deletes the row) in one transaction, and only if no local write awaits
 //! acknowledgement: the check and the publish are atomic because both happen in that transaction.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
-use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry};
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, WriteCheckpointId};
+
+use tokio::sync::Notify;
 
 use crate::error::ClientError;
-use crate::schema::Schema;
+use crate::schema::{Schema, WRITE_CHECKPOINT_SENTINEL};
 use crate::sync::{ApplyPlan, StoredBucket};
 
 const INTERNAL_TABLES: &str = "
@@ -42,18 +50,19 @@ CREATE TABLE IF NOT EXISTS sg_oplog (
     subkey TEXT NOT NULL,
     op_id INTEGER NOT NULL,
     data TEXT NOT NULL,
-    PRIMARY KEY (bucket, row_type, row_id, subkey)
+    PRIMARY KEY (row_type, row_id, bucket, subkey)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sg_oplog_by_row ON sg_oplog (row_type, row_id, op_id);
 CREATE TABLE IF NOT EXISTS sg_pending_rows (
     bucket TEXT NOT NULL,
     row_type TEXT NOT NULL,
     row_id TEXT NOT NULL,
-    PRIMARY KEY (bucket, row_type, row_id)
+    -- Row first: publishing reads the distinct rows in key order, without a temporary sort.
+    PRIMARY KEY (row_type, row_id, bucket)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
+CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sg_local_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
 CREATE TABLE IF NOT EXISTS sg_crud (id INTEGER PRIMARY KEY AUTOINCREMENT, tx_id INTEGER, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sg_table_versions (type TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Stands for an absent subkey in the op-log key (the reference client uses the literal `null` too).
@@ -76,10 +85,33 @@ pub struct CrudEntry {
     pub data: Value,
 }
 
+/// The queued changes of one local transaction, uploaded together. Complete it (return `Ok` from
+/// [`crate::BackendConnector::upload_data`]) only once the backend has durably applied it: its entries are
+/// then removed from the queue; until then the same transaction is offered again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CrudTransaction {
+    pub transaction_id: i64,
+    /// In queue order; never empty.
+    pub entries: Vec<CrudEntry>,
+}
+
 /// A local SQLite database file managed by the client.
 #[derive(Debug)]
 pub struct LocalDatabase {
     conn: Connection,
+    /// Wakes this process's live queries on the same file after a commit here (None in memory).
+    commits: Option<Arc<Notify>>,
+}
+
+/// Per database file, what this process's live queries wait on besides their poll: a commit through a
+/// [`LocalDatabase`] of the same process wakes them at once. Commits by other processes (and through
+/// [`LocalDatabase::connection`] directly) are seen at the next poll.
+fn commit_notifier(path: &str) -> Arc<Notify> {
+    static NOTIFIERS: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Mutex::default);
+    let mut notifiers = NOTIFIERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(notifiers.entry(path.to_owned()).or_default())
 }
 
 impl LocalDatabase {
@@ -99,7 +131,8 @@ impl LocalDatabase {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(INTERNAL_TABLES)?;
-        Ok(LocalDatabase { conn })
+        let commits = conn.path().filter(|p| !p.is_empty()).map(commit_notifier);
+        Ok(LocalDatabase { conn, commits })
     }
 
     /// The connection, for the app's own reads and writes. Writes through the schema's views queue
@@ -119,7 +152,14 @@ impl LocalDatabase {
         let value = f(&tx)?;
         assign_transaction_ids(&tx)?;
         tx.commit()?;
+        self.notify_commit();
         Ok(value)
+    }
+
+    fn notify_commit(&self) {
+        if let Some(commits) = &self.commits {
+            commits.notify_waiters();
+        }
     }
 
     /// The persistent client id (a random UUID v4, created on first use).
@@ -263,15 +303,27 @@ impl LocalDatabase {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for bucket in buckets {
-            tx.execute(
-                "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id)
-                 SELECT bucket, row_type, row_id FROM sg_oplog WHERE bucket = ?1",
-                [bucket.as_str()],
-            )?;
-            tx.execute("DELETE FROM sg_oplog WHERE bucket = ?1", [bucket.as_str()])?;
-            tx.execute("DELETE FROM sg_buckets WHERE name = ?1", [bucket.as_str()])?;
-        }
+        // One scan of the op log for all of them (it is keyed by row, not bucket).
+        let names = Value::Array(
+            buckets
+                .iter()
+                .map(|b| Value::String(b.as_str().to_owned()))
+                .collect(),
+        )
+        .to_string();
+        tx.execute(
+            "INSERT OR IGNORE INTO sg_pending_rows(bucket, row_type, row_id)
+             SELECT bucket, row_type, row_id FROM sg_oplog WHERE bucket IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
+        tx.execute(
+            "DELETE FROM sg_oplog WHERE bucket IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
+        tx.execute(
+            "DELETE FROM sg_buckets WHERE name IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -310,32 +362,51 @@ impl LocalDatabase {
         let full = plan.priority.is_none();
         // Full checkpoint: every pending row, whatever bucket touched it (removed buckets included);
         // partial: rows touched by the included buckets, valued from those buckets only.
-        let pending_rows = "SELECT DISTINCT row_type, row_id FROM sg_pending_rows
-                            WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))";
+        let included_pending = "(?2 OR p.bucket IN (SELECT value FROM json_each(?1)))";
+        let included_op = "(?2 OR o.bucket IN (SELECT value FROM json_each(?1)))";
+        // One pass in key order (both tables are keyed row first; CROSS JOIN keeps the pending rows
+        // outside, so no temporary sort): per row, the PUT with the highest op id. SQLite takes the
+        // bare column `o.data` from the row where max() is found.
         tx.execute(
             &format!(
                 "INSERT OR REPLACE INTO sg_data(type, id, data)
-                 SELECT p.row_type, p.row_id, (
-                     SELECT o.data FROM sg_oplog o
-                     WHERE o.row_type = p.row_type AND o.row_id = p.row_id
-                       AND (?2 OR o.bucket IN (SELECT value FROM json_each(?1)))
-                     ORDER BY o.op_id DESC LIMIT 1) AS winner
-                 FROM ({pending_rows}) p WHERE winner IS NOT NULL"
+                 SELECT row_type, row_id, data FROM (
+                     SELECT o.row_type, o.row_id, o.data, max(o.op_id)
+                     FROM sg_pending_rows p CROSS JOIN sg_oplog o
+                         ON o.row_type = p.row_type AND o.row_id = p.row_id
+                     WHERE {included_pending} AND {included_op}
+                     GROUP BY p.row_type, p.row_id)"
             ),
             params![buckets, full],
         )?;
         tx.execute(
             &format!(
-                "DELETE FROM sg_data WHERE (type, id) IN ({pending_rows}) AND NOT EXISTS (
-                     SELECT 1 FROM sg_oplog o WHERE o.row_type = sg_data.type AND o.row_id = sg_data.id
-                       AND (?2 OR o.bucket IN (SELECT value FROM json_each(?1))))"
+                "DELETE FROM sg_data WHERE (type, id) IN (
+                     SELECT p.row_type, p.row_id FROM sg_pending_rows p WHERE {included_pending} AND NOT EXISTS (
+                         SELECT 1 FROM sg_oplog o
+                         WHERE o.row_type = p.row_type AND o.row_id = p.row_id AND {included_op}))"
             ),
             params![buckets, full],
         )?;
+        // Once per type per publish: a live query re-runs at most once per applied checkpoint.
         tx.execute(
-            "DELETE FROM sg_pending_rows WHERE ?2 OR bucket IN (SELECT value FROM json_each(?1))",
+            &format!(
+                "INSERT OR REPLACE INTO sg_table_versions(type, version)
+                 SELECT t.row_type, coalesce(v.version, 0) + 1
+                 FROM (SELECT DISTINCT p.row_type FROM sg_pending_rows p WHERE {included_pending}) t
+                 LEFT JOIN sg_table_versions v ON v.type = t.row_type"
+            ),
             params![buckets, full],
         )?;
+        if full {
+            // Unconditional: SQLite truncates the table instead of deleting row by row.
+            tx.execute("DELETE FROM sg_pending_rows", [])?;
+        } else {
+            tx.execute(
+                "DELETE FROM sg_pending_rows WHERE bucket IN (SELECT value FROM json_each(?1))",
+                [&buckets],
+            )?;
+        }
         tx.execute(
             "UPDATE sg_buckets SET last_op = max(last_op, ?2), last_applied_op = ?2
              WHERE name IN (SELECT value FROM json_each(?1))",
@@ -356,6 +427,7 @@ impl LocalDatabase {
             }
         }
         tx.commit()?;
+        self.notify_commit();
         Ok(ApplyOutcome::Applied)
     }
 
@@ -381,31 +453,154 @@ impl LocalDatabase {
         assign_transaction_ids(&tx)?;
         let entries = {
             let mut statement = tx.prepare("SELECT id, tx_id, data FROM sg_crud ORDER BY id")?;
-            let rows = statement.query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Option<i64>>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })?;
-            let mut entries = Vec::new();
-            for row in rows {
-                let (op_id, tx_id, data) = row?;
-                let data = serde_json::from_str(&data)
-                    .map_err(|e| ClientError::CorruptState(format!("upload queue entry {op_id}: {e}")))?;
-                entries.push(CrudEntry { op_id, tx_id, data });
-            }
-            entries
+            let rows = statement.query_map([], crud_row)?;
+            rows.map(|row| crud_entry(row?)).collect::<Result<Vec<_>, _>>()?
         };
         tx.commit()?;
         Ok(entries)
     }
 
+    /// The oldest queued transaction, if any (entries written outside
+    /// [`LocalDatabase::write_transaction`] get a transaction id first).
+    pub fn next_crud_transaction(&mut self) -> Result<Option<CrudTransaction>, ClientError> {
+        // A cheap read first: the driver polls this, and the assignment below takes the write lock.
+        let queued: bool = self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM sg_crud)", [], |row| row.get(0))?;
+        if !queued {
+            return Ok(None);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        assign_transaction_ids(&tx)?;
+        let entries = {
+            let mut statement = tx.prepare(
+                "SELECT id, tx_id, data FROM sg_crud WHERE tx_id = (SELECT tx_id FROM sg_crud ORDER BY id LIMIT 1)
+                 ORDER BY id",
+            )?;
+            let rows = statement.query_map([], crud_row)?;
+            rows.map(|row| crud_entry(row?)).collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(entries
+            .first()
+            .and_then(|e| e.tx_id)
+            .map(|transaction_id| CrudTransaction {
+                transaction_id,
+                entries,
+            }))
+    }
+
+    /// Removes an uploaded transaction's entries from the queue.
+    pub fn complete_crud_transaction(&mut self, transaction: &CrudTransaction) -> Result<(), ClientError> {
+        let last = transaction.entries.iter().map(|e| e.op_id).max().unwrap_or(0);
+        self.conn.execute(
+            "DELETE FROM sg_crud WHERE tx_id = ?1 AND id <= ?2",
+            params![transaction.transaction_id, last],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the queue is empty but no write checkpoint was obtained for the uploads (the target is
+    /// still the sentinel a local write sets): the next step is `GET /write-checkpoint2.json`.
+    pub fn needs_write_checkpoint(&self) -> Result<bool, ClientError> {
+        Ok(self.conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM sg_crud)
+                AND EXISTS (SELECT 1 FROM sg_kv WHERE key = 'write_checkpoint_target' AND value = ?1)",
+            [WRITE_CHECKPOINT_SENTINEL],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Makes `id` (from the service) the write checkpoint downloads wait for, unless a local write
+    /// happened since the queue was drained (then that write's upload asks for a newer one). Returns
+    /// whether it was set.
+    pub fn set_write_checkpoint_target(&mut self, id: WriteCheckpointId) -> Result<bool, ClientError> {
+        let changed = self.conn.execute(
+            "UPDATE sg_kv SET value = ?1 WHERE key = 'write_checkpoint_target' AND value = ?2
+               AND NOT EXISTS (SELECT 1 FROM sg_crud)",
+            params![id.as_i64(), WRITE_CHECKPOINT_SENTINEL],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Whether local writes await upload or acknowledgement (queued, or a write-checkpoint target set).
+    pub fn has_pending_writes(&self) -> Result<bool, ClientError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sg_crud)
+                OR EXISTS (SELECT 1 FROM sg_kv WHERE key = 'write_checkpoint_target')",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// A live query: a stream whose first item is the result of `sql` now, then a new result each time a
+    /// transaction changes a table the query reads (a published checkpoint, a local write from any
+    /// connection or process), at most once per such transaction and only when the result differs.
+    ///
+    /// The stream has its own connection to the database file (not available for in-memory databases).
+    /// It checks at once after a commit through a [`LocalDatabase`] of this process (a published
+    /// checkpoint, [`LocalDatabase::write_transaction`]), otherwise every `poll_interval`: it reads
+    /// `PRAGMA data_version` — a cheap read that moves only when another
+    /// connection commits — and then the versions of the tables the query names (`sg_table_versions`), so a
+    /// commit to other tables costs no re-run. A query naming no declared table re-runs on any change.
+    pub fn watch(
+        &self,
+        sql: &str,
+        params: Vec<rusqlite::types::Value>,
+        poll_interval: std::time::Duration,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<Vec<Map<String, Value>>, ClientError>> + Send + 'static,
+        ClientError,
+    > {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or(ClientError::WatchNeedsFile)?
+            .to_owned();
+        let watcher = LocalDatabase::init(Connection::open(&path)?)?;
+        // The query is checked now, so a typo fails here and not on the first poll.
+        watcher.conn.prepare(sql)?;
+        let tables = watcher.schema()?.map(|schema| referenced_tables(sql, &schema));
+        let tables = Value::Array(
+            tables
+                .unwrap_or_default()
+                .into_iter()
+                .map(Value::String)
+                .collect(),
+        )
+        .to_string();
+        let state = WatchState {
+            db: watcher,
+            sql: sql.to_owned(),
+            params,
+            tables,
+            poll_interval,
+            seen: None,
+            last: None,
+        };
+        Ok(futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next().await;
+            Some((item, state))
+        }))
+    }
+
     /// Runs a read query and returns its rows as JSON objects (column name → value; blobs as hex).
     pub fn query_json(&self, sql: &str) -> Result<Vec<Map<String, Value>>, ClientError> {
-        let mut statement = self.conn.prepare(sql)?;
+        self.query_json_with(sql, &[])
+    }
+
+    /// [`LocalDatabase::query_json`] with positional parameters.
+    pub fn query_json_with(
+        &self,
+        sql: &str,
+        params: &[rusqlite::types::Value],
+    ) -> Result<Vec<Map<String, Value>>, ClientError> {
+        let mut statement = self.conn.prepare_cached(sql)?;
         let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
-        let mut rows = statement.query([])?;
+        let mut rows = statement.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let mut object = Map::with_capacity(names.len());
@@ -437,14 +632,102 @@ impl LocalDatabase {
     }
 }
 
-/// Gives every queue entry without a transaction id the next one (one id for all of them: they were
-/// written since the last assignment, by one transaction or by several outside our wrapper).
+/// A live query's connection and what it last saw.
+struct WatchState {
+    db: LocalDatabase,
+    sql: String,
+    params: Vec<rusqlite::types::Value>,
+    /// JSON array of the table names the query reads; empty: any table.
+    tables: String,
+    poll_interval: std::time::Duration,
+    /// `(data_version, sum of the watched tables' versions)` at the last run.
+    seen: Option<(i64, i64)>,
+    last: Option<Vec<Map<String, Value>>>,
+}
+
+impl WatchState {
+    /// Waits for the next differing result (the first call returns the current one).
+    async fn next(&mut self) -> Result<Vec<Map<String, Value>>, ClientError> {
+        let commits = self.db.commits.clone().expect("a watch has a database file");
+        loop {
+            // Registered before the check: a commit between the check and the wait still wakes it.
+            let notified = commits.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(rows) = self.check()? {
+                return Ok(rows);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.poll_interval) => {}
+                () = notified => {}
+            }
+        }
+    }
+
+    /// Re-runs the query if a table it reads changed since the last check; returns a differing result.
+    fn check(&mut self) -> Result<Option<Vec<Map<String, Value>>>, ClientError> {
+        let data_version: i64 = self
+            .db
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.seen.is_some_and(|(seen, _)| seen == data_version) {
+            return Ok(None);
+        }
+        let versions: i64 = self.db.conn.query_row(
+            "SELECT coalesce(sum(version), 0) FROM sg_table_versions
+             WHERE json_array_length(?1) = 0 OR type IN (SELECT value FROM json_each(?1))",
+            [&self.tables],
+            |row| row.get(0),
+        )?;
+        let changed = self.seen.is_none_or(|(_, seen)| seen != versions);
+        self.seen = Some((data_version, versions));
+        if !changed {
+            return Ok(None);
+        }
+        let rows = self.db.query_json_with(&self.sql, &self.params)?;
+        if self.last.as_ref() == Some(&rows) {
+            return Ok(None);
+        }
+        self.last = Some(rows.clone());
+        Ok(Some(rows))
+    }
+}
+
+/// The schema's tables whose names appear as words in `sql` (a superset of what it reads is harmless:
+/// at worst an extra re-run).
+fn referenced_tables(sql: &str, schema: &Schema) -> Vec<String> {
+    let words: std::collections::HashSet<String> = sql
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    schema
+        .tables
+        .iter()
+        .filter(|t| words.contains(&t.name.to_lowercase()))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// Gives every queue entry without a transaction id one id (they were written since the last
+/// assignment, by one transaction or by several outside our wrapper): the first entry's id, which
+/// AUTOINCREMENT never reuses, so transaction ids keep increasing after the queue drains.
 fn assign_transaction_ids(tx: &rusqlite::Transaction<'_>) -> Result<(), ClientError> {
     tx.execute(
-        "UPDATE sg_crud SET tx_id = (SELECT coalesce(max(tx_id), 0) + 1 FROM sg_crud) WHERE tx_id IS NULL",
+        "UPDATE sg_crud SET tx_id = (SELECT min(id) FROM sg_crud WHERE tx_id IS NULL) WHERE tx_id IS NULL",
         [],
     )?;
     Ok(())
+}
+
+fn crud_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Option<i64>, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+fn crud_entry((op_id, tx_id, data): (i64, Option<i64>, String)) -> Result<CrudEntry, ClientError> {
+    let data = serde_json::from_str(&data)
+        .map_err(|e| ClientError::CorruptState(format!("upload queue entry {op_id}: {e}")))?;
+    Ok(CrudEntry { op_id, tx_id, data })
 }
 
 fn sql_value_to_json(value: rusqlite::types::ValueRef<'_>) -> Value {
@@ -663,6 +946,162 @@ mod tests {
             ApplyOutcome::Applied,
             "an acknowledged write no longer holds back checkpoints without write_checkpoint"
         );
+    }
+
+    #[test]
+    fn the_queue_drains_one_transaction_at_a_time_then_asks_for_a_write_checkpoint() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        assert!(!db.has_pending_writes().expect("pending"));
+        assert_eq!(db.next_crud_transaction().expect("next"), None);
+        db.write_transaction(|tx| {
+            tx.execute("INSERT INTO todos(id, title) VALUES ('t1', 'a')", [])?;
+            tx.execute("INSERT INTO todos(id, title) VALUES ('t2', 'b')", [])?;
+            Ok(())
+        })
+        .expect("write");
+        db.connection()
+            .execute("DELETE FROM todos WHERE id = 't1'", [])
+            .expect("delete");
+        assert!(db.has_pending_writes().expect("pending"));
+
+        let first = db.next_crud_transaction().expect("next").expect("queued");
+        assert_eq!(first.entries.len(), 2);
+        assert_eq!(
+            db.next_crud_transaction().expect("next"),
+            Some(first.clone()),
+            "offered again until completed"
+        );
+        db.complete_crud_transaction(&first).expect("complete");
+        let second = db.next_crud_transaction().expect("next").expect("queued");
+        assert_eq!(second.entries.len(), 1);
+        assert_eq!(second.entries[0].data["op"], "DELETE");
+        assert!(
+            !db.needs_write_checkpoint().expect("check"),
+            "queue not empty yet"
+        );
+        db.complete_crud_transaction(&second).expect("complete");
+        assert_eq!(db.next_crud_transaction().expect("next"), None);
+        assert!(db.needs_write_checkpoint().expect("check"));
+
+        // A write between draining and the answer keeps the sentinel: its upload asks again.
+        db.connection()
+            .execute("INSERT INTO todos(id, title) VALUES ('t3', 'c')", [])
+            .expect("insert");
+        let id = WriteCheckpointId::new(42).expect("id");
+        assert!(!db.set_write_checkpoint_target(id).expect("set"));
+        let third = db.next_crud_transaction().expect("next").expect("queued");
+        db.complete_crud_transaction(&third).expect("complete");
+        assert!(db.set_write_checkpoint_target(id).expect("set"));
+        assert!(!db.needs_write_checkpoint().expect("check"));
+        assert!(db.has_pending_writes().expect("pending"), "until acknowledged");
+        assert_eq!(
+            db.apply_checkpoint(&plan(1, &[], Some(41))).expect("apply"),
+            ApplyOutcome::WaitingForUploads
+        );
+        assert_eq!(
+            db.apply_checkpoint(&plan(1, &[], Some(42))).expect("apply"),
+            ApplyOutcome::Applied
+        );
+        assert!(!db.has_pending_writes().expect("pending"));
+    }
+
+    #[tokio::test]
+    async fn a_live_query_sees_local_writes_and_published_checkpoints() {
+        use futures_util::StreamExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        let watch = db
+            .watch(
+                "SELECT id, title FROM todos WHERE done = ?1 ORDER BY id",
+                vec![rusqlite::types::Value::Integer(0)],
+                std::time::Duration::from_millis(5),
+            )
+            .expect("watch");
+        let mut watch = std::pin::pin!(watch);
+        let mut next = async || {
+            let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+                .await
+                .expect("a new result in time")
+                .expect("stream open")
+                .expect("query");
+            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+        };
+        assert_eq!(next().await, "[]");
+
+        db.connection()
+            .execute("INSERT INTO todos(id, title, done) VALUES ('t1', 'local', 0)", [])
+            .expect("local write");
+        assert_eq!(next().await, r#"[{"id":"t1","title":"local"}]"#);
+
+        // Synced rows show once the checkpoint publishes, both in one new result.
+        db.connection()
+            .execute("DELETE FROM sg_crud", [])
+            .expect("acknowledged");
+        db.connection()
+            .execute("DELETE FROM sg_kv WHERE key = 'write_checkpoint_target'", [])
+            .expect("acknowledged");
+        store(
+            &mut db,
+            "b",
+            &[
+                put(1, "todos", "t2", r#"{"title":"synced","done":0}"#),
+                put(2, "todos", "t3", r#"{"title":"synced too","done":0}"#),
+            ],
+        );
+        db.connection()
+            .execute("INSERT INTO drafts(id, body) VALUES ('d1', 'another table')", [])
+            .expect("unrelated write");
+        db.apply_checkpoint(&plan(2, &["b"], None)).expect("apply");
+        assert_eq!(
+            next().await,
+            r#"[{"id":"t1","title":"local"},{"id":"t2","title":"synced"},{"id":"t3","title":"synced too"}]"#
+        );
+        assert!(matches!(
+            LocalDatabase::open_in_memory().expect("db").watch(
+                "SELECT 1",
+                Vec::new(),
+                std::time::Duration::from_millis(5)
+            ),
+            Err(ClientError::WatchNeedsFile)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_commit_in_this_process_wakes_a_live_query_without_waiting_for_its_poll() {
+        use futures_util::StreamExt as _;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        // A poll interval no test waits for: only the commit notification can produce the second result.
+        let watch = db
+            .watch(
+                "SELECT id FROM todos",
+                Vec::new(),
+                std::time::Duration::from_secs(3600),
+            )
+            .expect("watch");
+        let mut watch = std::pin::pin!(watch);
+        let mut next = async || {
+            let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+                .await
+                .expect("a new result in time")
+                .expect("stream open")
+                .expect("query");
+            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+        };
+        assert_eq!(next().await, "[]");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            db.write_transaction(|tx| {
+                tx.execute("INSERT INTO todos(id, title) VALUES ('t1', 'a')", [])?;
+                Ok(())
+            })
+            .expect("write");
+        });
+        assert_eq!(next().await, r#"[{"id":"t1"}]"#);
+        writer.await.expect("writer");
     }
 
     #[test]

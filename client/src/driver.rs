@@ -7,13 +7,16 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flate2::write::GzDecoder;
-use syncgate_protocol::SyncLine;
+use syncgate_protocol::{ClientId, SyncLine, WriteCheckpointId};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::database::{ApplyOutcome, CrudEntry, LocalDatabase};
+use crate::database::{ApplyOutcome, CrudTransaction, LocalDatabase};
 use crate::error::ClientError;
 use crate::sync::{CloseReason, Instruction, SyncEvent, SyncStateMachine, SyncStatus};
 
@@ -26,15 +29,19 @@ pub struct Credentials {
     pub token: String,
 }
 
-/// What the app provides: credentials, and (once uploads are wired, a later increment) the upload of
-/// queued local writes to its own backend.
+/// What the app provides: credentials, and the upload of queued local writes to its own backend.
 pub trait BackendConnector: Send + Sync {
     /// Called at start, after a 401 and when the token is about to expire.
     fn fetch_credentials(&self) -> impl Future<Output = Result<Credentials, ClientError>> + Send;
 
-    /// Sends queued local writes to the app's backend; the entries are removed from the queue once this
-    /// returns `Ok`. Not called by the driver yet.
-    fn upload_data(&self, entries: Vec<CrudEntry>) -> impl Future<Output = Result<(), ClientError>> + Send;
+    /// Sends one queued local transaction to the app's backend. Returning `Ok` marks it complete: its
+    /// entries leave the queue. An error leaves them queued; the same transaction is offered again after
+    /// a backoff, so the backend must apply it idempotently (by row id). The queue is drained in order,
+    /// one transaction at a time.
+    fn upload_data(
+        &self,
+        transaction: &CrudTransaction,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
 /// How the driver retries and when it stops.
@@ -49,6 +56,8 @@ pub struct SyncOptions {
     pub max_consecutive_failures: Option<u32>,
     /// A stream silent for this long is considered dead (the service sends a keepalive every ~20 s).
     pub idle_timeout: Duration,
+    /// How often the upload queue is checked for writes made by other connections to the database.
+    pub upload_poll_interval: Duration,
 }
 
 impl Default for SyncOptions {
@@ -59,6 +68,7 @@ impl Default for SyncOptions {
             stop_after_first_sync: false,
             max_consecutive_failures: None,
             idle_timeout: Duration::from_secs(90),
+            upload_poll_interval: Duration::from_millis(500),
         }
     }
 }
@@ -69,28 +79,51 @@ enum StreamEnd {
     Closed(Option<CloseReason>),
 }
 
+/// What one step of the upload loop came to.
+enum UploadStep {
+    /// The connector accepted the transaction.
+    Uploaded(CrudTransaction),
+    /// The service issued a write checkpoint for the uploads so far.
+    WriteCheckpoint(WriteCheckpointId),
+    Failed(ClientError),
+    /// A poll interval or a backoff delay passed.
+    Waited,
+}
+
+type UploadFuture = Pin<Box<dyn Future<Output = UploadStep> + Send>>;
+
 /// Runs sync against the connector's service until stopped (or, with
 /// [`SyncOptions::stop_after_first_sync`], until the first checkpoint is published).
+///
+/// Uploads run alongside the stream (and between streams, so they go on while the service is
+/// unreachable): the queue is drained one transaction at a time through
+/// [`BackendConnector::upload_data`], then a write checkpoint is requested and becomes the target that
+/// held-back downloads wait for (PROTOCOL §4.4).
 pub struct SyncDriver<C> {
     db: LocalDatabase,
-    connector: C,
+    connector: Arc<C>,
     options: SyncOptions,
     machine: SyncStateMachine,
     http: reqwest::Client,
     status: watch::Sender<SyncStatus>,
     credentials: Option<Credentials>,
+    /// The upload step in flight; always one (polling the queue when there is nothing to upload).
+    upload: Option<UploadFuture>,
+    upload_failures: u32,
 }
 
-impl<C: BackendConnector> SyncDriver<C> {
+impl<C: BackendConnector + 'static> SyncDriver<C> {
     pub fn new(db: LocalDatabase, connector: C, options: SyncOptions) -> Self {
         SyncDriver {
             db,
-            connector,
+            connector: Arc::new(connector),
             options,
             machine: SyncStateMachine::new(),
             http: reqwest::Client::new(),
             status: watch::channel(SyncStatus::default()).0,
             credentials: None,
+            upload: None,
+            upload_failures: 0,
         }
     }
 
@@ -156,8 +189,120 @@ impl<C: BackendConnector> SyncDriver<C> {
             };
             if !delay.is_zero() {
                 tracing::info!(delay_ms = delay.as_millis(), "reconnecting");
-                tokio::time::sleep(delay).await;
+                if let Some(StreamEnd::FirstSyncDone) = self.upload_until(Instant::now() + delay).await? {
+                    return Ok(());
+                }
             }
+        }
+    }
+
+    /// Runs upload steps until `deadline` (the reconnect delay: uploads do not wait for the stream).
+    async fn upload_until(&mut self, deadline: Instant) -> Result<Option<StreamEnd>, ClientError> {
+        loop {
+            let upload = self.upload_future()?;
+            let step = tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+                step = upload => step,
+            };
+            self.upload = None;
+            let mut pending = self.upload_done(step)?.into();
+            if let Some(end) = self.run_instructions(&mut pending).await? {
+                return Ok(Some(end));
+            }
+        }
+    }
+
+    /// The upload step in flight, starting the next one if none is.
+    fn upload_future(&mut self) -> Result<&mut UploadFuture, ClientError> {
+        if self.upload.is_none() {
+            self.upload = Some(self.next_upload()?);
+        }
+        Ok(self.upload.as_mut().expect("set above"))
+    }
+
+    /// The next upload step from the queue's state: upload its oldest transaction, else request a write
+    /// checkpoint if the uploads lack one, else wait a poll interval.
+    fn next_upload(&mut self) -> Result<UploadFuture, ClientError> {
+        let connector = Arc::clone(&self.connector);
+        if let Some(transaction) = self.db.next_crud_transaction()? {
+            tracing::debug!(
+                transaction_id = transaction.transaction_id,
+                entries = transaction.entries.len(),
+                "uploading"
+            );
+            return Ok(Box::pin(async move {
+                match connector.upload_data(&transaction).await {
+                    Ok(()) => UploadStep::Uploaded(transaction),
+                    Err(error) => UploadStep::Failed(error),
+                }
+            }));
+        }
+        if self.db.needs_write_checkpoint()? {
+            let credentials = self.credentials.clone();
+            let http = self.http.clone();
+            let client_id = self.db.client_id()?;
+            return Ok(Box::pin(async move {
+                let credentials = match credentials {
+                    Some(credentials) => credentials,
+                    None => match connector.fetch_credentials().await {
+                        Ok(credentials) => credentials,
+                        Err(error) => return UploadStep::Failed(error),
+                    },
+                };
+                match request_write_checkpoint(&http, &credentials, &client_id).await {
+                    Ok(id) => UploadStep::WriteCheckpoint(id),
+                    Err(error) => UploadStep::Failed(error),
+                }
+            }));
+        }
+        let interval = self.options.upload_poll_interval;
+        Ok(Box::pin(async move {
+            tokio::time::sleep(interval).await;
+            UploadStep::Waited
+        }))
+    }
+
+    /// Records a finished upload step; returns the state machine's instructions (a held-back checkpoint
+    /// may apply once the write checkpoint is known).
+    fn upload_done(&mut self, step: UploadStep) -> Result<Vec<Instruction>, ClientError> {
+        match step {
+            UploadStep::Uploaded(transaction) => {
+                self.db.complete_crud_transaction(&transaction)?;
+                self.upload_failures = 0;
+                tracing::info!(
+                    transaction_id = transaction.transaction_id,
+                    entries = transaction.entries.len(),
+                    "uploaded"
+                );
+                Ok(Vec::new())
+            }
+            UploadStep::WriteCheckpoint(id) => {
+                self.upload_failures = 0;
+                if self.db.set_write_checkpoint_target(id)? {
+                    tracing::info!(write_checkpoint = %id, "uploads done; waiting for their write checkpoint");
+                    Ok(self.machine.handle(SyncEvent::UploadFinished))
+                } else {
+                    // A local write came in meanwhile: its upload asks for a newer checkpoint.
+                    Ok(Vec::new())
+                }
+            }
+            UploadStep::Failed(error) => {
+                if !error.is_retryable() {
+                    return Err(error);
+                }
+                if matches!(error, ClientError::Unauthorized(_)) {
+                    self.credentials = None;
+                }
+                self.upload_failures += 1;
+                let delay = self.backoff(self.upload_failures);
+                tracing::warn!(%error, retry_in_ms = delay.as_millis(), "upload failed; the queue is kept");
+                self.upload = Some(Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    UploadStep::Waited
+                }));
+                Ok(Vec::new())
+            }
+            UploadStep::Waited => Ok(Vec::new()),
         }
     }
 
@@ -230,10 +375,24 @@ impl<C: BackendConnector> SyncDriver<C> {
         }
 
         let mut buffer: Vec<u8> = Vec::new();
+        let mut idle_deadline = Instant::now() + self.options.idle_timeout;
         loop {
-            let chunk = tokio::time::timeout(self.options.idle_timeout, response.chunk())
-                .await
-                .map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))??;
+            let upload = self.upload_future()?;
+            // reqwest's chunk() takes nothing from the body until it resolves, so losing the race to an
+            // upload step drops no data.
+            let chunk = tokio::select! {
+                chunk = tokio::time::timeout_at(idle_deadline, response.chunk()) => chunk,
+                step = upload => {
+                    self.upload = None;
+                    pending.extend(self.upload_done(step)?);
+                    if let Some(end) = self.run_instructions(&mut pending).await? {
+                        return Ok(end);
+                    }
+                    continue;
+                }
+            };
+            let chunk = chunk.map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))??;
+            idle_deadline = Instant::now() + self.options.idle_timeout;
             let Some(chunk) = chunk else {
                 tracing::info!("sync stream ended by the service");
                 return Ok(StreamEnd::Closed(None));
@@ -263,7 +422,56 @@ impl<C: BackendConnector> SyncDriver<C> {
             }
         }
     }
+}
 
+/// `GET /write-checkpoint2.json` (PROTOCOL §1.4): `{"data": {"write_checkpoint": "88"}}`.
+async fn request_write_checkpoint(
+    http: &reqwest::Client,
+    credentials: &Credentials,
+    client_id: &ClientId,
+) -> Result<WriteCheckpointId, ClientError> {
+    let url = format!(
+        "{}/write-checkpoint2.json",
+        credentials.endpoint.trim_end_matches('/')
+    );
+    let response = http
+        .get(&url)
+        .query(&[("client_id", client_id.as_str())])
+        .header("authorization", format!("Token {}", credentials.token))
+        .header(
+            "x-user-agent",
+            concat!("syncgate-client/", env!("CARGO_PKG_VERSION")),
+        )
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.text().await?;
+    if status.as_u16() == 401 {
+        return Err(ClientError::Unauthorized(body));
+    }
+    if !status.is_success() {
+        return Err(ClientError::HttpStatus {
+            status: status.as_u16(),
+            body,
+        });
+    }
+    let value: serde_json::Value = serde_json::from_str(&body).map_err(|e| ClientError::HttpStatus {
+        status: status.as_u16(),
+        body: format!("write checkpoint answer is not JSON ({e}): {body}"),
+    })?;
+    // A string-int, though a small number is accepted too (PROTOCOL §1.4).
+    let id = match &value["data"]["write_checkpoint"] {
+        serde_json::Value::String(text) => text.parse().ok(),
+        serde_json::Value::Number(number) => number.as_u64().and_then(WriteCheckpointId::new),
+        _ => None,
+    };
+    id.ok_or_else(|| ClientError::HttpStatus {
+        status: status.as_u16(),
+        body: format!("no write_checkpoint in the answer: {body}"),
+    })
+}
+
+impl<C: BackendConnector + 'static> SyncDriver<C> {
     fn handle_event(&mut self, event: SyncEvent) -> Result<(), ClientError> {
         for instruction in self.machine.handle(event) {
             // Outside a stream only status changes are expected.

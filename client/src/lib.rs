@@ -18,7 +18,7 @@ mod error;
 pub mod schema;
 pub mod sync;
 
-pub use database::{ApplyOutcome, CrudEntry, LocalDatabase};
+pub use database::{ApplyOutcome, CrudEntry, CrudTransaction, LocalDatabase};
 pub use driver::{BackendConnector, Credentials, SyncDriver, SyncOptions};
 pub use error::ClientError;
 pub use schema::{Column, ColumnType, Index, Schema, Table};

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudEntry, LocalDatabase, Schema, SyncDriver, SyncOptions,
+    BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
+    SyncOptions,
 };
 
 #[derive(Parser)]
@@ -46,6 +47,43 @@ enum Command {
         /// Give up after this many consecutive failures (default: 5 with --once, never without).
         #[arg(long)]
         max_failures: Option<u32>,
+        /// Upload local writes by POSTing each queued transaction as JSON to this URL. Without it they stay
+        /// queued (and hold back downloads).
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Upload queued local writes to --backend, then sync until their write checkpoint is applied.
+    Upload {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        db: PathBuf,
+        /// Each queued transaction is POSTed here as JSON (see docs/client.md).
+        #[arg(long)]
+        backend: String,
+        /// Delay before retrying a failed upload or reconnecting, doubled per consecutive failure.
+        #[arg(long, default_value_t = 5000)]
+        retry_delay_ms: u64,
+        /// Give up after this many consecutive failed sync attempts (uploads retry regardless).
+        #[arg(long, default_value_t = 5)]
+        max_failures: u32,
+    },
+    /// Print the result of SQL as one JSON array line, then a new line each time the result changes.
+    Watch {
+        #[arg(long)]
+        db: PathBuf,
+        sql: String,
+        /// How often to check the database for commits.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+    },
+    /// Run SQL as one local write transaction: changes go to the tables and the upload queue.
+    Exec {
+        #[arg(long)]
+        db: PathBuf,
+        sql: String,
     },
     /// Run SQL and print the rows as one JSON array of objects on stdout.
     Query {
@@ -55,21 +93,64 @@ enum Command {
     },
 }
 
-/// Fixed credentials from the command line; a 401 cannot be cured by refetching them.
-struct StaticConnector {
+/// Fixed credentials from the command line (a 401 cannot be cured by refetching them), and uploads as
+/// JSON POSTs to a backend URL.
+struct CliConnector {
     credentials: Credentials,
+    backend: Option<String>,
+    http: reqwest::Client,
 }
 
-impl BackendConnector for StaticConnector {
+impl BackendConnector for CliConnector {
     async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
         Ok(self.credentials.clone())
     }
 
-    async fn upload_data(&self, _entries: Vec<CrudEntry>) -> Result<(), ClientError> {
-        Err(ClientError::Connector(
-            "uploads are not supported by `syncgate-client sync` yet".to_owned(),
-        ))
+    async fn upload_data(&self, transaction: &CrudTransaction) -> Result<(), ClientError> {
+        let Some(backend) = &self.backend else {
+            return Err(ClientError::Connector(
+                "no --backend given: local writes stay queued".to_owned(),
+            ));
+        };
+        let body = serde_json::json!({
+            "transaction_id": transaction.transaction_id,
+            "operations": transaction.entries.iter().map(|e| &e.data).collect::<Vec<_>>(),
+        });
+        let response = self
+            .http
+            .post(backend)
+            .header("authorization", format!("Bearer {}", self.credentials.token))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| ClientError::Connector(format!("POST {backend}: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(ClientError::Connector(format!(
+                "POST {backend}: HTTP {status}: {text}"
+            )));
+        }
+        Ok(())
     }
+}
+
+/// Runs the driver until the first complete checkpoint is applied (`once`) or forever.
+fn run_driver(database: LocalDatabase, connector: CliConnector, options: SyncOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut driver = SyncDriver::new(database, connector, options);
+    runtime.block_on(driver.run())?;
+    Ok(())
+}
+
+fn open_existing(db: &std::path::Path) -> anyhow::Result<LocalDatabase> {
+    if !db.exists() {
+        anyhow::bail!("{} does not exist", db.display());
+    }
+    LocalDatabase::open(db).with_context(|| format!("opening {}", db.display()))
 }
 
 fn main() -> ExitCode {
@@ -100,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             once,
             retry_delay_ms,
             max_failures,
+            backend,
         } => {
             let mut database =
                 LocalDatabase::open(&db).with_context(|| format!("opening {}", db.display()))?;
@@ -118,22 +200,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_consecutive_failures: max_failures.or(once.then_some(5)),
                 ..SyncOptions::default()
             };
-            let connector = StaticConnector {
+            let connector = CliConnector {
                 credentials: Credentials { endpoint, token },
+                backend,
+                http: reqwest::Client::new(),
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let mut driver = SyncDriver::new(database, connector, options);
-            runtime.block_on(driver.run())?;
+            run_driver(database, connector, options)?;
             tracing::info!("first checkpoint applied");
             Ok(())
         }
-        Command::Query { db, sql } => {
-            if !db.exists() {
-                anyhow::bail!("{} does not exist", db.display());
+        Command::Upload {
+            endpoint,
+            token,
+            db,
+            backend,
+            retry_delay_ms,
+            max_failures,
+        } => {
+            let database = open_existing(&db)?;
+            if database.schema()?.is_none() {
+                return Err(ClientError::NoSchema.into());
             }
-            let database = LocalDatabase::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            // The first full checkpoint applied after the queue is non-empty is necessarily one that
+            // reached the uploads' write checkpoint (the apply gate holds back all others), so "sync
+            // once" is exactly "upload, then wait for the write checkpoint to be applied".
+            let options = SyncOptions {
+                retry_delay: Duration::from_millis(retry_delay_ms),
+                stop_after_first_sync: true,
+                max_consecutive_failures: Some(max_failures),
+                ..SyncOptions::default()
+            };
+            let connector = CliConnector {
+                credentials: Credentials { endpoint, token },
+                backend: Some(backend),
+                http: reqwest::Client::new(),
+            };
+            run_driver(database, connector, options)?;
+            tracing::info!("uploads acknowledged and applied");
+            Ok(())
+        }
+        Command::Exec { db, sql } => {
+            let mut database = open_existing(&db)?;
+            if database.schema()?.is_none() {
+                return Err(ClientError::NoSchema.into());
+            }
+            let queued = database.write_transaction(|tx| {
+                let count = |tx: &rusqlite::Transaction<'_>| -> rusqlite::Result<i64> {
+                    tx.query_row("SELECT count(*) FROM sg_crud", [], |row| row.get(0))
+                };
+                let before = count(tx)?;
+                tx.execute_batch(&sql)?;
+                Ok(count(tx)? - before)
+            })?;
+            tracing::info!(queued, "local write done; row changes queued for upload");
+            Ok(())
+        }
+        Command::Watch { db, sql, interval_ms } => {
+            use futures_util::StreamExt as _;
+            use std::io::Write as _;
+            let database = open_existing(&db)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let stream = database.watch(&sql, Vec::new(), Duration::from_millis(interval_ms))?;
+            runtime.block_on(async {
+                let mut stream = std::pin::pin!(stream);
+                let mut stdout = std::io::stdout().lock();
+                while let Some(rows) = stream.next().await {
+                    let rows = rows?;
+                    let line =
+                        serde_json::Value::Array(rows.into_iter().map(serde_json::Value::Object).collect());
+                    // Flushed per line: a reader acts on each result as it comes.
+                    writeln!(stdout, "{line}")?;
+                    stdout.flush()?;
+                }
+                Ok(())
+            })
+        }
+        Command::Query { db, sql } => {
+            let database = open_existing(&db)?;
             let rows = database.query_json(&sql)?;
             println!(
                 "{}",

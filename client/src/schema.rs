@@ -68,7 +68,7 @@ pub struct Index {
 
 /// Largest op id / write checkpoint: a local write sets the write-checkpoint target to it, so nothing but
 /// a server-issued id can satisfy the apply gate (PROTOCOL §4.3).
-const WRITE_CHECKPOINT_SENTINEL: &str = "9223372036854775807";
+pub(crate) const WRITE_CHECKPOINT_SENTINEL: &str = "9223372036854775807";
 
 impl Schema {
     /// Parses and validates a schema file's JSON text.
@@ -273,10 +273,15 @@ impl Table {
                 format!("{} {gate}", queue("DELETE", "NULL")),
             )
         };
+        // Live queries over this table re-run when its version moves (LocalDatabase::watch).
+        let bump = format!(
+            "INSERT OR REPLACE INTO sg_table_versions(type, version) VALUES ({type_literal}, \
+             coalesce((SELECT version FROM sg_table_versions WHERE type = {type_literal}), 0) + 1);"
+        );
         statements.push(trigger(
             "INSERT",
             format!(
-                "{require_id} INSERT INTO {storage}(type, id, data) VALUES ({type_literal}, NEW.id, {new_document}); {insert_queue}"
+                "{require_id} INSERT INTO {storage}(type, id, data) VALUES ({type_literal}, NEW.id, {new_document}); {bump} {insert_queue}"
             ),
         ));
         statements.push(trigger(
@@ -284,12 +289,14 @@ impl Table {
             format!(
                 "SELECT RAISE(ABORT, 'the id of a row cannot change') WHERE NEW.id IS NOT OLD.id; \
                  UPDATE {storage} SET data = {new_document} WHERE type = {type_literal} AND id = OLD.id; \
-                 {update_queue}"
+                 {bump} {update_queue}"
             ),
         ));
         statements.push(trigger(
             "DELETE",
-            format!("DELETE FROM {storage} WHERE type = {type_literal} AND id = OLD.id; {delete_queue}"),
+            format!(
+                "DELETE FROM {storage} WHERE type = {type_literal} AND id = OLD.id; {bump} {delete_queue}"
+            ),
         ));
         for index in &self.indexes {
             let expressions: Vec<String> = index

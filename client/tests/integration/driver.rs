@@ -12,7 +12,8 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudEntry, LocalDatabase, Schema, SyncDriver, SyncOptions,
+    BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
+    SyncOptions,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -111,7 +112,7 @@ impl BackendConnector for CountingConnector {
         })
     }
 
-    async fn upload_data(&self, _entries: Vec<CrudEntry>) -> Result<(), ClientError> {
+    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
         Err(ClientError::Connector("no uploads in this test".to_owned()))
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudEntry, LocalDatabase, Schema, SyncDriver, SyncOptions,
+    BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
+    SyncOptions,
 };
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
@@ -68,7 +69,7 @@ fn expected(db: &TestDatabase, user: &str) -> (Value, Value) {
     (lists, todos)
 }
 
-fn pg_json(db: &TestDatabase, query: &str) -> Value {
+pub(crate) fn pg_json(db: &TestDatabase, query: &str) -> Value {
     let text = db
         .psql(&format!(
             "SELECT coalesce(json_agg(t), '[]'::json) FROM ({query}) t"
@@ -77,7 +78,7 @@ fn pg_json(db: &TestDatabase, query: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("psql output {text:?}: {e}"))
 }
 
-fn client_binary() -> Command {
+pub(crate) fn client_binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_syncgate-client"));
     command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     command
@@ -85,7 +86,7 @@ fn client_binary() -> Command {
 
 /// Runs the CLI to completion (killed after `timeout`); returns its status (None: timed out), stdout and
 /// stderr.
-fn run_cli(mut command: Command, timeout: Duration) -> (Option<ExitStatus>, String, String) {
+pub(crate) fn run_cli(mut command: Command, timeout: Duration) -> (Option<ExitStatus>, String, String) {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -148,7 +149,7 @@ fn cli_query(db_file: &Path, sql: &str) -> Value {
     value
 }
 
-fn local_rows(db_file: &Path, sql: &str) -> Value {
+pub(crate) fn local_rows(db_file: &Path, sql: &str) -> Value {
     let db = LocalDatabase::open(db_file).expect("open local db");
     Value::Array(
         db.query_json(sql)
@@ -168,7 +169,7 @@ impl BackendConnector for FixedConnector {
         Ok(self.credentials.clone())
     }
 
-    async fn upload_data(&self, _entries: Vec<CrudEntry>) -> Result<(), ClientError> {
+    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
         Err(ClientError::Connector(
             "this test makes no local writes".to_owned(),
         ))

@@ -51,6 +51,7 @@ pub struct GatewayProcess {
     child: Child,
     pub port: u16,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl GatewayProcess {
@@ -83,17 +84,25 @@ port: {port}
         let config_path = dir.join("powersync.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.join("serve.log");
-        let child = Command::new(syncgate_binary())
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("serve log"))
-            .spawn()
-            .expect("spawn syncgate serve");
-        GatewayProcess { child, port, log }
+        let child = spawn_serve(&config_path, &log);
+        GatewayProcess {
+            child,
+            port,
+            log,
+            config: config_path,
+        }
+    }
+
+    /// Kills the process (the service goes offline; its storage stays).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again after [`GatewayProcess::stop`], on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_serve(&self.config, &self.log);
     }
 
     pub fn endpoint(&self) -> String {
@@ -131,6 +140,25 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_serve(config: &Path, log: &Path) -> Child {
+    // Appends: a restarted process keeps the earlier log for failure messages.
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("serve log");
+    Command::new(syncgate_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn syncgate serve")
 }
 
 /// A token for `sub` valid for an hour, signed with the test key.

@@ -4,3 +4,4 @@ mod driver;
 mod end_to_end;
 mod gateway_process;
 mod transcripts;
+mod uploads;
