@@ -210,6 +210,12 @@ fn rate(rows: usize, elapsed: Duration) -> f64 {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary too, without it, and must
+    // not spend minutes on a debug build here.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("client apply benchmark: skipped (run it with `cargo bench -p syncgate-client --bench apply`)");
+        return;
+    }
     let rows: usize = std::env::var("SYNCGATE_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
