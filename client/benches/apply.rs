@@ -213,7 +213,9 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary too, without it, and must
     // not spend minutes on a debug build here.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("client apply benchmark: skipped (run it with `cargo bench -p syncgate-client --bench apply`)");
+        println!(
+            "client apply benchmark: skipped (run it with `cargo bench -p syncgate-client --bench apply`)"
+        );
         return;
     }
     let rows: usize = std::env::var("SYNCGATE_BENCH_ROWS")

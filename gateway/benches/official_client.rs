@@ -20,10 +20,9 @@ use std::time::Duration;
 use serde_json::Value;
 use syncgate_test_support::PgCluster;
 
-#[path = "../tests/support/serve_process.rs"]
-#[allow(dead_code, reason = "shared with the interop test, which uses more of it")]
-mod serve_process;
-use serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail, wait_with_timeout};
+use syncgate_test_support::serve::{
+    Finished, JWT_AUD, JWT_KID, JWT_SECRET_BASE64URL, ServeProcess, tail, wait_with_timeout,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The whole node run, a backstop: the script's own waits time out after 60 s each.
@@ -102,6 +101,7 @@ fn main() {
     let uri = db.url_without_session_options();
     // `sync stream opened` (debug) names each stream's framing and compression.
     let mut gateway = ServeProcess::start(
+        env!("CARGO_BIN_EXE_syncgate"),
         work.path(),
         &uri,
         &dir.join("sync-rules.yaml"),
@@ -119,7 +119,7 @@ fn main() {
         .args(["--pg-url", &db.url_without_session_options()])
         .args([
             "--jwt-secret",
-            JWT_SECRET,
+            JWT_SECRET_BASE64URL,
             "--jwt-kid",
             JWT_KID,
             "--jwt-aud",
@@ -138,7 +138,9 @@ fn main() {
         .stderr(File::create(&node_log).expect("node log"))
         .spawn()
         .expect("cannot run node (needed for this bench)");
-    let (status, out) = wait_with_timeout(child, RUN_TIMEOUT);
+    let Finished {
+        status, stdout: out, ..
+    } = wait_with_timeout(child, RUN_TIMEOUT);
     let result: Option<Value> = out.lines().rev().find_map(|l| serde_json::from_str(l).ok());
     let Some(result) = result.filter(|r| status.is_some_and(|s| s.success()) && r["ok"] == true) else {
         panic!(

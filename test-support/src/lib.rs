@@ -6,6 +6,7 @@
 //!   database each with [`PgCluster::create_database`].
 //! - [`PgCluster::start`]: a private cluster (stopped and deleted when dropped).
 //! - [`pgoutput`]: decodes logical replication messages of the `pgoutput` plugin.
+//! - [`serve`]: the `syncgate serve` binary as a process of its own, with the test JWT key.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -17,6 +18,7 @@
 
 mod cluster;
 pub mod pgoutput;
+pub mod serve;
 
 pub use cluster::{
     ClusterOptions, HarnessError, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, TEST_OS_USER,

@@ -3,9 +3,8 @@
 //! `--once` and each ends with exactly its rules' rows; then a client run through the library resumes
 //! from its stored op ids and follows an UPDATE, a DELETE and INSERTs made in Postgres.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,9 +12,10 @@ use syncgate_client::{
     BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
     SyncOptions,
 };
+use syncgate_test_support::serve::{Finished, wait_with_timeout};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::gateway_process::{GatewayProcess, token};
+use crate::gateway_process::{GatewayProcess, start_gateway, token};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for one CLI run; it normally takes well under a second.
@@ -91,32 +91,13 @@ pub(crate) fn run_cli(mut command: Command, timeout: Duration) -> (Option<ExitSt
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child: Child = command.spawn().expect("spawn syncgate-client");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, out.join().expect("stdout"), err.join().expect("stderr"))
+    let child = command.spawn().expect("spawn syncgate-client");
+    let Finished {
+        status,
+        stdout,
+        stderr,
+    } = wait_with_timeout(child, timeout);
+    (status, stdout, stderr)
 }
 
 fn sync_once(
@@ -184,7 +165,7 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
     db.psql(&std::fs::read_to_string(golden("dataset.sql")).expect("dataset.sql"))
         .expect("dataset");
     let work = tempfile::tempdir().expect("temp dir");
-    let mut gateway = GatewayProcess::start(
+    let mut gateway = start_gateway(
         work.path(),
         &db.url_without_session_options(),
         &golden("sync-rules.yaml"),
@@ -355,7 +336,7 @@ fn granted_buckets_appear_and_revoked_ones_disappear() {
     )
     .expect("rows");
     let work = tempfile::tempdir().expect("temp dir");
-    let mut gateway = GatewayProcess::start(
+    let mut gateway = start_gateway(
         work.path(),
         &db.url_without_session_options(),
         &interop.join("sync-rules.yaml"),

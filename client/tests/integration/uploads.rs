@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::end_to_end::{client_binary, local_rows, pg_json, run_cli};
-use crate::gateway_process::{GatewayProcess, token};
+use crate::gateway_process::{GatewayProcess, start_gateway, token};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for a CLI run or a change to travel client → backend → Postgres → gateway → client.
@@ -292,7 +292,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     let work = tempfile::tempdir().expect("temp dir");
     let rules = work.path().join("rules.yaml");
     std::fs::write(&rules, RULES).expect("rules");
-    let mut gateway = GatewayProcess::start(
+    let mut gateway = start_gateway(
         work.path(),
         &db.url_without_session_options(),
         &rules,

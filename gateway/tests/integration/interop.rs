@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::serve_process::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess, tail, wait_with_timeout};
+use syncgate_test_support::serve::{
+    Finished, JWT_AUD, JWT_KID, JWT_SECRET_BASE64URL, ServeProcess, tail, wait_with_timeout,
+};
 
 /// The oct key's secret, base64url of `syncgate-interop-test-secret-0123456789abcdef`.
 /// Gateway readiness (replication snapshot of a few rows).
@@ -85,6 +87,7 @@ fn run_interop(connection_method: &str) {
     let slot_prefix = format!("interop_{}_", connection_method.replace('-', "_"));
     let uri = db.url_without_session_options();
     let mut gateway = ServeProcess::start(
+        env!("CARGO_BIN_EXE_syncgate"),
         work.path(),
         &uri,
         &dir.join("sync-rules.yaml"),
@@ -243,7 +246,7 @@ fn run_scenario(
         .args(["--pg-url", &db.url_without_session_options()])
         .args([
             "--jwt-secret",
-            JWT_SECRET,
+            JWT_SECRET_BASE64URL,
             "--jwt-kid",
             JWT_KID,
             "--jwt-aud",
@@ -258,7 +261,9 @@ fn run_scenario(
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run node (needed for the interop test): {e}"))?;
-    let (status, out) = wait_with_timeout(child, SCENARIO_TIMEOUT);
+    let Finished {
+        status, stdout: out, ..
+    } = wait_with_timeout(child, SCENARIO_TIMEOUT);
     let log_tail = || tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 150);
     let Some(status) = status else {
         return Err(format!(

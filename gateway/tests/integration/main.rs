@@ -5,8 +5,6 @@ mod config;
 mod crash;
 mod interop;
 mod replication;
-#[path = "../support/serve_process.rs"]
-mod serve_process;
 mod source;
 mod sync_api;
 mod websocket;
