@@ -1006,9 +1006,21 @@ mod tests {
         assert!(!db.has_pending_writes().expect("pending"));
     }
 
+    /// The watch's next result as JSON text; fails the test after 30 s without one.
+    async fn next_result(
+        watch: &mut (impl futures_util::Stream<Item = Result<Vec<Map<String, Value>>, ClientError>> + Unpin),
+    ) -> String {
+        use futures_util::StreamExt as _;
+        let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+            .await
+            .expect("a new result in time")
+            .expect("stream open")
+            .expect("query");
+        Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+    }
+
     #[tokio::test]
     async fn a_live_query_sees_local_writes_and_published_checkpoints() {
-        use futures_util::StreamExt as _;
         let dir = tempfile::tempdir().expect("dir");
         let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
         db.set_schema(&todos_schema()).expect("schema");
@@ -1020,14 +1032,7 @@ mod tests {
             )
             .expect("watch");
         let mut watch = std::pin::pin!(watch);
-        let mut next = async || {
-            let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
-                .await
-                .expect("a new result in time")
-                .expect("stream open")
-                .expect("query");
-            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
-        };
+        let mut next = async || next_result(&mut watch).await;
         assert_eq!(next().await, "[]");
 
         db.connection()
@@ -1070,7 +1075,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_commit_in_this_process_wakes_a_live_query_without_waiting_for_its_poll() {
-        use futures_util::StreamExt as _;
         let dir = tempfile::tempdir().expect("dir");
         let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
         db.set_schema(&todos_schema()).expect("schema");
@@ -1083,14 +1087,7 @@ mod tests {
             )
             .expect("watch");
         let mut watch = std::pin::pin!(watch);
-        let mut next = async || {
-            let rows = tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
-                .await
-                .expect("a new result in time")
-                .expect("stream open")
-                .expect("query");
-            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
-        };
+        let mut next = async || next_result(&mut watch).await;
         assert_eq!(next().await, "[]");
         let writer = tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
