@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod rsocket;
 pub mod session;
+mod wake;
 pub mod websocket;
 pub mod write_checkpoint;
 

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use super::encoding::{OutLine, SharedLine};
 use super::metrics::ApiMetrics;
+use super::wake::{ParkIndex, ParkState, Parked, ensure_dispatcher};
 use crate::storage::{BucketStorage, Checkpoint, Lsn, RulesVersion, StorageError, StorageEvents, StoredOp};
 use crate::versioned_rules::{RulesCache, StoredRulesError};
 
@@ -98,6 +99,8 @@ pub struct SharedReads {
     prefetching: std::sync::atomic::AtomicU64,
     /// The commit count (plus one) of the last such read, done or failed.
     prefetched: watch::Sender<u64>,
+    /// Sessions waiting for a commit to one of their buckets rather than for every commit.
+    parked: Arc<ParkIndex>,
 }
 
 /// Marks a prefetch done however the reading session leaves it (error or not), releasing the waiters.
@@ -190,11 +193,39 @@ impl Default for SharedReads {
             lines: std::sync::Mutex::new(LineCache::default()),
             prefetching: std::sync::atomic::AtomicU64::new(0),
             prefetched: watch::Sender::new(0),
+            parked: Arc::default(),
         }
     }
 }
 
 impl SharedReads {
+    /// The sessions parked until a commit concerns them.
+    pub fn parked(&self) -> &Arc<ParkIndex> {
+        &self.parked
+    }
+
+    /// The active version and its latest checkpoint as of `commits` (cached like [`Self::published`]).
+    pub(super) fn published_checkpoint<S: BucketStorage + ?Sized>(
+        &self,
+        storage: &S,
+        commits: u64,
+    ) -> Result<Option<(RulesVersion, Checkpoint)>, StorageError> {
+        Ok(self
+            .published(storage, commits)?
+            .map(|p| (p.version, p.checkpoint)))
+    }
+
+    /// Buckets with ops after `after` (cached like [`Self::changed`]).
+    pub(super) fn changed_set<S: BucketStorage + ?Sized>(
+        &self,
+        storage: &S,
+        version: RulesVersion,
+        after: OpId,
+        up_to: OpId,
+    ) -> Result<Arc<HashSet<BucketName>>, StorageError> {
+        self.changed(storage, version, after, up_to)
+    }
+
     /// The active version and its latest checkpoint, read at most once per commit.
     fn published<S: BucketStorage + ?Sized>(
         &self,
@@ -711,12 +742,14 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             if let Some(end) = self.sync_to_latest(&mut commits).await? {
                 return Ok(end);
             }
+            let parked = self.park(&commits);
             tokio::select! {
-                changed = commits.changed() => {
+                changed = commits.changed(), if parked.is_none() => {
                     if changed.is_err() {
                         return Ok(SessionEnd::Shutdown);
                     }
                 }
+                () = woken(parked.as_ref()) => {}
                 () = &mut keepalive_timer => {
                     next_keepalive += keepalive;
                     keepalive_timer.as_mut().reset(next_keepalive);
@@ -736,6 +769,62 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 _ = shutdown.changed() => {}
                 () = self.out.closed() => return Ok(SessionEnd::ClientGone),
             }
+            if let Some(parked) = parked {
+                self.unpark(parked);
+            }
+        }
+    }
+
+    /// Parks the session until a commit concerns it, when its bucket set cannot change without a
+    /// generation change the dispatcher checks: static resolution, the last checkpoint completed, nothing
+    /// left to send, no write checkpoint pending. `None`: wait for every commit as before.
+    fn park(&self, commits: &watch::Receiver<u64>) -> Option<Parked> {
+        let sent = self.sent.as_ref().filter(|s| s.completed)?;
+        let events = &self.env.events;
+        if !self.unfinished.is_empty()
+            || sent.reads.write_checkpoint_pending
+            || sent.reads.write_checkpoint_generation != events.write_checkpoint_generation()
+            || sent.reads.compaction_generation != events.compaction_generation()
+            || self
+                .static_resolution
+                .as_ref()
+                .is_none_or(|(v, _)| *v != sent.version)
+        {
+            return None;
+        }
+        ensure_dispatcher(&self.env);
+        let state = ParkState {
+            version: sent.version,
+            at: sent.checkpoint,
+            compaction_generation: sent.reads.compaction_generation,
+            write_checkpoint_generation: sent.reads.write_checkpoint_generation,
+        };
+        let parked = self
+            .env
+            .reads
+            .parked
+            .park(state, sent.buckets.keys().cloned().collect());
+        // Registered first, then checked: a commit since the last read may have been dispatched before
+        // the registration; then wait as for every commit (dropping unregisters).
+        if commits.has_changed().unwrap_or(true) {
+            return None;
+        }
+        Some(parked)
+    }
+
+    /// Takes over the checkpoint the dispatcher advanced the session to while no bucket of it changed.
+    fn unpark(&mut self, parked: Parked) {
+        let Some(state) = parked.leave() else {
+            return;
+        };
+        if let Some(sent) = self.sent.as_mut()
+            && sent.completed
+            && sent.version == state.version
+            && sent.reads.compaction_generation == state.compaction_generation
+            && sent.reads.write_checkpoint_generation == state.write_checkpoint_generation
+            && state.at.op_id >= sent.checkpoint.op_id
+        {
+            sent.checkpoint = state.at;
         }
     }
 
@@ -1237,6 +1326,14 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         };
         self.env.reads.cache_data(key, &data);
         Ok(Some(data))
+    }
+}
+
+/// Resolves when a parked session is woken; never without one.
+async fn woken(parked: Option<&Parked>) {
+    match parked {
+        Some(parked) => parked.woken().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Session behaviour on a real SQLite storage, without HTTP: the lines a client receives.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -535,6 +536,259 @@ async fn shutdown_ends_open_sessions_cleanly() {
         .unwrap()
         .unwrap();
     assert_eq!(end, SessionEnd::Shutdown);
+}
+
+/// Waits (generously) until `n` sessions are parked for targeted wake-ups.
+async fn parked(f: &Fixture, n: usize) {
+    let parked = f.env.reads.parked();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while parked.parked() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} parked sessions within 10 s, {} are", parked.parked()));
+}
+
+/// Waits until the wake-up dispatcher has handled every commit so far.
+async fn dispatched(f: &Fixture) {
+    let target = f.env.events.commit_count();
+    let mut done = f.env.reads.parked().dispatched();
+    tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d >= target))
+        .await
+        .expect("dispatched within 10 s")
+        .unwrap();
+}
+
+/// Waits until the dispatcher has woken parked sessions more than `before` times.
+async fn woken_after(f: &Fixture, before: u64) {
+    let parked = f.env.reads.parked();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while parked.wakeups() <= before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a parked session woken within 10 s");
+}
+
+/// Reads a stream's first checkpoint through its complete.
+async fn synced(stream: &mut Stream) {
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    while !matches!(stream.next().await, SyncLine::CheckpointComplete(_)) {}
+}
+
+#[tokio::test]
+async fn a_parked_session_is_woken_only_by_a_commit_to_one_of_its_buckets() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":1}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let mut stream = f.start("u1", SyncRequest::default());
+    synced(&mut stream).await;
+    parked(&f, 1).await;
+    let wakeups = f.env.reads.parked().wakeups();
+
+    // Someone else's bucket, twice: the session is not woken, sends nothing.
+    f.commit(&[("todos", "t9", Some(("by_user[\"u9\"]", r#"{"id":"t9"}"#)))]);
+    dispatched(&f).await;
+    let skipped = f.commit(&[("todos", "t9", Some(("by_user[\"u9\"]", r#"{"id":"t9","v":2}"#)))]);
+    dispatched(&f).await;
+    assert_eq!(
+        f.env.reads.parked().wakeups(),
+        wakeups,
+        "no wake-up for another bucket"
+    );
+    assert!(stream.rx.try_recv().is_err(), "nothing sent for another bucket");
+    assert_eq!(f.env.reads.parked().parked(), 1);
+
+    // Its own bucket: woken once; the diff (from the checkpoint advanced while parked) lists only it.
+    let update = f.commit(&[("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":2}"#)))]);
+    let SyncLine::CheckpointDiff(diff) = stream.next().await else {
+        panic!("diff expected")
+    };
+    assert_eq!(diff.last_op_id, update);
+    let names: Vec<_> = diff.updated_buckets.iter().map(|b| b.bucket.clone()).collect();
+    assert_eq!(names, vec![f.bucket("by_user[\"u1\"]")]);
+    let SyncLine::Data(data) = stream.next().await else {
+        panic!("data expected")
+    };
+    assert!(
+        data.after < skipped,
+        "from the client's position, not the skipped checkpoint"
+    );
+    assert_eq!(ops_of(&SyncLine::Data(data)), vec![(update.get(), OpType::Put)]);
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(c) if c.last_op_id == update));
+    assert!(f.env.reads.parked().wakeups() > wakeups);
+    parked(&f, 1).await;
+}
+
+#[tokio::test]
+async fn write_checkpoints_compactions_and_new_versions_reach_parked_sessions() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1","v":1}"#)))]);
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1","v":2}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let request = SyncRequest {
+        client_id: Some(ClientId("c1".into())),
+        ..SyncRequest::default()
+    };
+    let mut stream = f.start("u1", request);
+    synced(&mut stream).await;
+    parked(&f, 1).await;
+
+    // A write checkpoint the next commit (to another bucket) passes.
+    let id = f
+        .storage
+        .create_write_checkpoint(&UserId("u1".into()), Some(&ClientId("c1".into())), Lsn(f.lsn + 1))
+        .unwrap();
+    f.commit(&[("todos", "t9", Some(("by_user[\"u9\"]", r#"{"id":"t9"}"#)))]);
+    let SyncLine::CheckpointDiff(diff) = stream.next().await else {
+        panic!("diff expected")
+    };
+    assert_eq!(diff.write_checkpoint, Some(id));
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+    parked(&f, 1).await;
+
+    // A compaction wakes it (checksums are kept, so it has nothing to send).
+    let wakeups = f.env.reads.parked().wakeups();
+    let checkpoint = f.storage.latest_checkpoint(f.version).unwrap().unwrap().op_id;
+    f.storage.compact(f.version, checkpoint).unwrap();
+    woken_after(&f, wakeups).await;
+    parked(&f, 1).await;
+
+    // A new active version: a full checkpoint.
+    f.version = f.storage.create_version(RULES).unwrap();
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1"}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let SyncLine::Checkpoint(line) = stream.next().await else {
+        panic!("a full checkpoint for the new version")
+    };
+    assert!(line.buckets.iter().any(|b| b.bucket == f.bucket("global[]")));
+    assert_eq!(ops_of(&stream.next().await).len(), 1);
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+}
+
+/// Many parked sessions and commits that interleave with their wake-ups: each ends at the latest
+/// checkpoint with the checksums storage has, and the ops it received add up to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_sessions_follow_interleaved_commits_to_the_latest_checkpoint() {
+    const USERS: usize = 12;
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[("lists", "l0", Some(("global[]", r#"{"id":"l0"}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    let mut streams: Vec<Stream> = (0..USERS)
+        .map(|u| f.start_with_capacity(&format!("u{u}"), SyncRequest::default(), 4096))
+        .collect();
+    let mut announced: Vec<HashMap<BucketName, Checksum>> = vec![HashMap::new(); USERS];
+    let mut received: Vec<HashMap<BucketName, Checksum>> = vec![HashMap::new(); USERS];
+    let drain = |streams: &mut Vec<Stream>, last: Option<OpId>| {
+        let streams = std::mem::take(streams);
+        async move {
+            let mut out = Vec::new();
+            for mut stream in streams {
+                let mut lines = Vec::new();
+                loop {
+                    let line = stream.next().await;
+                    let done = matches!(&line, SyncLine::CheckpointComplete(c) if last.is_none_or(|l| c.last_op_id == l));
+                    lines.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                out.push((stream, lines));
+            }
+            out
+        }
+    };
+    let mut record = |user: usize, lines: &[SyncLine]| {
+        for line in lines {
+            match line {
+                SyncLine::Checkpoint(c) => {
+                    announced[user] = c.buckets.iter().map(|b| (b.bucket.clone(), b.checksum)).collect();
+                }
+                SyncLine::CheckpointDiff(d) => {
+                    for b in &d.updated_buckets {
+                        announced[user].insert(b.bucket.clone(), b.checksum);
+                    }
+                    for b in &d.removed_buckets {
+                        announced[user].remove(b);
+                    }
+                }
+                SyncLine::Data(d) => {
+                    let sum: Checksum = d.data.iter().map(|o| o.checksum).sum();
+                    let entry = received[user].entry(d.bucket.clone()).or_insert(Checksum::ZERO);
+                    *entry += sum;
+                }
+                _ => {}
+            }
+        }
+    };
+    for (user, (stream, lines)) in drain(&mut streams, None).await.into_iter().enumerate() {
+        record(user, &lines);
+        streams.push(stream);
+    }
+    parked(&f, USERS).await;
+
+    // A fixed-seed xorshift: reproducible, no timing in the assertions.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for i in 0..60 {
+        let users = 1 + next(2);
+        let rows: Vec<(String, String, String)> = (0..users)
+            .map(|_| {
+                let user = next(USERS as u64 + 1);
+                let id = format!("t{}", next(8));
+                let bucket = if user == USERS as u64 {
+                    "global[]".to_owned()
+                } else {
+                    format!("by_user[\"u{user}\"]")
+                };
+                (id.clone(), bucket, format!(r#"{{"id":"{id}","v":{i}}}"#))
+            })
+            .collect();
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(id, bucket, data)| ("todos", id.as_str(), Some((bucket.as_str(), data.as_str()))))
+            .collect();
+        f.commit(&rows);
+        if next(3) == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Every session holds the global bucket: each must reach this checkpoint.
+    let last = f.commit(&[("lists", "l0", Some(("global[]", r#"{"id":"l0","v":"last"}"#)))]);
+    for (user, (stream, lines)) in drain(&mut streams, Some(last)).await.into_iter().enumerate() {
+        record(user, &lines);
+        streams.push(stream);
+    }
+    for user in 0..USERS {
+        let names: Vec<BucketName> = announced[user].keys().cloned().collect();
+        let stored = f.storage.bucket_checksums(f.version, last, &names).unwrap();
+        for summary in stored {
+            assert_eq!(
+                announced[user][&summary.bucket], summary.checksum,
+                "u{user} {}",
+                summary.bucket
+            );
+            assert_eq!(
+                received[user]
+                    .get(&summary.bucket)
+                    .copied()
+                    .unwrap_or(Checksum::ZERO),
+                summary.checksum,
+                "u{user} received {}",
+                summary.bucket
+            );
+        }
+    }
+    for stream in &mut streams {
+        assert!(stream.rx.try_recv().is_err(), "nothing after the last complete");
+    }
 }
 
 /// Authorization as a property (DESIGN invariant 6): for random memberships, rows and changes, every
