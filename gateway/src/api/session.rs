@@ -215,17 +215,6 @@ impl SharedReads {
             .map(|p| (p.version, p.checkpoint)))
     }
 
-    /// Buckets with ops after `after` (cached like [`Self::changed`]).
-    pub(super) fn changed_set<S: BucketStorage + ?Sized>(
-        &self,
-        storage: &S,
-        version: RulesVersion,
-        after: OpId,
-        up_to: OpId,
-    ) -> Result<Arc<HashSet<BucketName>>, StorageError> {
-        self.changed(storage, version, after, up_to)
-    }
-
     /// The active version and its latest checkpoint, read at most once per commit.
     fn published<S: BucketStorage + ?Sized>(
         &self,
@@ -376,7 +365,7 @@ impl SharedReads {
     }
 
     /// Buckets with ops after `after`, read once for every session at the same position.
-    fn changed<S: BucketStorage + ?Sized>(
+    pub(super) fn changed<S: BucketStorage + ?Sized>(
         &self,
         storage: &S,
         version: RulesVersion,

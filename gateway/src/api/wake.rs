@@ -298,8 +298,7 @@ fn dispatch_once<S: BucketStorage + ?Sized>(env: &SessionEnv<S>, count: u64) -> 
     for at in index.positions(version, checkpoint.op_id) {
         changed.push((
             at,
-            env.reads
-                .changed_set(&*env.storage, version, at, checkpoint.op_id)?,
+            env.reads.changed(&*env.storage, version, at, checkpoint.op_id)?,
         ));
     }
     if compaction % 2 == 1 || env.events.compaction_generation() != compaction {
