@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use syncgate_rules::{CompileOptions, SyncRules, compile};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -149,8 +148,7 @@ pub async fn serve(
 
     // The HTTP port is bound before replication starts, so a port in use fails fast and liveness
     // answers during a long initial snapshot.
-    let listener = TcpListener::bind(("0.0.0.0", config.port))
-        .await
+    let listener = crate::api::bind_listener(config.port)
         .with_context(|| format!("cannot listen on port {} (config `port`)", config.port))?;
     let metrics = Arc::new(ReplicationMetrics::default());
     let api_state = Arc::new(api_state(&config, &storage, &source, &metrics, shutdown.clone())?);

@@ -73,6 +73,18 @@ pub(super) fn reject(error: ApiError) -> Rejection {
     warp::reject::custom(Rejected(error))
 }
 
+/// Binds the API's listening socket on every IPv4 address. Accepted connections inherit its `TCP_NODELAY`
+/// (Linux copies it to each accepted socket; warp exposes no per-connection hook): without it, Nagle holds
+/// a commit's `data` and `checkpoint_complete` writes until the client acknowledges the first one.
+pub fn bind_listener(port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // As std's bind does, so a restarted gateway can reuse its port while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)))?;
+    socket.listen(1024)
+}
+
 /// Serves the API on `listener` until `state.shutdown` turns true; open streams end cleanly first.
 pub async fn serve_api(state: Arc<ApiState>, listener: TcpListener) {
     let mut shutdown = state.shutdown.clone();

@@ -21,7 +21,7 @@ mod session_tests;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use http::{ApiConfig, ApiState, serve_api};
+pub use http::{ApiConfig, ApiState, bind_listener, serve_api};
 pub use metrics::ApiMetrics;
 pub use session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits, SharedReads};
 
@@ -115,5 +115,17 @@ mod tests {
             ApiError::unauthorized("PSYNC_S2103", "JWT has expired").body(),
             body
         );
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        // Port 0: the test only needs some free port; the option must reach the accepted socket.
+        let listener = bind_listener(0).expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let _client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("read TCP_NODELAY"));
     }
 }
