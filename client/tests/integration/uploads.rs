@@ -51,7 +51,7 @@ const QUEUE: &str = "SELECT (SELECT count(*) FROM sg_crud) AS queued,
     (SELECT count(*) FROM sg_kv WHERE key = 'write_checkpoint_target') AS awaiting";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Apply and answer 200.
     Online,
     /// Answer 503 without applying (the app's backend is unreachable too).
@@ -61,7 +61,7 @@ enum Mode {
 }
 
 /// The app's backend: `POST /` with `{"transaction_id", "operations": [{"op", "type", "id", "data"}]}`.
-struct Backend {
+pub(crate) struct Backend {
     port: u16,
     mode: Arc<Mutex<Mode>>,
     /// Transaction ids applied, in order (a retried one appears again).
@@ -71,7 +71,7 @@ struct Backend {
 }
 
 impl Backend {
-    fn start(runtime: &tokio::runtime::Runtime, postgres_url: String) -> Backend {
+    pub(crate) fn start(runtime: &tokio::runtime::Runtime, postgres_url: String) -> Backend {
         let listener = runtime
             .block_on(TcpListener::bind(("127.0.0.1", 0)))
             .expect("bind backend");
@@ -102,7 +102,7 @@ impl Backend {
         backend
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
@@ -280,7 +280,7 @@ fn converged(db: &TestDatabase, file: &Path) -> Result<(), String> {
 }
 
 /// The CLI's `sync status` lines (stderr) in `log`, in order.
-fn status_lines(log: &str) -> Vec<String> {
+pub(crate) fn status_lines(log: &str) -> Vec<String> {
     log.lines()
         .filter(|line| line.contains("sync status"))
         .map(str::to_owned)
@@ -288,7 +288,7 @@ fn status_lines(log: &str) -> Vec<String> {
 }
 
 /// The value of `name=` in a `sync status` line (a quoted value without its quotes); None if absent.
-fn status_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn status_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {name}="))? + name.len() + 2;
     let rest = &line[start..];
     Some(match rest.strip_prefix('"') {
