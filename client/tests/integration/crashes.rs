@@ -449,7 +449,7 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
     let tally = &crashes.tally;
     eprintln!(
         "{} kills: {tally:?}, {} checkpoint states, {:.1} s",
-        tally.before_apply + tally.mid_apply + tally.after_apply,
+        tally.before_apply + tally.mid_apply + tally.after_apply + tally.held_back,
         crashes.states.len(),
         started.elapsed().as_secs_f64()
     );
