@@ -2,8 +2,8 @@
 //! checkpoints (every row of a 100,000-row table changes in one Postgres transaction), against the real
 //! gateway and Postgres. After every kill the app's table must show exactly the rows Postgres had at one
 //! of its checkpoints (never a mix of two, never an older one than before the kill) and the upload
-//! queue must be exactly what the local writes queued; restarted without kills, the client converges to
-//! Postgres's rows.
+//! queue must be exactly what the local writes queued (or, once a backend takes uploads, what is left of
+//! it); restarted without kills, the client converges to Postgres's rows.
 
 use std::hash::{Hash as _, Hasher as _};
 use std::io::BufRead as _;
@@ -136,9 +136,14 @@ impl SyncProcess {
 
     /// Waits for a stderr line matching `wanted`; panics with the log if none comes in time.
     fn wait_for_line(&mut self, what: &str, gateway: &GatewayProcess, wanted: impl Fn(&str) -> bool) {
+        self.wait_for_lines(what, gateway, |lines| lines.iter().any(|l| wanted(l)));
+    }
+
+    /// Waits until the stderr lines so far satisfy `wanted`; panics with the log if they do not in time.
+    fn wait_for_lines(&mut self, what: &str, gateway: &GatewayProcess, wanted: impl Fn(&[String]) -> bool) {
         let started = Instant::now();
         loop {
-            if self.lines.lock().expect("lock").iter().any(|l| wanted(l)) {
+            if wanted(&self.lines.lock().expect("lock")) {
                 return;
             }
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -178,11 +183,26 @@ impl SyncProcess {
 
 /// When to kill the process.
 #[derive(Debug, Clone, Copy)]
-enum KillAt {
+enum KillAfter {
     /// This long after the stream opened: while the checkpoint downloads (or applies, if it is quick).
-    AfterStreamOpen(Duration),
+    StreamOpen(Duration),
     /// This long after it logged that it started applying a checkpoint newer than the applied one.
-    AfterApplyStart(Duration),
+    ApplyStart(Duration),
+    /// With the backend taking uploads: this long after it started applying a newer checkpoint once the
+    /// queue was drained and the write checkpoint obtained (the publish that reaches it, with the
+    /// uploads' effect replicated back). Without a queue left, as [`KillAfter::ApplyStart`].
+    UploadsThenApplyStart(Duration),
+}
+
+const UPLOADS_DONE: &str = "uploads done; waiting for their write checkpoint";
+
+/// The lines from the first `UPLOADS_DONE` on (all of them if there is none and `queue_was_empty`).
+fn after_uploads(lines: &[String], queue_was_empty: bool) -> &[String] {
+    match lines.iter().position(|l| l.contains(UPLOADS_DONE)) {
+        Some(at) => &lines[at..],
+        None if queue_was_empty => lines,
+        None => &[],
+    }
 }
 
 /// What the kills hit, for the final check and the failure messages.
@@ -206,6 +226,8 @@ struct Crashes<'a> {
     /// Index in `states` of what the client showed at the last check: it may only move forward.
     shown: usize,
     queue: Value,
+    /// Whether the backend takes uploads: the queue may then lose entries from its head.
+    backend: Option<&'a Backend>,
     /// What the todos must show; None: what Postgres has (nothing before the first checkpoint).
     todos: Option<Value>,
     tally: KillTally,
@@ -213,33 +235,47 @@ struct Crashes<'a> {
 
 impl Crashes<'_> {
     /// One `sync` run killed at `at`, then the invariants checked.
-    fn kill_once(&mut self, at: KillAt) {
+    fn kill_once(&mut self, at: KillAfter) {
         let applied_before = applied_checkpoint(self.file);
-        let mut sync = SyncProcess::start(self.file, self.schema, self.gateway, None);
+        let queue_was_empty = self.queue == serde_json::json!([]);
+        let mut sync = SyncProcess::start(self.file, self.schema, self.gateway, self.backend);
         let delay = match at {
-            KillAt::AfterStreamOpen(delay) => {
+            KillAfter::StreamOpen(delay) => {
                 sync.wait_for_line("the stream to open", self.gateway, |l| {
                     l.contains("sync stream open")
                 });
                 delay
             }
-            KillAt::AfterApplyStart(delay) => {
+            KillAfter::ApplyStart(delay) => {
                 sync.wait_for_line("a new checkpoint to apply", self.gateway, |l| {
                     newer_checkpoint(l, "applying checkpoint", applied_before)
+                });
+                delay
+            }
+            KillAfter::UploadsThenApplyStart(delay) => {
+                sync.wait_for_lines("uploads, then a new checkpoint to apply", self.gateway, |lines| {
+                    after_uploads(lines, queue_was_empty)
+                        .iter()
+                        .any(|l| newer_checkpoint(l, "applying checkpoint", applied_before))
                 });
                 delay
             }
         };
         std::thread::sleep(delay);
         let lines = sync.kill();
-        let started = lines
+        // Before the uploads are acknowledged a publish is a no-op (held back): look only past them.
+        let relevant = match at {
+            KillAfter::UploadsThenApplyStart(_) => after_uploads(&lines, queue_was_empty),
+            _ => &lines,
+        };
+        let started = relevant
             .iter()
             .any(|l| newer_checkpoint(l, "applying checkpoint", applied_before));
-        let finished = lines
+        let finished = relevant
             .iter()
             .any(|l| newer_checkpoint(l, "checkpoint applied", applied_before));
         match (started, finished) {
-            _ if self.queue != serde_json::json!([]) => self.tally.held_back += 1,
+            _ if self.backend.is_none() && !queue_was_empty => self.tally.held_back += 1,
             (false, _) => self.tally.before_apply += 1,
             (true, false) => self.tally.mid_apply += 1,
             (true, true) => self.tally.after_apply += 1,
@@ -262,11 +298,22 @@ impl Crashes<'_> {
             self.shown
         );
         self.shown = index;
-        assert_eq!(
-            local_rows(self.file, QUEUE),
-            self.queue,
-            "{when}: the upload queue"
-        );
+        let queue = local_rows(self.file, QUEUE);
+        if self.backend.is_some() {
+            // Uploaded transactions leave from the head, the rest stays as queued.
+            let (now, before) = (
+                queue.as_array().expect("rows"),
+                self.queue.as_array().expect("rows"),
+            );
+            assert!(
+                before.ends_with(now),
+                "{when}: the upload queue {queue} is not what is left of {}",
+                self.queue
+            );
+            self.queue = queue;
+        } else {
+            assert_eq!(queue, self.queue, "{when}: the upload queue");
+        }
         let todos = match &self.todos {
             Some(todos) => todos.clone(),
             None if index == 0 => serde_json::json!([]),
@@ -293,7 +340,7 @@ impl Crashes<'_> {
 
     /// Kills at each of `plan` while the newest state is not shown yet, then (if still not shown) runs
     /// without kills until it is.
-    fn kill_until_applied(&mut self, plan: &[KillAt]) {
+    fn kill_until_applied(&mut self, plan: &[KillAfter]) {
         let newest = self.states.len() - 1;
         for at in plan {
             if self.shown == newest {
@@ -303,7 +350,7 @@ impl Crashes<'_> {
         }
         if self.shown < newest {
             let applied_before = applied_checkpoint(self.file);
-            let mut sync = SyncProcess::start(self.file, self.schema, self.gateway, None);
+            let mut sync = SyncProcess::start(self.file, self.schema, self.gateway, self.backend);
             sync.wait_for_line("the newest checkpoint applied", self.gateway, |l| {
                 newer_checkpoint(l, "checkpoint applied", applied_before)
             });
@@ -350,6 +397,12 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
     std::fs::write(&schema, SCHEMA).expect("schema file");
     let file = work.path().join("user1.db");
     let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = Backend::start(&runtime, db.url());
 
     let mut crashes = Crashes {
         db: &db,
@@ -360,19 +413,20 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
         states: vec![std::hash::DefaultHasher::new().finish(), postgres_items(&db)],
         shown: 0,
         queue: serde_json::json!([]),
+        backend: None,
         todos: None,
         tally: KillTally::default(),
     };
-    // The first download (every row), then three rounds of changing every row: killed while the stream
+    // The first download (every row), then two rounds of changing every row: killed while the stream
     // downloads, right as the publish starts and further into it.
     let plan = [
-        KillAt::AfterStreamOpen(Duration::from_millis(700)),
-        KillAt::AfterApplyStart(Duration::ZERO),
-        KillAt::AfterApplyStart(Duration::from_millis(100)),
-        KillAt::AfterApplyStart(Duration::from_millis(300)),
+        KillAfter::StreamOpen(Duration::from_millis(700)),
+        KillAfter::ApplyStart(Duration::ZERO),
+        KillAfter::ApplyStart(Duration::from_millis(100)),
+        KillAfter::ApplyStart(Duration::from_millis(300)),
     ];
     crashes.kill_until_applied(&plan);
-    for round in 1..=3 {
+    for round in 1..=2 {
         crashes.change_everything(round);
         crashes.kill_until_applied(&plan);
     }
@@ -397,19 +451,21 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
         crashes.queue
     );
     let held = crashes.shown;
-    crashes.change_everything(4);
+    crashes.change_everything(3);
     for delay in [300, 1500] {
-        crashes.kill_once(KillAt::AfterStreamOpen(Duration::from_millis(delay)));
+        crashes.kill_once(KillAfter::StreamOpen(Duration::from_millis(delay)));
         assert_eq!(crashes.shown, held, "local writes hold the download back");
     }
 
-    // Without kills, with a backend taking the uploads: everything converges to Postgres.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let backend = Backend::start(&runtime, db.url());
+    // A backend takes the uploads; killed during the publish that follows their acknowledgement. The
+    // todos show the same rows throughout: first the local writes, then the same values from Postgres.
+    crashes.backend = Some(&backend);
+    crashes.kill_until_applied(&[
+        KillAfter::UploadsThenApplyStart(Duration::ZERO),
+        KillAfter::UploadsThenApplyStart(Duration::from_millis(200)),
+    ]);
+
+    // Without kills: everything converges to Postgres.
     let mut sync = SyncProcess::start(&file, &schema, &gateway, Some(&backend));
     let last = crashes.states.len() - 1;
     let deadline = Instant::now() + TIMEOUT;
