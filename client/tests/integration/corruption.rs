@@ -49,6 +49,8 @@ struct Corruption {
     armed: AtomicBool,
     garbled: AtomicUsize,
     streams: AtomicUsize,
+    /// The body of each sync stream request, in order.
+    requests: Mutex<Vec<Value>>,
 }
 
 /// Forwards every connection to the gateway at `upstream`; sync streams go through line by line.
@@ -76,6 +78,8 @@ async fn forward(mut client: TcpStream, upstream: u16, corruption: &Corruption) 
     request.push("Connection: close".to_owned());
     let is_stream = head.starts_with("POST /sync/stream");
     let stream = if is_stream {
+        let request: Value = serde_json::from_slice(&body).expect("sync request is JSON");
+        corruption.requests.lock().expect("lock").push(request);
         corruption.streams.fetch_add(1, Ordering::SeqCst) + 1
     } else {
         0
@@ -344,10 +348,16 @@ fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_download
         "the update was garbled"
     );
     assert!(text.contains("checksums didn't match"), "{text}");
+    // The stream after the mismatch asks for no bucket position: the bucket was dropped and downloads from
+    // the start, where the one before resumed it.
+    let requests = corruption.requests.lock().expect("lock").clone();
     assert!(
-        corruption.streams.load(Ordering::SeqCst) >= 4,
-        "the live stream was closed and the bucket downloaded again"
+        requests.len() >= 4,
+        "the live stream was closed and reopened: {requests:#?}"
     );
+    let positions = |request: &Value| request["buckets"].as_array().map_or(0, Vec::len);
+    assert_eq!(positions(&requests[2]), 1, "{:#}", requests[2]);
+    assert_eq!(positions(&requests[3]), 0, "{:#}", requests[3]);
     sync.kill().expect("kill sync");
     sync.wait().expect("wait");
 
