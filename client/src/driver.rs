@@ -111,12 +111,12 @@ pub struct SyncDriver<C> {
     upload: Option<UploadFuture>,
     upload_failures: u32,
     /// The status fields the driver owns (uploads, last sync time), laid over the state machine's.
-    upload_status: UploadStatus,
+    driver_status: DriverStatus,
 }
 
-/// What [`SyncStatus`] says about uploads and the last sync; see its fields of the same names.
+/// The [`SyncStatus`] fields the driver owns (uploads, last sync time); see the fields of the same names.
 #[derive(Debug, Clone, Default)]
-struct UploadStatus {
+struct DriverStatus {
     upload_pending: u64,
     uploading: bool,
     last_upload_error: Option<String>,
@@ -135,7 +135,7 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
             credentials: None,
             upload: None,
             upload_failures: 0,
-            upload_status: UploadStatus::default(),
+            driver_status: DriverStatus::default(),
         }
     }
 
@@ -152,8 +152,8 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
     /// The sync loop. Returns `Ok` only with `stop_after_first_sync`; errors once
     /// `max_consecutive_failures` is reached or on a non-retryable error.
     pub async fn run(&mut self) -> Result<(), ClientError> {
-        self.upload_status.last_synced_at = self.db.last_synced_at()?;
-        self.upload_status.upload_pending = self.db.upload_queue_len()?;
+        self.driver_status.last_synced_at = self.db.last_synced_at()?;
+        self.driver_status.upload_pending = self.db.upload_queue_len()?;
         self.publish_status();
         let mut failures: u32 = 0;
         loop {
@@ -240,8 +240,8 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
     fn next_upload(&mut self) -> Result<UploadFuture, ClientError> {
         let connector = Arc::clone(&self.connector);
         let next = self.db.next_crud_transaction()?;
-        self.upload_status.uploading = next.is_some();
-        self.upload_status.upload_pending = match next {
+        self.driver_status.uploading = next.is_some();
+        self.driver_status.upload_pending = match next {
             Some(_) => self.db.upload_queue_len()?,
             None => 0,
         };
@@ -291,9 +291,9 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
             UploadStep::Uploaded(transaction) => {
                 self.db.complete_crud_transaction(&transaction)?;
                 self.upload_failures = 0;
-                self.upload_status.uploading = false;
-                self.upload_status.last_upload_error = None;
-                self.upload_status.upload_pending = self.db.upload_queue_len()?;
+                self.driver_status.uploading = false;
+                self.driver_status.last_upload_error = None;
+                self.driver_status.upload_pending = self.db.upload_queue_len()?;
                 self.publish_status();
                 tracing::info!(
                     transaction_id = transaction.transaction_id,
@@ -320,8 +320,8 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                     self.credentials = None;
                 }
                 self.upload_failures += 1;
-                self.upload_status.uploading = false;
-                self.upload_status.last_upload_error = Some(error.to_string());
+                self.driver_status.uploading = false;
+                self.driver_status.last_upload_error = Some(error.to_string());
                 self.publish_status();
                 let delay = self.backoff(self.upload_failures);
                 tracing::warn!(%error, retry_in_ms = delay.as_millis(), "upload failed; the queue is kept");
@@ -514,7 +514,7 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
     /// Sends the state machine's status with the driver's upload fields laid over it, if it changed.
     fn publish_status(&self) {
         let mut status = self.machine.status().clone();
-        let upload = &self.upload_status;
+        let upload = &self.driver_status;
         status.upload_pending = upload.upload_pending;
         status.uploading = upload.uploading;
         status.last_upload_error.clone_from(&upload.last_upload_error);
@@ -553,7 +553,7 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                     if applied {
                         tracing::info!(checkpoint = %plan.last_op_id, priority = ?plan.priority, "checkpoint applied");
                         if plan.priority.is_none() {
-                            self.upload_status.last_synced_at = self.db.last_synced_at()?;
+                            self.driver_status.last_synced_at = self.db.last_synced_at()?;
                             self.publish_status();
                         }
                     }
