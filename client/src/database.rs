@@ -417,6 +417,12 @@ impl LocalDatabase {
                 "INSERT OR REPLACE INTO sg_kv(key, value) VALUES ('applied_checkpoint', ?1)",
                 [plan.last_op_id.as_i64()],
             )?;
+            // Wall time of this publish in Unix milliseconds, for SyncStatus::last_synced_at.
+            tx.execute(
+                "INSERT OR REPLACE INTO sg_kv(key, value)
+                 VALUES ('last_synced_at_ms', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
+                [],
+            )?;
             // The acknowledged target is done with: later checkpoints (which may omit write_checkpoint,
             // e.g. on a fresh stream) apply freely until the next local write sets a new one.
             if let Some(write_checkpoint) = plan.write_checkpoint {
@@ -442,6 +448,29 @@ impl LocalDatabase {
             )
             .optional()?;
         value.map(op_id_from_sql).transpose()
+    }
+
+    /// When the last full checkpoint was published (wall time, millisecond precision), if ever.
+    pub fn last_synced_at(&self) -> Result<Option<std::time::SystemTime>, ClientError> {
+        let millis: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT CAST(value AS INTEGER) FROM sg_kv WHERE key = 'last_synced_at_ms'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(millis.map(|ms| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+        }))
+    }
+
+    /// Row changes in the upload queue.
+    pub fn upload_queue_len(&self) -> Result<u64, ClientError> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM sg_crud", [], |row| row.get(0))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// The upload queue in order; entries written outside [`LocalDatabase::write_transaction`] get a

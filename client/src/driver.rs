@@ -110,6 +110,17 @@ pub struct SyncDriver<C> {
     /// The upload step in flight; always one (polling the queue when there is nothing to upload).
     upload: Option<UploadFuture>,
     upload_failures: u32,
+    /// The status fields the driver owns (uploads, last sync time), laid over the state machine's.
+    driver_status: DriverStatus,
+}
+
+/// The [`SyncStatus`] fields the driver owns (uploads, last sync time); see the fields of the same names.
+#[derive(Debug, Clone, Default)]
+struct DriverStatus {
+    upload_pending: u64,
+    uploading: bool,
+    last_upload_error: Option<String>,
+    last_synced_at: Option<std::time::SystemTime>,
 }
 
 impl<C: BackendConnector + 'static> SyncDriver<C> {
@@ -124,6 +135,7 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
             credentials: None,
             upload: None,
             upload_failures: 0,
+            driver_status: DriverStatus::default(),
         }
     }
 
@@ -140,6 +152,9 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
     /// The sync loop. Returns `Ok` only with `stop_after_first_sync`; errors once
     /// `max_consecutive_failures` is reached or on a non-retryable error.
     pub async fn run(&mut self) -> Result<(), ClientError> {
+        self.driver_status.last_synced_at = self.db.last_synced_at()?;
+        self.driver_status.upload_pending = self.db.upload_queue_len()?;
+        self.publish_status();
         let mut failures: u32 = 0;
         loop {
             let result = self.iteration().await;
@@ -224,7 +239,14 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
     /// checkpoint if the uploads lack one, else wait a poll interval.
     fn next_upload(&mut self) -> Result<UploadFuture, ClientError> {
         let connector = Arc::clone(&self.connector);
-        if let Some(transaction) = self.db.next_crud_transaction()? {
+        let next = self.db.next_crud_transaction()?;
+        self.driver_status.uploading = next.is_some();
+        self.driver_status.upload_pending = match next {
+            Some(_) => self.db.upload_queue_len()?,
+            None => 0,
+        };
+        self.publish_status();
+        if let Some(transaction) = next {
             tracing::debug!(
                 transaction_id = transaction.transaction_id,
                 entries = transaction.entries.len(),
@@ -269,6 +291,10 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
             UploadStep::Uploaded(transaction) => {
                 self.db.complete_crud_transaction(&transaction)?;
                 self.upload_failures = 0;
+                self.driver_status.uploading = false;
+                self.driver_status.last_upload_error = None;
+                self.driver_status.upload_pending = self.db.upload_queue_len()?;
+                self.publish_status();
                 tracing::info!(
                     transaction_id = transaction.transaction_id,
                     entries = transaction.entries.len(),
@@ -294,6 +320,9 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                     self.credentials = None;
                 }
                 self.upload_failures += 1;
+                self.driver_status.uploading = false;
+                self.driver_status.last_upload_error = Some(error.to_string());
+                self.publish_status();
                 let delay = self.backoff(self.upload_failures);
                 tracing::warn!(%error, retry_in_ms = delay.as_millis(), "upload failed; the queue is kept");
                 self.upload = Some(Box::pin(async move {
@@ -475,11 +504,26 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
     fn handle_event(&mut self, event: SyncEvent) -> Result<(), ClientError> {
         for instruction in self.machine.handle(event) {
             // Outside a stream only status changes are expected.
-            if let Instruction::UpdateStatus(status) = instruction {
-                self.status.send_replace(status);
+            if let Instruction::UpdateStatus(_) = instruction {
+                self.publish_status();
             }
         }
         Ok(())
+    }
+
+    /// Sends the state machine's status with the driver's upload fields laid over it, if it changed.
+    fn publish_status(&self) {
+        let mut status = self.machine.status().clone();
+        let upload = &self.driver_status;
+        status.upload_pending = upload.upload_pending;
+        status.uploading = upload.uploading;
+        status.last_upload_error.clone_from(&upload.last_upload_error);
+        status.last_synced_at = upload.last_synced_at;
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
     }
 
     /// Executes instructions (and those their results produce) until none is left or the stream must end.
@@ -503,17 +547,22 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                     self.db.delete_buckets(&buckets)?;
                 }
                 Instruction::ApplyCheckpoint(plan) => {
+                    tracing::info!(checkpoint = %plan.last_op_id, priority = ?plan.priority, "applying checkpoint");
                     let outcome = self.db.apply_checkpoint(&plan)?;
                     let applied = outcome == ApplyOutcome::Applied;
                     if applied {
                         tracing::info!(checkpoint = %plan.last_op_id, priority = ?plan.priority, "checkpoint applied");
+                        if plan.priority.is_none() {
+                            self.driver_status.last_synced_at = self.db.last_synced_at()?;
+                            self.publish_status();
+                        }
                     }
                     pending.extend(self.machine.handle(SyncEvent::ApplyFinished { applied }));
                     if applied && plan.priority.is_none() && self.options.stop_after_first_sync {
                         // Publish the final status before returning.
                         for instruction in pending.drain(..) {
-                            if let Instruction::UpdateStatus(status) = instruction {
-                                self.status.send_replace(status);
+                            if let Instruction::UpdateStatus(_) = instruction {
+                                self.publish_status();
                             }
                         }
                         return Ok(Some(StreamEnd::FirstSyncDone));
@@ -530,7 +579,7 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                 }
                 Instruction::UpdateStatus(status) => {
                     tracing::debug!(?status, "sync status");
-                    self.status.send_replace(status);
+                    self.publish_status();
                 }
             }
         }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use syncgate_client::{
     BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
-    SyncOptions,
+    SyncOptions, sync::SyncStatus,
 };
 
 #[derive(Parser)]
@@ -136,14 +136,63 @@ impl BackendConnector for CliConnector {
     }
 }
 
-/// Runs the driver until the first complete checkpoint is applied (`once`) or forever.
+/// Runs the driver until the first complete checkpoint is applied (`once`) or forever, logging its status
+/// on stderr as it changes.
 fn run_driver(database: LocalDatabase, connector: CliConnector, options: SyncOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut driver = SyncDriver::new(database, connector, options);
-    runtime.block_on(driver.run())?;
+    let mut status = driver.subscribe_status();
+    runtime.spawn(async move {
+        let mut shown: Option<SyncStatus> = None;
+        let mut shown_at = std::time::Instant::now();
+        while status.changed().await.is_ok() {
+            let current = status.borrow_and_update().clone();
+            // Download progress alone moves once per data line: show it at most once a second.
+            let progress_only = shown.as_ref().is_some_and(|shown| {
+                SyncStatus {
+                    downloaded_ops: current.downloaded_ops,
+                    ..shown.clone()
+                } == current
+            });
+            if progress_only && shown_at.elapsed() < PROGRESS_INTERVAL {
+                continue;
+            }
+            log_status(&current);
+            shown = Some(current);
+            shown_at = std::time::Instant::now();
+        }
+    });
+    let result = runtime.block_on(driver.run());
+    log_status(&driver.subscribe_status().borrow());
+    result?;
     Ok(())
+}
+
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One `sync status` line on stderr (docs/client.md lists the fields).
+fn log_status(status: &SyncStatus) {
+    let last_synced_at_ms = status.last_synced_at.and_then(|at| {
+        at.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|since| u64::try_from(since.as_millis()).ok())
+    });
+    tracing::info!(
+        connected = status.connected,
+        downloading = status.downloading,
+        downloaded_ops = status.downloaded_ops,
+        total_ops = status.total_ops,
+        applied_checkpoint = status.applied_checkpoint.map(|op| op.as_i64()),
+        waiting_for_uploads = status.waiting_for_uploads,
+        upload_pending = status.upload_pending,
+        uploading = status.uploading,
+        last_upload_error = status.last_upload_error.as_deref(),
+        last_synced_at_ms,
+        last_error = status.last_error.as_deref(),
+        "sync status"
+    );
 }
 
 fn open_existing(db: &std::path::Path) -> anyhow::Result<LocalDatabase> {

@@ -114,4 +114,18 @@ pub struct SyncStatus {
     /// A validated checkpoint waits for local writes to be acknowledged.
     pub waiting_for_uploads: bool,
     pub last_error: Option<String>,
+    /// Row changes in the upload queue, not yet accepted by the backend. Filled by the driver (the state
+    /// machine does no uploads), as are the fields below.
+    #[serde(default)]
+    pub upload_pending: u64,
+    /// A queued transaction is being sent to the backend right now.
+    #[serde(default)]
+    pub uploading: bool,
+    /// Why the last upload failed; cleared when an upload succeeds.
+    #[serde(default)]
+    pub last_upload_error: Option<String>,
+    /// Wall time at which the last full checkpoint was published to the app's tables (kept in the
+    /// database, so it survives restarts; millisecond precision).
+    #[serde(default)]
+    pub last_synced_at: Option<std::time::SystemTime>,
 }

@@ -1,7 +1,8 @@
 //! The driver against a scripted service: a plain HTTP/1.1 server answering each `POST /sync/stream` with
 //! the next canned response built from the reference's captured stream (testdata/golden/stream-user1.ndjson),
 //! and recording every request. Covers what a real gateway does not produce on demand: a 401 that new
-//! credentials cure, a checksum mismatch, a gzipped body, and the resumed request after the mismatch.
+//! credentials cure, a checksum mismatch, a gzipped body, and the resumed request after the mismatch. And
+//! the upload fields of the sync status while an in-process backend refuses, then accepts, the queue.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -242,5 +243,105 @@ fn driver_refreshes_credentials_on_401_and_recovers_from_a_checksum_mismatch() {
             ("1#global[]".to_owned(), 5),
             ("1#user_todos[\"user1\"]".to_owned(), 5)
         ]
+    );
+}
+
+/// Refuses the first `refusals` uploads, then accepts; each upload takes a moment, as over a network.
+struct FlakyBackend {
+    refusals: usize,
+    calls: AtomicUsize,
+}
+
+impl BackendConnector for FlakyBackend {
+    async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
+        // Nothing listens there: streams and write-checkpoint requests fail, uploads go on regardless.
+        Ok(Credentials {
+            endpoint: "http://127.0.0.1:1".to_owned(),
+            token: "token".to_owned(),
+        })
+    }
+
+    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call <= self.refusals {
+            return Err(ClientError::Connector("backend down".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn the_status_follows_uploads_through_refusals_to_an_empty_queue() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let statuses = runtime.block_on(async {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(
+            &Schema::from_json(
+                r#"{"tables": [{"name": "todos", "columns": [{"name": "description", "type": "text"}]}]}"#,
+            )
+            .expect("schema"),
+        )
+        .expect("set schema");
+        db.write_transaction(|tx| {
+            tx.execute("INSERT INTO todos(id, description) VALUES ('t1', 'a')", [])?;
+            tx.execute("INSERT INTO todos(id, description) VALUES ('t2', 'b')", [])?;
+            Ok(())
+        })
+        .expect("local write");
+        let mut driver = SyncDriver::new(
+            db,
+            FlakyBackend {
+                refusals: 2,
+                calls: AtomicUsize::new(0),
+            },
+            SyncOptions {
+                retry_delay: Duration::from_millis(20),
+                max_retry_delay: Duration::from_millis(100),
+                upload_poll_interval: Duration::from_millis(20),
+                ..SyncOptions::default()
+            },
+        );
+        let mut receiver = driver.subscribe_status();
+        let sync = tokio::spawn(async move { driver.run().await });
+        let mut statuses = Vec::new();
+        let done = tokio::time::timeout(Duration::from_secs(60), async {
+            while receiver.changed().await.is_ok() {
+                let status = receiver.borrow_and_update().clone();
+                let drained = status.upload_pending == 0 && statuses.len() > 1;
+                statuses.push(status);
+                if drained {
+                    return;
+                }
+            }
+        })
+        .await;
+        sync.abort();
+        assert!(done.is_ok(), "the queue did not drain: {statuses:#?}");
+        statuses
+    });
+    let refused = statuses
+        .iter()
+        .position(|s| {
+            s.upload_pending == 2
+                && !s.uploading
+                && s.last_upload_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("backend down"))
+        })
+        .unwrap_or_else(|| panic!("no status shows the refused upload: {statuses:#?}"));
+    assert!(
+        statuses[..refused]
+            .iter()
+            .any(|s| s.uploading && s.upload_pending == 2),
+        "the upload in flight shows first: {statuses:#?}"
+    );
+    let last = statuses.last().expect("statuses");
+    assert!(
+        last.upload_pending == 0 && !last.uploading && last.last_upload_error.is_none(),
+        "accepted at last, the error is cleared: {statuses:#?}"
     );
 }

@@ -224,6 +224,12 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
             ..SyncOptions::default()
         },
     );
+    let first_synced_at = LocalDatabase::open(&user1_file)
+        .expect("open user1.db")
+        .last_synced_at()
+        .expect("last_synced_at")
+        .expect("the CLI synced user1.db");
+    let status = driver.subscribe_status();
     let sync = runtime.spawn(async move { driver.run().await });
     db.psql(
         "UPDATE todos SET description = 'milk (2l)', completed = true WHERE id = 'aaaaaaaa-0000-4000-8000-000000000001';
@@ -261,6 +267,26 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
             gateway.log_tail(40)
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // The status follows: connected, nothing to upload, synced later than the CLI's run.
+    let started = Instant::now();
+    loop {
+        let current = status.borrow().clone();
+        if current.connected
+            && !current.downloading
+            && current.last_synced_at.is_some_and(|at| at > first_synced_at)
+        {
+            assert_eq!(current.upload_pending, 0, "{current:?}");
+            assert!(!current.uploading, "{current:?}");
+            assert_eq!(current.last_upload_error, None, "{current:?}");
+            assert!(current.applied_checkpoint.is_some(), "{current:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "the status does not show the sync: {current:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     sync.abort();
 }

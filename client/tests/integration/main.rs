@@ -1,5 +1,7 @@
 //! The client's integration tests, in one test binary.
 
+mod corruption;
+mod crashes;
 mod driver;
 mod end_to_end;
 mod gateway_process;

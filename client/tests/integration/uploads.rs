@@ -51,7 +51,7 @@ const QUEUE: &str = "SELECT (SELECT count(*) FROM sg_crud) AS queued,
     (SELECT count(*) FROM sg_kv WHERE key = 'write_checkpoint_target') AS awaiting";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Apply and answer 200.
     Online,
     /// Answer 503 without applying (the app's backend is unreachable too).
@@ -61,7 +61,7 @@ enum Mode {
 }
 
 /// The app's backend: `POST /` with `{"transaction_id", "operations": [{"op", "type", "id", "data"}]}`.
-struct Backend {
+pub(crate) struct Backend {
     port: u16,
     mode: Arc<Mutex<Mode>>,
     /// Transaction ids applied, in order (a retried one appears again).
@@ -71,7 +71,7 @@ struct Backend {
 }
 
 impl Backend {
-    fn start(runtime: &tokio::runtime::Runtime, postgres_url: String) -> Backend {
+    pub(crate) fn start(runtime: &tokio::runtime::Runtime, postgres_url: String) -> Backend {
         let listener = runtime
             .block_on(TcpListener::bind(("127.0.0.1", 0)))
             .expect("bind backend");
@@ -102,7 +102,7 @@ impl Backend {
         backend
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
@@ -279,6 +279,28 @@ fn converged(db: &TestDatabase, file: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The CLI's `sync status` lines (stderr) in `log`, in order.
+pub(crate) fn status_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("sync status"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The value of `name=` in a `sync status` line (a quoted value without its quotes); None if absent.
+pub(crate) fn status_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let rest = &line[start..];
+    Some(match rest.strip_prefix('"') {
+        Some(quoted) => &quoted[..quoted.find('"').unwrap_or(quoted.len())],
+        None => rest.split(' ').next().unwrap_or(""),
+    })
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 fn kill(mut child: Child) {
     // SIGKILL on unix: no chance to clean up, as in a crash.
     child.kill().expect("kill");
@@ -388,6 +410,21 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         gateway.log_tail(40)
     );
     assert_eq!(backend.applied().len(), 3, "one POST per local transaction");
+    let last_status = status_lines(&stderr).pop().expect("status lines on stderr");
+    assert_eq!(
+        status_field(&last_status, "upload_pending"),
+        Some("0"),
+        "{last_status}"
+    );
+    assert_eq!(
+        status_field(&last_status, "last_upload_error"),
+        None,
+        "{last_status}"
+    );
+    assert!(
+        status_field(&last_status, "last_synced_at_ms").is_some(),
+        "{last_status}"
+    );
     assert_eq!(
         pg_json(&db, PG_TODOS),
         serde_json::json!([
@@ -422,6 +459,17 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         let refused = *backend.refused.lock().expect("lock");
         (refused >= 2).then_some(()).ok_or(format!("{refused} refused"))
     });
+    wait_for("the status shows the refused upload", &gateway, || {
+        let lines = status_lines(&read_log(&sync_log));
+        lines
+            .iter()
+            .any(|line| {
+                status_field(line, "upload_pending") == Some("2")
+                    && status_field(line, "last_upload_error").is_some_and(|e| e.contains("HTTP 503"))
+            })
+            .then_some(())
+            .ok_or(format!("status lines: {lines:#?}"))
+    });
     assert_eq!(
         local_rows(&file, "SELECT id, description, completed FROM todos ORDER BY id"),
         serde_json::json!([
@@ -444,6 +492,15 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     backend.set_mode(Mode::Online);
     gateway.restart();
     wait_for("offline writes converge", &gateway, || converged(&db, &file));
+    wait_for("the status shows the queue drained", &gateway, || {
+        let lines = status_lines(&read_log(&sync_log));
+        let last = lines.last().map_or("", String::as_str);
+        (status_field(last, "upload_pending") == Some("0")
+            && status_field(last, "last_upload_error").is_none()
+            && status_field(last, "uploading") == Some("false"))
+        .then_some(())
+        .ok_or(format!("last status line: {last}"))
+    });
     assert_eq!(
         pg_json(
             &db,
@@ -481,10 +538,11 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     exec(&file, "DELETE FROM todos WHERE id = 't0'");
     backend.set_mode(Mode::HoldAfterApply);
     let applied_before = backend.applied().len();
+    let upload_log = work.path().join("upload.log");
     let upload = upload_command(&file, &gateway, &backend)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&upload_log).expect("upload log"))
         .spawn()
         .expect("spawn upload");
     wait_for("the held upload applied", &gateway, || {
@@ -492,6 +550,17 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         (applied > applied_before)
             .then_some(())
             .ok_or(format!("{applied} applied"))
+    });
+    wait_for("the status shows the upload in flight", &gateway, || {
+        let lines = status_lines(&read_log(&upload_log));
+        lines
+            .iter()
+            .any(|line| {
+                status_field(line, "uploading") == Some("true")
+                    && status_field(line, "upload_pending") == Some("3")
+            })
+            .then_some(())
+            .ok_or(format!("status lines: {lines:#?}"))
     });
     kill(upload);
     let held = *backend.applied().last().expect("held transaction");
