@@ -3,5 +3,6 @@
 mod driver;
 mod end_to_end;
 mod gateway_process;
+mod official_client;
 mod transcripts;
 mod uploads;
