@@ -6,3 +6,4 @@ mod gateway_process;
 mod official_client;
 mod transcripts;
 mod uploads;
+mod websocket;
