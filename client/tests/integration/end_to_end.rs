@@ -532,8 +532,9 @@ impl BackendConnector for TokenSequence {
 
 /// Over WebSocket the gateway refuses an expired token in its SETUP answer (an ERROR frame) and ends a
 /// stream whose token runs out; both must make the driver fetch new credentials, as a 401 does over HTTP.
+/// Then the gateway restarts: the driver reconnects with backoff, as over HTTP, and follows changes.
 #[test]
-fn websocket_driver_refreshes_refused_and_expiring_tokens() {
+fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
     let db = shared_cluster().create_database().expect("test database");
     db.psql(&std::fs::read_to_string(golden("schema.sql")).expect("schema.sql"))
         .expect("schema");
@@ -577,15 +578,15 @@ fn websocket_driver_refreshes_refused_and_expiring_tokens() {
         SyncOptions {
             connection_method: ConnectionMethod::WebSocket,
             retry_delay: Duration::from_millis(200),
-            // The refused token must not be used again: a driver that kept it would stop here.
-            max_consecutive_failures: Some(3),
+            // Reconnects while the gateway restarts stay frequent.
+            max_retry_delay: Duration::from_secs(2),
             ..SyncOptions::default()
         },
     );
     let mut status = driver.subscribe_status();
     let sync = runtime.spawn(async move { driver.run().await });
 
-    // Synced data proves the refused token was replaced (the first stream could not open with it).
+    // Synced data proves the refused token was replaced (no stream can open with it).
     let (lists, todos) = expected(&db, "user1");
     let started = Instant::now();
     while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
@@ -646,5 +647,28 @@ fn websocket_driver_refreshes_refused_and_expiring_tokens() {
         status.borrow_and_update().connected,
         "connected again after the refresh"
     );
+
+    // The gateway goes away and comes back; a change made meanwhile arrives.
+    gateway.stop();
+    db.psql("DELETE FROM todos WHERE id = 'aaaaaaaa-0000-4000-8000-000000000009'")
+        .expect("delete");
+    gateway.restart();
+    gateway.wait_ready(READY_TIMEOUT);
+    let (lists, todos) = expected(&db, "user1");
+    let started = Instant::now();
+    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
+    {
+        assert!(
+            !sync.is_finished(),
+            "the driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "the change made while the gateway was down did not arrive\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     sync.abort();
 }
