@@ -12,7 +12,8 @@
 //!   answered and ours sent every [`KEEPALIVE_INTERVAL`]; an ERROR whose message carries a `PSYNC_S21xx`
 //!   code (bad or expired token) is [`ClientError::Unauthorized`], as the SDKs treat it.
 //!
-//! Both streams are dead once nothing at all arrived for the idle timeout. [`SyncStream::next_line`] is
+//! Both streams are dead once nothing at all arrived for the idle timeout (over WebSocket counted from
+//! the later of the last frame and the driver asking for the next line: without credit the service waits). [`SyncStream::next_line`] is
 //! cancel-safe (the driver races it against upload steps): it awaits only reads that take nothing when
 //! dropped, and frames to send wait in a queue until the socket has accepted them.
 
@@ -204,6 +205,8 @@ pub(crate) struct RSocketStream {
     first_line: Option<SyncLine>,
     /// The service sent COMPLETE (possibly with the last line).
     completed: bool,
+    /// A line was handed out and the driver has not asked for the next one yet.
+    line_in_use: bool,
     keepalive: Interval,
     idle_timeout: Duration,
     idle_deadline: Instant,
@@ -256,6 +259,7 @@ impl RSocketStream {
             credit: CREDIT_WINDOW,
             first_line: None,
             completed: false,
+            line_in_use: false,
             keepalive,
             idle_timeout,
             idle_deadline: Instant::now() + idle_timeout,
@@ -272,24 +276,30 @@ impl RSocketStream {
 
     async fn next_line(&mut self) -> Result<Option<SyncLine>, ClientError> {
         if let Some(line) = self.first_line.take() {
+            self.line_in_use = true;
             return Ok(Some(line));
         }
         if self.completed {
             tracing::info!("sync stream completed by the service");
             return Ok(None);
         }
-        // The previous line is processed: top the credit back up once half the window is used, so the
-        // service keeps sending while lines are consumed and stops when they are not.
-        if self.credit <= CREDIT_WINDOW / 2 {
-            self.outgoing.push_back(Frame::RequestN {
-                stream_id: STREAM_ID,
-                n: CREDIT_WINDOW - self.credit,
-            });
-            self.credit = CREDIT_WINDOW;
+        if std::mem::take(&mut self.line_in_use) {
+            // The previous line is processed: top the credit back up once half the window is used, so
+            // the service keeps sending while lines are consumed and stops when they are not.
+            if self.credit <= CREDIT_WINDOW / 2 {
+                self.outgoing.push_back(Frame::RequestN {
+                    stream_id: STREAM_ID,
+                    n: CREDIT_WINDOW - self.credit,
+                });
+                self.credit = CREDIT_WINDOW;
+            }
+            // Silence while the driver was busy is not the service's: without credit it had to wait.
+            self.idle_deadline = Instant::now() + self.idle_timeout;
         }
         let line = self.receive_line().await?;
-        if line.is_none() {
-            tracing::info!("sync stream completed by the service");
+        match &line {
+            Some(_) => self.line_in_use = true,
+            None => tracing::info!("sync stream completed by the service"),
         }
         Ok(line)
     }
