@@ -1,24 +1,24 @@
-//! The tokio driver: runs the [`SyncStateMachine`] over HTTP (`POST /sync/stream`, NDJSON, gzip) against a
-//! [`LocalDatabase`], reconnecting with backoff and resuming from the stored op ids.
+//! The tokio driver: runs the [`SyncStateMachine`] over a [`SyncStream`] (HTTP or WebSocket, see
+//! [`crate::transport`]) against a [`LocalDatabase`], reconnecting with backoff and resuming from the
+//! stored op ids.
 //!
 //! All protocol decisions are the state machine's; this module only performs its instructions and turns
 //! what happens on the network into events.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flate2::write::GzDecoder;
-use syncgate_protocol::{ClientId, SyncLine, WriteCheckpointId};
+use syncgate_protocol::{ClientId, WriteCheckpointId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::database::{ApplyOutcome, CrudTransaction, LocalDatabase};
 use crate::error::ClientError;
 use crate::sync::{CloseReason, Instruction, SyncEvent, SyncStateMachine, SyncStatus};
+use crate::transport::{ConnectionMethod, SyncStream, USER_AGENT};
 
 /// Where and as whom to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +44,11 @@ pub trait BackendConnector: Send + Sync {
     ) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
-/// How the driver retries and when it stops.
+/// How the driver connects, retries and when it stops.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
+    /// HTTP (default) or WebSocket; reconnects, backoff and credential refreshes are the same for both.
+    pub connection_method: ConnectionMethod,
     /// Delay before reconnecting; doubled per consecutive failure up to `max_retry_delay`.
     pub retry_delay: Duration,
     pub max_retry_delay: Duration,
@@ -54,7 +56,8 @@ pub struct SyncOptions {
     pub stop_after_first_sync: bool,
     /// Give up after this many consecutive failed iterations (`None`: never).
     pub max_consecutive_failures: Option<u32>,
-    /// A stream silent for this long is considered dead (the service sends a keepalive every ~20 s).
+    /// A stream silent for this long is considered dead (the service sends a keepalive every ~20 s over
+    /// HTTP, and answers ours every 20 s over WebSocket).
     pub idle_timeout: Duration,
     /// How often the upload queue is checked for writes made by other connections to the database.
     pub upload_poll_interval: Duration,
@@ -63,6 +66,7 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
+            connection_method: ConnectionMethod::Http,
             retry_delay: Duration::from_secs(5),
             max_retry_delay: Duration::from_secs(60),
             stop_after_first_sync: false,
@@ -363,54 +367,24 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
         let Some(Instruction::OpenStream { request }) = pending.pop_front() else {
             unreachable!("Start always answers OpenStream first");
         };
-        let url = format!("{}/sync/stream", credentials.endpoint.trim_end_matches('/'));
-        tracing::info!(%url, buckets = request.buckets.len(), "opening sync stream");
-        let mut response = self
-            .http
-            .post(&url)
-            .header("authorization", format!("Token {}", credentials.token))
-            .header("content-type", "application/json")
-            // For the service's logs (PROTOCOL §1.1).
-            .header(
-                "x-user-agent",
-                concat!("syncgate-client/", env!("CARGO_PKG_VERSION")),
-            )
-            // No BSON support here: pin NDJSON.
-            .header("accept", "application/x-ndjson")
-            .header("accept-encoding", "gzip")
-            .body(serde_json::to_string(&request).expect("a sync request serializes"))
-            .send()
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            if status.as_u16() == 401 {
-                return Err(ClientError::Unauthorized(body));
-            }
-            return Err(ClientError::HttpStatus {
-                status: status.as_u16(),
-                body,
-            });
-        }
-        let gzip = response
-            .headers()
-            .get("content-encoding")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        let mut decoder = gzip.then(|| GzDecoder::new(Vec::new()));
-        tracing::info!(gzip, "sync stream open");
+        let mut stream = SyncStream::open(
+            self.options.connection_method,
+            &self.http,
+            &credentials,
+            &request,
+            self.options.idle_timeout,
+        )
+        .await?;
         pending.extend(self.machine.handle(SyncEvent::StreamOpened));
         if let Some(end) = self.run_instructions(&mut pending).await? {
             return Ok(end);
         }
 
-        let mut buffer: Vec<u8> = Vec::new();
-        let mut idle_deadline = Instant::now() + self.options.idle_timeout;
         loop {
             let upload = self.upload_future()?;
-            // reqwest's chunk() takes nothing from the body until it resolves, so losing the race to an
-            // upload step drops no data.
-            let chunk = tokio::select! {
-                chunk = tokio::time::timeout_at(idle_deadline, response.chunk()) => chunk,
+            // next_line() is cancel-safe: losing the race to an upload step drops no data.
+            let line = tokio::select! {
+                line = stream.next_line() => line?,
                 step = upload => {
                     self.upload = None;
                     pending.extend(self.upload_done(step)?);
@@ -420,34 +394,12 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                     continue;
                 }
             };
-            let chunk = chunk.map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))??;
-            idle_deadline = Instant::now() + self.options.idle_timeout;
-            let Some(chunk) = chunk else {
-                tracing::info!("sync stream ended by the service");
+            let Some(line) = line else {
                 return Ok(StreamEnd::Closed(None));
             };
-            match &mut decoder {
-                Some(decoder) => {
-                    decoder.write_all(&chunk).map_err(ClientError::Decompress)?;
-                    decoder.flush().map_err(ClientError::Decompress)?;
-                    buffer.append(decoder.get_mut());
-                }
-                None => buffer.extend_from_slice(&chunk),
-            }
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line);
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let Some(line) = SyncLine::from_json(&text)? else {
-                    tracing::debug!(line = %text.trim(), "unknown sync line type skipped");
-                    continue;
-                };
-                pending.extend(self.machine.handle(SyncEvent::LineReceived(line)));
-                if let Some(end) = self.run_instructions(&mut pending).await? {
-                    return Ok(end);
-                }
+            pending.extend(self.machine.handle(SyncEvent::LineReceived(line)));
+            if let Some(end) = self.run_instructions(&mut pending).await? {
+                return Ok(end);
             }
         }
     }
@@ -467,16 +419,13 @@ async fn request_write_checkpoint(
         .get(&url)
         .query(&[("client_id", client_id.as_str())])
         .header("authorization", format!("Token {}", credentials.token))
-        .header(
-            "x-user-agent",
-            concat!("syncgate-client/", env!("CARGO_PKG_VERSION")),
-        )
+        .header("x-user-agent", USER_AGENT)
         .send()
         .await?;
     let status = response.status();
     let body = response.text().await?;
     if status.as_u16() == 401 {
-        return Err(ClientError::Unauthorized(body));
+        return Err(ClientError::Unauthorized(format!("HTTP 401: {body}")));
     }
     if !status.is_success() {
         return Err(ClientError::HttpStatus {

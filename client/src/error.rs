@@ -20,8 +20,15 @@ pub enum ClientError {
     Protocol(#[from] LineError),
     #[error("sync stream error: {0}")]
     Http(#[from] reqwest::Error),
-    #[error("the service rejected the credentials (HTTP 401): {0}")]
+    #[error("sync protocol error: {0}")]
+    BsonLine(#[from] syncgate_protocol::bson::BsonLineError),
+    /// HTTP 401, or over WebSocket an ERROR frame with a `PSYNC_S21xx` code: new credentials are fetched.
+    #[error("the service rejected the credentials ({0})")]
     Unauthorized(String),
+    #[error("WebSocket sync stream failed: {0}")]
+    WebSocket(String),
+    #[error("the service ended the WebSocket sync stream with RSocket error 0x{code:x}: {message}")]
+    StreamRejected { code: u32, message: String },
     #[error("the service answered HTTP {status}: {body}")]
     HttpStatus { status: u16, body: String },
     #[error(
@@ -43,7 +50,10 @@ impl ClientError {
         matches!(
             self,
             ClientError::Protocol(_)
+                | ClientError::BsonLine(_)
                 | ClientError::Http(_)
+                | ClientError::WebSocket(_)
+                | ClientError::StreamRejected { .. }
                 | ClientError::Unauthorized(_)
                 | ClientError::HttpStatus { .. }
                 | ClientError::StreamIdle(_)

@@ -7,7 +7,8 @@
 //! - [`database`]: the local database — op log, synced rows, upload queue, schema views.
 //! - [`sync`]: the protocol as a sans-IO state machine (events in, instructions out), tested with golden
 //!   transcripts.
-//! - [`driver`]: the tokio loop that runs the state machine over HTTP and a [`BackendConnector`].
+//! - [`driver`]: the tokio loop that runs the state machine and a [`BackendConnector`].
+//! - [`transport`]: the sync stream over HTTP (NDJSON) or WebSocket (RSocket, BSON lines).
 //!
 //! Data reaches the app's tables only at a complete checkpoint whose bucket checksums all match, and never
 //! while local writes await acknowledgement (except priority-0 buckets).
@@ -17,8 +18,10 @@ pub mod driver;
 mod error;
 pub mod schema;
 pub mod sync;
+pub mod transport;
 
 pub use database::{ApplyOutcome, CrudEntry, CrudTransaction, LocalDatabase};
 pub use driver::{BackendConnector, Credentials, SyncDriver, SyncOptions};
 pub use error::ClientError;
 pub use schema::{Column, ColumnType, Index, Schema, Table};
+pub use transport::ConnectionMethod;

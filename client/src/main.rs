@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
-    SyncOptions, sync::SyncStatus,
+    BackendConnector, ClientError, ConnectionMethod, Credentials, CrudTransaction, LocalDatabase, Schema,
+    SyncDriver, SyncOptions, sync::SyncStatus,
 };
 
 #[derive(Parser)]
@@ -51,6 +51,10 @@ enum Command {
         /// queued (and hold back downloads).
         #[arg(long)]
         backend: Option<String>,
+        /// How to reach the sync stream: http (NDJSON) or websocket (RSocket, as the PowerSync SDKs'
+        /// `web-socket` connection method).
+        #[arg(long, default_value = "http")]
+        transport: ConnectionMethod,
     },
     /// Upload queued local writes to --backend, then sync until their write checkpoint is applied.
     Upload {
@@ -69,6 +73,10 @@ enum Command {
         /// Give up after this many consecutive failed sync attempts (uploads retry regardless).
         #[arg(long, default_value_t = 5)]
         max_failures: u32,
+        /// How to reach the sync stream: http (NDJSON) or websocket (RSocket, as the PowerSync SDKs'
+        /// `web-socket` connection method).
+        #[arg(long, default_value = "http")]
+        transport: ConnectionMethod,
     },
     /// Print the result of SQL as one JSON array line, then a new line each time the result changes.
     Watch {
@@ -231,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retry_delay_ms,
             max_failures,
             backend,
+            transport,
         } => {
             let mut database =
                 LocalDatabase::open(&db).with_context(|| format!("opening {}", db.display()))?;
@@ -244,6 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Err(ClientError::NoSchema.into());
             }
             let options = SyncOptions {
+                connection_method: transport,
                 retry_delay: Duration::from_millis(retry_delay_ms),
                 stop_after_first_sync: once,
                 max_consecutive_failures: max_failures.or(once.then_some(5)),
@@ -265,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
             retry_delay_ms,
             max_failures,
+            transport,
         } => {
             let database = open_existing(&db)?;
             if database.schema()?.is_none() {
@@ -274,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // reached the uploads' write checkpoint (the apply gate holds back all others), so "sync
             // once" is exactly "upload, then wait for the write checkpoint to be applied".
             let options = SyncOptions {
+                connection_method: transport,
                 retry_delay: Duration::from_millis(retry_delay_ms),
                 stop_after_first_sync: true,
                 max_consecutive_failures: Some(max_failures),

@@ -17,6 +17,7 @@ pub mod op_id;
 pub mod oplog;
 pub mod request;
 pub mod response;
+pub mod rsocket;
 
 pub use checksum::Checksum;
 pub use line::{

@@ -7,6 +7,7 @@
 //! - [`PgCluster::start`]: a private cluster (stopped and deleted when dropped).
 //! - [`pgoutput`]: decodes logical replication messages of the `pgoutput` plugin.
 //! - [`serve`]: the `syncgate serve` binary as a process of its own, with the test JWT key.
+//! - [`interop`]: the official client's node scripts (tests/interop/), skipped or required.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -17,6 +18,7 @@
 //! ```
 
 mod cluster;
+pub mod interop;
 pub mod pgoutput;
 pub mod serve;
 

@@ -18,8 +18,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { PowerSyncDatabase, Schema, Table, column, SyncStreamConnectionMethod, LogLevels, UpdateType } from '@powersync/node';
+import { PowerSyncDatabase, SyncStreamConnectionMethod, LogLevels, UpdateType } from '@powersync/node';
 import pg from 'pg';
+
+import { schema } from './schema.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -72,13 +74,7 @@ function log(...parts) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Client schema (the synced columns of sync-rules.yaml; `id` is implicit).
-
-const schema = new Schema({
-  lists: new Table({ owner_id: column.text, name: column.text }),
-  todos: new Table({ list_id: column.text, description: column.text, completed: column.integer, priority: column.integer }),
-  announcements: new Table({ body: column.text })
-});
+// The client schema is in schema.mjs.
 
 /** Columns the upload backend may write, per table (everything the client schema has). */
 const WRITABLE = {

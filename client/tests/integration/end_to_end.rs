@@ -1,7 +1,9 @@
 //! The client against a real Postgres 15 and the real `syncgate serve` binary: the golden dataset and
 //! sync rules of testdata/golden/ (lists for everyone, todos per owner). Two users sync with the CLI's
 //! `--once` and each ends with exactly its rules' rows; then a client run through the library resumes
-//! from its stored op ids and follows an UPDATE, a DELETE and INSERTs made in Postgres.
+//! from its stored op ids and follows an UPDATE, a DELETE and INSERTs made in Postgres. Each scenario runs
+//! over both transports (HTTP and WebSocket); a token that the service refuses or that expires mid-stream
+//! is refreshed over WebSocket as over HTTP.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -9,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
-    SyncOptions,
+    BackendConnector, ClientError, ConnectionMethod, Credentials, CrudTransaction, LocalDatabase, Schema,
+    SyncDriver, SyncOptions,
 };
 use syncgate_test_support::serve::{Finished, wait_with_timeout};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::gateway_process::{GatewayProcess, start_gateway, token};
+use crate::gateway_process::{GatewayProcess, start_gateway, token, token_expiring_at, unix_now};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for one CLI run; it normally takes well under a second.
@@ -100,8 +102,17 @@ pub(crate) fn run_cli(mut command: Command, timeout: Duration) -> (Option<ExitSt
     (status, stdout, stderr)
 }
 
+/// The CLI's `--transport` value.
+pub(crate) fn transport_arg(method: ConnectionMethod) -> &'static str {
+    match method {
+        ConnectionMethod::Http => "http",
+        ConnectionMethod::WebSocket => "websocket",
+    }
+}
+
 fn sync_once(
     gateway: &GatewayProcess,
+    method: ConnectionMethod,
     token: &str,
     db_file: &Path,
     schema: &Path,
@@ -113,7 +124,8 @@ fn sync_once(
         .arg(db_file)
         .arg("--schema")
         .arg(schema)
-        .args(["--once", "--retry-delay-ms", "200", "--max-failures", "3"]);
+        .args(["--once", "--retry-delay-ms", "200", "--max-failures", "3"])
+        .args(["--transport", transport_arg(method)]);
     let (status, _stdout, stderr) = run_cli(command, CLI_TIMEOUT);
     (status, stderr)
 }
@@ -158,7 +170,16 @@ impl BackendConnector for FixedConnector {
 }
 
 #[test]
-fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
+fn clients_sync_their_rules_rows_and_follow_postgres_changes_over_http() {
+    clients_sync_their_rules_rows_and_follow_postgres_changes(ConnectionMethod::Http);
+}
+
+#[test]
+fn clients_sync_their_rules_rows_and_follow_postgres_changes_over_websocket() {
+    clients_sync_their_rules_rows_and_follow_postgres_changes(ConnectionMethod::WebSocket);
+}
+
+fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionMethod) {
     let db = shared_cluster().create_database().expect("test database");
     db.psql(&std::fs::read_to_string(golden("schema.sql")).expect("schema.sql"))
         .expect("schema");
@@ -169,7 +190,8 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
         work.path(),
         &db.url_without_session_options(),
         &golden("sync-rules.yaml"),
-        &format!("client_e2e_{}_", std::process::id()),
+        // Slot names are cluster-wide: one prefix per transport, so both variants can run at once.
+        &format!("client_e2e_{}_{}_", transport_arg(method), std::process::id()),
     );
     gateway.wait_ready(READY_TIMEOUT);
     let schema = work.path().join("schema.json");
@@ -181,7 +203,7 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
     for user in ["user1", "user2"] {
         let file = work.path().join(format!("{user}.db"));
         let schema = if user == "user1" { &schema } else { &schema_yaml };
-        let (status, stderr) = sync_once(&gateway, &token(user), &file, schema);
+        let (status, stderr) = sync_once(&gateway, method, &token(user), &file, schema);
         assert!(
             status.is_some_and(|s| s.success()),
             "sync --once for {user} failed ({status:?}):\n{stderr}\ngateway log:\n{}",
@@ -197,12 +219,23 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
     }
 
     // A rejected token fails --once with a non-zero exit.
-    let (status, stderr) = sync_once(&gateway, "not-a-jwt", &work.path().join("bad.db"), &schema);
+    let (status, stderr) = sync_once(
+        &gateway,
+        method,
+        "not-a-jwt",
+        &work.path().join("bad.db"),
+        &schema,
+    );
     assert!(
         status.is_some_and(|s| !s.success()),
         "a bad token must fail: {status:?}\n{stderr}"
     );
-    assert!(stderr.contains("401"), "{stderr}");
+    // HTTP answers 401; over WebSocket the SETUP is refused with an ERROR frame carrying the auth code.
+    let refusal = match method {
+        ConnectionMethod::Http => "HTTP 401",
+        ConnectionMethod::WebSocket => "PSYNC_S21",
+    };
+    assert!(stderr.contains(refusal), "{stderr}");
 
     // The library resumes user1's database and follows changes made in Postgres.
     let user1_file = work.path().join("user1.db");
@@ -220,6 +253,7 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes() {
             },
         },
         SyncOptions {
+            connection_method: method,
             retry_delay: Duration::from_millis(200),
             ..SyncOptions::default()
         },
@@ -348,7 +382,16 @@ fn wait_until_client_matches(
 }
 
 #[test]
-fn granted_buckets_appear_and_revoked_ones_disappear() {
+fn granted_buckets_appear_and_revoked_ones_disappear_over_http() {
+    granted_buckets_appear_and_revoked_ones_disappear(ConnectionMethod::Http);
+}
+
+#[test]
+fn granted_buckets_appear_and_revoked_ones_disappear_over_websocket() {
+    granted_buckets_appear_and_revoked_ones_disappear(ConnectionMethod::WebSocket);
+}
+
+fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
     let db = shared_cluster().create_database().expect("test database");
     db.psql(&std::fs::read_to_string(interop.join("schema.sql")).expect("schema.sql"))
@@ -366,7 +409,7 @@ fn granted_buckets_appear_and_revoked_ones_disappear() {
         work.path(),
         &db.url_without_session_options(),
         &interop.join("sync-rules.yaml"),
-        &format!("client_grants_{}_", std::process::id()),
+        &format!("client_grants_{}_{}_", transport_arg(method), std::process::id()),
     );
     gateway.wait_ready(READY_TIMEOUT);
     let schema = Schema::from_json(
@@ -398,6 +441,7 @@ fn granted_buckets_appear_and_revoked_ones_disappear() {
                 },
             },
             SyncOptions {
+                connection_method: method,
                 retry_delay: Duration::from_millis(200),
                 ..SyncOptions::default()
             },
@@ -486,4 +530,171 @@ fn granted_buckets_appear_and_revoked_ones_disappear() {
         );
         sync.abort();
     }
+}
+
+/// Hands out `tokens` in order (the last one on every later call) and counts the calls.
+struct TokenSequence {
+    endpoint: String,
+    tokens: Vec<String>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BackendConnector for TokenSequence {
+    async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
+        let call = self.fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let token = self.tokens[call.min(self.tokens.len() - 1)].clone();
+        Ok(Credentials {
+            endpoint: self.endpoint.clone(),
+            token,
+        })
+    }
+
+    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
+        Err(ClientError::Connector(
+            "this test makes no local writes".to_owned(),
+        ))
+    }
+}
+
+/// Over WebSocket the gateway refuses an expired token in its SETUP answer (an ERROR frame) and ends a
+/// stream whose token runs out; both must make the driver fetch new credentials, as a 401 does over HTTP.
+/// Then the gateway restarts: the driver reconnects with backoff, as over HTTP, and follows changes.
+#[test]
+fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
+    let db = shared_cluster().create_database().expect("test database");
+    db.psql(&std::fs::read_to_string(golden("schema.sql")).expect("schema.sql"))
+        .expect("schema");
+    db.psql(&std::fs::read_to_string(golden("dataset.sql")).expect("dataset.sql"))
+        .expect("dataset");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut gateway = start_gateway(
+        work.path(),
+        &db.url_without_session_options(),
+        &golden("sync-rules.yaml"),
+        &format!("client_ws_tokens_{}_", std::process::id()),
+    );
+    gateway.wait_ready(READY_TIMEOUT);
+    let file = work.path().join("user1.db");
+    let mut local = LocalDatabase::open(&file).expect("open");
+    local
+        .set_schema(&Schema::from_json(SCHEMA).expect("schema"))
+        .expect("set schema");
+
+    let now = unix_now();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connector = TokenSequence {
+        endpoint: gateway.endpoint(),
+        tokens: vec![
+            // Expired well beyond the gateway's clock tolerance: the SETUP is refused.
+            token_expiring_at("user1", now - 7200, now - 3600),
+            // Accepted, then runs out a few seconds into the stream.
+            token_expiring_at("user1", now, now + 8),
+            token("user1"),
+        ],
+        fetches: std::sync::Arc::clone(&fetches),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut driver = SyncDriver::new(
+        local,
+        connector,
+        SyncOptions {
+            connection_method: ConnectionMethod::WebSocket,
+            retry_delay: Duration::from_millis(200),
+            // Reconnects while the gateway restarts stay frequent.
+            max_retry_delay: Duration::from_secs(2),
+            ..SyncOptions::default()
+        },
+    );
+    let mut status = driver.subscribe_status();
+    let sync = runtime.spawn(async move { driver.run().await });
+
+    // Synced data proves the refused token was replaced (no stream can open with it).
+    let (lists, todos) = expected(&db, "user1");
+    let started = Instant::now();
+    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
+    {
+        assert!(
+            !sync.is_finished(),
+            "the driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "first sync not reached within {CHANGE_TIMEOUT:?}\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+    // The short token runs out: the stream ends and the driver fetches the next one.
+    let started = Instant::now();
+    while fetches.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            !sync.is_finished(),
+            "the driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "no refresh after the token expired\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The stream opened with the new token follows changes.
+    db.psql(
+        "INSERT INTO todos (id, list_id, description, owner_id) VALUES
+           ('aaaaaaaa-0000-4000-8000-000000000009', '11111111-1111-4111-8111-111111111111', 'after refresh', 'user1');",
+    )
+    .expect("insert");
+    let (lists, todos) = expected(&db, "user1");
+    let started = Instant::now();
+    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
+    {
+        assert!(
+            !sync.is_finished(),
+            "the driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "the change after the refresh did not arrive\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        status.borrow_and_update().connected,
+        "connected again after the refresh"
+    );
+
+    // The gateway goes away and comes back; a change made meanwhile arrives.
+    gateway.stop();
+    db.psql("DELETE FROM todos WHERE id = 'aaaaaaaa-0000-4000-8000-000000000009'")
+        .expect("delete");
+    gateway.restart();
+    gateway.wait_ready(READY_TIMEOUT);
+    let (lists, todos) = expected(&db, "user1");
+    let started = Instant::now();
+    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
+    {
+        assert!(
+            !sync.is_finished(),
+            "the driver stopped: {:?}",
+            runtime.block_on(sync)
+        );
+        assert!(
+            started.elapsed() < CHANGE_TIMEOUT,
+            "the change made while the gateway was down did not arrive\ngateway log:\n{}",
+            gateway.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sync.abort();
 }

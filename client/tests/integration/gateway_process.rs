@@ -43,11 +43,13 @@ pub fn start_gateway(dir: &Path, uri: &str, rules: &Path, slot_prefix: &str) -> 
 
 /// A token for `sub` valid for an hour, signed with the test key.
 pub fn token(sub: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let claims = serde_json::json!({"sub": sub, "aud": JWT_AUD, "iat": now, "exp": now + 3600});
+    let now = unix_now();
+    token_expiring_at(sub, now, now + 3600)
+}
+
+/// A token for `sub` issued at `iat`, expiring at `exp` (seconds since the epoch), signed with the test key.
+pub fn token_expiring_at(sub: &str, iat: u64, exp: u64) -> String {
+    let claims = serde_json::json!({"sub": sub, "aud": JWT_AUD, "iat": iat, "exp": exp});
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(JWT_KID.to_owned());
     jsonwebtoken::encode(
@@ -56,4 +58,11 @@ pub fn token(sub: &str) -> String {
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
     )
     .expect("sign")
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }

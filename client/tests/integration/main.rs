@@ -5,5 +5,7 @@ mod crashes;
 mod driver;
 mod end_to_end;
 mod gateway_process;
+mod official_client;
 mod transcripts;
 mod uploads;
+mod websocket;

@@ -9,7 +9,8 @@
 pub mod encoding;
 pub mod http;
 pub mod metrics;
-pub mod rsocket;
+/// The RSocket frame codec lives in the protocol crate (the client speaks it too).
+pub use syncgate_protocol::rsocket;
 pub mod session;
 mod wake;
 pub mod websocket;

@@ -13,11 +13,12 @@
 //! gateway logs.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use syncgate_test_support::interop::{interop_dir, node, official_client_available};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
 use syncgate_test_support::serve::{
@@ -41,15 +42,6 @@ const SCENARIOS: &[&str] = &[
     "token-refresh",
 ];
 
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop")
-}
-
-/// Whether the test must run (CI) rather than skip when the npm packages are missing.
-fn required() -> bool {
-    std::env::var_os("SYNCGATE_REQUIRE_INTEROP").is_some_and(|v| !v.is_empty())
-}
-
 #[test]
 fn official_client_over_http() {
     run_interop("http");
@@ -64,17 +56,7 @@ fn official_client_over_web_socket() {
 
 fn run_interop(connection_method: &str) {
     let dir = interop_dir();
-    if !dir.join("node_modules/@powersync/node").is_dir() {
-        assert!(
-            !required(),
-            "SYNCGATE_REQUIRE_INTEROP is set but {}/node_modules is missing: run `bash scripts/setup-interop.sh`",
-            dir.display()
-        );
-        eprintln!(
-            "SKIPPED interop test: {}/node_modules is missing (run `bash scripts/setup-interop.sh`; \
-             set SYNCGATE_REQUIRE_INTEROP=1 to make this a failure)",
-            dir.display()
-        );
+    if !official_client_available("interop test") {
         return;
     }
     let started = Instant::now();
@@ -239,8 +221,7 @@ fn run_scenario(
 ) -> Result<Value, String> {
     let log_path = work.join(format!("{scenario}.log"));
     let log = File::create(&log_path).expect("scenario log");
-    let child = Command::new("node")
-        .arg("interop.mjs")
+    let child = node("interop.mjs")
         .args(["--scenario", scenario])
         .args(["--endpoint", &format!("http://127.0.0.1:{}", gateway.port)])
         .args(["--pg-url", &db.url_without_session_options()])
@@ -255,7 +236,6 @@ fn run_scenario(
         .args(["--prefix", prefix, "--connection-method", connection_method])
         .arg("--dir")
         .arg(work.join("clients"))
-        .current_dir(interop_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

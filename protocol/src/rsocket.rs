@@ -12,7 +12,7 @@
 //! 0x80; SETUP's `R` (resume) 0x80 and `L` (lease) 0x40. When `M` is set, metadata is preceded by
 //! its 24-bit length; the data is the rest of the frame.
 //!
-//! [`Frame::decode`] reads the frames the gateway acts on in full (SETUP, KEEPALIVE, REQUEST_STREAM,
+//! [`Frame::decode`] reads the frames the gateway and the client act on in full (SETUP, KEEPALIVE, REQUEST_STREAM,
 //! REQUEST_N, CANCEL, PAYLOAD, ERROR). Every other known type, and an unknown type whose `I` flag is
 //! set, decodes as [`Frame::Other`] (header only) so the connection can refuse or ignore it; an
 //! unknown type without the `I` flag is a [`FrameError`], as the protocol requires.
