@@ -9,28 +9,20 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use syncgate_client::{LocalDatabase, Schema};
-use syncgate_test_support::shared_cluster;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::end_to_end::{client_binary, local_rows, pg_json, run_cli};
-use crate::gateway_process::{GatewayProcess, start_gateway, token};
+use crate::support::{
+    Deployment, GatewayProcess, Rules, USER_TODOS_RULES, client_binary, local_rows, multi_thread_runtime,
+    pg_json, read_request, run_cli, token, wait_until_every, watch,
+};
 use crate::uploads::{status_field, status_lines};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-const RULES: &str = "
-bucket_definitions:
-  user_todos:
-    parameters: SELECT request.user_id() AS user_id
-    data:
-      - SELECT * FROM todos WHERE owner_id = bucket.user_id
-";
 
 const SCHEMA: &str = r#"{"tables": [{"name": "todos", "columns": [
   {"name": "description", "type": "text"}, {"name": "owner_id", "type": "text"}]}]}"#;
@@ -171,40 +163,6 @@ fn garble(line: Vec<u8>, corruption: &Corruption, stream: usize) -> Vec<u8> {
     (value.to_string() + "\n").into_bytes()
 }
 
-/// One HTTP/1.1 request: its head (without the blank line) and its `Content-Length` body.
-async fn read_request(socket: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(str::to_owned)
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buffer.len() < head_end + 4 + length {
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    Some((head, buffer[head_end + 4..head_end + 4 + length].to_vec()))
-}
-
 fn sync_command(file: &Path, endpoint: &str) -> std::process::Command {
     let mut command = client_binary();
     command
@@ -216,44 +174,23 @@ fn sync_command(file: &Path, endpoint: &str) -> std::process::Command {
     command
 }
 
-fn wait_for(what: &str, gateway: &GatewayProcess, mut done: impl FnMut() -> Result<(), String>) {
-    let started = Instant::now();
-    loop {
-        let Err(why) = done() else { return };
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "{what}: not within {TIMEOUT:?}: {why}\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// [`wait_until_every`] 100 ms, up to `TIMEOUT`.
+fn wait_for(what: &str, gateway: &GatewayProcess, done: impl FnMut() -> Result<(), String>) {
+    wait_until_every(what, TIMEOUT, Duration::from_millis(100), gateway, done);
 }
 
 #[test]
 fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_downloaded_again() {
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(
-        "CREATE TABLE todos (id text PRIMARY KEY, description text NOT NULL, owner_id text NOT NULL);
+    let deployment = Deployment::start(
+        &["CREATE TABLE todos (id text PRIMARY KEY, description text NOT NULL, owner_id text NOT NULL);
          CREATE PUBLICATION powersync FOR TABLE todos;
          INSERT INTO todos SELECT 't' || lpad(g::text, 3, '0'), 'todo ' || g, 'user1' FROM generate_series(1, 50) g;
-         INSERT INTO todos VALUES ('u1', 'other user', 'user2');",
-    )
-    .expect("schema");
-    let work = tempfile::tempdir().expect("temp dir");
-    let rules = work.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).expect("rules");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &rules,
+         INSERT INTO todos VALUES ('u1', 'other user', 'user2');"],
+        Rules::Inline(USER_TODOS_RULES),
         &format!("client_corruption_{}_", std::process::id()),
     );
-    gateway.wait_ready(READY_TIMEOUT);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let Deployment { gateway, work, db } = &deployment;
+    let runtime = multi_thread_runtime(1);
     let listener = runtime
         .block_on(TcpListener::bind(("127.0.0.1", 0)))
         .expect("bind proxy");
@@ -267,29 +204,9 @@ fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_download
         .set_schema(&Schema::from_text(SCHEMA).expect("schema"))
         .expect("set schema");
     // Every result the app's table shows, from a live query in its own process.
-    let mut watch = client_binary()
-        .arg("watch")
-        .arg("--db")
-        .arg(&file)
-        .arg(CLIENT_TODOS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn watch");
-    let watched: Arc<Mutex<Vec<String>>> = Arc::default();
-    let watch_lines = {
-        let watched = Arc::clone(&watched);
-        let stdout = watch.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-                let Ok(line) = line else { break };
-                watched.lock().expect("lock").push(line);
-            }
-        })
-    };
-    wait_for("the watch's first result", &gateway, || {
-        (!watched.lock().expect("lock").is_empty())
+    let watch = watch(&file, CLIENT_TODOS);
+    wait_for("the watch's first result", gateway, || {
+        (!watch.lines.lock().expect("lock").is_empty())
             .then_some(())
             .ok_or("nothing yet".to_owned())
     });
@@ -316,7 +233,7 @@ fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_download
         }),
         "the status reports the mismatch:\n{stderr}"
     );
-    assert_eq!(local_rows(&file, CLIENT_TODOS), pg_json(&db, PG_TODOS));
+    assert_eq!(local_rows(&file, CLIENT_TODOS), pg_json(db, PG_TODOS));
 
     // 2. A live update garbled on the open stream: the synced rows stay visible (unchanged) while the
     // bucket downloads again, then the update shows intact.
@@ -328,15 +245,15 @@ fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_download
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn sync");
-    wait_for("the stream to resume", &gateway, || {
+    wait_for("the stream to resume", gateway, || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         text.contains("checkpoint applied").then_some(()).ok_or(text)
     });
     corruption.armed.store(true, Ordering::SeqCst);
     db.psql("UPDATE todos SET description = 'updated in postgres' WHERE id IN ('t007', 't042')")
         .expect("update");
-    wait_for("the update to sync intact", &gateway, || {
-        let (local, expected) = (local_rows(&file, CLIENT_TODOS), pg_json(&db, PG_TODOS));
+    wait_for("the update to sync intact", gateway, || {
+        let (local, expected) = (local_rows(&file, CLIENT_TODOS), pg_json(db, PG_TODOS));
         (local == expected && local.to_string().contains("updated in postgres"))
             .then_some(())
             .ok_or(format!("local {local}"))
@@ -363,8 +280,8 @@ fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_download
 
     // Give the watch a moment to print the last state, then read everything it saw.
     let expected_now = local_rows(&file, CLIENT_TODOS).to_string();
-    wait_for("the watch's last result", &gateway, || {
-        let seen = watched.lock().expect("lock");
+    wait_for("the watch's last result", gateway, || {
+        let seen = watch.lines.lock().expect("lock");
         seen.iter()
             .any(|line| {
                 serde_json::from_str::<Value>(line).ok().map(|v| v.to_string()) == Some(expected_now.clone())
@@ -372,10 +289,7 @@ fn a_checksum_mismatch_from_a_garbled_stream_is_detected_and_the_bucket_download
             .then_some(())
             .ok_or(format!("{} results", seen.len()))
     });
-    watch.kill().expect("kill watch");
-    watch.wait().expect("wait");
-    watch_lines.join().expect("watch reader");
-    let seen = watched.lock().expect("lock");
+    let seen = watch.stop();
     assert!(
         seen.iter().all(|line| !line.contains(GARBLED)),
         "the garbled value reached the app's table: {seen:#?}"

@@ -6,22 +6,20 @@
 //! it); restarted without kills, the client converges to Postgres's rows.
 
 use std::hash::{Hash as _, Hasher as _};
-use std::io::BufRead as _;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncgate_client::LocalDatabase;
-use syncgate_test_support::{TestDatabase, shared_cluster};
+use syncgate_test_support::TestDatabase;
 
-use crate::end_to_end::{client_binary, local_rows, pg_json, run_cli};
-use crate::gateway_process::{GatewayProcess, start_gateway, token};
+use crate::support::{
+    CollectedChild, Deployment, GatewayProcess, Rules, client_binary, local_rows, multi_thread_runtime,
+    pg_json, run_cli, token, wait_until, wait_until_every,
+};
 use crate::uploads::{Backend, status_field};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for any one thing the test waits for (a log line, a change to reach the client).
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -94,11 +92,7 @@ fn applied_checkpoint(file: &Path) -> i64 {
 }
 
 /// A `sync` process whose stderr a thread collects line by line.
-struct SyncProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: JoinHandle<()>,
-}
+struct SyncProcess(CollectedChild);
 
 impl SyncProcess {
     fn start(file: &Path, schema: &Path, gateway: &GatewayProcess, backend: Option<&Backend>) -> SyncProcess {
@@ -114,24 +108,9 @@ impl SyncProcess {
         if let Some(backend) = backend {
             command.args(["--backend", &backend.url()]);
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sync");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let reader = {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().expect("lock").push(line);
-                }
-            })
-        };
-        SyncProcess { child, lines, reader }
+        SyncProcess(CollectedChild::stderr(
+            command.stdin(Stdio::null()).stdout(Stdio::null()),
+        ))
     }
 
     /// Waits for a stderr line matching `wanted`; panics with the log if none comes in time.
@@ -141,43 +120,37 @@ impl SyncProcess {
 
     /// Waits until the stderr lines so far satisfy `wanted`; panics with the log if they do not in time.
     fn wait_for_lines(&mut self, what: &str, gateway: &GatewayProcess, wanted: impl Fn(&[String]) -> bool) {
-        let started = Instant::now();
-        loop {
-            if wanted(&self.lines.lock().expect("lock")) {
-                return;
+        // Checked often: a kill planned right after a log line must land close to it.
+        let log = self.0.log("client log");
+        let CollectedChild { child, lines, .. } = &mut self.0;
+        wait_until_every(what, TIMEOUT, Duration::from_millis(2), gateway, || {
+            if wanted(&lines.lock().expect("lock")) {
+                return Ok(());
             }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = child.try_wait().expect("try_wait") {
                 panic!(
                     "sync exited ({status}) before {what}:\n{}",
-                    self.lines.lock().expect("lock").join("\n")
+                    lines.lock().expect("lock").join("\n")
                 );
             }
-            assert!(
-                started.elapsed() < TIMEOUT,
-                "{what}: not within {TIMEOUT:?}\nclient log:\n{}\ngateway log:\n{}",
-                self.lines.lock().expect("lock").join("\n"),
-                gateway.log_tail(30)
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            Err(&log)
+        });
     }
 
     fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!(
-                "sync exited ({status}):\n{}",
-                self.lines.lock().expect("lock").join("\n")
-            );
+        if let Some(status) = self.0.child.try_wait().expect("try_wait") {
+            panic!("sync exited ({status}):\n{}", self.log());
         }
     }
 
+    /// Everything it logged so far.
+    fn log(&self) -> String {
+        self.0.lines().join("\n")
+    }
+
     /// SIGKILL (no chance to clean up, as in a crash); returns everything it logged.
-    fn kill(mut self) -> Vec<String> {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-        self.reader.join().expect("stderr reader");
-        let lines = self.lines.lock().expect("lock");
-        lines.clone()
+    fn kill(self) -> Vec<String> {
+        self.0.stop()
     }
 }
 
@@ -371,8 +344,8 @@ fn newer_checkpoint(line: &str, message: &str, applied: i64) -> bool {
 
 #[test]
 fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete_ones() {
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(&format!(
+    let deployment = Deployment::start(
+        &[&format!(
         "CREATE TABLE items (id text PRIMARY KEY, owner_id text NOT NULL, v int4 NOT NULL, payload text NOT NULL);
          CREATE TABLE todos (id text PRIMARY KEY, description text NOT NULL, completed int4 NOT NULL DEFAULT 0,
                              owner_id text NOT NULL);
@@ -381,36 +354,25 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
              FROM generate_series(1, {ROWS}) g;
          INSERT INTO items VALUES ('other', 'user2', 0, 'not user1''s');
          INSERT INTO todos VALUES ('t0', 'from postgres', 0, 'user1');"
-    ))
-    .expect("schema");
-    let work = tempfile::tempdir().expect("temp dir");
-    let rules = work.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).expect("rules");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &rules,
+        )],
+        Rules::Inline(RULES),
         &format!("client_crashes_{}_", std::process::id()),
     );
-    gateway.wait_ready(READY_TIMEOUT);
+    let Deployment { gateway, work, db } = &deployment;
     let schema = work.path().join("schema.json");
     std::fs::write(&schema, SCHEMA).expect("schema file");
     let file = work.path().join("user1.db");
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime(1);
     let backend = Backend::start(&runtime, db.url());
 
     let mut crashes = Crashes {
-        db: &db,
-        gateway: &gateway,
+        db,
+        gateway,
         file: &file,
         schema: &schema,
         // Before the first sync the client has no rows: the fingerprint of an empty table.
-        states: vec![std::hash::DefaultHasher::new().finish(), postgres_items(&db)],
+        states: vec![std::hash::DefaultHasher::new().finish(), postgres_items(db)],
         shown: 0,
         queue: serde_json::json!([]),
         backend: None,
@@ -466,31 +428,24 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
     ]);
 
     // Without kills: everything converges to Postgres.
-    let mut sync = SyncProcess::start(&file, &schema, &gateway, Some(&backend));
+    let mut sync = SyncProcess::start(&file, &schema, gateway, Some(&backend));
     let last = crashes.states.len() - 1;
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let todos_done = local_rows(&file, CLIENT_TODOS) == pg_json(&db, PG_TODOS)
+    wait_until("convergence", TIMEOUT, gateway, || {
+        let todos_done = local_rows(&file, CLIENT_TODOS) == pg_json(db, PG_TODOS)
             && local_rows(&file, QUEUE) == serde_json::json!([])
-            && pg_json(&db, "SELECT count(*) AS n FROM todos WHERE owner_id = 'user1'")
+            && pg_json(db, "SELECT count(*) AS n FROM todos WHERE owner_id = 'user1'")
                 == serde_json::json!([{"n": 2}]);
         if todos_done && client_items(&file) == crashes.states[last] {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence within {TIMEOUT:?}\nclient log:\n{}\ngateway log:\n{}",
-            sync.lines.lock().expect("lock").join("\n"),
-            gateway.log_tail(30)
-        );
         sync.assert_running();
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(sync.0.log("client log"))
+    });
     sync.kill();
     assert_eq!(
         local_rows(&file, "SELECT id, owner_id, v, payload FROM items ORDER BY id"),
         pg_json(
-            &db,
+            db,
             "SELECT id, owner_id, v, payload FROM items WHERE owner_id = 'user1' ORDER BY id COLLATE \"C\""
         ),
         "the client's items equal Postgres's for user1"

@@ -12,12 +12,11 @@ use std::time::Duration;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
-use syncgate_client::{
-    BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema, SyncDriver,
-    SyncOptions,
-};
+use syncgate_client::{BackendConnector, ClientError, Credentials, CrudTransaction, SyncDriver, SyncOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
+
+use crate::support::{DESCRIPTION_TODOS, in_memory_db, rows_json};
 
 /// A request as the service saw it.
 #[derive(Debug, Clone)]
@@ -169,16 +168,11 @@ fn driver_refreshes_credentials_on_401_and_recovers_from_a_checksum_mismatch() {
             ],
             seen.clone(),
         ));
-        let mut db = LocalDatabase::open_in_memory().expect("db");
-        db.set_schema(
-            &Schema::from_json(
-                r#"{"tables": [{"name": "lists", "columns": [{"name": "name", "type": "text"}]},
-                   {"name": "todos", "columns": [{"name": "description", "type": "text"},
-                                                 {"name": "completed", "type": "integer"}]}]}"#,
-            )
-            .expect("schema"),
-        )
-        .expect("set schema");
+        let db = in_memory_db(
+            r#"{"tables": [{"name": "lists", "columns": [{"name": "name", "type": "text"}]},
+               {"name": "todos", "columns": [{"name": "description", "type": "text"},
+                                             {"name": "completed", "type": "integer"}]}]}"#,
+        );
         let mut driver = SyncDriver::new(
             db,
             CountingConnector {
@@ -214,15 +208,7 @@ fn driver_refreshes_credentials_on_401_and_recovers_from_a_checksum_mismatch() {
     );
     assert_eq!(seen[2].body["client_id"], seen[1].body["client_id"]);
 
-    let rows = |sql: &str| {
-        Value::Array(
-            db.query_json(sql)
-                .expect("query")
-                .into_iter()
-                .map(Value::Object)
-                .collect(),
-        )
-    };
+    let rows = |sql: &str| rows_json(&db, sql);
     assert_eq!(
         rows("SELECT name FROM lists ORDER BY id"),
         json!([{"name": "Groceries"}, {"name": "Work"}])
@@ -278,14 +264,7 @@ fn the_status_follows_uploads_through_refusals_to_an_empty_queue() {
         .build()
         .expect("runtime");
     let statuses = runtime.block_on(async {
-        let mut db = LocalDatabase::open_in_memory().expect("db");
-        db.set_schema(
-            &Schema::from_json(
-                r#"{"tables": [{"name": "todos", "columns": [{"name": "description", "type": "text"}]}]}"#,
-            )
-            .expect("schema"),
-        )
-        .expect("set schema");
+        let mut db = in_memory_db(DESCRIPTION_TODOS);
         db.write_transaction(|tx| {
             tx.execute("INSERT INTO todos(id, description) VALUES ('t1', 'a')", [])?;
             tx.execute("INSERT INTO todos(id, description) VALUES ('t2', 'b')", [])?;

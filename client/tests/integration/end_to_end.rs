@@ -6,20 +6,22 @@
 //! is refreshed over WebSocket as over HTTP.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use serde_json::Value;
 use syncgate_client::{
     BackendConnector, ClientError, ConnectionMethod, Credentials, CrudTransaction, LocalDatabase, Schema,
     SyncDriver, SyncOptions,
 };
-use syncgate_test_support::serve::{Finished, wait_with_timeout};
-use syncgate_test_support::{TestDatabase, shared_cluster};
+use syncgate_test_support::TestDatabase;
 
-use crate::gateway_process::{GatewayProcess, start_gateway, token, token_expiring_at, unix_now};
+use crate::support::{
+    Deployment, FixedConnector, GatewayProcess, READY_TIMEOUT, Rules, assert_driver_running, client_binary,
+    local_rows, multi_thread_runtime, pg_json, read_sql, run_cli, token, token_expiring_at, transport_arg,
+    unix_now, wait_until, wait_until_every,
+};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for one CLI run; it normally takes well under a second.
 const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for a change in Postgres to reach the client.
@@ -58,6 +60,35 @@ fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The golden schema and dataset in a fresh database, behind a ready gateway with the golden rules.
+fn golden_deployment(slot_prefix: &str) -> Deployment {
+    Deployment::start(
+        &[
+            &read_sql(&golden("schema.sql")),
+            &read_sql(&golden("dataset.sql")),
+        ],
+        Rules::File(&golden("sync-rules.yaml")),
+        slot_prefix,
+    )
+}
+
+/// Whether user1's client `file` holds `lists` and `todos` (in the shape of `CLIENT_LISTS` and
+/// `CLIENT_TODOS`); panics if the driver running in `sync` has stopped.
+fn user1_matches(
+    file: &Path,
+    lists: &Value,
+    todos: &Value,
+    runtime: &tokio::runtime::Runtime,
+    sync: &mut tokio::task::JoinHandle<Result<(), ClientError>>,
+) -> Result<(), String> {
+    let local = (local_rows(file, CLIENT_LISTS), local_rows(file, CLIENT_TODOS));
+    if local == (lists.clone(), todos.clone()) {
+        return Ok(());
+    }
+    assert_driver_running(runtime, sync);
+    Err(format!("local {local:?}, expected {:?}", (lists, todos)))
+}
+
 /// What the rules give `user`, straight from Postgres, in the shape of the client queries above.
 fn expected(db: &TestDatabase, user: &str) -> (Value, Value) {
     let lists = pg_json(db, "SELECT id::text AS id, name, owner_id FROM lists ORDER BY id");
@@ -69,45 +100,6 @@ fn expected(db: &TestDatabase, user: &str) -> (Value, Value) {
         ),
     );
     (lists, todos)
-}
-
-pub(crate) fn pg_json(db: &TestDatabase, query: &str) -> Value {
-    let text = db
-        .psql(&format!(
-            "SELECT coalesce(json_agg(t), '[]'::json) FROM ({query}) t"
-        ))
-        .expect("psql");
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("psql output {text:?}: {e}"))
-}
-
-pub(crate) fn client_binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_syncgate-client"));
-    command.env("RUST_LOG", "info").env("NO_COLOR", "1");
-    command
-}
-
-/// Runs the CLI to completion (killed after `timeout`); returns its status (None: timed out), stdout and
-/// stderr.
-pub(crate) fn run_cli(mut command: Command, timeout: Duration) -> (Option<ExitStatus>, String, String) {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command.spawn().expect("spawn syncgate-client");
-    let Finished {
-        status,
-        stdout,
-        stderr,
-    } = wait_with_timeout(child, timeout);
-    (status, stdout, stderr)
-}
-
-/// The CLI's `--transport` value.
-pub(crate) fn transport_arg(method: ConnectionMethod) -> &'static str {
-    match method {
-        ConnectionMethod::Http => "http",
-        ConnectionMethod::WebSocket => "websocket",
-    }
 }
 
 fn sync_once(
@@ -142,33 +134,6 @@ fn cli_query(db_file: &Path, sql: &str) -> Value {
     value
 }
 
-pub(crate) fn local_rows(db_file: &Path, sql: &str) -> Value {
-    let db = LocalDatabase::open(db_file).expect("open local db");
-    Value::Array(
-        db.query_json(sql)
-            .expect("query")
-            .into_iter()
-            .map(Value::Object)
-            .collect(),
-    )
-}
-
-struct FixedConnector {
-    credentials: Credentials,
-}
-
-impl BackendConnector for FixedConnector {
-    async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
-        Ok(self.credentials.clone())
-    }
-
-    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
-        Err(ClientError::Connector(
-            "this test makes no local writes".to_owned(),
-        ))
-    }
-}
-
 #[test]
 fn clients_sync_their_rules_rows_and_follow_postgres_changes_over_http() {
     clients_sync_their_rules_rows_and_follow_postgres_changes(ConnectionMethod::Http);
@@ -180,20 +145,11 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes_over_websocket() {
 }
 
 fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionMethod) {
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(&std::fs::read_to_string(golden("schema.sql")).expect("schema.sql"))
-        .expect("schema");
-    db.psql(&std::fs::read_to_string(golden("dataset.sql")).expect("dataset.sql"))
-        .expect("dataset");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &golden("sync-rules.yaml"),
+    let deployment = golden_deployment(
         // Slot names are cluster-wide: one prefix per transport, so both variants can run at once.
         &format!("client_e2e_{}_{}_", transport_arg(method), std::process::id()),
     );
-    gateway.wait_ready(READY_TIMEOUT);
+    let Deployment { gateway, work, db } = &deployment;
     let schema = work.path().join("schema.json");
     std::fs::write(&schema, SCHEMA).expect("schema file");
     let schema_yaml = work.path().join("schema.yaml");
@@ -203,13 +159,13 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionM
     for user in ["user1", "user2"] {
         let file = work.path().join(format!("{user}.db"));
         let schema = if user == "user1" { &schema } else { &schema_yaml };
-        let (status, stderr) = sync_once(&gateway, method, &token(user), &file, schema);
+        let (status, stderr) = sync_once(gateway, method, &token(user), &file, schema);
         assert!(
             status.is_some_and(|s| s.success()),
             "sync --once for {user} failed ({status:?}):\n{stderr}\ngateway log:\n{}",
             gateway.log_tail(40)
         );
-        let (lists, todos) = expected(&db, user);
+        let (lists, todos) = expected(db, user);
         assert_eq!(
             todos.as_array().map(Vec::len),
             Some(if user == "user1" { 2 } else { 1 })
@@ -219,13 +175,7 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionM
     }
 
     // A rejected token fails --once with a non-zero exit.
-    let (status, stderr) = sync_once(
-        &gateway,
-        method,
-        "not-a-jwt",
-        &work.path().join("bad.db"),
-        &schema,
-    );
+    let (status, stderr) = sync_once(gateway, method, "not-a-jwt", &work.path().join("bad.db"), &schema);
     assert!(
         status.is_some_and(|s| !s.success()),
         "a bad token must fail: {status:?}\n{stderr}"
@@ -239,19 +189,10 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionM
 
     // The library resumes user1's database and follows changes made in Postgres.
     let user1_file = work.path().join("user1.db");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime(2);
     let mut driver = SyncDriver::new(
         LocalDatabase::open(&user1_file).expect("open user1.db"),
-        FixedConnector {
-            credentials: Credentials {
-                endpoint: gateway.endpoint(),
-                token: token("user1"),
-            },
-        },
+        FixedConnector::new(gateway.endpoint(), token("user1")),
         SyncOptions {
             connection_method: method,
             retry_delay: Duration::from_millis(200),
@@ -264,7 +205,7 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionM
         .expect("last_synced_at")
         .expect("the CLI synced user1.db");
     let status = driver.subscribe_status();
-    let sync = runtime.spawn(async move { driver.run().await });
+    let mut sync = runtime.spawn(async move { driver.run().await });
     db.psql(
         "UPDATE todos SET description = 'milk (2l)', completed = true WHERE id = 'aaaaaaaa-0000-4000-8000-000000000001';
          DELETE FROM todos WHERE id = 'aaaaaaaa-0000-4000-8000-000000000002';
@@ -274,54 +215,36 @@ fn clients_sync_their_rules_rows_and_follow_postgres_changes(method: ConnectionM
            ('bbbbbbbb-0000-4000-8000-000000000002', '22222222-2222-4222-8222-222222222222', 'slides', 'user2');",
     )
     .expect("changes");
-    let (lists, todos) = expected(&db, "user1");
+    let (lists, todos) = expected(db, "user1");
     assert_eq!(
         todos.as_array().map(Vec::len),
         Some(2),
         "user1 holds the updated and the inserted todo"
     );
-    let started = Instant::now();
-    loop {
-        let local = (
-            local_rows(&user1_file, CLIENT_LISTS),
-            local_rows(&user1_file, CLIENT_TODOS),
-        );
-        if local == (lists.clone(), todos.clone()) {
-            break;
-        }
-        assert!(
-            !sync.is_finished(),
-            "the sync driver stopped: {:?}",
-            runtime.block_on(sync)
-        );
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "changes did not reach the client within {CHANGE_TIMEOUT:?}; local {local:?}, expected {:?}\ngateway log:\n{}",
-            (lists, todos),
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until("changes to reach the client", CHANGE_TIMEOUT, gateway, || {
+        user1_matches(&user1_file, &lists, &todos, &runtime, &mut sync)
+    });
     // The status follows: connected, nothing to upload, synced later than the CLI's run.
-    let started = Instant::now();
-    loop {
-        let current = status.borrow().clone();
-        if current.connected
-            && !current.downloading
-            && current.last_synced_at.is_some_and(|at| at > first_synced_at)
-        {
-            assert_eq!(current.upload_pending, 0, "{current:?}");
-            assert!(!current.uploading, "{current:?}");
-            assert_eq!(current.last_upload_error, None, "{current:?}");
-            assert!(current.applied_checkpoint.is_some(), "{current:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "the status does not show the sync: {current:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_every(
+        "the status to show the sync",
+        CHANGE_TIMEOUT,
+        Duration::from_millis(50),
+        gateway,
+        || {
+            let current = status.borrow().clone();
+            if current.connected
+                && !current.downloading
+                && current.last_synced_at.is_some_and(|at| at > first_synced_at)
+            {
+                assert_eq!(current.upload_pending, 0, "{current:?}");
+                assert!(!current.uploading, "{current:?}");
+                assert_eq!(current.last_upload_error, None, "{current:?}");
+                assert!(current.applied_checkpoint.is_some(), "{current:?}");
+                return Ok(());
+            }
+            Err(format!("{current:?}"))
+        },
+    );
     sync.abort();
 }
 
@@ -364,21 +287,15 @@ fn wait_until_client_matches(
     what: &str,
     gateway: &GatewayProcess,
 ) {
-    let started = Instant::now();
-    loop {
-        let mismatch = expectations.iter().find_map(|e| {
+    wait_until(what, CHANGE_TIMEOUT, gateway, || {
+        expectations.iter().try_for_each(|e| {
             let local = local_rows(file, e.client_sql);
             let expected = pg_json(db, &e.postgres_sql);
-            (local != expected).then(|| format!("{}: local {local}, expected {expected}", e.client_sql))
-        });
-        let Some(mismatch) = mismatch else { return };
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "{what}: not reached within {CHANGE_TIMEOUT:?}: {mismatch}\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            (local == expected)
+                .then_some(())
+                .ok_or_else(|| format!("{}: local {local}, expected {expected}", e.client_sql))
+        })
+    });
 }
 
 #[test]
@@ -393,25 +310,18 @@ fn granted_buckets_appear_and_revoked_ones_disappear_over_websocket() {
 
 fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop");
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(&std::fs::read_to_string(interop.join("schema.sql")).expect("schema.sql"))
-        .expect("schema");
-    db.psql(&std::fs::read_to_string(interop.join("data.sql")).expect("data.sql"))
-        .expect("data");
-    db.psql(
-        "INSERT INTO lists (id, owner_id, name) VALUES ('la', 'alice', 'Alice''s'), ('lb', 'bob', 'Bob''s');
-         INSERT INTO todos (id, list_id, description, completed, priority) VALUES
-           ('ta1', 'la', 'milk', false, 1), ('tb1', 'lb', 'report', true, NULL), ('tb2', 'lb', 'slides', false, 3);",
-    )
-    .expect("rows");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &interop.join("sync-rules.yaml"),
+    let deployment = Deployment::start(
+        &[
+            &read_sql(&interop.join("schema.sql")),
+            &read_sql(&interop.join("data.sql")),
+            "INSERT INTO lists (id, owner_id, name) VALUES ('la', 'alice', 'Alice''s'), ('lb', 'bob', 'Bob''s');
+             INSERT INTO todos (id, list_id, description, completed, priority) VALUES
+               ('ta1', 'la', 'milk', false, 1), ('tb1', 'lb', 'report', true, NULL), ('tb2', 'lb', 'slides', false, 3);",
+        ],
+        Rules::File(&interop.join("sync-rules.yaml")),
         &format!("client_grants_{}_{}_", transport_arg(method), std::process::id()),
     );
-    gateway.wait_ready(READY_TIMEOUT);
+    let Deployment { gateway, work, db } = &deployment;
     let schema = Schema::from_json(
         r#"{"tables": [
           {"name": "lists", "columns": [{"name": "owner_id", "type": "text"}, {"name": "name", "type": "text"}]},
@@ -422,11 +332,7 @@ fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
     )
     .expect("schema");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime(2);
     let mut syncs = Vec::new();
     for user in ["alice", "bob"] {
         let file = work.path().join(format!("{user}.db"));
@@ -434,12 +340,7 @@ fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
         local.set_schema(&schema).expect("set schema");
         let mut driver = SyncDriver::new(
             local,
-            FixedConnector {
-                credentials: Credentials {
-                    endpoint: gateway.endpoint(),
-                    token: token(user),
-                },
-            },
+            FixedConnector::new(gateway.endpoint(), token(user)),
             SyncOptions {
                 connection_method: method,
                 retry_delay: Duration::from_millis(200),
@@ -451,18 +352,18 @@ fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
     let alice = work.path().join("alice.db");
     let bob = work.path().join("bob.db");
     wait_until_client_matches(
-        &db,
+        db,
         &alice,
         &interop_expectations("alice"),
         "alice's first sync",
-        &gateway,
+        gateway,
     );
     wait_until_client_matches(
-        &db,
+        db,
         &bob,
         &interop_expectations("bob"),
         "bob's first sync",
-        &gateway,
+        gateway,
     );
     assert_eq!(
         local_rows(&alice, "SELECT id FROM todos"),
@@ -473,11 +374,11 @@ fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
     db.psql("INSERT INTO list_members (id, list_id, user_id) VALUES ('m1', 'lb', 'alice')")
         .expect("share");
     wait_until_client_matches(
-        &db,
+        db,
         &alice,
         &interop_expectations("alice"),
         "the granted list",
-        &gateway,
+        gateway,
     );
     assert_eq!(
         local_rows(&alice, "SELECT id FROM todos ORDER BY id"),
@@ -488,46 +389,42 @@ fn granted_buckets_appear_and_revoked_ones_disappear(method: ConnectionMethod) {
     db.psql("UPDATE todos SET description = 'slides v2', completed = true WHERE id = 'tb2'; DELETE FROM todos WHERE id = 'tb1'")
         .expect("change shared todos");
     wait_until_client_matches(
-        &db,
+        db,
         &alice,
         &interop_expectations("alice"),
         "changes in the shared list",
-        &gateway,
+        gateway,
     );
     wait_until_client_matches(
-        &db,
+        db,
         &bob,
         &interop_expectations("bob"),
         "bob sees his changes",
-        &gateway,
+        gateway,
     );
     db.psql("DELETE FROM list_members WHERE id = 'm1'")
         .expect("revoke");
     wait_until_client_matches(
-        &db,
+        db,
         &alice,
         &interop_expectations("alice"),
         "the revoked list",
-        &gateway,
+        gateway,
     );
     assert_eq!(
         local_rows(&alice, "SELECT id FROM lists"),
         serde_json::json!([{"id": "la"}])
     );
     wait_until_client_matches(
-        &db,
+        db,
         &bob,
         &interop_expectations("bob"),
         "bob keeps his list",
-        &gateway,
+        gateway,
     );
 
-    for sync in syncs {
-        assert!(
-            !sync.is_finished(),
-            "a sync driver stopped: {:?}",
-            runtime.block_on(sync)
-        );
+    for mut sync in syncs {
+        assert_driver_running(&runtime, &mut sync);
         sync.abort();
     }
 }
@@ -561,19 +458,8 @@ impl BackendConnector for TokenSequence {
 /// Then the gateway restarts: the driver reconnects with backoff, as over HTTP, and follows changes.
 #[test]
 fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(&std::fs::read_to_string(golden("schema.sql")).expect("schema.sql"))
-        .expect("schema");
-    db.psql(&std::fs::read_to_string(golden("dataset.sql")).expect("dataset.sql"))
-        .expect("dataset");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &golden("sync-rules.yaml"),
-        &format!("client_ws_tokens_{}_", std::process::id()),
-    );
-    gateway.wait_ready(READY_TIMEOUT);
+    let mut deployment = golden_deployment(&format!("client_ws_tokens_{}_", std::process::id()));
+    let Deployment { gateway, work, db } = &mut deployment;
     let file = work.path().join("user1.db");
     let mut local = LocalDatabase::open(&file).expect("open");
     local
@@ -593,11 +479,7 @@ fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
         ],
         fetches: std::sync::Arc::clone(&fetches),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime(2);
     let mut driver = SyncDriver::new(
         local,
         connector,
@@ -610,42 +492,29 @@ fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
         },
     );
     let mut status = driver.subscribe_status();
-    let sync = runtime.spawn(async move { driver.run().await });
+    let mut sync = runtime.spawn(async move { driver.run().await });
 
     // Synced data proves the refused token was replaced (no stream can open with it).
-    let (lists, todos) = expected(&db, "user1");
-    let started = Instant::now();
-    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
-    {
-        assert!(
-            !sync.is_finished(),
-            "the driver stopped: {:?}",
-            runtime.block_on(sync)
-        );
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "first sync not reached within {CHANGE_TIMEOUT:?}\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (lists, todos) = expected(db, "user1");
+    wait_until("the first sync", CHANGE_TIMEOUT, gateway, || {
+        user1_matches(&file, &lists, &todos, &runtime, &mut sync)
+    });
     assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 
     // The short token runs out: the stream ends and the driver fetches the next one.
-    let started = Instant::now();
-    while fetches.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-        assert!(
-            !sync.is_finished(),
-            "the driver stopped: {:?}",
-            runtime.block_on(sync)
-        );
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "no refresh after the token expired\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "a refresh after the token expired",
+        CHANGE_TIMEOUT,
+        gateway,
+        || {
+            let fetched = fetches.load(std::sync::atomic::Ordering::SeqCst);
+            if fetched >= 3 {
+                return Ok(());
+            }
+            assert_driver_running(&runtime, &mut sync);
+            Err(format!("{fetched} credential fetches"))
+        },
+    );
 
     // The stream opened with the new token follows changes.
     db.psql(
@@ -653,22 +522,10 @@ fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
            ('aaaaaaaa-0000-4000-8000-000000000009', '11111111-1111-4111-8111-111111111111', 'after refresh', 'user1');",
     )
     .expect("insert");
-    let (lists, todos) = expected(&db, "user1");
-    let started = Instant::now();
-    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
-    {
-        assert!(
-            !sync.is_finished(),
-            "the driver stopped: {:?}",
-            runtime.block_on(sync)
-        );
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "the change after the refresh did not arrive\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (lists, todos) = expected(db, "user1");
+    wait_until("the change after the refresh", CHANGE_TIMEOUT, gateway, || {
+        user1_matches(&file, &lists, &todos, &runtime, &mut sync)
+    });
     assert!(
         status.borrow_and_update().connected,
         "connected again after the refresh"
@@ -680,21 +537,12 @@ fn websocket_driver_refreshes_tokens_and_reconnects_after_a_gateway_restart() {
         .expect("delete");
     gateway.restart();
     gateway.wait_ready(READY_TIMEOUT);
-    let (lists, todos) = expected(&db, "user1");
-    let started = Instant::now();
-    while (local_rows(&file, CLIENT_LISTS), local_rows(&file, CLIENT_TODOS)) != (lists.clone(), todos.clone())
-    {
-        assert!(
-            !sync.is_finished(),
-            "the driver stopped: {:?}",
-            runtime.block_on(sync)
-        );
-        assert!(
-            started.elapsed() < CHANGE_TIMEOUT,
-            "the change made while the gateway was down did not arrive\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (lists, todos) = expected(db, "user1");
+    wait_until(
+        "the change made while the gateway was down",
+        CHANGE_TIMEOUT,
+        gateway,
+        || user1_matches(&file, &lists, &todos, &runtime, &mut sync),
+    );
     sync.abort();
 }

@@ -17,18 +17,16 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use syncgate_client::{
-    BackendConnector, ClientError, ConnectionMethod, Credentials, CrudTransaction, LocalDatabase, Schema,
-    SyncDriver, SyncOptions,
-};
+use syncgate_client::{ConnectionMethod, LocalDatabase, Schema, SyncDriver, SyncOptions};
+use syncgate_test_support::TestDatabase;
 use syncgate_test_support::interop::{interop_dir, node, official_client_available};
 use syncgate_test_support::serve::tail;
-use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::end_to_end::{local_rows, pg_json, transport_arg};
-use crate::gateway_process::{start_gateway, token};
+use crate::support::{
+    Deployment, FixedConnector, GatewayProcess, Rules, assert_driver_running, local_rows,
+    multi_thread_runtime, pg_json, read_sql, token, transport_arg, wait_until_every,
+};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for both clients to reach what Postgres holds.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for one answer of the node script (it starts the SDK's worker on the first).
@@ -53,13 +51,11 @@ fn official_client_ends_with_the_same_rows(method: ConnectionMethod) {
         return;
     }
     let interop = interop_dir();
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(&std::fs::read_to_string(interop.join("schema.sql")).expect("schema.sql"))
-        .expect("schema");
-    db.psql(&std::fs::read_to_string(interop.join("data.sql")).expect("data.sql"))
-        .expect("data");
-    db.psql(
-        "INSERT INTO lists (id, owner_id, name) VALUES
+    let deployment = Deployment::start(
+        &[
+            &read_sql(&interop.join("schema.sql")),
+            &read_sql(&interop.join("data.sql")),
+            "INSERT INTO lists (id, owner_id, name) VALUES
            ('la', 'alice', 'Alice''s'), ('lb', 'bob', 'Bob''s trip'), ('lc', 'carol', 'Carol''s');
          INSERT INTO list_members (id, list_id, user_id) VALUES ('m1', 'lb', 'alice');
          INSERT INTO todos (id, list_id, description, completed, priority) VALUES
@@ -72,20 +68,15 @@ fn official_client_ends_with_the_same_rows(method: ConnectionMethod) {
          INSERT INTO todos (id, list_id, description, completed, priority)
            SELECT 'tbulk' || lpad(i::text, 2, '0'), 'bulk' || lpad(i::text, 2, '0'), 'todo ' || i, i % 2 = 0, i
            FROM generate_series(1, 30) i;",
-    )
-    .expect("rows");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &interop.join("sync-rules.yaml"),
+        ],
+        Rules::File(&interop.join("sync-rules.yaml")),
         &format!(
             "client_official_{}_{}_",
             transport_arg(method),
             std::process::id()
         ),
     );
-    gateway.wait_ready(READY_TIMEOUT);
+    let Deployment { gateway, work, db } = &deployment;
 
     let node_method = match method {
         ConnectionMethod::Http => "http",
@@ -97,36 +88,20 @@ fn official_client_ends_with_the_same_rows(method: ConnectionMethod) {
     let file = work.path().join("syncgate-client.db");
     let mut local = LocalDatabase::open(&file).expect("open");
     local.set_schema(&schema).expect("set schema");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime(2);
     let mut driver = SyncDriver::new(
         local,
-        FixedConnector {
-            credentials: Credentials {
-                endpoint: gateway.endpoint(),
-                token: token(USER),
-            },
-        },
+        FixedConnector::new(gateway.endpoint(), token(USER)),
         SyncOptions {
             connection_method: method,
             retry_delay: Duration::from_millis(200),
             ..SyncOptions::default()
         },
     );
-    let sync = runtime.spawn(async move { driver.run().await });
+    let mut sync = runtime.spawn(async move { driver.run().await });
 
-    let first = wait_until_both_match(&db, &file, &mut official, "the first sync", || {
-        gateway.log_tail(40)
-    });
-    let todo_ids: Vec<&str> = first["todos"]
-        .as_array()
-        .expect("todos")
-        .iter()
-        .filter_map(|row| row["id"].as_str())
-        .collect();
+    let first = wait_until_both_match(db, &file, &mut official, "the first sync", gateway);
+    let todo_ids = ids(&first["todos"]);
     assert_eq!(todo_ids.len(), 34, "{todo_ids:?}");
     assert!(
         ["ta1", "ta2", "tb1", "tb2"]
@@ -151,7 +126,7 @@ fn official_client_ends_with_the_same_rows(method: ConnectionMethod) {
          COMMIT;",
     )
     .expect("changes");
-    wait_until_both_match(&db, &file, &mut official, "the changes", || gateway.log_tail(40));
+    wait_until_both_match(db, &file, &mut official, "the changes", gateway);
     db.psql(
         "BEGIN;
          DELETE FROM list_members WHERE id = 'm1';
@@ -160,26 +135,15 @@ fn official_client_ends_with_the_same_rows(method: ConnectionMethod) {
          COMMIT;",
     )
     .expect("revoke and add");
-    let last = wait_until_both_match(&db, &file, &mut official, "the revoked share", || {
-        gateway.log_tail(40)
-    });
-    let list_ids: Vec<&str> = last["lists"]
-        .as_array()
-        .expect("lists")
-        .iter()
-        .filter_map(|row| row["id"].as_str())
-        .collect();
+    let last = wait_until_both_match(db, &file, &mut official, "the revoked share", gateway);
+    let list_ids = ids(&last["lists"]);
     assert_eq!(list_ids.len(), 32, "{list_ids:?}");
     assert!(
         list_ids.contains(&"ld") && !list_ids.contains(&"lb"),
         "the new list in, the revoked one out: {list_ids:?}"
     );
 
-    assert!(
-        !sync.is_finished(),
-        "the sync driver stopped: {:?}",
-        runtime.block_on(sync)
-    );
+    assert_driver_running(&runtime, &mut sync);
     sync.abort();
     official.stop();
 }
@@ -191,28 +155,43 @@ fn wait_until_both_match(
     file: &Path,
     official: &mut OfficialClient,
     what: &str,
-    gateway_log: impl Fn() -> String,
+    gateway: &GatewayProcess,
 ) -> Value {
-    let started = Instant::now();
-    loop {
-        let expected = expected_tables(db);
-        let ours = our_tables(file);
-        let theirs = official.dump();
-        if ours == expected && theirs["has_synced"] == json!(true) && theirs["tables"] == expected {
-            // The same rows in both, and the same as Postgres (asserted again for the failure message).
-            assert_eq!(ours, theirs["tables"]);
-            return expected;
-        }
-        assert!(
-            started.elapsed() < CONVERGE_TIMEOUT,
-            "{what}: the clients did not both reach Postgres's rows within {CONVERGE_TIMEOUT:?}\n\
+    let mut matched = None;
+    wait_until_every(
+        what,
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(250),
+        gateway,
+        || {
+            let expected = expected_tables(db);
+            let ours = our_tables(file);
+            let theirs = official.dump();
+            if ours == expected && theirs["has_synced"] == json!(true) && theirs["tables"] == expected {
+                // The same rows in both, and the same as Postgres (asserted again for the failure message).
+                assert_eq!(ours, theirs["tables"]);
+                matched = Some(expected);
+                return Ok(());
+            }
+            Err(format!(
+                "the clients did not both reach Postgres's rows\n\
              postgres:         {expected}\nsyncgate-client:  {ours}\n@powersync/node:  {theirs}\n\
-             --- node log ---\n{}\n--- gateway log ---\n{}",
-            official.log_tail(),
-            gateway_log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+             --- node log ---\n{}",
+                official.log_tail()
+            ))
+        },
+    );
+    matched.expect("matched")
+}
+
+/// The `id` of each row of `table` (a JSON array of rows).
+fn ids(table: &Value) -> Vec<&str> {
+    table
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["id"].as_str())
+        .collect()
 }
 
 /// What the sync rules (tests/interop/sync-rules.yaml) give `USER`, every column the schema declares,
@@ -244,22 +223,6 @@ fn our_tables(file: &Path) -> Value {
             })
             .collect(),
     )
-}
-
-struct FixedConnector {
-    credentials: Credentials,
-}
-
-impl BackendConnector for FixedConnector {
-    async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
-        Ok(self.credentials.clone())
-    }
-
-    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
-        Err(ClientError::Connector(
-            "this test makes no local writes".to_owned(),
-        ))
-    }
 }
 
 /// `node mirror.mjs`: the official client syncing one user, answering `dump` on its stdin with one JSON

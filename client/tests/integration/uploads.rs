@@ -8,17 +8,18 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use syncgate_test_support::{TestDatabase, shared_cluster};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use syncgate_test_support::TestDatabase;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::end_to_end::{client_binary, local_rows, pg_json, run_cli};
-use crate::gateway_process::{GatewayProcess, start_gateway, token};
+use crate::support::{
+    Deployment, GatewayProcess, Rules, USER_TODOS_RULES, client_binary, local_rows, multi_thread_runtime,
+    pg_json, read_request, run_cli, token, wait_until_every, watch,
+};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Backstop for a CLI run or a change to travel client → backend → Postgres → gateway → client.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -31,14 +32,6 @@ CREATE TABLE todos (
 );
 CREATE PUBLICATION powersync FOR TABLE todos;
 INSERT INTO todos (id, description, owner_id) VALUES ('t0', 'from postgres', 'user1'), ('u0', 'other user', 'user2');
-";
-
-const RULES: &str = "
-bucket_definitions:
-  user_todos:
-    parameters: SELECT request.user_id() AS user_id
-    data:
-      - SELECT * FROM todos WHERE owner_id = bucket.user_id
 ";
 
 const SCHEMA: &str = r#"{"tables": [{"name": "todos", "columns": [
@@ -122,7 +115,7 @@ async fn handle(
     applied: &Mutex<Vec<i64>>,
     refused: &Mutex<u32>,
 ) {
-    let Some(body) = read_body(&mut socket).await else {
+    let Some((_head, body)) = read_request(&mut socket).await else {
         return;
     };
     let mode = *mode.lock().expect("lock");
@@ -191,36 +184,6 @@ async fn apply(postgres_url: &str, request: &Value) -> Result<(), tokio_postgres
     tx.commit().await
 }
 
-/// Reads one HTTP/1.1 request's body (`Content-Length`); None if the client hung up first.
-async fn read_body(socket: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..header_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buffer.len() < header_end + length {
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    Some(buffer[header_end..header_end + length].to_vec())
-}
-
 async fn respond(socket: &mut TcpStream, status: &str, body: &str) {
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -253,17 +216,9 @@ fn upload_command(db_file: &Path, gateway: &GatewayProcess, backend: &Backend) -
     command
 }
 
-fn wait_for(what: &str, gateway: &GatewayProcess, mut done: impl FnMut() -> Result<(), String>) {
-    let started = Instant::now();
-    loop {
-        let Err(why) = done() else { return };
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "{what}: not within {TIMEOUT:?}: {why}\ngateway log:\n{}",
-            gateway.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// [`wait_until_every`] 100 ms, up to `TIMEOUT`.
+fn wait_for(what: &str, gateway: &GatewayProcess, done: impl FnMut() -> Result<(), String>) {
+    wait_until_every(what, TIMEOUT, Duration::from_millis(100), gateway, done);
 }
 
 /// The client's todos equal Postgres's for user1, and nothing is queued or awaiting acknowledgement.
@@ -297,6 +252,16 @@ pub(crate) fn status_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The results a `watch` printed, one JSON value a line; panics on a line that is not JSON.
+fn watch_results(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("watch line {line:?} is not JSON: {e}"))
+        })
+        .collect()
+}
+
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -309,23 +274,13 @@ fn kill(mut child: Child) {
 
 #[test]
 fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
-    let db = shared_cluster().create_database().expect("test database");
-    db.psql(PG_SCHEMA).expect("schema");
-    let work = tempfile::tempdir().expect("temp dir");
-    let rules = work.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).expect("rules");
-    let mut gateway = start_gateway(
-        work.path(),
-        &db.url_without_session_options(),
-        &rules,
+    let mut deployment = Deployment::start(
+        &[PG_SCHEMA],
+        Rules::Inline(USER_TODOS_RULES),
         &format!("client_uploads_{}_", std::process::id()),
     );
-    gateway.wait_ready(READY_TIMEOUT);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let Deployment { gateway, work, db } = &mut deployment;
+    let runtime = multi_thread_runtime(2);
     let backend = Backend::start(&runtime, db.url());
     let schema = work.path().join("schema.json");
     std::fs::write(&schema, SCHEMA).expect("schema file");
@@ -351,32 +306,10 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     );
 
     // A live query in its own process, following the steps below.
-    let mut watch = client_binary()
-        .arg("watch")
-        .arg("--db")
-        .arg(&file)
-        .arg(CLIENT_TODOS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn watch");
-    let watched: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let watch_lines = {
-        let watched = Arc::clone(&watched);
-        let stdout = watch.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-                let line = line.expect("watch output");
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("watch line {line:?} is not JSON: {e}"));
-                watched.lock().expect("lock").push(value);
-            }
-        })
-    };
+    let watch = watch(&file, CLIENT_TODOS);
     let watch_saw = |what: &str, gateway: &GatewayProcess, rows: Value| {
         wait_for(what, gateway, || {
-            let seen = watched.lock().expect("lock");
+            let seen = watch_results(&watch.lines());
             seen.contains(&rows)
                 .then_some(())
                 .ok_or(format!("watch printed {seen:?}"))
@@ -384,7 +317,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     };
     watch_saw(
         "the watch's first result",
-        &gateway,
+        gateway,
         local_rows(&file, CLIENT_TODOS),
     );
 
@@ -403,7 +336,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         local_rows(&file, QUEUE),
         serde_json::json!([{"queued": 4, "awaiting": 1}])
     );
-    let (status, _, stderr) = run_cli(upload_command(&file, &gateway, &backend), TIMEOUT);
+    let (status, _, stderr) = run_cli(upload_command(&file, gateway, &backend), TIMEOUT);
     assert!(
         status.is_some_and(|s| s.success()),
         "upload failed ({status:?}):\n{stderr}\ngateway log:\n{}",
@@ -426,13 +359,13 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         "{last_status}"
     );
     assert_eq!(
-        pg_json(&db, PG_TODOS),
+        pg_json(db, PG_TODOS),
         serde_json::json!([
             {"id": "t0", "description": "bread", "completed": 1, "owner_id": "user1"},
             {"id": "t1", "description": "milk", "completed": 0, "owner_id": "user1"},
         ])
     );
-    converged(&db, &file).unwrap_or_else(|why| panic!("after upload: {why}"));
+    converged(db, &file).unwrap_or_else(|why| panic!("after upload: {why}"));
 
     // 2. Offline: the gateway stopped and the backend refusing. Local writes are kept and readable, and
     // failed uploads leave them queued; once both return they upload and converge.
@@ -455,11 +388,11 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         "INSERT INTO todos (id, description, completed, owner_id) VALUES ('t3', 'offline', 0, 'user1')",
     );
     exec(&file, "UPDATE todos SET completed = 1 WHERE id = 't1'");
-    wait_for("uploads refused while offline", &gateway, || {
+    wait_for("uploads refused while offline", gateway, || {
         let refused = *backend.refused.lock().expect("lock");
         (refused >= 2).then_some(()).ok_or(format!("{refused} refused"))
     });
-    wait_for("the status shows the refused upload", &gateway, || {
+    wait_for("the status shows the refused upload", gateway, || {
         let lines = status_lines(&read_log(&sync_log));
         lines
             .iter()
@@ -486,13 +419,13 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     );
     watch_saw(
         "the watch sees the offline writes",
-        &gateway,
+        gateway,
         local_rows(&file, CLIENT_TODOS),
     );
     backend.set_mode(Mode::Online);
     gateway.restart();
-    wait_for("offline writes converge", &gateway, || converged(&db, &file));
-    wait_for("the status shows the queue drained", &gateway, || {
+    wait_for("offline writes converge", gateway, || converged(db, &file));
+    wait_for("the status shows the queue drained", gateway, || {
         let lines = status_lines(&read_log(&sync_log));
         let last = lines.last().map_or("", String::as_str);
         (status_field(last, "upload_pending") == Some("0")
@@ -503,7 +436,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     });
     assert_eq!(
         pg_json(
-            &db,
+            db,
             "SELECT id, completed FROM todos WHERE id IN ('t1', 't3') ORDER BY id"
         ),
         serde_json::json!([{"id": "t1", "completed": 1}, {"id": "t3", "completed": 0}])
@@ -511,10 +444,10 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     // A change made in Postgres reaches the watch through sync.
     db.psql("UPDATE todos SET description = 'changed in postgres' WHERE id = 't1'")
         .expect("update");
-    wait_for("the Postgres change syncs", &gateway, || converged(&db, &file));
+    wait_for("the Postgres change syncs", gateway, || converged(db, &file));
     watch_saw(
         "the watch sees the synced change",
-        &gateway,
+        gateway,
         local_rows(&file, CLIENT_TODOS),
     );
     assert!(
@@ -524,8 +457,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         "the synced change is in what the watch printed"
     );
     kill(sync);
-    kill(watch);
-    watch_lines.join().expect("watch reader");
+    watch_results(&watch.stop());
 
     // 3. A crash mid-upload: the backend commits the transaction but never answers, and the client is
     // SIGKILLed waiting. Restarted, it uploads the same transaction again (the backend applies it
@@ -539,19 +471,19 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
     backend.set_mode(Mode::HoldAfterApply);
     let applied_before = backend.applied().len();
     let upload_log = work.path().join("upload.log");
-    let upload = upload_command(&file, &gateway, &backend)
+    let upload = upload_command(&file, gateway, &backend)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&upload_log).expect("upload log"))
         .spawn()
         .expect("spawn upload");
-    wait_for("the held upload applied", &gateway, || {
+    wait_for("the held upload applied", gateway, || {
         let applied = backend.applied().len();
         (applied > applied_before)
             .then_some(())
             .ok_or(format!("{applied} applied"))
     });
-    wait_for("the status shows the upload in flight", &gateway, || {
+    wait_for("the status shows the upload in flight", gateway, || {
         let lines = status_lines(&read_log(&upload_log));
         lines
             .iter()
@@ -570,7 +502,7 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         "the unacknowledged transaction is still queued"
     );
     backend.set_mode(Mode::Online);
-    let (status, _, stderr) = run_cli(upload_command(&file, &gateway, &backend), TIMEOUT);
+    let (status, _, stderr) = run_cli(upload_command(&file, gateway, &backend), TIMEOUT);
     assert!(
         status.is_some_and(|s| s.success()),
         "upload after the crash failed ({status:?}):\n{stderr}"
@@ -583,9 +515,9 @@ fn local_writes_upload_converge_survive_offline_and_a_crash_mid_upload() {
         "the held transaction is uploaded again, then the next one: {:?}",
         &applied[applied_before..]
     );
-    converged(&db, &file).unwrap_or_else(|why| panic!("after the crash: {why}"));
+    converged(db, &file).unwrap_or_else(|why| panic!("after the crash: {why}"));
     assert_eq!(
-        pg_json(&db, PG_TODOS),
+        pg_json(db, PG_TODOS),
         serde_json::json!([
             {"id": "t1", "description": "changed in postgres", "completed": 1, "owner_id": "user1"},
             {"id": "t3", "description": "offline, then crash", "completed": 0, "owner_id": "user1"},

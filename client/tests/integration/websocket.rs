@@ -10,16 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use serde_json::{Value, json};
-use syncgate_client::{
-    BackendConnector, ClientError, ConnectionMethod, Credentials, CrudTransaction, LocalDatabase, Schema,
-    SyncDriver, SyncOptions,
-};
+use syncgate_client::{ConnectionMethod, SyncDriver, SyncOptions};
 use syncgate_protocol::SyncLine;
 use syncgate_protocol::bson::NumberPolicy;
 use syncgate_protocol::rsocket::Frame;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{DESCRIPTION_TODOS, FixedConnector, in_memory_db, multi_thread_runtime};
 
 const OPS: u32 = 40;
 const WINDOW: u64 = 10;
@@ -164,46 +163,18 @@ fn on_frame(frame: Frame, stream_id: u32, seen: &mut Seen, credit: &mut u64) {
     }
 }
 
-struct FixedConnector {
-    endpoint: String,
-}
-
-impl BackendConnector for FixedConnector {
-    async fn fetch_credentials(&self) -> Result<Credentials, ClientError> {
-        Ok(Credentials {
-            endpoint: self.endpoint.clone(),
-            token: "token-1".to_owned(),
-        })
-    }
-
-    async fn upload_data(&self, _transaction: &CrudTransaction) -> Result<(), ClientError> {
-        Err(ClientError::Connector("no uploads in this test".to_owned()))
-    }
-}
-
 #[test]
 fn websocket_stream_grants_credit_as_lines_are_consumed_and_answers_keepalives() {
     // Two threads, so the service sees the client's frames as they come rather than when it yields.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = multi_thread_runtime(2);
     let (seen, result, db) = runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(serve(listener));
-        let mut db = LocalDatabase::open_in_memory().expect("db");
-        db.set_schema(
-            &Schema::from_json(
-                r#"{"tables": [{"name": "todos", "columns": [{"name": "description", "type": "text"}]}]}"#,
-            )
-            .expect("schema"),
-        )
-        .expect("set schema");
+        let db = in_memory_db(DESCRIPTION_TODOS);
         let mut driver = SyncDriver::new(
             db,
-            FixedConnector { endpoint },
+            FixedConnector::new(endpoint, "token-1".to_owned()),
             SyncOptions {
                 connection_method: ConnectionMethod::WebSocket,
                 stop_after_first_sync: true,
