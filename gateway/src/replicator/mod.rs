@@ -365,7 +365,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 continue;
             }
             // A table copied from its beginning has no stored rows, in this chunk or any later one (see
-            // `SnapshotChunk::assume_unstored`); a resumed copy may replay stored rows: storage probes.
+            // `SnapshotChunk::assume_unstored`); a resumed table already holds rows, so storage probes.
             let unstored = previous.is_none();
             let layout = reader.layout(&table).await?;
             let mapper = Arc::new(self.mapper_for_layout(catalog, &layout).await?);
