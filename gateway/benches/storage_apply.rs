@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use syncgate::storage::{
-    BucketStorage, Lsn, Placement, RowChange, RulesVersion, SourceRowKey, SourceTransaction, SqliteStorage,
-    TableSnapshot,
+    BucketStorage, Lsn, Placement, RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction,
+    SqliteStorage, TableSnapshot,
 };
 use syncgate_protocol::BucketName;
 
@@ -153,7 +153,9 @@ fn snapshot(c: &mut Criterion) {
                     done: false,
                     lsn: Lsn(1),
                 };
-                storage.apply_snapshot_chunk(version, &chunk, &progress).unwrap()
+                storage
+                    .apply_snapshot_chunk(version, &SnapshotChunk::new(chunk), &progress)
+                    .unwrap()
             },
             BatchSize::PerIteration,
         )

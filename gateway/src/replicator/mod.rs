@@ -43,8 +43,8 @@ use crate::source::{
     SourceEvent, StartOptions, StreamItem, TableLayout, TableName, WalstreamClient, table_layout,
 };
 use crate::storage::{
-    BucketStorage, Checkpoint, ReplicationState, RowChange, RulesVersion, SourceRowKey, SourceTransaction,
-    StorageError, TableSnapshot,
+    BucketStorage, Checkpoint, ReplicationState, RowChange, RulesVersion, SnapshotChunk, SourceRowKey,
+    SourceTransaction, StorageError, TableSnapshot,
 };
 
 /// Tunables of one version's replication.
@@ -364,6 +364,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             if previous.is_some_and(|p| p.done) {
                 continue;
             }
+            // A table copied from its beginning has no stored rows, in this chunk or any later one (see
+            // `SnapshotChunk::assume_unstored`); a resumed table already holds rows, so storage probes.
+            let unstored = previous.is_none();
             let layout = reader.layout(&table).await?;
             let mapper = Arc::new(self.mapper_for_layout(catalog, &layout).await?);
             if !mapper.is_relevant() {
@@ -421,7 +424,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                         .collect::<Vec<RowChange>>();
                     // The raw rows are freed here, beside the writer rather than on its thread.
                     drop(chunk);
-                    (changes, started.elapsed())
+                    let chunk = SnapshotChunk::new(changes);
+                    let chunk = if unstored { chunk.assume_unstored() } else { chunk };
+                    (chunk, started.elapsed())
                 });
                 let (evaluated, next) = if done {
                     (evaluation.await?, None)

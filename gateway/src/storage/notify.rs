@@ -7,8 +7,8 @@ use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
 use tokio::sync::watch;
 
 use super::{
-    BucketStorage, BucketSummary, Checkpoint, CompactStats, ReplicationState, Result, RowChange,
-    RulesVersion, SourceRowKey, SourceTransaction, StoredOp, SyncRulesVersion, TableSnapshot,
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, ReplicationState, Result, RulesVersion,
+    SnapshotChunk, SourceRowKey, SourceTransaction, StoredOp, SyncRulesVersion, TableSnapshot,
 };
 
 /// What readers can wait for. `commits` counts storage commits that may publish a new checkpoint or
@@ -102,11 +102,11 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
     fn apply_snapshot_chunk(
         &self,
         version: RulesVersion,
-        changes: &[RowChange],
+        chunk: &SnapshotChunk,
         progress: &TableSnapshot,
     ) -> Result<()> {
         // No checkpoint is published by a snapshot chunk: nothing for readers.
-        self.inner.apply_snapshot_chunk(version, changes, progress)
+        self.inner.apply_snapshot_chunk(version, chunk, progress)
     }
 
     fn snapshot_progress(&self, version: RulesVersion) -> Result<Vec<TableSnapshot>> {

@@ -24,6 +24,10 @@ pub(super) const MAX_OPS: usize = 1_000;
 /// Or once its blob reaches this size (a single larger op gets a segment of its own).
 pub(super) const MAX_BYTES: usize = 512 * 1024;
 
+/// A new segment's buffer: room for a few typical ops, so it is not reallocated op by op while it grows
+/// (growing from nothing reallocated and copied each owner bucket's ~3 KiB segment about ten times).
+const INITIAL_CAPACITY: usize = 4096;
+
 const HAS_TARGET: u8 = 1 << 2;
 const HAS_OBJECT_TYPE: u8 = 1 << 3;
 const HAS_OBJECT_ID: u8 = 1 << 4;
@@ -67,6 +71,9 @@ impl SegmentBuilder {
     pub fn push(&mut self, op: &OpRef<'_>) {
         debug_assert!(self.is_empty() || op.op_id > self.last_op, "ops out of order");
         let previous = if self.is_empty() {
+            if self.bytes.capacity() == 0 {
+                self.bytes.reserve(INITIAL_CAPACITY);
+            }
             self.first_op = op.op_id;
             op.op_id
         } else {

@@ -31,7 +31,7 @@ use syncgate_protocol::{
 use super::segment::{self, OpRef, SegmentBuilder};
 use super::{
     BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, ParameterRow, Placement, ReplicationState,
-    Result, RowChange, RulesVersion, SourceRowKey, SourceTransaction, StorageError, StoredOp,
+    Result, RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp,
     SyncRulesVersion, TableSnapshot, VersionState,
 };
 
@@ -885,6 +885,8 @@ struct Stmts<'c> {
     select_state: CachedStatement<'c>,
     /// Upserts [`STATES_PER_INSERT`] state rows, bound as they come (see [`Writer::change`]).
     upsert_states: CachedStatement<'c>,
+    /// Inserts [`SEGMENTS_PER_INSERT`] segments, bound as they are closed (see [`PendingSegments`]).
+    insert_segments: CachedStatement<'c>,
     delete_state: CachedStatement<'c>,
     select_params: CachedStatement<'c>,
     drop_new_params: CachedStatement<'c>,
@@ -900,6 +902,12 @@ impl<'c> Stmts<'c> {
                 STATE_COLUMNS,
                 STATES_PER_INSERT,
                 " ON CONFLICT DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row",
+            ))?,
+            insert_segments: conn.prepare_cached(&multi_row_insert(
+                "op_segments (bucket_id, last_op, first_op, count, checksum, ops)",
+                SEGMENT_COLUMNS,
+                SEGMENTS_PER_INSERT,
+                "",
             ))?,
             select_bucket: conn.prepare_cached("SELECT id FROM buckets WHERE version = ?1 AND name = ?2")?,
             insert_bucket: conn.prepare_cached(
@@ -936,6 +944,50 @@ impl<'c> Stmts<'c> {
 /// which cost as much as the insert itself when done per row.
 const STATES_PER_INSERT: usize = 64;
 const STATE_COLUMNS: usize = 5;
+
+/// Segments per insert, for the same reason: a snapshot chunk closes thousands of small segments (one per
+/// bucket it touches), whose single-row inserts were a sixth of the writer's time.
+const SEGMENTS_PER_INSERT: usize = 32;
+const SEGMENT_COLUMNS: usize = 6;
+
+/// Closed segments bound into [`Stmts::insert_segments`] and not yet executed. Nothing reads
+/// `op_segments` during a write, so they need only be flushed before the transaction ends.
+#[derive(Default)]
+struct PendingSegments {
+    bound: usize,
+}
+
+impl PendingSegments {
+    /// Binds (copies) `segment` into the multi-row insert, executing it when full.
+    fn push(
+        &mut self,
+        insert: &mut CachedStatement<'_>,
+        bucket_id: i64,
+        segment: &SegmentBuilder,
+    ) -> Result<()> {
+        let base = self.bound * SEGMENT_COLUMNS;
+        insert.raw_bind_parameter(base + 1, bucket_id)?;
+        insert.raw_bind_parameter(base + 2, segment.last_op)?;
+        insert.raw_bind_parameter(base + 3, segment.first_op)?;
+        insert.raw_bind_parameter(base + 4, segment.count)?;
+        insert.raw_bind_parameter(base + 5, i64::from(segment.checksum.as_u32()))?;
+        insert.raw_bind_parameter(base + 6, segment.bytes.as_slice())?;
+        self.bound += 1;
+        if self.bound == SEGMENTS_PER_INSERT {
+            insert.raw_execute()?;
+            self.bound = 0;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, insert: &mut CachedStatement<'_>) -> Result<()> {
+        if self.bound > 0 {
+            execute_partial(insert, self.bound, SEGMENTS_PER_INSERT, SEGMENT_COLUMNS)?;
+            self.bound = 0;
+        }
+        Ok(())
+    }
+}
 
 /// `INSERT OR FAIL INTO <table> SELECT * FROM (VALUES (?, …), …) WHERE column1 IS NOT NULL<suffix>`:
 /// `rows` rows of `columns` parameters. A row whose first parameter is NULL is skipped, so a partly filled
@@ -1064,6 +1116,7 @@ struct Writer<'c, 'k> {
     buckets: HashMap<i64, BucketDelta>,
     /// Rows bound into `stmts.upsert_states` and not yet executed.
     pending_states: usize,
+    pending_segments: PendingSegments,
 }
 
 impl<'c, 'k> Writer<'c, 'k> {
@@ -1088,6 +1141,7 @@ impl<'c, 'k> Writer<'c, 'k> {
             resolved: HashMap::new(),
             buckets: HashMap::new(),
             pending_states: 0,
+            pending_segments: PendingSegments::default(),
         })
     }
 
@@ -1096,9 +1150,11 @@ impl<'c, 'k> Writer<'c, 'k> {
     fn finish(mut self) -> Result<HashMap<String, i64>> {
         for (&bucket, delta) in &self.buckets {
             if !delta.segment.is_empty() {
-                insert_segment(self.conn, bucket, &delta.segment)?;
+                self.pending_segments
+                    .push(&mut self.stmts.insert_segments, bucket, &delta.segment)?;
             }
         }
+        self.pending_segments.flush(&mut self.stmts.insert_segments)?;
         self.flush_states()?;
         let mut update = self.conn.prepare_cached(
             "UPDATE buckets SET checksum = (checksum + ?2) % 4294967296, count = count + ?3, last_op = ?4
@@ -1121,6 +1177,19 @@ impl<'c, 'k> Writer<'c, 'k> {
         }
         meta_set(self.conn, "next_op_id", self.next_op)?;
         Ok(self.resolved)
+    }
+
+    /// Writes state rows with a plain insert instead of an upsert: for a storage transaction whose rows
+    /// all have no stored state (the usual snapshot chunk), where no conflict can occur.
+    fn insert_fresh_states(&mut self) -> Result<()> {
+        self.flush_states()?;
+        self.stmts.upsert_states = self.conn.prepare_cached(&multi_row_insert(
+            "source_state (version, source_table, source_key, placements, source_row)",
+            STATE_COLUMNS,
+            STATES_PER_INSERT,
+            "",
+        ))?;
+        Ok(())
     }
 
     /// Upserts the state rows bound so far (the rows left unbound are skipped by their NULL first column);
@@ -1213,7 +1282,8 @@ impl<'c, 'k> Writer<'c, 'k> {
         });
         // Nothing reads the segments during a write, so a full one can go out now, bounding memory.
         if delta.segment.is_full() {
-            insert_segment(self.conn, bucket_id, &delta.segment)?;
+            self.pending_segments
+                .push(&mut self.stmts.insert_segments, bucket_id, &delta.segment)?;
             delta.segment.clear();
         }
         delta.checksum += checksum;
@@ -1228,7 +1298,16 @@ impl<'c, 'k> Writer<'c, 'k> {
     /// `repeat`: the row occurred earlier in this storage transaction, so its state may still be bound
     /// in the multi-row upsert and must be written before it is read. Other rows' state is upserted in
     /// batches, never read again in the transaction.
-    fn change(&mut self, change: &RowChange, lsn: i64, fresh: bool, repeat: bool) -> Result<()> {
+    /// `put_digests`: the digests of `change.placements`, when the caller computed them; else (empty)
+    /// they are computed here.
+    fn change(
+        &mut self,
+        change: &RowChange,
+        put_digests: &[[u8; 32]],
+        lsn: i64,
+        fresh: bool,
+        repeat: bool,
+    ) -> Result<()> {
         let row = &change.row;
         if let Some(parameters) = &change.parameters {
             self.parameters(row, parameters, lsn, fresh)?;
@@ -1256,7 +1335,7 @@ impl<'c, 'k> Writer<'c, 'k> {
             None => (&[][..], None),
         };
         let packed = match &change.placements {
-            Some(placements) => self.placements(row, old_packed, placements)?,
+            Some(placements) => self.placements(row, old_packed, placements, put_digests)?,
             None => old_packed.to_vec(),
         };
         let source_row = change.source_row.as_deref();
@@ -1282,6 +1361,7 @@ impl<'c, 'k> Writer<'c, 'k> {
         row: &SourceRowKey,
         old_packed: &[u8],
         placements: &[Placement],
+        put_digests: &[[u8; 32]],
     ) -> Result<Vec<u8>> {
         let old = unpack_placements(old_packed)?;
         if old.is_empty() && placements.is_empty() {
@@ -1289,18 +1369,20 @@ impl<'c, 'k> Writer<'c, 'k> {
         }
         // New placements, deduplicated (the last one for a (bucket, table, id) wins) and sorted, so op
         // ids are deterministic. Rows land in a handful of buckets: a sorted Vec beats a map.
-        let mut new: Vec<(&str, &str, &str, &str)> = Vec::with_capacity(placements.len());
-        for p in placements {
+        // The digest index travels with its placement (`usize::MAX`: not precomputed).
+        let mut new: Vec<(&str, &str, &str, &str, usize)> = Vec::with_capacity(placements.len());
+        for (i, p) in placements.iter().enumerate() {
             let key = (p.bucket.as_str(), p.table.as_str(), p.id.as_str());
+            let digest = if put_digests.is_empty() { usize::MAX } else { i };
             match new.iter_mut().find(|n| (n.0, n.1, n.2) == key) {
-                Some(n) => n.3 = p.data.as_str(),
-                None => new.push((key.0, key.1, key.2, p.data.as_str())),
+                Some(n) => (n.3, n.4) = (p.data.as_str(), digest),
+                None => new.push((key.0, key.1, key.2, p.data.as_str(), digest)),
             }
         }
         new.sort_unstable();
         let mut resolved = Vec::with_capacity(new.len());
-        for (bucket, table, id, data) in new {
-            resolved.push((self.bucket_id(bucket)?, table, id, data));
+        for (bucket, table, id, data, digest) in new {
+            resolved.push((self.bucket_id(bucket)?, table, id, data, digest));
         }
         let subkey = Subkey::for_source_row(&row.table, &row.key);
         // Leaving buckets first, in stored order (the order of their bucket names).
@@ -1324,8 +1406,11 @@ impl<'c, 'k> Writer<'c, 'k> {
         // A PUT only when the row enters the bucket or its data changed: an unchanged PUT would cost every
         // client a download and the bucket an op for nothing.
         let mut packed = Vec::with_capacity(old_packed.len().max(64));
-        for (bucket_id, table, id, data) in resolved {
-            let digest = Checksum::put_digest(table, id, data);
+        for (bucket_id, table, id, data, digest) in resolved {
+            let digest = match put_digests.get(digest) {
+                Some(digest) => *digest,
+                None => Checksum::put_digest(table, id, data),
+            };
             let hash = put_hash(&digest);
             let unchanged = old
                 .iter()
@@ -1412,8 +1497,14 @@ enum ChunkRow {
 /// Classifies a snapshot chunk's rows. A table being copied usually has none of its rows stored, but a
 /// chunk replayed after a crash has them all, so this asks storage, in one statement per table instead of
 /// a few per row. A table whose changes carry no parameter half feeds no parameter query of the version,
-/// so it has no parameter entries to probe.
-fn classify_chunk(conn: &Connection, version: i64, changes: &[RowChange]) -> Result<Vec<ChunkRow>> {
+/// so it has no parameter entries to probe. Without `probe` no row is looked up: the caller knows none is
+/// stored.
+fn classify_chunk(
+    conn: &Connection,
+    version: i64,
+    changes: &[RowChange],
+    probe: bool,
+) -> Result<Vec<ChunkRow>> {
     let mut tables: BTreeMap<&str, (Vec<&str>, bool)> = BTreeMap::new();
     for change in changes {
         let (keys, has_parameters) = tables.entry(change.row.table.as_str()).or_default();
@@ -1421,6 +1512,9 @@ fn classify_chunk(conn: &Connection, version: i64, changes: &[RowChange]) -> Res
         *has_parameters |= change.parameters.is_some();
     }
     let mut stored: HashMap<&str, HashSet<String>> = HashMap::new();
+    if !probe {
+        tables.clear();
+    }
     for (table, (keys, has_parameters)) in &tables {
         let mut probe = conn.prepare_cached(if *has_parameters {
             "SELECT j.value FROM json_each(?3) j
@@ -1526,7 +1620,7 @@ impl BucketStorage for SqliteStorage {
                 }
                 for change in &txn.changes {
                     let repeat = !seen.insert((change.row.table.as_str(), change.row.key.as_str()));
-                    writer.change(change, lsn, false, repeat)?;
+                    writer.change(change, &[], lsn, false, repeat)?;
                 }
                 checkpoint.execute(params![v, lsn, writer.last_op])?;
                 last_lsn = Some(lsn);
@@ -1555,7 +1649,7 @@ impl BucketStorage for SqliteStorage {
     fn apply_snapshot_chunk(
         &self,
         version: RulesVersion,
-        changes: &[RowChange],
+        chunk: &SnapshotChunk,
         progress: &TableSnapshot,
     ) -> Result<()> {
         let v = version_sql(version)?;
@@ -1573,10 +1667,19 @@ impl BucketStorage for SqliteStorage {
         let known = bucket_ids.for_version(&tx, v)?;
         let resolved = {
             let mut writer = Writer::new(&tx, v, last_op, known)?;
-            let rows = classify_chunk(&tx, v, changes)?;
+            let rows = classify_chunk(&tx, v, chunk.changes(), !chunk.is_unstored())?;
+            if rows.iter().all(|&row| row == ChunkRow::Fresh) {
+                writer.insert_fresh_states()?;
+            }
             // Created at LSN 0: snapshot rows are visible at every checkpoint.
-            for (change, row) in changes.iter().zip(rows) {
-                writer.change(change, 0, row == ChunkRow::Fresh, row == ChunkRow::Repeat)?;
+            for ((change, put_digests), row) in chunk.changes_with_digests().zip(rows) {
+                writer.change(
+                    change,
+                    put_digests,
+                    0,
+                    row == ChunkRow::Fresh,
+                    row == ChunkRow::Repeat,
+                )?;
             }
             // The version's op id advances, so its next checkpoint covers these ops; the LSN stays.
             tx.execute(

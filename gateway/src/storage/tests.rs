@@ -849,15 +849,74 @@ fn a_failing_batch_applies_nothing() {
 }
 
 #[test]
+fn an_unstored_snapshot_chunk_stores_what_a_transaction_stores() {
+    // 40 buckets: more closed segments than one multi-row segment insert holds; 1,100 ops in one bucket:
+    // a segment closed while the chunk is written. A repeated row, a parameter row.
+    let mut changes: Vec<RowChange> = (0..1_100)
+        .map(|i| {
+            let id = format!("t{i}");
+            let data = format!(r#"{{"v":{i}}}"#);
+            set(
+                &i.to_string(),
+                vec![
+                    place("all", &id, &data),
+                    place(&format!("b{}", i % 40), &id, &data),
+                ],
+            )
+        })
+        .collect();
+    changes.push(set("7", vec![place("b0", "t7", r#"{"v":"again"}"#)]));
+    changes.push(param_change("m1", &[("k", "[\"l1\"]")]));
+    let snapshot = Fixture::new();
+    snapshot
+        .storage
+        .apply_snapshot_chunk(
+            snapshot.version,
+            &SnapshotChunk::new(changes.clone()).assume_unstored(),
+            &progress(None, true, 7),
+        )
+        .unwrap();
+    let streamed = Fixture::new();
+    streamed.apply(txn(10, changes.clone()));
+    let buckets: Vec<String> = (0..40).map(|i| format!("b{i}")).chain(["all".into()]).collect();
+    for bucket in &buckets {
+        // Op ids start at each file's clock: compare everything else.
+        let entries = |f: &Fixture| -> Vec<OplogEntry> {
+            f.ops(bucket)
+                .into_iter()
+                .map(|o| OplogEntry {
+                    op_id: OpId::ZERO,
+                    ..o.entry
+                })
+                .collect()
+        };
+        assert_eq!(entries(&snapshot), entries(&streamed), "bucket {bucket}");
+    }
+    // 1,100 PUTs and the REMOVE of row 7, which the repeat moved to b0 alone.
+    assert_eq!(snapshot.kinds("all").len(), 1_101);
+    let (at, keys) = (streamed.latest(), ["k".to_owned()]);
+    let found = streamed.storage.lookup(streamed.version, &at, &keys).unwrap();
+    assert_eq!(found, [["[\"l1\"]".to_owned()]]);
+    assert_eq!(
+        snapshot.storage.lookup(snapshot.version, &at, &keys).unwrap(),
+        found
+    );
+    // Unchanged rows streamed after the snapshot write no op.
+    let before = snapshot.ops("all").len();
+    snapshot.apply(txn(20, changes[..7].to_vec()));
+    assert_eq!(snapshot.ops("all").len(), before);
+}
+
+#[test]
 fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
     let f = Fixture::new();
     let s = &f.storage;
     assert!(s.snapshot_progress(f.version).unwrap().is_empty());
-    let chunk = vec![
+    let chunk = SnapshotChunk::new(vec![
         set("1", vec![place("a", "t1", r#"{"v":1}"#)]),
         set("2", vec![place("a", "t2", "{}"), place("b", "t2", "{}")]),
         param_change("m1", &[("k", "[\"l1\"]")]),
-    ];
+    ]);
     assert_eq!(s.writer_synchronous().unwrap(), 2, "FULL");
     s.apply_snapshot_chunk(f.version, &chunk, &progress(Some("2"), false, 7))
         .unwrap();
@@ -877,7 +936,7 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
     // A re-copied row that changed is diffed like a streamed one.
     s.apply_snapshot_chunk(
         f.version,
-        &[set("1", vec![place("b", "t1", r#"{"v":1}"#)])],
+        &SnapshotChunk::new(vec![set("1", vec![place("b", "t1", r#"{"v":1}"#)])]),
         &progress(None, true, 9),
     )
     .unwrap();
@@ -886,10 +945,10 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
     // A row twice in one chunk: the second is diffed against the first.
     s.apply_snapshot_chunk(
         f.version,
-        &[
+        &SnapshotChunk::new(vec![
             set("4", vec![place("c", "t4", "{}")]),
             set("4", vec![place("b", "t4", "{}")]),
-        ],
+        ]),
         &progress(None, true, 9),
     )
     .unwrap();
@@ -920,7 +979,11 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
     let v2 = s.create_version("v2").unwrap();
     assert!(s.snapshot_progress(v2).unwrap().is_empty());
     assert!(matches!(
-        s.apply_snapshot_chunk(RulesVersion(7), &[], &progress(None, false, 1)),
+        s.apply_snapshot_chunk(
+            RulesVersion(7),
+            &SnapshotChunk::new(vec![]),
+            &progress(None, false, 1)
+        ),
         Err(StorageError::UnknownVersion(_))
     ));
 }
@@ -1009,7 +1072,7 @@ fn source_rows_are_set_overwritten_and_deleted() {
     // Snapshot chunks store them too; versions do not share them.
     s.apply_snapshot_chunk(
         f.version,
-        &[with_source("3", Some("x"))],
+        &SnapshotChunk::new(vec![with_source("3", Some("x"))]),
         &progress(None, true, 1),
     )
     .unwrap();
@@ -1056,8 +1119,12 @@ fn deleting_a_version_removes_its_snapshot_and_replication_rows() {
         ..set("1", vec![place("a", "t1", "{}")])
     };
     for v in [f.version, v2] {
-        s.apply_snapshot_chunk(v, std::slice::from_ref(&change), &progress(Some("1"), false, 5))
-            .unwrap();
+        s.apply_snapshot_chunk(
+            v,
+            &SnapshotChunk::new(vec![change.clone()]),
+            &progress(Some("1"), false, 5),
+        )
+        .unwrap();
         s.set_replication_state(
             v,
             &ReplicationState {
