@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flate2::write::GzDecoder;
+use futures_util::FutureExt as _;
 use syncgate_protocol::{ClientId, SyncLine, WriteCheckpointId};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -377,12 +378,35 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
         let mut buffer: Vec<u8> = Vec::new();
         let mut idle_deadline = Instant::now() + self.options.idle_timeout;
         loop {
+            // reqwest's chunk() takes nothing from the body until it resolves, so dropping it unresolved
+            // (not ready now, or losing the race to an upload step) drops no data.
             let upload = self.upload_future()?;
-            // reqwest's chunk() takes nothing from the body until it resolves, so losing the race to an
-            // upload step drops no data.
-            let chunk = tokio::select! {
-                chunk = tokio::time::timeout_at(idle_deadline, response.chunk()) => chunk,
-                step = upload => {
+            let ready = match upload.now_or_never() {
+                Some(step) => Err(step),
+                None => Ok(response.chunk().now_or_never()),
+            };
+            let chunk = match ready {
+                Ok(Some(chunk)) => Ok(chunk),
+                Ok(None) => {
+                    // Data already received goes into the open download batch; before waiting for more,
+                    // commit it, so the write lock is not held while the network is idle.
+                    self.db.commit_downloads()?;
+                    let upload = self.upload_future()?;
+                    tokio::select! {
+                        chunk = tokio::time::timeout_at(idle_deadline, response.chunk()) => {
+                            chunk.map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))
+                        }
+                        step = upload => {
+                            self.upload = None;
+                            pending.extend(self.upload_done(step)?);
+                            if let Some(end) = self.run_instructions(&mut pending).await? {
+                                return Ok(end);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Err(step) => {
                     self.upload = None;
                     pending.extend(self.upload_done(step)?);
                     if let Some(end) = self.run_instructions(&mut pending).await? {
@@ -391,7 +415,7 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
                     continue;
                 }
             };
-            let chunk = chunk.map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))??;
+            let chunk = chunk??;
             idle_deadline = Instant::now() + self.options.idle_timeout;
             let Some(chunk) = chunk else {
                 tracing::info!("sync stream ended by the service");
