@@ -9,8 +9,8 @@
 //!   pending row's PUTs across buckets, with the data in the same b-tree; a bucket-wide CLEAR or removal
 //!   (rare) scans the table instead of every op paying for a second index;
 //! - `sg_pending_rows`: rows touched by downloaded ops and not yet published, per bucket;
-//! - `sg_fresh_buckets`: buckets downloaded from nothing (first download, or since a CLEAR) and not yet
-//!   published: every op-log row of theirs counts as pending, so their PUTs skip `sg_pending_rows`;
+//! - `sg_fresh_buckets`: buckets downloaded from nothing while no bucket is published (a first sync), not
+//!   published yet: every op-log row of theirs counts as pending, so their PUTs skip `sg_pending_rows`;
 //! - `sg_data`: the synced rows the app sees, one JSON document per `(type, id)`, whatever the schema
 //!   declares (undeclared types stay here until a schema declares them); `sg_local_data` for local-only
 //!   tables;
@@ -329,15 +329,20 @@ impl LocalDatabase {
         checksum: Checksum,
     ) -> Result<(), ClientError> {
         let tx = &self.conn;
-        // A bucket with nothing stored is fresh until published: its PUTs need no pending-row entries.
+        // A bucket with nothing stored is fresh until published (its PUTs need no pending-row entries),
+        // but only while no bucket has been published (a first sync, or everything downloaded again):
+        // publishing fresh buckets scans the whole op log, which then holds little else.
         let known: bool = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM sg_buckets WHERE name = ?1)")?
             .query_row([bucket.as_str()], |row| row.get(0))?;
         if !known {
-            tx.prepare_cached("INSERT OR IGNORE INTO sg_fresh_buckets(name) VALUES (?1)")?
-                .execute([bucket.as_str()])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO sg_fresh_buckets(name) SELECT ?1 WHERE NOT EXISTS (
+                     SELECT 1 FROM sg_buckets WHERE name NOT IN (SELECT name FROM sg_fresh_buckets))",
+            )?
+            .execute([bucket.as_str()])?;
         }
-        let mut fresh: bool = tx
+        let fresh: bool = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM sg_fresh_buckets WHERE name = ?1)")?
             .query_row([bucket.as_str()], |row| row.get(0))?;
         {
@@ -381,12 +386,6 @@ impl LocalDatabase {
                             [bucket.as_str()],
                         )?;
                         tx.execute("DELETE FROM sg_oplog WHERE bucket = ?1", [bucket.as_str()])?;
-                        // Its op log is empty and every row it held is pending: fresh again.
-                        tx.execute(
-                            "INSERT OR IGNORE INTO sg_fresh_buckets(name) VALUES (?1)",
-                            [bucket.as_str()],
-                        )?;
-                        fresh = true;
                     }
                     // MOVE only carries a checksum; a PUT/REMOVE without a row is counted, not stored.
                     _ => {}
@@ -1402,12 +1401,16 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_bucket_publishes_without_pending_entries_and_still_loses_to_higher_ops() {
+    fn fresh_buckets_publish_without_pending_entries_and_the_highest_op_still_wins() {
         let mut db = LocalDatabase::open_in_memory().expect("db");
         db.set_schema(&todos_schema()).expect("schema");
+        let pending = |db: &LocalDatabase| -> i64 {
+            db.connection()
+                .query_row("SELECT count(*) FROM sg_pending_rows", [], |r| r.get(0))
+                .expect("count")
+        };
+        // A first sync: both buckets are fresh; their PUTs leave no pending entries, a REMOVE does.
         store(&mut db, "a", &[put(1, "todos", "t1", r#"{"title":"a1"}"#)]);
-        db.apply_checkpoint(&plan(1, &["a"], None)).expect("apply");
-        // "b" is fresh: its PUTs leave no pending entries; its REMOVE does.
         store(
             &mut db,
             "b",
@@ -1419,29 +1422,24 @@ mod tests {
             ],
         );
         store(&mut db, "a", &[put(6, "todos", "t3", r#"{"title":"a3"}"#)]);
-        let pending: i64 = db
-            .connection()
-            .query_row("SELECT count(*) FROM sg_pending_rows", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(pending, 2, "t2 (removed in b) and t3 (from a)");
+        assert_eq!(pending(&db), 1, "t2, removed in b");
         db.apply_checkpoint(&plan(6, &["a", "b"], None)).expect("apply");
         assert_eq!(
             rows(&db, "SELECT id, title FROM todos ORDER BY id"),
             r#"[{"id":"t1","title":"b1"},{"id":"t3","title":"a3"},{"id":"t4","title":"b4"}]"#
         );
-        // Published: "b" is no longer fresh, so its REMOVE brings back the row "a" holds.
-        store(
-            &mut db,
-            "b",
-            &[
-                remove(7, "todos", "t1"),
-                put(8, "todos", "t5", r#"{"title":"b5"}"#),
-            ],
-        );
-        db.apply_checkpoint(&plan(8, &["a", "b"], None)).expect("apply");
+        assert_eq!(pending(&db), 0);
+
+        // Published: a new bucket is not fresh (its publish must not scan the whole op log), and b's
+        // REMOVE brings back the row a holds.
+        store(&mut db, "c", &[put(7, "todos", "t5", r#"{"title":"c5"}"#)]);
+        store(&mut db, "b", &[remove(8, "todos", "t1")]);
+        assert_eq!(pending(&db), 2, "t5 from c, t1 from b");
+        db.apply_checkpoint(&plan(8, &["a", "b", "c"], None))
+            .expect("apply");
         assert_eq!(
             rows(&db, "SELECT id, title FROM todos ORDER BY id"),
-            r#"[{"id":"t1","title":"a1"},{"id":"t3","title":"a3"},{"id":"t4","title":"b4"},{"id":"t5","title":"b5"}]"#
+            r#"[{"id":"t1","title":"a1"},{"id":"t3","title":"a3"},{"id":"t4","title":"b4"},{"id":"t5","title":"c5"}]"#
         );
     }
 

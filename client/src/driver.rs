@@ -9,11 +9,13 @@ use std::future::Future;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flate2::write::GzDecoder;
 use futures_util::FutureExt as _;
 use syncgate_protocol::{ClientId, SyncLine, WriteCheckpointId};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -368,83 +370,173 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
             .headers()
             .get("content-encoding")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-        let mut decoder = gzip.then(|| GzDecoder::new(Vec::new()));
         tracing::info!(gzip, "sync stream open");
         pending.extend(self.machine.handle(SyncEvent::StreamOpened));
         if let Some(end) = self.run_instructions(&mut pending).await? {
             return Ok(end);
         }
 
-        let mut buffer: Vec<u8> = Vec::new();
+        // Decompressing and parsing run on a thread of their own, alongside storing earlier lines here.
+        // At most MAX_UNDECODED_BYTES received ahead of it, and PARSED_LINES_AHEAD parsed lines ahead of
+        // this loop, so a fast service does not fill the memory.
+        let undecoded = Arc::new(AtomicUsize::new(0));
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::channel();
+        let (lines_tx, mut lines) = tokio::sync::mpsc::channel(PARSED_LINES_AHEAD);
+        {
+            let undecoded = Arc::clone(&undecoded);
+            std::thread::Builder::new()
+                .name("syncgate-decode".to_owned())
+                .spawn(move || decode_lines(&chunks_rx, gzip, &undecoded, &lines_tx))
+                .map_err(ClientError::DecoderThread)?;
+        }
+        // None once the service ended the response.
+        let mut chunks_tx = Some(chunks_tx);
         let mut idle_deadline = Instant::now() + self.options.idle_timeout;
         loop {
             // reqwest's chunk() takes nothing from the body until it resolves, so dropping it unresolved
-            // (not ready now, or losing the race to an upload step) drops no data.
+            // (not ready now, or losing a race) drops no data.
+            while let Some(tx) = &chunks_tx
+                && undecoded.load(Ordering::Relaxed) < MAX_UNDECODED_BYTES
+            {
+                let Some(chunk) = response.chunk().now_or_never() else {
+                    break;
+                };
+                idle_deadline = Instant::now() + self.options.idle_timeout;
+                match chunk? {
+                    Some(chunk) => {
+                        undecoded.fetch_add(chunk.len(), Ordering::Relaxed);
+                        // A closed channel: the decoder stopped on an error, which it sent as a line.
+                        let _ = tx.send(chunk);
+                    }
+                    None => chunks_tx = None,
+                }
+            }
             let upload = self.upload_future()?;
-            let ready = match upload.now_or_never() {
-                Some(step) => Err(step),
-                None => Ok(response.chunk().now_or_never()),
-            };
-            let chunk = match ready {
-                Ok(Some(chunk)) => Ok(chunk),
-                Ok(None) => {
-                    // Data already received goes into the open download batch; before waiting for more,
-                    // commit it, so the write lock is not held while the network is idle.
-                    self.db.commit_downloads()?;
-                    let upload = self.upload_future()?;
-                    tokio::select! {
-                        chunk = tokio::time::timeout_at(idle_deadline, response.chunk()) => {
-                            chunk.map_err(|_| ClientError::StreamIdle(self.options.idle_timeout))
+            let next = if let Some(step) = upload.now_or_never() {
+                Next::Upload(step)
+            } else {
+                match lines.try_recv() {
+                    Ok(item) => Next::Line(item),
+                    Err(TryRecvError::Disconnected) => Next::Ended,
+                    Err(TryRecvError::Empty) => {
+                        // Nothing received is left to handle: commit the download batch before waiting,
+                        // so the write lock is not held while the network is idle (not while waiting for
+                        // the decoder: that would commit after every line).
+                        if undecoded.load(Ordering::Relaxed) == 0 {
+                            self.db.commit_downloads()?;
                         }
-                        step = upload => {
-                            self.upload = None;
-                            pending.extend(self.upload_done(step)?);
-                            if let Some(end) = self.run_instructions(&mut pending).await? {
-                                return Ok(end);
+                        let feeding =
+                            chunks_tx.is_some() && undecoded.load(Ordering::Relaxed) < MAX_UNDECODED_BYTES;
+                        let upload = self.upload_future()?;
+                        tokio::select! {
+                            chunk = response.chunk(), if feeding => Next::Chunk(chunk?),
+                            item = lines.recv() => item.map_or(Next::Ended, Next::Line),
+                            step = upload => Next::Upload(step),
+                            () = tokio::time::sleep_until(idle_deadline) => {
+                                return Err(ClientError::StreamIdle(self.options.idle_timeout));
                             }
-                            continue;
                         }
                     }
                 }
-                Err(step) => {
+            };
+            match next {
+                Next::Chunk(chunk) => {
+                    idle_deadline = Instant::now() + self.options.idle_timeout;
+                    match (chunk, &chunks_tx) {
+                        (Some(chunk), Some(tx)) => {
+                            undecoded.fetch_add(chunk.len(), Ordering::Relaxed);
+                            let _ = tx.send(chunk);
+                        }
+                        _ => chunks_tx = None,
+                    }
+                }
+                Next::Line(item) => {
+                    idle_deadline = Instant::now() + self.options.idle_timeout;
+                    if let Some(line) = item? {
+                        pending.extend(self.machine.handle(SyncEvent::LineReceived(line)));
+                        if let Some(end) = self.run_instructions(&mut pending).await? {
+                            return Ok(end);
+                        }
+                    }
+                }
+                Next::Upload(step) => {
                     self.upload = None;
                     pending.extend(self.upload_done(step)?);
                     if let Some(end) = self.run_instructions(&mut pending).await? {
                         return Ok(end);
                     }
-                    continue;
                 }
-            };
-            let chunk = chunk??;
-            idle_deadline = Instant::now() + self.options.idle_timeout;
-            let Some(chunk) = chunk else {
-                tracing::info!("sync stream ended by the service");
-                return Ok(StreamEnd::Closed(None));
-            };
-            match &mut decoder {
-                Some(decoder) => {
-                    decoder.write_all(&chunk).map_err(ClientError::Decompress)?;
-                    decoder.flush().map_err(ClientError::Decompress)?;
-                    buffer.append(decoder.get_mut());
-                }
-                None => buffer.extend_from_slice(&chunk),
-            }
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line);
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let Some(line) = SyncLine::from_json(&text)? else {
-                    tracing::debug!(line = %text.trim(), "unknown sync line type skipped");
-                    continue;
-                };
-                pending.extend(self.machine.handle(SyncEvent::LineReceived(line)));
-                if let Some(end) = self.run_instructions(&mut pending).await? {
-                    return Ok(end);
+                // The response ended and every line of it was handled.
+                Next::Ended => {
+                    tracing::info!("sync stream ended by the service");
+                    return Ok(StreamEnd::Closed(None));
                 }
             }
         }
+    }
+}
+
+/// Bytes received and not yet parsed by the decoder thread, at most (then reading pauses).
+const MAX_UNDECODED_BYTES: usize = 1 << 20;
+/// Parsed lines waiting for the sync loop, at most (then the decoder thread waits).
+const PARSED_LINES_AHEAD: usize = 16;
+
+/// What the stream loop handles next.
+enum Next<C> {
+    /// A chunk of the response (`None`: it ended).
+    Chunk(Option<C>),
+    /// A parsed line (`None`: an unknown line type, skipped), or why decoding stopped.
+    Line(Result<Option<SyncLine>, ClientError>),
+    Upload(UploadStep),
+    /// The decoder thread is done: the response ended and every line was delivered.
+    Ended,
+}
+
+/// The decoder thread: decompresses the response's chunks (gzip), splits them into lines and parses
+/// them, in order. Stops after sending an error, or when the sync loop is gone.
+fn decode_lines<B: AsRef<[u8]>>(
+    chunks: &std::sync::mpsc::Receiver<B>,
+    gzip: bool,
+    undecoded: &AtomicUsize,
+    lines: &tokio::sync::mpsc::Sender<Result<Option<SyncLine>, ClientError>>,
+) {
+    let mut decoder = gzip.then(|| GzDecoder::new(Vec::new()));
+    let mut buffer: Vec<u8> = Vec::new();
+    for chunk in chunks {
+        let chunk = chunk.as_ref();
+        let decoded = match &mut decoder {
+            Some(decoder) => decoder
+                .write_all(chunk)
+                .and_then(|()| decoder.flush())
+                .map(|()| buffer.append(decoder.get_mut())),
+            None => {
+                buffer.extend_from_slice(chunk);
+                Ok(())
+            }
+        };
+        if let Err(error) = decoded {
+            let _ = lines.blocking_send(Err(ClientError::Decompress(error)));
+            return;
+        }
+        let mut consumed = 0;
+        while let Some(end) = buffer[consumed..].iter().position(|b| *b == b'\n') {
+            let text = String::from_utf8_lossy(&buffer[consumed..consumed + end]);
+            consumed += end + 1;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let item = SyncLine::from_json(&text).map_err(ClientError::from);
+            if let Ok(None) = item {
+                tracing::debug!(line = %text.trim(), "unknown sync line type skipped");
+            }
+            let failed = item.is_err();
+            if lines.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+        buffer.drain(..consumed);
+        // Only now: zero tells the sync loop that everything received was parsed.
+        undecoded.fetch_sub(chunk.len(), Ordering::Relaxed);
     }
 }
 
