@@ -8,8 +8,9 @@
 //!     local database (op log, checksum check, publish to the app's table) — everything but the network;
 //! (c) end to end: a throwaway Postgres 15, the release `syncgate serve` binary, a 1,000,000-row table
 //!     (~200-byte rows) in one bucket; once the gateway is ready, a fresh client (the library's
-//!     `SyncDriver`) from start until the first checkpoint is in its local tables. Baseline in the same
-//!     run: a plain HTTP reader of the same stream (NDJSON, no parsing) until `checkpoint_complete`;
+//!     `SyncDriver`) from start until the first checkpoint is in its local tables. Baselines in the same
+//!     run: a plain HTTP reader of the same stream (NDJSON, no parsing, without and with gzip) until
+//!     `checkpoint_complete`, and its recorded lines replayed into a fresh database as (b) does;
 //! (d) live-query latency on the database of (b): a watch over one row, then 100 published checkpoints
 //!     (`store_ops` + `apply_checkpoint`, as the driver does) and 100 `write_transaction`s each changing
 //!     that row; from before the commit call until the watch stream yields the new result, p50/p99.
@@ -450,7 +451,8 @@ impl BackendConnector for BenchConnector {
 
 /// Reads `POST /sync/stream` (NDJSON) until `checkpoint_complete`; returns the bytes read. With `gzip`,
 /// asks for gzip as the client does and decompresses (one `GzDecoder`, as the driver).
-async fn plain_reader(endpoint: &str, token: &str, gzip: bool) -> usize {
+/// Keeps the lines in `keep` if given.
+async fn plain_reader(endpoint: &str, token: &str, gzip: bool, mut keep: Option<&mut Vec<Vec<u8>>>) -> usize {
     use std::io::Write as _;
     let mut request = reqwest::Client::new()
         .post(format!("{endpoint}/sync/stream"))
@@ -470,7 +472,11 @@ async fn plain_reader(endpoint: &str, token: &str, gzip: bool) -> usize {
     loop {
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            if line.starts_with(b"{\"checkpoint_complete\"") {
+            let complete = line.starts_with(b"{\"checkpoint_complete\"");
+            if let Some(keep) = keep.as_deref_mut() {
+                keep.push(line);
+            }
+            if complete {
                 return total;
             }
         }
@@ -485,6 +491,41 @@ async fn plain_reader(endpoint: &str, token: &str, gzip: bool) -> usize {
             None => pending.extend_from_slice(&chunk),
         }
     }
+}
+
+/// Feeds recorded NDJSON lines to a fresh database as (b) does; returns (total, storing, publishing).
+fn replay_lines(lines: &[Vec<u8>]) -> (Duration, Duration, Duration) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut db = LocalDatabase::open(&dir.path().join("replay.db")).expect("open");
+    db.set_schema(&Schema::from_json(E2E_SCHEMA).expect("schema"))
+        .expect("set schema");
+    let mut machine = SyncStateMachine::new();
+    machine.handle(SyncEvent::Start {
+        client_id: ClientId("replay".to_owned()),
+        buckets: Vec::new(),
+    });
+    machine.handle(SyncEvent::StreamOpened);
+    let (mut store, mut publish) = (Duration::ZERO, Duration::ZERO);
+    let started = Instant::now();
+    let mut published = false;
+    for line in lines {
+        let text = String::from_utf8_lossy(line);
+        if text.trim().is_empty() {
+            continue;
+        }
+        if let Some(line) = SyncLine::from_json(&text).expect("line") {
+            published |= run(
+                &mut machine,
+                &mut db,
+                SyncEvent::LineReceived(line),
+                &mut store,
+                &mut publish,
+            );
+        }
+    }
+    let total = started.elapsed();
+    assert!(published, "the replayed checkpoint was published");
+    (total, store, publish)
 }
 
 /// (c): Postgres → gateway → a fresh client's local tables.
@@ -530,10 +571,11 @@ fn end_to_end(rows: usize) {
         .expect("runtime");
 
     let started = Instant::now();
-    let bytes = runtime.block_on(plain_reader(&endpoint, &token, false));
+    let mut lines = Vec::new();
+    let bytes = runtime.block_on(plain_reader(&endpoint, &token, false, Some(&mut lines)));
     let reader = started.elapsed();
     let started = Instant::now();
-    let gzip_bytes = runtime.block_on(plain_reader(&endpoint, &token, true));
+    let gzip_bytes = runtime.block_on(plain_reader(&endpoint, &token, true, None));
     let gzip_reader = started.elapsed();
 
     let client_dir = tempfile::tempdir().expect("temp dir");
@@ -573,6 +615,15 @@ fn end_to_end(rows: usize) {
         } else {
             "MISSED"
         }
+    );
+    let (replay, store, publish) = replay_lines(&lines);
+    println!(
+        "    the same lines replayed without the network (parse + state machine + store + publish on one thread, \
+         as (b)): {:.2} s (storing ops {:.2} s, publishing {:.2} s, parsing and state machine {:.2} s)",
+        replay.as_secs_f64(),
+        store.as_secs_f64(),
+        publish.as_secs_f64(),
+        replay.saturating_sub(store + publish).as_secs_f64()
     );
     println!(
         "    baselines, same run: a plain reader of the same stream (NDJSON, no parsing) to \
