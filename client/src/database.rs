@@ -9,28 +9,44 @@
 //!   pending row's PUTs across buckets, with the data in the same b-tree; a bucket-wide CLEAR or removal
 //!   (rare) scans the table instead of every op paying for a second index;
 //! - `sg_pending_rows`: rows touched by downloaded ops and not yet published, per bucket;
+//! - `sg_fresh_buckets`: buckets downloaded from nothing while no bucket is published (a first sync), not
+//!   published yet: every op-log row of theirs counts as pending, so their PUTs skip `sg_pending_rows`;
 //! - `sg_data`: the synced rows the app sees, one JSON document per `(type, id)`, whatever the schema
 //!   declares (undeclared types stay here until a schema declares them); `sg_local_data` for local-only
 //!   tables;
 //! - `sg_crud`: the upload queue, one entry per row change, grouped by `tx_id`;
 //! - `sg_kv`: client id, schema, write-checkpoint target;
 //! - `sg_table_versions`: per row type, a counter bumped by every transaction that changes its rows
-//!   (a published checkpoint, a local write), which live queries watch.
+//!   (a published checkpoint, a local write), which live queries watch. A rowid table updated in place
+//!   (upserts): SQLite's update hook reports rowid tables only, and a type keeps its rowid
+//!   (see [`crate::changes`]).
+//!
+//! Downloaded ops are written in batches: one transaction spans several `data` lines (see
+//! [`LocalDatabase::store_ops`]) and is committed before anything else uses the connection. Every write of
+//! the download path may be lost in a crash without harm: the op log and bucket positions are committed
+//! together, so a lost batch is downloaded again from the positions that were committed, and the app's
+//! tables change only when a checkpoint is published. That is also why `synchronous = NORMAL` is enough
+//! in WAL mode: a commit is durable once the WAL is synced at the next checkpoint of the WAL; a power loss
+//! before that rolls back the latest transactions whole (never part of one), and a process crash loses
+//! nothing committed. Local writes have the same guarantee as in the official SDKs, which use the same
+//! setting.
 //!
 //! Publishing a checkpoint recomputes each pending row from the op log (the PUT with the highest op id
 //! across buckets wins; no PUT left deletes the row) in one transaction, and only if no local write awaits
 //! acknowledgement: the check and the publish are atomic because both happen in that transaction.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, WriteCheckpointId};
 
-use tokio::sync::Notify;
-
+use crate::changes::{FileChanges, WatchSignal, file_changes, install_hooks};
 use crate::error::ClientError;
 use crate::schema::{Schema, WRITE_CHECKPOINT_SENTINEL};
 use crate::sync::{ApplyPlan, StoredBucket};
@@ -59,11 +75,21 @@ CREATE TABLE IF NOT EXISTS sg_pending_rows (
     -- Row first: publishing reads the distinct rows in key order, without a temporary sort.
     PRIMARY KEY (row_type, row_id, bucket)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sg_fresh_buckets (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sg_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sg_local_data (type TEXT NOT NULL, id TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (type, id));
 CREATE TABLE IF NOT EXISTS sg_crud (id INTEGER PRIMARY KEY AUTOINCREMENT, tx_id INTEGER, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sg_table_versions (type TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sg_table_versions (type TEXT PRIMARY KEY, version INTEGER NOT NULL);
 ";
+
+/// SQLite's page cache for a client connection, in KiB (the official SDKs use 50 MiB too; SQLite's default
+/// of 2 MiB makes a large download re-read op-log pages it just wrote).
+const CACHE_SIZE_KIB: i64 = 50 * 1024;
+
+/// A download batch older than this is committed after the `data` line that ends it: it bounds how long
+/// the sync writer holds the write lock while lines keep arriving (an app's write waits at most that
+/// long), while a transaction per line would cost a WAL commit per line.
+const MAX_DOWNLOAD_BATCH_AGE: Duration = Duration::from_millis(100);
 
 /// Stands for an absent subkey in the op-log key (the reference client uses the literal `null` too).
 const NO_SUBKEY: &str = "null";
@@ -99,19 +125,19 @@ pub struct CrudTransaction {
 #[derive(Debug)]
 pub struct LocalDatabase {
     conn: Connection,
-    /// Wakes this process's live queries on the same file after a commit here (None in memory).
-    commits: Option<Arc<Notify>>,
+    /// This process's live queries on the same file, woken by this connection's commits (None in memory).
+    changes: Option<Arc<FileChanges>>,
+    /// When the open download batch began (None: no batch open).
+    download_batch: Cell<Option<Instant>>,
 }
 
-/// Per database file, what this process's live queries wait on besides their poll: a commit through a
-/// [`LocalDatabase`] of the same process wakes them at once. Commits by other processes (and through
-/// [`LocalDatabase::connection`] directly) are seen at the next poll.
-fn commit_notifier(path: &str) -> Arc<Notify> {
-    static NOTIFIERS: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Mutex::default);
-    let mut notifiers = NOTIFIERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Arc::clone(notifiers.entry(path.to_owned()).or_default())
+impl Drop for LocalDatabase {
+    fn drop(&mut self) {
+        // Keep what was downloaded (dropping the connection would roll it back; either is consistent).
+        if let Err(error) = self.commit_downloads() {
+            tracing::warn!(%error, "committing the last download batch failed; it will be downloaded again");
+        }
+    }
 }
 
 impl LocalDatabase {
@@ -125,20 +151,51 @@ impl LocalDatabase {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<LocalDatabase, ClientError> {
-        // WAL: readers (another process running `query`) do not block the sync writer.
+    fn init(mut conn: Connection) -> Result<LocalDatabase, ClientError> {
+        // WAL: readers (another process running `query`) do not block the sync writer. NORMAL: see the
+        // module header.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // Files from before sg_table_versions was a rowid table: its counters may start over.
+        let versions_without_rowid: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'sg_table_versions'
+                            AND sql LIKE '%WITHOUT ROWID%')",
+            [],
+            |row| row.get(0),
+        )?;
+        if versions_without_rowid {
+            conn.execute_batch("DROP TABLE sg_table_versions")?;
+        }
         conn.execute_batch(INTERNAL_TABLES)?;
-        let commits = conn.path().filter(|p| !p.is_empty()).map(commit_notifier);
-        Ok(LocalDatabase { conn, commits })
+        let changes = conn.path().filter(|p| !p.is_empty()).map(file_changes);
+        if let Some(changes) = &changes {
+            install_hooks(&mut conn, Arc::clone(changes))?;
+        }
+        Ok(LocalDatabase {
+            conn,
+            changes,
+            download_batch: Cell::new(None),
+        })
     }
 
     /// The connection, for the app's own reads and writes. Writes through the schema's views queue
     /// uploads; group several into one upload transaction with [`LocalDatabase::write_transaction`].
     pub fn connection(&self) -> &Connection {
+        if let Err(error) = self.commit_downloads() {
+            tracing::warn!(%error, "committing the download batch failed; it will be downloaded again");
+        }
         &self.conn
+    }
+
+    /// Commits the open download batch, if any (see [`LocalDatabase::store_ops`]). Every other method
+    /// does this first; the driver calls it before waiting for the network.
+    pub fn commit_downloads(&self) -> Result<(), ClientError> {
+        if self.download_batch.take().is_some() {
+            self.conn.execute_batch("COMMIT")?;
+        }
+        Ok(())
     }
 
     /// Runs `f` in one transaction and gives its queued changes one upload transaction id.
@@ -146,24 +203,19 @@ impl LocalDatabase {
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
+        self.commit_downloads()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         assign_transaction_ids(&tx)?;
         tx.commit()?;
-        self.notify_commit();
         Ok(value)
-    }
-
-    fn notify_commit(&self) {
-        if let Some(commits) = &self.commits {
-            commits.notify_waiters();
-        }
     }
 
     /// The persistent client id (a random UUID v4, created on first use).
     pub fn client_id(&self) -> Result<ClientId, ClientError> {
+        self.commit_downloads()?;
         if let Some(id) = self.kv_get("client_id")? {
             return Ok(ClientId(id));
         }
@@ -182,6 +234,7 @@ impl LocalDatabase {
     /// Installs `schema`: recreates the views, triggers and indexes (no data migration) and stores it.
     pub fn set_schema(&mut self, schema: &Schema) -> Result<(), ClientError> {
         schema.validate()?;
+        self.commit_downloads()?;
         let previous = self.schema()?;
         let tx = self
             .conn
@@ -211,6 +264,7 @@ impl LocalDatabase {
 
     /// Buckets and their download positions, for [`crate::sync::SyncEvent::Start`].
     pub fn stored_buckets(&self) -> Result<Vec<StoredBucket>, ClientError> {
+        self.commit_downloads()?;
         let mut statement = self
             .conn
             .prepare("SELECT name, last_op, checksum FROM sg_buckets ORDER BY name")?;
@@ -233,7 +287,12 @@ impl LocalDatabase {
         Ok(buckets)
     }
 
-    /// Persists ops of one bucket with its new position and running checksum (one transaction).
+    /// Persists ops of one bucket with its new position and running checksum, atomically.
+    ///
+    /// Consecutive calls share one transaction (a download batch), committed once it is
+    /// `MAX_DOWNLOAD_BATCH_AGE` old, by [`LocalDatabase::commit_downloads`], or before any other use of the
+    /// database. On an error the whole batch is rolled back: the stored positions then still match the
+    /// stored ops, and the next stream resumes from them.
     pub fn store_ops(
         &mut self,
         bucket: &BucketName,
@@ -241,9 +300,51 @@ impl LocalDatabase {
         last_op: OpId,
         checksum: Checksum,
     ) -> Result<(), ClientError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if self.download_batch.get().is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.download_batch.set(Some(Instant::now()));
+        }
+        if let Err(error) = self.store_ops_in_batch(bucket, ops, last_op, checksum) {
+            self.download_batch.set(None);
+            if let Err(rollback) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(%rollback, "rolling back the download batch failed");
+            }
+            return Err(error);
+        }
+        if self
+            .download_batch
+            .get()
+            .is_some_and(|began| began.elapsed() >= MAX_DOWNLOAD_BATCH_AGE)
+        {
+            self.commit_downloads()?;
+        }
+        Ok(())
+    }
+
+    fn store_ops_in_batch(
+        &self,
+        bucket: &BucketName,
+        ops: &[OplogEntry],
+        last_op: OpId,
+        checksum: Checksum,
+    ) -> Result<(), ClientError> {
+        let tx = &self.conn;
+        // A bucket with nothing stored is fresh until published (its PUTs need no pending-row entries),
+        // but only while no bucket has been published (a first sync, or everything downloaded again):
+        // publishing fresh buckets scans the whole op log, which then holds little else.
+        let known: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM sg_buckets WHERE name = ?1)")?
+            .query_row([bucket.as_str()], |row| row.get(0))?;
+        if !known {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO sg_fresh_buckets(name) SELECT ?1 WHERE NOT EXISTS (
+                     SELECT 1 FROM sg_buckets WHERE name NOT IN (SELECT name FROM sg_fresh_buckets))",
+            )?
+            .execute([bucket.as_str()])?;
+        }
+        let fresh: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM sg_fresh_buckets WHERE name = ?1)")?
+            .query_row([bucket.as_str()], |row| row.get(0))?;
         {
             let mut put = tx.prepare_cached(
                 "INSERT OR REPLACE INTO sg_oplog(bucket, row_type, row_id, subkey, op_id, data)
@@ -269,8 +370,11 @@ impl LocalDatabase {
                             op.op_id.as_i64(),
                             data
                         ])?;
-                        pending.execute(params![bucket.as_str(), row_type, row_id])?;
+                        if !fresh {
+                            pending.execute(params![bucket.as_str(), row_type, row_id])?;
+                        }
                     }
+                    // Pending even in a fresh bucket: the removed row is no longer in its op log.
                     (OpType::Remove, Some((row_type, row_id))) => {
                         remove.execute(params![bucket.as_str(), row_type, row_id, subkey])?;
                         pending.execute(params![bucket.as_str(), row_type, row_id])?;
@@ -288,18 +392,22 @@ impl LocalDatabase {
                 }
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO sg_buckets(name, last_op, checksum) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET last_op = excluded.last_op, checksum = excluded.checksum",
-            params![bucket.as_str(), last_op.as_i64(), i64::from(checksum.as_u32())],
-        )?;
-        tx.commit()?;
+        )?
+        .execute(params![
+            bucket.as_str(),
+            last_op.as_i64(),
+            i64::from(checksum.as_u32())
+        ])?;
         Ok(())
     }
 
     /// Drops buckets: their ops and positions. Their rows are marked pending, so the next published
     /// checkpoint removes them unless another bucket holds them.
     pub fn delete_buckets(&mut self, buckets: &[BucketName]) -> Result<(), ClientError> {
+        self.commit_downloads()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -324,6 +432,10 @@ impl LocalDatabase {
             "DELETE FROM sg_buckets WHERE name IN (SELECT value FROM json_each(?1))",
             [&names],
         )?;
+        tx.execute(
+            "DELETE FROM sg_fresh_buckets WHERE name IN (SELECT value FROM json_each(?1))",
+            [&names],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -331,6 +443,7 @@ impl LocalDatabase {
     /// Publishes a validated checkpoint to the app's tables, unless `plan.wait_for_local_writes` and
     /// local writes await acknowledgement (PROTOCOL §4.3).
     pub fn apply_checkpoint(&mut self, plan: &ApplyPlan) -> Result<ApplyOutcome, ClientError> {
+        self.commit_downloads()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -364,21 +477,49 @@ impl LocalDatabase {
         // partial: rows touched by the included buckets, valued from those buckets only.
         let included_pending = "(?2 OR p.bucket IN (SELECT value FROM json_each(?1)))";
         let included_op = "(?2 OR o.bucket IN (SELECT value FROM json_each(?1)))";
-        // One pass in key order (both tables are keyed row first; CROSS JOIN keeps the pending rows
-        // outside, so no temporary sort): per row, the PUT with the highest op id. SQLite takes the
-        // bare column `o.data` from the row where max() is found.
-        tx.execute(
-            &format!(
-                "INSERT OR REPLACE INTO sg_data(type, id, data)
-                 SELECT row_type, row_id, data FROM (
-                     SELECT o.row_type, o.row_id, o.data, max(o.op_id)
-                     FROM sg_pending_rows p CROSS JOIN sg_oplog o
-                         ON o.row_type = p.row_type AND o.row_id = p.row_id
-                     WHERE {included_pending} AND {included_op}
-                     GROUP BY p.row_type, p.row_id)"
-            ),
+        let fresh: String = tx.query_row(
+            "SELECT json_group_array(name) FROM sg_fresh_buckets
+             WHERE ?2 OR name IN (SELECT value FROM json_each(?1))",
             params![buckets, full],
+            |row| row.get(0),
         )?;
+        if fresh == "[]" {
+            // One pass in key order (both tables are keyed row first; CROSS JOIN keeps the pending rows
+            // outside, so no temporary sort): per row, the PUT with the highest op id. SQLite takes the
+            // bare column `o.data` from the row where max() is found.
+            tx.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO sg_data(type, id, data)
+                     SELECT row_type, row_id, data FROM (
+                         SELECT o.row_type, o.row_id, o.data, max(o.op_id)
+                         FROM sg_pending_rows p CROSS JOIN sg_oplog o
+                             ON o.row_type = p.row_type AND o.row_id = p.row_id
+                         WHERE {included_pending} AND {included_op}
+                         GROUP BY p.row_type, p.row_id)"
+                ),
+                params![buckets, full],
+            )?;
+        } else {
+            // Fresh buckets (typically a first download): every row of theirs is pending, so one pass over
+            // the whole op log in key order, keeping the rows a fresh bucket holds or a pending entry names.
+            // total() is no min()/max(), so `o.data` still comes from the row of max(o.op_id). Costs a scan
+            // of the op log once per fresh bucket, instead of a pending entry per op.
+            tx.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO sg_data(type, id, data)
+                     SELECT w.row_type, w.row_id, w.data FROM (
+                         SELECT o.row_type, o.row_id, o.data, max(o.op_id),
+                                total(o.bucket IN (SELECT value FROM json_each(?3))) AS fresh_ops
+                         FROM sg_oplog o
+                         WHERE {included_op}
+                         GROUP BY o.row_type, o.row_id) w
+                     WHERE w.fresh_ops > 0 OR EXISTS (
+                         SELECT 1 FROM sg_pending_rows p
+                         WHERE p.row_type = w.row_type AND p.row_id = w.row_id AND {included_pending})"
+                ),
+                params![buckets, full, fresh],
+            )?;
+        }
         tx.execute(
             &format!(
                 "DELETE FROM sg_data WHERE (type, id) IN (
@@ -388,15 +529,32 @@ impl LocalDatabase {
             ),
             params![buckets, full],
         )?;
-        // Once per type per publish: a live query re-runs at most once per applied checkpoint.
+        // Once per type per publish: a live query re-runs at most once per applied checkpoint. With fresh
+        // buckets, every type in the op log (found by skipping from one type to the next, not by a scan):
+        // a superset, at worst one needless re-check by a watch. Upserts keep each type's rowid.
+        let fresh_types = if fresh == "[]" {
+            ""
+        } else {
+            "UNION SELECT t FROM oplog_types WHERE t IS NOT NULL"
+        };
         tx.execute(
             &format!(
-                "INSERT OR REPLACE INTO sg_table_versions(type, version)
-                 SELECT t.row_type, coalesce(v.version, 0) + 1
-                 FROM (SELECT DISTINCT p.row_type FROM sg_pending_rows p WHERE {included_pending}) t
-                 LEFT JOIN sg_table_versions v ON v.type = t.row_type"
+                "WITH RECURSIVE oplog_types(t) AS (
+                     SELECT min(row_type) FROM sg_oplog
+                     UNION ALL
+                     SELECT (SELECT min(row_type) FROM sg_oplog WHERE row_type > t) FROM oplog_types
+                     WHERE t IS NOT NULL AND ?3)
+                 INSERT INTO sg_table_versions(type, version)
+                 SELECT row_type, 1 FROM (
+                     SELECT p.row_type FROM sg_pending_rows p WHERE {included_pending} {fresh_types})
+                 WHERE true
+                 ON CONFLICT(type) DO UPDATE SET version = version + 1"
             ),
-            params![buckets, full],
+            params![buckets, full, fresh != "[]"],
+        )?;
+        tx.execute(
+            "DELETE FROM sg_fresh_buckets WHERE name IN (SELECT value FROM json_each(?1))",
+            [&fresh],
         )?;
         if full {
             // Unconditional: SQLite truncates the table instead of deleting row by row.
@@ -433,12 +591,12 @@ impl LocalDatabase {
             }
         }
         tx.commit()?;
-        self.notify_commit();
         Ok(ApplyOutcome::Applied)
     }
 
     /// The last checkpoint published in full, if any.
     pub fn applied_checkpoint(&self) -> Result<Option<OpId>, ClientError> {
+        self.commit_downloads()?;
         let value: Option<i64> = self
             .conn
             .query_row(
@@ -476,6 +634,7 @@ impl LocalDatabase {
     /// The upload queue in order; entries written outside [`LocalDatabase::write_transaction`] get a
     /// transaction id of their own first.
     pub fn upload_queue(&mut self) -> Result<Vec<CrudEntry>, ClientError> {
+        self.commit_downloads()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -492,6 +651,7 @@ impl LocalDatabase {
     /// The oldest queued transaction, if any (entries written outside
     /// [`LocalDatabase::write_transaction`] get a transaction id first).
     pub fn next_crud_transaction(&mut self) -> Result<Option<CrudTransaction>, ClientError> {
+        self.commit_downloads()?;
         // A cheap read first: the driver polls this, and the assignment below takes the write lock.
         let queued: bool = self
             .conn
@@ -523,6 +683,7 @@ impl LocalDatabase {
 
     /// Removes an uploaded transaction's entries from the queue.
     pub fn complete_crud_transaction(&mut self, transaction: &CrudTransaction) -> Result<(), ClientError> {
+        self.commit_downloads()?;
         let last = transaction.entries.iter().map(|e| e.op_id).max().unwrap_or(0);
         self.conn.execute(
             "DELETE FROM sg_crud WHERE tx_id = ?1 AND id <= ?2",
@@ -534,6 +695,7 @@ impl LocalDatabase {
     /// Whether the queue is empty but no write checkpoint was obtained for the uploads (the target is
     /// still the sentinel a local write sets): the next step is `GET /write-checkpoint2.json`.
     pub fn needs_write_checkpoint(&self) -> Result<bool, ClientError> {
+        self.commit_downloads()?;
         Ok(self.conn.query_row(
             "SELECT NOT EXISTS (SELECT 1 FROM sg_crud)
                 AND EXISTS (SELECT 1 FROM sg_kv WHERE key = 'write_checkpoint_target' AND value = ?1)",
@@ -546,6 +708,7 @@ impl LocalDatabase {
     /// happened since the queue was drained (then that write's upload asks for a newer one). Returns
     /// whether it was set.
     pub fn set_write_checkpoint_target(&mut self, id: WriteCheckpointId) -> Result<bool, ClientError> {
+        self.commit_downloads()?;
         let changed = self.conn.execute(
             "UPDATE sg_kv SET value = ?1 WHERE key = 'write_checkpoint_target' AND value = ?2
                AND NOT EXISTS (SELECT 1 FROM sg_crud)",
@@ -556,6 +719,7 @@ impl LocalDatabase {
 
     /// Whether local writes await upload or acknowledgement (queued, or a write-checkpoint target set).
     pub fn has_pending_writes(&self) -> Result<bool, ClientError> {
+        self.commit_downloads()?;
         Ok(self.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM sg_crud)
                 OR EXISTS (SELECT 1 FROM sg_kv WHERE key = 'write_checkpoint_target')",
@@ -569,20 +733,34 @@ impl LocalDatabase {
     /// connection or process), at most once per such transaction and only when the result differs.
     ///
     /// The stream has its own connection to the database file (not available for in-memory databases).
-    /// It checks at once after a commit through a [`LocalDatabase`] of this process (a published
-    /// checkpoint, [`LocalDatabase::write_transaction`]), otherwise every `poll_interval`: it reads
-    /// `PRAGMA data_version` — a cheap read that moves only when another
-    /// connection commits — and then the versions of the tables the query names (`sg_table_versions`), so a
-    /// commit to other tables costs no re-run. A query naming no declared table re-runs on any change.
+    /// A commit by any [`LocalDatabase`] connection of this process wakes it at once, and only if it
+    /// changed a table the query names (SQLite's update and WAL hooks, see [`crate::changes`]). Commits by
+    /// other processes are seen every `poll_interval`: it reads `PRAGMA data_version` — a cheap read that
+    /// moves only when another connection commits. Either way it re-runs the query only when the versions
+    /// of the tables the query names (`sg_table_versions`) moved, so a commit to other tables costs no
+    /// re-run. A query naming no declared table re-runs on any change.
     pub fn watch(
         &self,
         sql: &str,
         params: Vec<rusqlite::types::Value>,
-        poll_interval: std::time::Duration,
+        poll_interval: Duration,
     ) -> Result<
         impl futures_util::Stream<Item = Result<Vec<Map<String, Value>>, ClientError>> + Send + 'static,
         ClientError,
     > {
+        let state = self.watch_state(sql, params, poll_interval)?;
+        Ok(futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next().await;
+            Some((item, state))
+        }))
+    }
+
+    fn watch_state(
+        &self,
+        sql: &str,
+        params: Vec<rusqlite::types::Value>,
+        poll_interval: Duration,
+    ) -> Result<WatchState, ClientError> {
         let path = self
             .conn
             .path()
@@ -593,27 +771,24 @@ impl LocalDatabase {
         // The query is checked now, so a typo fails here and not on the first poll.
         watcher.conn.prepare(sql)?;
         let tables = watcher.schema()?.map(|schema| referenced_tables(sql, &schema));
-        let tables = Value::Array(
-            tables
-                .unwrap_or_default()
-                .into_iter()
-                .map(Value::String)
-                .collect(),
-        )
-        .to_string();
-        let state = WatchState {
+        let tables = tables.unwrap_or_default();
+        let signal = watcher
+            .changes
+            .as_ref()
+            .expect("a file connection tracks changes")
+            .register((!tables.is_empty()).then(|| tables.iter().map(|t| t.to_lowercase()).collect()));
+        let tables = Value::Array(tables.into_iter().map(Value::String).collect()).to_string();
+        Ok(WatchState {
             db: watcher,
             sql: sql.to_owned(),
             params,
             tables,
             poll_interval,
+            signal,
             seen: None,
             last: None,
-        };
-        Ok(futures_util::stream::unfold(state, |mut state| async move {
-            let item = state.next().await;
-            Some((item, state))
-        }))
+            runs: Arc::default(),
+        })
     }
 
     /// Runs a read query and returns its rows as JSON objects (column name → value; blobs as hex).
@@ -627,6 +802,7 @@ impl LocalDatabase {
         sql: &str,
         params: &[rusqlite::types::Value],
     ) -> Result<Vec<Map<String, Value>>, ClientError> {
+        self.commit_downloads()?;
         let mut statement = self.conn.prepare_cached(sql)?;
         let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
         let mut rows = statement.query(rusqlite::params_from_iter(params))?;
@@ -642,6 +818,7 @@ impl LocalDatabase {
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<String>, ClientError> {
+        self.commit_downloads()?;
         Ok(self
             .conn
             .query_row(
@@ -653,6 +830,7 @@ impl LocalDatabase {
     }
 
     fn kv_set(&self, key: &str, value: &str) -> Result<(), ClientError> {
+        self.commit_downloads()?;
         self.conn.execute(
             "INSERT OR REPLACE INTO sg_kv(key, value) VALUES (?1, ?2)",
             [key, value],
@@ -668,27 +846,26 @@ struct WatchState {
     params: Vec<rusqlite::types::Value>,
     /// JSON array of the table names the query reads; empty: any table.
     tables: String,
-    poll_interval: std::time::Duration,
+    poll_interval: Duration,
+    /// Wakes it after a commit in this process that concerns it.
+    signal: Arc<WatchSignal>,
     /// `(data_version, sum of the watched tables' versions)` at the last run.
     seen: Option<(i64, i64)>,
     last: Option<Vec<Map<String, Value>>>,
+    /// How many times the query ran.
+    runs: Arc<AtomicU64>,
 }
 
 impl WatchState {
     /// Waits for the next differing result (the first call returns the current one).
     async fn next(&mut self) -> Result<Vec<Map<String, Value>>, ClientError> {
-        let commits = self.db.commits.clone().expect("a watch has a database file");
         loop {
-            // Registered before the check: a commit between the check and the wait still wakes it.
-            let notified = commits.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
             if let Some(rows) = self.check()? {
                 return Ok(rows);
             }
             tokio::select! {
                 () = tokio::time::sleep(self.poll_interval) => {}
-                () = notified => {}
+                () = self.signal.notify.notified() => {}
             }
         }
     }
@@ -702,17 +879,43 @@ impl WatchState {
         if self.seen.is_some_and(|(seen, _)| seen == data_version) {
             return Ok(None);
         }
-        let versions: i64 = self.db.conn.query_row(
-            "SELECT coalesce(sum(version), 0) FROM sg_table_versions
-             WHERE json_array_length(?1) = 0 OR type IN (SELECT value FROM json_each(?1))",
-            [&self.tables],
-            |row| row.get(0),
-        )?;
+        // One read transaction: the versions, the names for the change hooks and the result agree.
+        self.db.conn.execute_batch("BEGIN")?;
+        let result = self.check_in_transaction(data_version);
+        self.db.conn.execute_batch("COMMIT")?;
+        result
+    }
+
+    fn check_in_transaction(
+        &mut self,
+        data_version: i64,
+    ) -> Result<Option<Vec<Map<String, Value>>>, ClientError> {
+        let conn = &self.db.conn;
+        let mut versions = 0_i64;
+        let mut names = HashMap::new();
+        {
+            let mut statement = conn.prepare_cached(
+                "SELECT rowid, type, version, json_array_length(?1) = 0 OR type IN (SELECT value FROM json_each(?1))
+                 FROM sg_table_versions",
+            )?;
+            let mut rows = statement.query([&self.tables])?;
+            while let Some(row) = rows.next()? {
+                let name: String = row.get(1)?;
+                if row.get::<_, bool>(3)? {
+                    versions = versions.wrapping_add(row.get::<_, i64>(2)?);
+                }
+                names.insert(row.get::<_, i64>(0)?, name.to_lowercase());
+            }
+        }
+        if let Some(changes) = &self.db.changes {
+            changes.set_names(names);
+        }
         let changed = self.seen.is_none_or(|(_, seen)| seen != versions);
         self.seen = Some((data_version, versions));
         if !changed {
             return Ok(None);
         }
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let rows = self.db.query_json_with(&self.sql, &self.params)?;
         if self.last.as_ref() == Some(&rows) {
             return Ok(None);
@@ -725,7 +928,7 @@ impl WatchState {
 /// The schema's tables whose names appear as words in `sql` (a superset of what it reads is harmless:
 /// at worst an extra re-run).
 fn referenced_tables(sql: &str, schema: &Schema) -> Vec<String> {
-    let words: std::collections::HashSet<String> = sql
+    let words: HashSet<String> = sql
         .split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
@@ -1128,6 +1331,145 @@ mod tests {
         });
         assert_eq!(next().await, r#"[{"id":"t1"}]"#);
         writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_live_query_re_runs_once_per_commit_to_its_tables_and_never_for_other_tables() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut db = LocalDatabase::open(&dir.path().join("c.db")).expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        // Never polled within the test: only the change hooks wake it.
+        let mut watch = db
+            .watch_state(
+                "SELECT id, title FROM todos ORDER BY id",
+                Vec::new(),
+                std::time::Duration::from_secs(3600),
+            )
+            .expect("watch");
+        let runs = Arc::clone(&watch.runs);
+        let runs = move || runs.load(Ordering::Relaxed);
+        let rows = |rows: Vec<Map<String, Value>>| {
+            Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+        };
+        let timeout = std::time::Duration::from_secs(30);
+        assert_eq!(rows(watch.next().await.expect("first")), "[]");
+        assert_eq!(runs(), 1);
+
+        // Commits to other tables (a local-only table, the upload queue) give the watch a window to
+        // (wrongly) re-run: it must not.
+        db.connection()
+            .execute("INSERT INTO drafts(id, body) VALUES ('d1', 'x')", [])
+            .expect("unrelated write");
+        db.connection()
+            .execute("DELETE FROM sg_crud", [])
+            .expect("unrelated write");
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(300), watch.next()).await;
+        assert!(idle.is_err(), "no new result: {idle:?}");
+        assert_eq!(runs(), 1, "no re-run for commits to other tables");
+
+        // One transaction with three writes to its table: one re-run.
+        db.write_transaction(|tx| {
+            for id in ["t1", "t2", "t3"] {
+                tx.execute("INSERT INTO todos(id, title) VALUES (?1, 'a')", [id])?;
+            }
+            Ok(())
+        })
+        .expect("write");
+        let next = tokio::time::timeout(timeout, watch.next())
+            .await
+            .expect("in time");
+        assert_eq!(
+            rows(next.expect("query")),
+            r#"[{"id":"t1","title":"a"},{"id":"t2","title":"a"},{"id":"t3","title":"a"}]"#
+        );
+        assert_eq!(runs(), 2);
+
+        // A plain statement on the connection (autocommit) wakes it too; a change the result does not
+        // show re-runs the query without a new item, then a visible change brings one.
+        db.connection()
+            .execute("UPDATE todos SET done = 1 WHERE id = 't1'", [])
+            .expect("invisible change");
+        db.connection()
+            .execute("UPDATE todos SET title = 'b' WHERE id = 't2'", [])
+            .expect("visible change");
+        let next = tokio::time::timeout(timeout, watch.next())
+            .await
+            .expect("in time");
+        assert_eq!(
+            rows(next.expect("query")),
+            r#"[{"id":"t1","title":"a"},{"id":"t2","title":"b"},{"id":"t3","title":"a"}]"#
+        );
+        assert!(
+            (3..=4).contains(&runs()),
+            "one re-run per commit, or one for both when they came before the watch looked: {}",
+            runs()
+        );
+
+        // A published checkpoint of two rows: one re-run.
+        let before = runs();
+        db.connection()
+            .execute("DELETE FROM sg_crud", [])
+            .expect("acknowledged");
+        db.connection()
+            .execute("DELETE FROM sg_kv WHERE key = 'write_checkpoint_target'", [])
+            .expect("acknowledged");
+        store(
+            &mut db,
+            "b",
+            &[
+                put(1, "todos", "t8", r#"{"title":"s"}"#),
+                put(2, "todos", "t9", r#"{"title":"s"}"#),
+            ],
+        );
+        db.apply_checkpoint(&plan(2, &["b"], None)).expect("apply");
+        let next = tokio::time::timeout(timeout, watch.next())
+            .await
+            .expect("in time");
+        assert!(rows(next.expect("query")).contains(r#"{"id":"t9","title":"s"}"#));
+        assert_eq!(runs(), before + 1);
+    }
+
+    #[test]
+    fn fresh_buckets_publish_without_pending_entries_and_the_highest_op_still_wins() {
+        let mut db = LocalDatabase::open_in_memory().expect("db");
+        db.set_schema(&todos_schema()).expect("schema");
+        let pending = |db: &LocalDatabase| -> i64 {
+            db.connection()
+                .query_row("SELECT count(*) FROM sg_pending_rows", [], |r| r.get(0))
+                .expect("count")
+        };
+        // A first sync: both buckets are fresh; their PUTs leave no pending entries, a REMOVE does.
+        store(&mut db, "a", &[put(1, "todos", "t1", r#"{"title":"a1"}"#)]);
+        store(
+            &mut db,
+            "b",
+            &[
+                put(2, "todos", "t1", r#"{"title":"b1"}"#),
+                put(3, "todos", "t2", r#"{"title":"b2"}"#),
+                remove(4, "todos", "t2"),
+                put(5, "todos", "t4", r#"{"title":"b4"}"#),
+            ],
+        );
+        store(&mut db, "a", &[put(6, "todos", "t3", r#"{"title":"a3"}"#)]);
+        assert_eq!(pending(&db), 1, "t2, removed in b");
+        db.apply_checkpoint(&plan(6, &["a", "b"], None)).expect("apply");
+        assert_eq!(
+            rows(&db, "SELECT id, title FROM todos ORDER BY id"),
+            r#"[{"id":"t1","title":"b1"},{"id":"t3","title":"a3"},{"id":"t4","title":"b4"}]"#
+        );
+        assert_eq!(pending(&db), 0);
+
+        // Published: a new bucket is not fresh (its publish must not scan the whole op log), and b's
+        // REMOVE brings back the row a holds.
+        store(&mut db, "c", &[put(7, "todos", "t5", r#"{"title":"c5"}"#)]);
+        store(&mut db, "b", &[remove(8, "todos", "t1")]);
+        assert_eq!(pending(&db), 2, "t5 from c, t1 from b");
+        db.apply_checkpoint(&plan(8, &["a", "b", "c"], None))
+            .expect("apply");
+        assert_eq!(
+            rows(&db, "SELECT id, title FROM todos ORDER BY id"),
+            r#"[{"id":"t1","title":"a1"},{"id":"t3","title":"a3"},{"id":"t4","title":"b4"},{"id":"t5","title":"c5"}]"#
+        );
     }
 
     #[test]

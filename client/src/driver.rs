@@ -11,7 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncgate_protocol::{ClientId, WriteCheckpointId};
+use futures_util::FutureExt as _;
+use syncgate_protocol::{ClientId, SyncLine, WriteCheckpointId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -381,28 +382,48 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
         }
 
         loop {
-            let upload = self.upload_future()?;
-            // next_line() is cancel-safe: losing the race to an upload step drops no data.
-            let line = tokio::select! {
-                line = stream.next_line() => line?,
-                step = upload => {
+            // Upload steps first, then lines already received. Only when neither is ready is the download
+            // batch committed, so the write lock is not held while the network is idle; not while the
+            // stream still parses what arrived, which would commit after every line.
+            let next = match self.upload_future()?.now_or_never() {
+                Some(step) => Next::Upload(step),
+                None => match stream.next_line().now_or_never() {
+                    Some(line) => Next::Line(line?),
+                    None => {
+                        if !stream.decoding() {
+                            self.db.commit_downloads()?;
+                        }
+                        let upload = self.upload_future()?;
+                        // next_line() is cancel-safe: losing the race to an upload step drops no data.
+                        tokio::select! {
+                            line = stream.next_line() => Next::Line(line?),
+                            step = upload => Next::Upload(step),
+                        }
+                    }
+                },
+            };
+            match next {
+                Next::Upload(step) => {
                     self.upload = None;
                     pending.extend(self.upload_done(step)?);
-                    if let Some(end) = self.run_instructions(&mut pending).await? {
-                        return Ok(end);
-                    }
-                    continue;
                 }
-            };
-            let Some(line) = line else {
-                return Ok(StreamEnd::Closed(None));
-            };
-            pending.extend(self.machine.handle(SyncEvent::LineReceived(line)));
+                Next::Line(None) => return Ok(StreamEnd::Closed(None)),
+                Next::Line(Some(line)) => {
+                    pending.extend(self.machine.handle(SyncEvent::LineReceived(line)));
+                }
+            }
             if let Some(end) = self.run_instructions(&mut pending).await? {
                 return Ok(end);
             }
         }
     }
+}
+
+/// What the stream loop handles next.
+enum Next {
+    /// A line of the stream; `None` once the service ended it.
+    Line(Option<SyncLine>),
+    Upload(UploadStep),
 }
 
 /// `GET /write-checkpoint2.json` (PROTOCOL §1.4): `{"data": {"write_checkpoint": "88"}}`.

@@ -37,6 +37,8 @@ pub enum ClientError {
     StreamIdle(std::time::Duration),
     #[error("the sync stream could not be decompressed: {0}")]
     Decompress(#[source] std::io::Error),
+    #[error("could not start the sync stream's decoder thread: {0}")]
+    DecoderThread(#[source] std::io::Error),
     #[error("a live query needs a database file: an in-memory database cannot be opened a second time")]
     WatchNeedsFile,
     #[error("the backend connector failed: {0}")]

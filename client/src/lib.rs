@@ -13,6 +13,7 @@
 //! Data reaches the app's tables only at a complete checkpoint whose bucket checksums all match, and never
 //! while local writes await acknowledgement (except priority-0 buckets).
 
+mod changes;
 pub mod database;
 pub mod driver;
 mod error;

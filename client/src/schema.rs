@@ -273,10 +273,11 @@ impl Table {
                 format!("{} {gate}", queue("DELETE", "NULL")),
             )
         };
-        // Live queries over this table re-run when its version moves (LocalDatabase::watch).
+        // Live queries over this table re-run when its version moves (LocalDatabase::watch). An upsert:
+        // the row keeps its rowid, by which the change hooks know the table.
         let bump = format!(
-            "INSERT OR REPLACE INTO sg_table_versions(type, version) VALUES ({type_literal}, \
-             coalesce((SELECT version FROM sg_table_versions WHERE type = {type_literal}), 0) + 1);"
+            "INSERT INTO sg_table_versions(type, version) VALUES ({type_literal}, 1) \
+             ON CONFLICT(type) DO UPDATE SET version = version + 1;"
         );
         statements.push(trigger(
             "INSERT",

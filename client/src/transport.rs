@@ -3,7 +3,8 @@
 //! machine the same way whichever carrier brought them.
 //!
 //! - **HTTP**: `POST /sync/stream`, NDJSON (gzip when the service compresses); a 401 is
-//!   [`ClientError::Unauthorized`].
+//!   [`ClientError::Unauthorized`]. A thread per stream decompresses and parses the body while the driver
+//!   stores earlier lines.
 //! - **WebSocket**: RSocket over WebSocket as the PowerSync SDKs do it: SETUP (JSON MIME types, metadata
 //!   `{"token": "Token <jwt>", "user_agent": …}`), one REQUEST_STREAM (metadata `{"path": "/sync/stream"}`,
 //!   data the JSON request), each PAYLOAD one line (BSON as the service sends it, JSON accepted too).
@@ -20,10 +21,12 @@
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flate2::write::GzDecoder;
-use futures_util::{Sink, StreamExt};
+use futures_util::{FutureExt as _, Sink, StreamExt};
 use syncgate_protocol::rsocket::{Frame, Payload, Setup};
 use syncgate_protocol::{SyncLine, SyncRequest};
 use tokio::net::TcpStream;
@@ -71,7 +74,8 @@ const SYNC_STREAM_PATH: &str = "/sync/stream";
 /// An open sync stream.
 pub(crate) enum SyncStream {
     Http(HttpStream),
-    WebSocket(RSocketStream),
+    // Boxed: one per connection, and twice the HTTP stream's size.
+    WebSocket(Box<RSocketStream>),
 }
 
 impl SyncStream {
@@ -90,7 +94,16 @@ impl SyncStream {
                 .map(SyncStream::Http),
             ConnectionMethod::WebSocket => RSocketStream::open(credentials, request, idle_timeout)
                 .await
-                .map(SyncStream::WebSocket),
+                .map(|stream| SyncStream::WebSocket(Box::new(stream))),
+        }
+    }
+
+    /// Whether lines already received are still being parsed, so the next one may come without waiting
+    /// for the network (the driver then keeps its download batch open).
+    pub(crate) fn decoding(&self) -> bool {
+        match self {
+            SyncStream::Http(stream) => stream.decoding(),
+            SyncStream::WebSocket(_) => false,
         }
     }
 
@@ -104,11 +117,23 @@ impl SyncStream {
     }
 }
 
+/// Bytes received and not yet parsed by the decoder thread, at most (then reading pauses).
+const MAX_UNDECODED_BYTES: usize = 1 << 20;
+/// Parsed lines waiting for the driver, at most (then the decoder thread waits).
+const PARSED_LINES_AHEAD: usize = 16;
+
+/// A parsed line (`None`: an unknown line type, skipped), or why decoding stopped.
+type DecodedLine = Result<Option<SyncLine>, ClientError>;
+
+/// The HTTP response body, decompressed and parsed on a thread of its own (see [`decode_lines`]) while
+/// the driver stores earlier lines.
 pub(crate) struct HttpStream {
     response: reqwest::Response,
-    decoder: Option<GzDecoder<Vec<u8>>>,
-    /// Bytes received (decompressed) and not yet split into lines.
-    buffer: Vec<u8>,
+    /// To the decoder thread; `None` once the response ended.
+    chunks: Option<std::sync::mpsc::Sender<bytes::Bytes>>,
+    /// Bytes handed to the decoder thread and not yet parsed.
+    undecoded: Arc<AtomicUsize>,
+    lines: tokio::sync::mpsc::Receiver<DecodedLine>,
     idle_timeout: Duration,
     idle_deadline: Instant,
 }
@@ -150,46 +175,129 @@ impl HttpStream {
             .get("content-encoding")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
         tracing::info!(gzip, "sync stream open");
+        let undecoded = Arc::new(AtomicUsize::new(0));
+        let (chunks_tx, chunks_rx) = std::sync::mpsc::channel();
+        let (lines_tx, lines) = tokio::sync::mpsc::channel(PARSED_LINES_AHEAD);
+        {
+            let undecoded = Arc::clone(&undecoded);
+            std::thread::Builder::new()
+                .name("syncgate-decode".to_owned())
+                .spawn(move || decode_lines(&chunks_rx, gzip, &undecoded, &lines_tx))
+                .map_err(ClientError::DecoderThread)?;
+        }
         Ok(HttpStream {
             response,
-            decoder: gzip.then(|| GzDecoder::new(Vec::new())),
-            buffer: Vec::new(),
+            chunks: Some(chunks_tx),
+            undecoded,
+            lines,
             idle_timeout,
             idle_deadline: Instant::now() + idle_timeout,
         })
     }
 
+    /// Whether bytes received are still being parsed (a line may be about to arrive without the network).
+    fn decoding(&self) -> bool {
+        self.undecoded.load(Ordering::Relaxed) > 0
+    }
+
+    fn feeding(&self) -> bool {
+        self.chunks.is_some() && self.undecoded.load(Ordering::Relaxed) < MAX_UNDECODED_BYTES
+    }
+
+    fn feed(&mut self, chunk: Option<bytes::Bytes>) {
+        self.idle_deadline = Instant::now() + self.idle_timeout;
+        match (chunk, &self.chunks) {
+            (Some(chunk), Some(decoder)) => {
+                self.undecoded.fetch_add(chunk.len(), Ordering::Relaxed);
+                // A closed channel: the decoder stopped on an error, which it sent as a line.
+                let _ = decoder.send(chunk);
+            }
+            _ => self.chunks = None,
+        }
+    }
+
     async fn next_line(&mut self) -> Result<Option<SyncLine>, ClientError> {
         loop {
-            while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line);
-                if text.trim().is_empty() {
-                    continue;
-                }
-                match SyncLine::from_json(&text)? {
-                    Some(line) => return Ok(Some(line)),
-                    None => tracing::debug!(line = %text.trim(), "unknown sync line type skipped"),
-                }
+            // Hand over what has already arrived, so the decoder keeps working while the driver stores.
+            // reqwest's chunk() takes nothing from the body until it resolves, so dropping it unresolved
+            // drops no data.
+            while self.feeding() {
+                let Some(chunk) = self.response.chunk().now_or_never() else {
+                    break;
+                };
+                self.feed(chunk?);
             }
-            // reqwest's chunk() takes nothing from the body until it resolves: cancel-safe.
-            let chunk = tokio::time::timeout_at(self.idle_deadline, self.response.chunk())
-                .await
-                .map_err(|_| ClientError::StreamIdle(self.idle_timeout))??;
-            self.idle_deadline = Instant::now() + self.idle_timeout;
-            let Some(chunk) = chunk else {
-                tracing::info!("sync stream ended by the service");
-                return Ok(None);
-            };
-            match &mut self.decoder {
-                Some(decoder) => {
-                    decoder.write_all(&chunk).map_err(ClientError::Decompress)?;
-                    decoder.flush().map_err(ClientError::Decompress)?;
-                    self.buffer.append(decoder.get_mut());
+            let feeding = self.feeding();
+            let next = tokio::select! {
+                biased;
+                line = self.lines.recv() => Ok(line),
+                chunk = self.response.chunk(), if feeding => Err(chunk),
+                () = tokio::time::sleep_until(self.idle_deadline) => {
+                    return Err(ClientError::StreamIdle(self.idle_timeout));
                 }
-                None => self.buffer.extend_from_slice(&chunk),
+            };
+            match next {
+                Ok(Some(line)) => {
+                    if let Some(line) = line? {
+                        return Ok(Some(line));
+                    }
+                }
+                // The decoder is done: the response ended and every line of it was delivered.
+                Ok(None) => {
+                    tracing::info!("sync stream ended by the service");
+                    return Ok(None);
+                }
+                Err(chunk) => self.feed(chunk?),
             }
         }
+    }
+}
+
+/// The decoder thread: decompresses the response's chunks (gzip), splits them into lines and parses
+/// them, in order. Stops after sending an error, or when the stream is dropped.
+fn decode_lines<B: AsRef<[u8]>>(
+    chunks: &std::sync::mpsc::Receiver<B>,
+    gzip: bool,
+    undecoded: &AtomicUsize,
+    lines: &tokio::sync::mpsc::Sender<DecodedLine>,
+) {
+    let mut decoder = gzip.then(|| GzDecoder::new(Vec::new()));
+    let mut buffer: Vec<u8> = Vec::new();
+    for chunk in chunks {
+        let chunk = chunk.as_ref();
+        let decoded = match &mut decoder {
+            Some(decoder) => decoder
+                .write_all(chunk)
+                .and_then(|()| decoder.flush())
+                .map(|()| buffer.append(decoder.get_mut())),
+            None => {
+                buffer.extend_from_slice(chunk);
+                Ok(())
+            }
+        };
+        if let Err(error) = decoded {
+            let _ = lines.blocking_send(Err(ClientError::Decompress(error)));
+            return;
+        }
+        let mut consumed = 0;
+        while let Some(end) = buffer[consumed..].iter().position(|b| *b == b'\n') {
+            let text = String::from_utf8_lossy(&buffer[consumed..consumed + end]);
+            consumed += end + 1;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let item = SyncLine::from_json(&text).map_err(ClientError::from);
+            if let Ok(None) = item {
+                tracing::debug!(line = %text.trim(), "unknown sync line type skipped");
+            }
+            let failed = item.is_err();
+            if lines.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+        buffer.drain(..consumed);
+        // Only now: zero tells the stream that everything received was parsed.
+        undecoded.fetch_sub(chunk.len(), Ordering::Relaxed);
     }
 }
 
