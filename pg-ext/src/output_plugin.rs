@@ -109,22 +109,19 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(callbacks: *mut pg_sys::O
     callbacks.commit_cb = Some(commit);
 }
 
-fn invalid_option(message: String) -> ! {
-    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message);
-}
-
-fn parse_bool(name: &str, value: &str) -> bool {
+fn parse_bool(name: &str, value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
-        "true" | "on" | "yes" | "1" | "t" | "y" => true,
-        "false" | "off" | "no" | "0" | "f" | "n" => false,
-        _ => invalid_option(format!(
+        "true" | "on" | "yes" | "1" | "t" | "y" => Ok(true),
+        "false" | "off" | "no" | "0" | "f" | "n" => Ok(false),
+        _ => Err(format!(
             "option \"{name}\" of the syncgate output plugin must be a boolean, got {value:?}"
         )),
     }
 }
 
-/// Parses the plugin options; `None` values stand for an option given without a value.
-fn parse_options<'a>(given: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Options {
+/// Parses the plugin options; `None` values stand for an option given without a value. Pure Rust, so
+/// the caller raises the ERROR (and unit tests need no server).
+fn parse_options<'a>(given: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Result<Options, String> {
     let mut options = Options {
         tables: None,
         messages: true,
@@ -132,21 +129,20 @@ fn parse_options<'a>(given: impl IntoIterator<Item = (&'a str, Option<&'a str>)>
     for (name, value) in given {
         match name {
             "tables" => {
-                let Some(value) = value else {
-                    invalid_option("option \"tables\" of the syncgate output plugin needs a value".into())
-                };
-                match format::parse_tables_option(value) {
-                    Ok(patterns) => options.tables = Some(patterns),
-                    Err(e) => invalid_option(e.to_string()),
-                }
+                let value = value.ok_or_else(|| {
+                    "option \"tables\" of the syncgate output plugin needs a value".to_owned()
+                })?;
+                options.tables = Some(format::parse_tables_option(value).map_err(|e| e.to_string())?);
             }
-            "messages" => options.messages = value.is_none_or(|v| parse_bool(name, v)),
-            other => invalid_option(format!(
-                "unknown option \"{other}\" of the syncgate output plugin (known: tables, messages)"
-            )),
+            "messages" => options.messages = value.map_or(Ok(true), |v| parse_bool(name, v))?,
+            other => {
+                return Err(format!(
+                    "unknown option \"{other}\" of the syncgate output plugin (known: tables, messages)"
+                ));
+            }
         }
     }
-    options
+    Ok(options)
 }
 
 #[pg_guard]
@@ -187,6 +183,12 @@ unsafe extern "C-unwind" fn startup(
             }
         }
         parse_options(given)
+    };
+    let options = match options {
+        Ok(options) => options,
+        Err(message) => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message);
+        }
     };
     // SAFETY: valid pointers from Postgres; the scratch context is a child of the decoding context and
     // dies with it.
@@ -669,19 +671,22 @@ unsafe extern "C-unwind" fn commit(
 mod tests {
     use super::*;
 
-    // Error paths raise a Postgres ERROR and are tested through SQL (decoding_tests).
+    // That the errors reach the client as ERRORs is tested through SQL (decoding_tests).
     #[test]
     fn options_default_to_every_table_and_messages_on() {
         assert_eq!(
             parse_options([]),
-            Options {
+            Ok(Options {
                 tables: None,
                 messages: true
-            }
+            })
         );
-        let options = parse_options([("tables", Some("public.a, app.b%")), ("messages", Some("off"))]);
+        let options =
+            parse_options([("tables", Some("public.a, app.b%")), ("messages", Some("off"))]).unwrap();
         assert!(!options.messages);
         assert_eq!(options.tables.map(|t| t.len()), Some(2));
-        assert!(parse_options([("messages", None)]).messages);
+        assert!(parse_options([("messages", None)]).unwrap().messages);
+        assert!(parse_options([("tables", None)]).is_err());
+        assert!(parse_options([("messages", Some("maybe"))]).is_err());
     }
 }
