@@ -336,7 +336,7 @@ unsafe fn build_entry(
     entry
 }
 
-/// Appends the message in `session.message` to the plugin output as one write.
+/// Hands one whole message to the plugin output (one row / one CopyData).
 ///
 /// # Safety
 /// Called from a decoding callback of `ctx`.
