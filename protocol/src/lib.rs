@@ -15,6 +15,7 @@ pub mod checksum;
 pub mod line;
 pub mod op_id;
 pub mod oplog;
+pub mod plugin_format;
 pub mod request;
 pub mod response;
 pub mod rsocket;
