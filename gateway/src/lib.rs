@@ -13,7 +13,6 @@ pub mod compact_cmd;
 pub mod config;
 pub mod config_cmd;
 pub mod inspect;
-pub mod lsn;
 pub mod replicator;
 pub mod rules_cmd;
 pub mod serve;

@@ -13,6 +13,7 @@
 pub mod bson;
 pub mod checksum;
 pub mod line;
+pub mod lsn;
 pub mod op_id;
 pub mod oplog;
 pub mod plugin_format;
@@ -25,6 +26,7 @@ pub use line::{
     BucketChecksum, BucketSubscription, Checkpoint, CheckpointComplete, CheckpointDiff, DataLine, LineError,
     PartialCheckpointComplete, StreamDescription, StreamError, SubscriptionRef, SyncLine,
 };
+pub use lsn::{Lsn, ParseLsnError};
 pub use op_id::{OpId, StringIntError, WriteCheckpointId};
 pub use oplog::{OpType, OplogEntry, Subkey};
 pub use request::{BucketPosition, ClientId, RequestError, StreamSubscription, StreamsRequest, SyncRequest};

@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+pub use crate::lsn::Lsn;
+
 /// Version of this format, in BEGIN and MESSAGE. A decoder refuses other versions.
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -42,17 +44,6 @@ const MESSAGE_TRANSACTIONAL: u8 = 1;
 const VALUE_NULL: u64 = 0;
 const VALUE_UNCHANGED_TOAST: u64 = 1;
 const VALUE_TEXT_BASE: u64 = 2;
-
-/// A WAL position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
-
-impl fmt::Display for Lsn {
-    /// Postgres's form, `16/B374D848`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
 
 /// `pg_class.relreplident`: which old values UPDATE and DELETE carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

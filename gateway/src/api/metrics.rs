@@ -195,8 +195,8 @@ mod tests {
         metrics.checkpoint_sent(Duration::from_micros(1_500));
         metrics.checkpoint_sent(Duration::from_millis(30));
         let text = metrics.render(&MetricsSnapshot {
-            received_lsn: crate::lsn::Lsn(0),
-            applied_lsn: crate::lsn::Lsn(0),
+            received_lsn: syncgate_protocol::Lsn(0),
+            applied_lsn: syncgate_protocol::Lsn(0),
             lag_bytes: 7,
             lag_seconds: 0.0,
             row_changes: 3,

@@ -12,32 +12,9 @@ use pg_walstream::{ColumnData, LogicalReplicationMessage, TupleData};
 
 use super::{Lsn, SourceError};
 
-/// `pg_class.relreplident`: which old values DELETE and UPDATE carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaIdentity {
-    /// The primary key.
-    Default,
-    /// No old values at all: UPDATE and DELETE cannot be replicated.
-    Nothing,
-    /// Every column.
-    Full,
-    /// The columns of a chosen unique index.
-    Index,
-}
-
-impl ReplicaIdentity {
-    pub fn from_byte(byte: u8) -> Result<ReplicaIdentity, SourceError> {
-        match byte {
-            b'd' => Ok(ReplicaIdentity::Default),
-            b'n' => Ok(ReplicaIdentity::Nothing),
-            b'f' => Ok(ReplicaIdentity::Full),
-            b'i' => Ok(ReplicaIdentity::Index),
-            other => Err(SourceError::Protocol(format!(
-                "unknown replica identity {other:#x}"
-            ))),
-        }
-    }
-}
+/// `pg_class.relreplident`: which old values DELETE and UPDATE carry (`Nothing`: UPDATE and DELETE cannot
+/// be replicated). The same type as the output plugin's format.
+pub use syncgate_protocol::plugin_format::ReplicaIdentity;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -166,7 +143,9 @@ impl Decoder {
                     oid: relation_id,
                     schema: namespace.to_string(),
                     name: relation_name.to_string(),
-                    replica_identity: ReplicaIdentity::from_byte(replica_identity)?,
+                    replica_identity: ReplicaIdentity::from_byte(replica_identity).ok_or_else(|| {
+                        SourceError::Protocol(format!("unknown replica identity {replica_identity:#x}"))
+                    })?,
                     columns: columns
                         .iter()
                         .map(|c| ColumnInfo {

@@ -30,11 +30,11 @@ pub mod event;
 pub mod snapshot;
 pub mod walstream;
 
-pub use crate::lsn::{Lsn, ParseLsnError};
 pub use checks::{SourceRequirements, check_source};
 pub use error::{ErrorKind, SourceError};
 pub use event::{ColumnInfo, ColumnValue, OldRow, RelationInfo, ReplicaIdentity, SourceEvent};
 pub use snapshot::{Chunk, SnapshotReader, TableLayout, TableName, table_layout};
+pub use syncgate_protocol::{Lsn, ParseLsnError};
 pub use walstream::WalstreamClient;
 
 use std::future::Future;

@@ -35,7 +35,7 @@ use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId
 pub use notify::{Notifying, StorageEvents};
 pub use sqlite::{SqliteStorage, version_ops};
 
-pub use crate::lsn::{Lsn, ParseLsnError};
+pub use syncgate_protocol::{Lsn, ParseLsnError};
 
 /// A sync-rules version: the `N#` prefix of versioned bucket names, and the namespace of a version's
 /// buckets, row state and parameter index in storage.

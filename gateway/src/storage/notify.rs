@@ -174,7 +174,7 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         &self,
         user: &UserId,
         client_id: Option<&ClientId>,
-        lsn: crate::lsn::Lsn,
+        lsn: syncgate_protocol::Lsn,
     ) -> Result<WriteCheckpointId> {
         let result = self.inner.create_write_checkpoint(user, client_id, lsn);
         self.events.write_checkpoints.fetch_add(1, Ordering::AcqRel);
@@ -186,7 +186,7 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         user: &UserId,
         client_id: Option<&ClientId>,
         requested: WriteCheckpointId,
-        lsn: crate::lsn::Lsn,
+        lsn: syncgate_protocol::Lsn,
     ) -> Result<WriteCheckpointId> {
         let result = self
             .inner
@@ -199,7 +199,7 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         &self,
         user: &UserId,
         client_id: Option<&ClientId>,
-        up_to: crate::lsn::Lsn,
+        up_to: syncgate_protocol::Lsn,
     ) -> Result<Option<WriteCheckpointId>> {
         self.inner.write_checkpoint_for(user, client_id, up_to)
     }

@@ -1,4 +1,5 @@
-//! Write-ahead-log positions, shared by the replication source and bucket storage.
+//! Write-ahead-log positions: the gateway's replication source and bucket storage, and the output
+//! plugin's format (`plugin_format`).
 
 use std::fmt;
 use std::str::FromStr;
