@@ -86,6 +86,11 @@ CREATE TABLE IF NOT EXISTS sg_table_versions (type TEXT PRIMARY KEY, version INT
 /// of 2 MiB makes a large download re-read op-log pages it just wrote).
 const CACHE_SIZE_KIB: i64 = 50 * 1024;
 
+/// The page size of new database files. SQLite's default is 4 KiB; a first sync writes every op twice
+/// (op log, then the app's rows), and larger pages mean fewer pages to split, look up and copy from the
+/// WAL per row (docs/benchmarks.md, "Client").
+const PAGE_SIZE: i64 = 16 * 1024;
+
 /// A download batch older than this is committed after the `data` line that ends it: it bounds how long
 /// the sync writer holds the write lock while lines keep arriving (an app's write waits at most that
 /// long), while a transaction per line would cost a WAL commit per line.
@@ -152,6 +157,8 @@ impl LocalDatabase {
     }
 
     fn init(mut conn: Connection) -> Result<LocalDatabase, ClientError> {
+        // Only takes effect on a new file (before its first table); existing files keep theirs.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         // WAL: readers (another process running `query`) do not block the sync writer. NORMAL: see the
         // module header.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -1249,6 +1256,37 @@ mod tests {
             .expect("stream open")
             .expect("query");
         Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
+    }
+
+    #[test]
+    fn new_files_get_large_pages_and_existing_files_keep_theirs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let page_size = |db: &LocalDatabase| -> i64 {
+            db.connection()
+                .query_row("PRAGMA page_size", [], |row| row.get(0))
+                .expect("page size")
+        };
+        let fresh = LocalDatabase::open(&dir.path().join("new.db")).expect("db");
+        assert_eq!(page_size(&fresh), PAGE_SIZE);
+
+        // A file from before, with SQLite's default page size and a row in it.
+        let old_path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&old_path).expect("old file");
+            conn.execute_batch(INTERNAL_TABLES).expect("old tables");
+            conn.execute(
+                "INSERT INTO sg_data(type, id, data) VALUES ('todos', 't1', '{}')",
+                [],
+            )
+            .expect("old row");
+        }
+        let mut old = LocalDatabase::open(&old_path).expect("reopened");
+        assert_eq!(page_size(&old), 4096);
+        old.set_schema(&todos_schema()).expect("schema");
+        assert_eq!(
+            old.query_json("SELECT id FROM todos").expect("rows"),
+            vec![Map::from_iter([("id".to_owned(), Value::from("t1"))])]
+        );
     }
 
     #[tokio::test]
