@@ -31,7 +31,7 @@ use syncgate_client::{
 use syncgate_protocol::line::{BucketChecksum, Checkpoint, CheckpointComplete, DataLine};
 use syncgate_protocol::{BucketName, BucketPriority, Checksum, ClientId, OpId, OplogEntry, Subkey, SyncLine};
 use syncgate_test_support::PgCluster;
-use syncgate_test_support::serve::{JWT_AUD, JWT_KID, JWT_SECRET, ServeProcess};
+use syncgate_test_support::serve::ServeProcess;
 
 /// Ops per `data` line, as the gateway sends them.
 const OPS_PER_LINE: usize = 1_000;
@@ -422,15 +422,7 @@ fn token() -> String {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let claims = serde_json::json!({"sub": "bench", "aud": JWT_AUD, "iat": now, "exp": now + 3600});
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some(JWT_KID.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
-    )
-    .expect("sign")
+    syncgate_test_support::serve::sign_token("bench", now, now + 3600)
 }
 
 struct BenchConnector {

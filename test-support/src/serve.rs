@@ -18,6 +18,20 @@ pub const JWT_SECRET_BASE64URL: &str = "c3luY2dhdGUtaW50ZXJvcC10ZXN0LXNlY3JldC0w
 pub const JWT_KID: &str = "interop";
 pub const JWT_AUD: &str = "syncgate-interop";
 
+/// A token for `sub` issued at `iat`, expiring at `exp` (seconds since the epoch), signed with the test key
+/// (HS256, [`JWT_KID`], audience [`JWT_AUD`]) that [`ServeProcess`]'s configuration accepts.
+pub fn sign_token(sub: &str, iat: u64, exp: u64) -> String {
+    let claims = serde_json::json!({"sub": sub, "aud": JWT_AUD, "iat": iat, "exp": exp});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(JWT_KID.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
+    )
+    .expect("sign a test token")
+}
+
 /// The binary on a free port; killed when dropped.
 pub struct ServeProcess {
     binary: PathBuf,

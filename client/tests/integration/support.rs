@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use syncgate_client::{BackendConnector, ClientError, Credentials, CrudTransaction, LocalDatabase, Schema};
 pub use syncgate_test_support::serve::ServeProcess as GatewayProcess;
-use syncgate_test_support::serve::{Finished, JWT_AUD, JWT_KID, JWT_SECRET, wait_with_timeout};
+use syncgate_test_support::serve::{Finished, wait_with_timeout};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 use tokio::io::AsyncReadExt as _;
 
@@ -66,15 +66,7 @@ pub fn token(sub: &str) -> String {
 
 /// A token for `sub` issued at `iat`, expiring at `exp` (seconds since the epoch), signed with the test key.
 pub fn token_expiring_at(sub: &str, iat: u64, exp: u64) -> String {
-    let claims = serde_json::json!({"sub": sub, "aud": JWT_AUD, "iat": iat, "exp": exp});
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some(JWT_KID.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
-    )
-    .expect("sign")
+    syncgate_test_support::serve::sign_token(sub, iat, exp)
 }
 
 /// Seconds since the epoch.
