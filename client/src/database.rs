@@ -1389,7 +1389,13 @@ mod tests {
         let rows = |rows: Vec<Map<String, Value>>| {
             Value::Array(rows.into_iter().map(Value::Object).collect()).to_string()
         };
-        let timeout = std::time::Duration::from_secs(30);
+        // The next result; a generous bound so a lost wake-up fails instead of hanging.
+        async fn next_result(watch: &mut WatchState) -> Vec<Map<String, Value>> {
+            tokio::time::timeout(std::time::Duration::from_secs(30), watch.next())
+                .await
+                .expect("in time")
+                .expect("query")
+        }
         assert_eq!(rows(watch.next().await.expect("first")), "[]");
         assert_eq!(runs(), 1);
 
@@ -1413,11 +1419,8 @@ mod tests {
             Ok(())
         })
         .expect("write");
-        let next = tokio::time::timeout(timeout, watch.next())
-            .await
-            .expect("in time");
         assert_eq!(
-            rows(next.expect("query")),
+            rows(next_result(&mut watch).await),
             r#"[{"id":"t1","title":"a"},{"id":"t2","title":"a"},{"id":"t3","title":"a"}]"#
         );
         assert_eq!(runs(), 2);
@@ -1430,11 +1433,8 @@ mod tests {
         db.connection()
             .execute("UPDATE todos SET title = 'b' WHERE id = 't2'", [])
             .expect("visible change");
-        let next = tokio::time::timeout(timeout, watch.next())
-            .await
-            .expect("in time");
         assert_eq!(
-            rows(next.expect("query")),
+            rows(next_result(&mut watch).await),
             r#"[{"id":"t1","title":"a"},{"id":"t2","title":"b"},{"id":"t3","title":"a"}]"#
         );
         assert!(
@@ -1460,10 +1460,7 @@ mod tests {
             ],
         );
         db.apply_checkpoint(&plan(2, &["b"], None)).expect("apply");
-        let next = tokio::time::timeout(timeout, watch.next())
-            .await
-            .expect("in time");
-        assert!(rows(next.expect("query")).contains(r#"{"id":"t9","title":"s"}"#));
+        assert!(rows(next_result(&mut watch).await).contains(r#"{"id":"t9","title":"s"}"#));
         assert_eq!(runs(), before + 1);
     }
 
