@@ -32,6 +32,7 @@ use syncgate_protocol::line::{BucketChecksum, Checkpoint, CheckpointComplete, Da
 use syncgate_protocol::{BucketName, BucketPriority, Checksum, ClientId, OpId, OplogEntry, Subkey, SyncLine};
 use syncgate_test_support::PgCluster;
 use syncgate_test_support::serve::ServeProcess;
+use syncgate_test_support::stats::{ms, percentile};
 
 /// Ops per `data` line, as the gateway sends them.
 const OPS_PER_LINE: usize = 1_000;
@@ -272,20 +273,6 @@ fn main() {
     } else {
         end_to_end(rows);
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// (d): commit → watch result, for published checkpoints and for local write transactions.

@@ -18,6 +18,7 @@ use serde_json::Map;
 use syncgate::config::Config;
 use syncgate::storage::{BucketStorage, SqliteStorage};
 use syncgate_protocol::{BucketName, OpId};
+use syncgate_test_support::stats::{ms, percentile};
 use syncgate_test_support::{PgCluster, TestDatabase};
 use tokio::sync::mpsc;
 
@@ -155,20 +156,6 @@ async fn read_until_complete(response: &mut reqwest::Response, pending: &mut Vec
         total += chunk.len();
         pending.extend_from_slice(&chunk);
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

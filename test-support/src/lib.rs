@@ -21,6 +21,7 @@ mod cluster;
 pub mod interop;
 pub mod pgoutput;
 pub mod serve;
+pub mod stats;
 
 pub use cluster::{
     ClusterOptions, HarnessError, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, TEST_OS_USER,
