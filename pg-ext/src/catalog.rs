@@ -140,14 +140,13 @@ pub fn publication_tables(
     client: &SpiClient<'_>,
     publication: &str,
 ) -> spi::Result<Option<Vec<(String, String)>>> {
-    let exists = client
+    let exists = !client
         .select(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
             None,
             &[publication.into()],
         )?
-        .len()
-        > 0;
+        .is_empty();
     if !exists {
         return Ok(None);
     }
