@@ -56,8 +56,10 @@ cargo clippy --all-targets --features "pg15 pg_test" -- -D warnings
 
 # Symbol isolation of the release library (notes/pgrx.md §11): it exports only the entry points
 # Postgres looks up, and every server symbol stays undefined, bound to the server at load time.
-cargo build --release --lib
-library=target/release/libsyncgate.so
+# `cargo pgrx package` builds the library exactly as the install command does (same profile and flags,
+# so both share one release build) and lays out the files it would install, without installing them.
+cargo pgrx package --pg-config "$PG_CONFIG"
+library="target/release/syncgate-pg15$("$PG_CONFIG" --pkglibdir)/syncgate.so"
 unexpected=$(nm -D --defined-only "$library" | awk '{print $3}' \
   | grep -Ev '^(Pg_magic_func|_PG_output_plugin_init|_PG_init|pg_finfo_.+|.+_wrapper)$' || true)
 if [ -n "$unexpected" ]; then
