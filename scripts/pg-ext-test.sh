@@ -2,7 +2,7 @@
 # Tests of the Postgres extension (pg-ext/, its own cargo workspace): `cargo pgrx test pg15` against a
 # throwaway cluster. On a fresh Debian 12 as root it first installs what pgrx needs (docs/pg-ext.md):
 # the server headers and libclang (apt), cargo-pgrx 0.18.1, and an unprivileged user for initdb.
-# Also checks pg-ext's formatting and clippy lints. Run it last in CI: postgresql-server-dev-15 pulls the server up to its own minor version.
+# Also checks pg-ext's formatting and clippy lints, and the symbols of the release library (notes/pgrx.md §11). Run it last in CI: postgresql-server-dev-15 pulls the server up to its own minor version.
 set -euo pipefail
 cd "$(dirname "$0")/../pg-ext"
 
@@ -48,6 +48,35 @@ chown "$TEST_USER" "$pgdata"
 trap 'rm -rf "$pgdata"' EXIT
 
 cargo fmt --all -- --check
+# The upgrade test creates the extension at 0.1.0: its install script must be installed too.
+bash ../scripts/pg-ext-copy-release-scripts.sh "$PG_CONFIG"
 # Builds and installs the extension (as root), runs initdb and postgres as $TEST_USER.
 cargo pgrx test pg15 --runas "$TEST_USER" --pgdata "$pgdata/data"
 cargo clippy --all-targets --features "pg15 pg_test" -- -D warnings
+
+# Symbol isolation of the release library (notes/pgrx.md §11): it exports only the entry points
+# Postgres looks up, and every server symbol stays undefined, bound to the server at load time.
+# `cargo pgrx package` builds the library exactly as the install command does (same profile and flags,
+# so both share one release build) and lays out the files it would install, without installing them.
+cargo pgrx package --pg-config "$PG_CONFIG"
+library="target/release/syncgate-pg15$("$PG_CONFIG" --pkglibdir)/syncgate.so"
+unexpected=$(nm -D --defined-only "$library" | awk '{print $3}' \
+  | grep -Ev '^(Pg_magic_func|_PG_output_plugin_init|_PG_init|pg_finfo_.+|.+_wrapper)$' || true)
+if [ -n "$unexpected" ]; then
+  echo "pg-ext-test: $library exports symbols beyond the extension's entry points:" >&2
+  echo "$unexpected" >&2
+  exit 1
+fi
+undefined=$(nm -D --undefined-only "$library" | awk '{print $2}')
+for symbol in palloc pfree errstart errfinish CurrentMemoryContext; do
+  if ! grep -qx "$symbol" <<<"$undefined"; then
+    echo "pg-ext-test: $library does not import $symbol from the server (bound to a copy inside it?)" >&2
+    exit 1
+  fi
+done
+# No SQL parser of Postgres's own is linked (the rules crate parses its SQL dialect itself).
+if nm "$library" | grep -Eq ' [TtDdBb] (pg_query_|raw_parser$)'; then
+  echo "pg-ext-test: $library links libpg_query; the isolation recipe of notes/pgrx.md §11 now applies" >&2
+  exit 1
+fi
+echo "pg-ext-test: symbols ok: exports $(nm -D --defined-only "$library" | wc -l), server imports present, no libpg_query"

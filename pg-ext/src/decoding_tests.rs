@@ -14,7 +14,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 type Client = postgres::Client;
 
-fn connect() -> Client {
+pub(crate) fn connect() -> Client {
     // Starts the test cluster (initdb, CREATE EXTENSION) if no test did yet.
     pgrx_tests::run_test(
         "version_is_callable_in_the_extension_schema",
@@ -180,6 +180,18 @@ fn drop_slot(client: &mut Client, slot: &str) {
 fn changes_of_the_listed_tables_decode_exactly() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut client = connect();
+    // Symbol isolation (notes/pgrx.md §11): this backend compiles sync rules before it decodes.
+    let diagnostics = client
+        .query(
+            "SELECT * FROM syncgate.validate_rules('bucket_definitions: {g: {data: [SELECT id FROM items]}}', NULL)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        diagnostics.len(),
+        1,
+        "only 'table not found' before the table exists"
+    );
     run(
         &mut client,
         "CREATE TABLE items (id int PRIMARY KEY, name text, big text);

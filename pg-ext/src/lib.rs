@@ -5,11 +5,21 @@
 //!   `syncgate` streams each transaction's row changes in the compact binary format of
 //!   `syncgate_protocol::plugin_format` (layout in docs/pg-ext.md). Decoding needs no
 //!   `CREATE EXTENSION`: Postgres loads the library by name.
-//! - `CREATE EXTENSION syncgate` (schema `syncgate`): SQL helpers. Only `syncgate.version()` so far.
+//! - `CREATE EXTENSION syncgate` (schema `syncgate`): SQL functions over the gateway's own rules
+//!   engine (`syncgate-rules`): [`validate_rules`] (diagnostics, then checks against the
+//!   database's catalog), [`evaluate_row`] (a row's buckets) and [`user_buckets`] (a connection's
+//!   buckets, table parameter queries answered through SPI). Arguments are checked in
+//!   [`rules_input`]; the catalog is read in [`catalog`].
 
 use pgrx::prelude::*;
 
+mod catalog;
+mod evaluate_row;
 mod output_plugin;
+mod raw_text;
+mod rules_input;
+mod user_buckets;
+mod validate_rules;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -33,6 +43,9 @@ mod tests {
 
 #[cfg(test)]
 mod decoding_tests;
+#[cfg(test)]
+mod sql_function_client_tests;
+mod sql_function_tests;
 
 /// Required by `cargo pgrx test`: settings of the throwaway test cluster.
 #[cfg(test)]
