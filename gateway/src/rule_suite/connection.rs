@@ -88,7 +88,8 @@ impl std::fmt::Display for AnnotatedQuery {
 /// One named connection of a suite.
 pub enum SuiteConnection {
     Postgres(Arc<SuiteState>),
-    User(UserClient),
+    /// Boxed: a user's client is far larger than the Postgres variant.
+    User(Box<UserClient>),
 }
 
 impl SuiteConnection {
@@ -108,12 +109,12 @@ impl SuiteConnection {
             )));
         };
         let db_path = state.client_dir.join(format!("client-{name}.db"));
-        Ok(SuiteConnection::User(UserClient {
+        Ok(SuiteConnection::User(Box::new(UserClient {
             name,
             spec: spec.clone(),
             db_path,
             state: Arc::clone(state),
-        }))
+        })))
     }
 }
 
