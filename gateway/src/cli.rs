@@ -226,6 +226,8 @@ fn init_tracing_with(default_filter: &str) {
     // A second init (tests calling run twice) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a terminal: logs redirected to a file or captured by a test stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
