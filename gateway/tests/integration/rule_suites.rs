@@ -16,9 +16,14 @@ fn workspace_root() -> PathBuf {
 
 /// `syncgate rules test ARGS…` from the workspace root (suite paths are given relative to it).
 fn rules_test(args: &[&str]) -> (Option<i32>, String) {
+    rules_test_with_env(args, &[])
+}
+
+fn rules_test_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let output: Output = Command::new(env!("CARGO_BIN_EXE_syncgate"))
         .args(["rules", "test"])
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .output()
         .expect("run syncgate rules test");
@@ -107,4 +112,18 @@ fn missing_files_and_sleeps_fail_their_suite_only() {
     let (code, output) = rules_test(&["--rules", "no-such-rules.yaml", "testdata/rules/types.slt"]);
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("cannot read no-such-rules.yaml"), "{output}");
+}
+
+#[test]
+fn missing_postgres_binaries_name_the_package() {
+    let (code, output) = rules_test_with_env(
+        &["testdata/rules/types.slt"],
+        &[("SYNCGATE_PG_BIN", "/nonexistent/postgresql/bin")],
+    );
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("not found in /nonexistent/postgresql/bin"),
+        "{output}"
+    );
+    assert!(output.contains("postgresql-15"), "{output}");
 }
