@@ -93,20 +93,12 @@ impl Deployment {
             .map_err(SuiteError::postgres("connecting to the suite's database"))?;
         let catalog = Catalog::new(marker_connection);
 
-        let work_dir = tempfile::tempdir().map_err(|source| SuiteError::Read {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-        let listener = crate::api::bind_listener(0).map_err(|source| SuiteError::Read {
-            path: PathBuf::from("a loopback port for the sync API"),
-            source,
-        })?;
+        let work_dir = tempfile::tempdir().map_err(SuiteError::io("creating a temporary directory"))?;
+        let listener =
+            crate::api::bind_listener(0).map_err(SuiteError::io("binding a port for the sync API"))?;
         let port = listener
             .local_addr()
-            .map_err(|source| SuiteError::Read {
-                path: PathBuf::from("a loopback port for the sync API"),
-                source,
-            })?
+            .map_err(SuiteError::io("binding a port for the sync API"))?
             .port();
         let config_path = write_config(work_dir.path(), &database, rules, slot_prefix, port)?;
         let loaded = Config::load(&config_path).map_err(|e| SuiteError::Gateway(e.to_string()))?;
@@ -241,10 +233,7 @@ fn write_config(
         path: rules.to_owned(),
         source,
     })?;
-    let secret = random_secret().map_err(|source| SuiteError::Read {
-        path: PathBuf::from("/dev/urandom"),
-        source,
-    })?;
+    let secret = random_secret().map_err(SuiteError::io("reading /dev/urandom for the token key"))?;
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     // JSON strings are valid YAML scalars: paths and the URI need no YAML quoting rules of their own.
     let quoted = |text: &str| Value::String(text.to_owned()).to_string();
@@ -274,10 +263,7 @@ port: {port}
         rules = quoted(&rules.to_string_lossy()),
     );
     let path = dir.join("powersync.yaml");
-    std::fs::write(&path, config).map_err(|source| SuiteError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::write(&path, config).map_err(SuiteError::io("writing the gateway's config file"))?;
     Ok(path)
 }
 

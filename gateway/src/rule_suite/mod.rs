@@ -31,6 +31,12 @@ pub enum SuiteError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{}:{line}: {message}", path.display())]
     Directive {
         path: PathBuf,
@@ -63,6 +69,10 @@ pub enum SuiteError {
 }
 
 impl SuiteError {
+    fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> SuiteError {
+        move |source| SuiteError::Io { context, source }
+    }
+
     fn postgres(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SuiteError {
         move |source| SuiteError::Postgres { context, source }
     }
