@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::database::{ApplyOutcome, CrudTransaction, LocalDatabase};
 use crate::error::ClientError;
-use crate::sync::{CloseReason, Instruction, SyncEvent, SyncStateMachine, SyncStatus};
+use crate::sync::{CloseReason, Instruction, RequestOptions, SyncEvent, SyncStateMachine, SyncStatus};
 use crate::transport::{ConnectionMethod, SyncStream, USER_AGENT};
 
 /// Where and as whom to sync.
@@ -62,6 +62,8 @@ pub struct SyncOptions {
     pub idle_timeout: Duration,
     /// How often the upload queue is checked for writes made by other connections to the database.
     pub upload_poll_interval: Duration,
+    /// Client parameters and stream subscriptions sent with every sync request.
+    pub request: RequestOptions,
 }
 
 impl Default for SyncOptions {
@@ -74,6 +76,7 @@ impl Default for SyncOptions {
             max_consecutive_failures: None,
             idle_timeout: Duration::from_secs(90),
             upload_poll_interval: Duration::from_millis(500),
+            request: RequestOptions::default(),
         }
     }
 }
@@ -133,8 +136,8 @@ impl<C: BackendConnector + 'static> SyncDriver<C> {
         SyncDriver {
             db,
             connector: Arc::new(connector),
+            machine: SyncStateMachine::with_request_options(options.request.clone()),
             options,
-            machine: SyncStateMachine::new(),
             http: reqwest::Client::new(),
             status: watch::channel(SyncStatus::default()).0,
             credentials: None,

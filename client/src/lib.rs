@@ -25,4 +25,5 @@ pub use database::{ApplyOutcome, CrudEntry, CrudTransaction, LocalDatabase};
 pub use driver::{BackendConnector, Credentials, SyncDriver, SyncOptions};
 pub use error::ClientError;
 pub use schema::{Column, ColumnType, Index, Schema, Table};
+pub use sync::RequestOptions;
 pub use transport::ConnectionMethod;

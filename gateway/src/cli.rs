@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, StorageConfig};
-use crate::{auth, compact_cmd, config_cmd, inspect, rules_cmd, serve};
+use crate::{auth, compact_cmd, config_cmd, inspect, rule_suite, rules_cmd, serve};
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +113,18 @@ enum RulesCommand {
         #[arg(long)]
         verbose: bool,
     },
+    /// Run sync-rules suites (sqllogictest files, docs/rule-suites.md) end to end: one throwaway
+    /// Postgres 15 for the call, a fresh database and an in-process gateway per suite, and a real
+    /// client database per user. Prints one line per suite, failure reports and a summary; exits 1
+    /// unless every suite passes.
+    Test {
+        /// Suite files (`*.slt`).
+        #[arg(required = true)]
+        suites: Vec<PathBuf>,
+        /// Use this sync rules file for every suite instead of the suites' `# rules:` lines.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -124,6 +136,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(rules_cmd::validate(&file.display().to_string(), &text))
         }
         Command::Rules(RulesCommand::TestCases { files, verbose }) => rules_cmd::test_cases(&files, verbose),
+        Command::Rules(RulesCommand::Test { suites, rules }) => {
+            rule_suites_command(&suites, rules.as_deref())
+        }
         Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
         Command::Serve { config } => serve_command(config),
         Command::Inspect {
@@ -199,13 +214,20 @@ fn json_object(flag: &str, text: &str) -> anyhow::Result<serde_json::Map<String,
 }
 
 fn init_tracing() {
+    // pg_walstream logs every status update at info: only its warnings are news. warp logs a client
+    // closing a long-lived stream mid-body (every sync stream ends that way) as an error: not news.
+    init_tracing_with("info,pg_walstream=warn,warp::server=off");
+}
+
+/// Logs to stderr at `default_filter` unless RUST_LOG says otherwise.
+fn init_tracing_with(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // pg_walstream logs every status update at info: only its warnings are news. warp logs a client
-        // closing a long-lived stream mid-body (every sync stream ends that way) as an error: not news.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pg_walstream=warn,warp::server=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // A second init (tests calling run twice) is harmless: keep the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a terminal: logs redirected to a file or captured by a test stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -220,6 +242,21 @@ fn snapshot_chunk_rows() -> anyhow::Result<Option<usize>> {
         },
         _ => Ok(None),
     }
+}
+
+fn rule_suites_command(suites: &[PathBuf], rules: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    // The embedded gateways' routine logs would bury the suites' results: warnings and errors only.
+    init_tracing_with("warn,pg_walstream=warn,warp::server=off,syncgate_client=error");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let passed = runtime.block_on(async {
+        let mut stdout = std::io::stdout();
+        rule_suite::run_suites(suites, rules, &mut stdout).await
+    })?;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {

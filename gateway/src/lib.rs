@@ -5,7 +5,8 @@
 //! a bucket) and [`compact_cmd`];
 //! [`source`] is the Postgres side of replication (slot, snapshot, decoded change stream) and
 //! [`storage`] the bucket storage (op log, checksums, checkpoints, compaction); [`replicator`] joins
-//! them, [`api`] serves clients (sessions, write checkpoints, probes), and [`serve`] runs it all.
+//! them, [`api`] serves clients (sessions, write checkpoints, probes), and [`serve`] runs it all;
+//! [`rule_suite`] runs sqllogictest rule suites against a throwaway Postgres and an embedded gateway.
 pub mod api;
 pub mod auth;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod config_cmd;
 pub mod inspect;
 pub mod replicator;
+pub mod rule_suite;
 pub mod rules_cmd;
 pub mod serve;
 pub mod source;

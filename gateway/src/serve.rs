@@ -31,7 +31,18 @@ use crate::storage::{BucketStorage, Notifying, RulesVersion, SqliteStorage, Vers
 use crate::versioned_rules::{RulesCache, compile_version};
 
 /// The storage `serve` runs on: every commit wakes the sync sessions.
-type ServedStorage = Notifying<SqliteStorage>;
+pub type ServedStorage = Notifying<SqliteStorage>;
+
+/// How a process that runs the gateway inside itself (`syncgate rules test`) joins in: it binds the
+/// API's port itself (so it knows the port before the gateway starts, without a race for it) and
+/// receives the storage, whose [`StorageEvents`](crate::storage::StorageEvents) tell it when a
+/// checkpoint is published.
+pub struct Embedding {
+    /// Serves the sync API on this listener instead of binding the config's `port`.
+    pub listener: tokio::net::TcpListener,
+    /// Receives the storage once it is open, before replication starts.
+    pub storage: tokio::sync::oneshot::Sender<Arc<ServedStorage>>,
+}
 
 /// How often the active version is compacted in the background.
 pub const COMPACT_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -95,7 +106,17 @@ fn required_tables(rules: &SyncRules) -> Vec<TableName> {
 pub async fn serve(
     config_path: PathBuf,
     options: ServeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    serve_embedded(config_path, options, shutdown, None).await
+}
+
+/// [`serve`], with the listener and a storage handle of an embedding process.
+pub async fn serve_embedded(
+    config_path: PathBuf,
+    options: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
+    embedding: Option<Embedding>,
 ) -> anyhow::Result<()> {
     let config = load_config(&config_path)?;
     let rules = compile_rules(&config)?;
@@ -148,8 +169,18 @@ pub async fn serve(
 
     // The HTTP port is bound before replication starts, so a port in use fails fast and liveness
     // answers during a long initial snapshot.
-    let listener = crate::api::bind_listener(config.port)
-        .with_context(|| format!("cannot listen on port {} (config `port`)", config.port))?;
+    let listener = match embedding {
+        Some(Embedding {
+            listener,
+            storage: storage_tx,
+        }) => {
+            // The embedder may have stopped waiting (it failed meanwhile): nothing to tell it then.
+            let _ = storage_tx.send(Arc::clone(&storage));
+            listener
+        }
+        None => crate::api::bind_listener(config.port)
+            .with_context(|| format!("cannot listen on port {} (config `port`)", config.port))?,
+    };
     let metrics = Arc::new(ReplicationMetrics::default());
     let api_state = Arc::new(api_state(&config, &storage, &source, &metrics, shutdown.clone())?);
     let api = tokio::spawn(crate::api::serve_api(api_state, listener));

@@ -1,6 +1,7 @@
 //! # syncgate-test-support
 //!
-//! Throwaway PostgreSQL 15 clusters for syncgate's integration tests, and a pgoutput decoder.
+//! Throwaway PostgreSQL 15 clusters for syncgate's integration tests (from `syncgate-pgcluster`), and a
+//! pgoutput decoder.
 //!
 //! - [`shared_cluster`]: one cluster per test process, started on first use; tests take a fresh
 //!   database each with [`PgCluster::create_database`].
@@ -17,13 +18,29 @@
 //! # }
 //! ```
 
-mod cluster;
 pub mod interop;
 pub mod pgoutput;
 pub mod serve;
 pub mod stats;
 
-pub use cluster::{
-    ClusterOptions, HarnessError, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, TEST_OS_USER,
-    TestDatabase, shared_cluster,
+use std::sync::OnceLock;
+
+/// The cluster code lives in the shipping crate `syncgate-pgcluster` (the `syncgate` binary uses it
+/// too); the tests keep their historical names.
+pub use syncgate_pgcluster::{
+    CLUSTER_OS_USER as TEST_OS_USER, ClusterError as HarnessError, ClusterOptions, PgCluster,
+    REPLICATION_SESSION_OPTIONS, SUPERUSER, ScratchDatabase as TestDatabase,
 };
+
+/// The process-wide cluster, started on first use and stopped when the test process exits (the
+/// watchdog notices its pipe closing). Tests that just need a database call
+/// `shared_cluster().create_database()`.
+///
+/// Panics if the cluster cannot be started (the error includes the server log).
+pub fn shared_cluster() -> &'static PgCluster {
+    static SHARED: OnceLock<PgCluster> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        PgCluster::start()
+            .unwrap_or_else(|e| panic!("could not start the shared PostgreSQL test cluster: {e}"))
+    })
+}

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use syncgate_protocol::{
     BucketChecksum, BucketName, BucketPosition, BucketPriority, Checkpoint, CheckpointDiff, Checksum,
-    ClientId, DataLine, OpId, OpType, StreamsRequest, SyncLine, SyncRequest, WriteCheckpointId,
+    ClientId, DataLine, OpId, OpType, StreamSubscription, StreamsRequest, SyncLine, SyncRequest,
+    WriteCheckpointId,
 };
 
 use super::messages::{ApplyPlan, CloseReason, Instruction, StoredBucket, SyncEvent, SyncStatus};
@@ -53,11 +54,32 @@ pub struct SyncStateMachine {
     refreshing: bool,
     streaming: bool,
     status: SyncStatus,
+    /// Sent with every stream request: the rules' `request.parameters()` and explicit stream
+    /// subscriptions.
+    request_options: RequestOptions,
+}
+
+/// What the app adds to every sync request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOptions {
+    /// Client parameters (`request.parameters()` in the sync rules); unauthenticated, so rules must
+    /// not grant data on them alone.
+    pub client_parameters: serde_json::Map<String, serde_json::Value>,
+    /// Explicit sync-stream subscriptions (streams that are not auto-subscribed, or with parameters).
+    pub stream_subscriptions: Vec<StreamSubscription>,
 }
 
 impl SyncStateMachine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A machine whose stream requests carry `options`.
+    pub fn with_request_options(options: RequestOptions) -> Self {
+        SyncStateMachine {
+            request_options: options,
+            ..Self::default()
+        }
     }
 
     pub fn status(&self) -> &SyncStatus {
@@ -139,8 +161,11 @@ impl SyncStateMachine {
             raw_data: true,
             binary_data: true,
             client_id: Some(client_id.clone()),
-            parameters: Some(serde_json::Map::new()),
-            streams: StreamsRequest::default(),
+            parameters: Some(self.request_options.client_parameters.clone()),
+            streams: StreamsRequest {
+                subscriptions: self.request_options.stream_subscriptions.clone(),
+                ..StreamsRequest::default()
+            },
             app_metadata: None,
             only: None,
         };

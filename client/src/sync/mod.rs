@@ -4,5 +4,5 @@
 mod machine;
 mod messages;
 
-pub use machine::SyncStateMachine;
+pub use machine::{RequestOptions, SyncStateMachine};
 pub use messages::{ApplyPlan, CloseReason, Instruction, StoredBucket, SyncEvent, SyncStatus};

@@ -95,3 +95,49 @@ fn state_machine_transcripts() {
         failures.join("\n")
     );
 }
+
+/// Client parameters and stream subscriptions of `RequestOptions` go into every stream request; without
+/// them the request carries `{}` and auto-subscribed streams only (what the transcripts above show).
+#[test]
+fn request_options_reach_the_stream_request() {
+    use syncgate_client::RequestOptions;
+    use syncgate_protocol::{ClientId, StreamSubscription};
+
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("project".into(), Value::from("rocket"));
+    let subscription = StreamSubscription {
+        stream: "project_notes".into(),
+        parameters: Some(parameters.clone()),
+        override_priority: None,
+    };
+    let mut machine = SyncStateMachine::with_request_options(RequestOptions {
+        client_parameters: parameters.clone(),
+        stream_subscriptions: vec![subscription.clone()],
+    });
+    let instructions = machine.handle(SyncEvent::Start {
+        client_id: ClientId("c1".into()),
+        buckets: Vec::new(),
+    });
+    let request = instructions
+        .iter()
+        .find_map(|i| match i {
+            Instruction::OpenStream { request } => Some(request),
+            _ => None,
+        })
+        .expect("the start opens a stream");
+    assert_eq!(request.parameters.as_ref(), Some(&parameters));
+    assert!(request.streams.include_defaults);
+    assert_eq!(request.streams.subscriptions, vec![subscription]);
+
+    let plain = SyncStateMachine::new().handle(SyncEvent::Start {
+        client_id: ClientId("c1".into()),
+        buckets: Vec::new(),
+    });
+    let Some(Instruction::OpenStream { request }) =
+        plain.iter().find(|i| matches!(i, Instruction::OpenStream { .. }))
+    else {
+        panic!("the start opens a stream: {plain:?}");
+    };
+    assert_eq!(request.parameters, Some(serde_json::Map::new()));
+    assert!(request.streams.subscriptions.is_empty());
+}

@@ -5,6 +5,7 @@ mod config;
 mod crash;
 mod interop;
 mod replication;
+mod rule_suites;
 mod source;
 mod sync_api;
 mod websocket;

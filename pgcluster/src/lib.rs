@@ -1,13 +1,20 @@
-//! Throwaway PostgreSQL clusters.
+//! # syncgate-pgcluster
+//!
+//! Throwaway PostgreSQL clusters: `initdb` into a temporary directory, `wal_level=logical`, a free
+//! port on loopback, trust authentication. Shared by the `syncgate` binary (`syncgate rules test`
+//! runs rule suites against one) and the integration tests (through `syncgate-test-support`), so both
+//! use one implementation; it ships in the release binary, hence a crate of its own.
 //!
 //! A cluster lives in its own temporary directory (`/tmp/syncgate-pg-…`): data directory, Unix
-//! socket and server log. `initdb` and `postgres` refuse to run as root, so when the tests run as
-//! root the cluster runs as the unprivileged OS user [`TEST_OS_USER`], created on first use.
+//! socket and server log. `initdb` and `postgres` refuse to run as root, so when the process runs as
+//! root the cluster runs as the unprivileged OS user [`CLUSTER_OS_USER`], created on first use.
 //!
 //! **Cleanup.** The server is started by a small watchdog shell (see [`WATCHDOG_SCRIPT`]) whose
-//! stdin is a pipe held by the test process. When the pipe closes — the [`PgCluster`] is dropped,
-//! or the test process exits or is killed, which also covers the never-dropped
-//! [`shared_cluster`] — the shell stops the server (immediate shutdown) and deletes the directory.
+//! stdin is a pipe held by this process. When the pipe closes — the [`PgCluster`] is dropped, or
+//! the process exits or is killed — the shell stops the server (immediate shutdown) and deletes the
+//! directory.
+//!
+//! Binaries come from `$SYNCGATE_PG_BIN`, else `$PG_BIN`, else /usr/lib/postgresql/15/bin.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,8 +23,8 @@ use std::net::TcpListener;
 use std::os::unix::fs::{DirBuilderExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Session settings the replication connection sets explicitly (SYNC_RULES.md §8): pgoutput sends
@@ -35,8 +42,8 @@ pub const REPLICATION_SESSION_OPTIONS: &str =
 /// The cluster's superuser (trust authentication, no password).
 pub const SUPERUSER: &str = "postgres";
 
-/// The OS user that owns and runs clusters when the tests run as root.
-pub const TEST_OS_USER: &str = "syncgate-test";
+/// The OS user that owns and runs clusters when the process runs as root.
+pub const CLUSTER_OS_USER: &str = "syncgate-test";
 
 const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const HOST: &str = "127.0.0.1";
@@ -47,7 +54,7 @@ const START_ATTEMPTS: usize = 5;
 /// Appended to `postgresql.conf`. `unix_socket_directories` is added separately (the data dir,
 /// never the system-wide /var/run/postgresql, which an unprivileged user cannot write).
 const CLUSTER_SETTINGS: &str = "
-# --- syncgate test cluster (test-support/src/cluster.rs) ---
+# --- syncgate throwaway cluster (pgcluster/src/lib.rs) ---
 # TCP on loopback only; the port is given on the command line.
 listen_addresses = '127.0.0.1'
 # Parallel tests each hold connections, walsenders and slots: well above the defaults of 100/10/10.
@@ -120,10 +127,13 @@ wait "$pg"
 rm -rf "$PG_ROOT"
 "#;
 
-/// Errors starting or using a test cluster.
+/// Errors starting or using a cluster.
 #[derive(Debug, thiserror::Error)]
-pub enum HarnessError {
-    #[error("PostgreSQL binaries not found in {0} (set SYNCGATE_PG_BIN to the bin directory)")]
+pub enum ClusterError {
+    #[error(
+        "PostgreSQL 15 binaries (initdb, postgres) not found in {0}: install the Debian package \
+         postgresql-15 (apt-get install postgresql-15), or set SYNCGATE_PG_BIN (or PG_BIN) to the bin directory"
+    )]
     MissingBinaries(PathBuf),
     #[error("{context}: {source}")]
     Io {
@@ -147,9 +157,9 @@ pub enum HarnessError {
     },
 }
 
-fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     let context = context.into();
-    move |source| HarnessError::Io { context, source }
+    move |source| ClusterError::Io { context, source }
 }
 
 /// A running throwaway cluster. Dropping it stops the server and deletes its directory.
@@ -176,35 +186,24 @@ impl std::fmt::Debug for PgCluster {
     }
 }
 
-/// The process-wide cluster, started on first use and stopped when the test process exits.
-/// Tests that just need a database call `shared_cluster().create_database()`.
-///
-/// Panics if the cluster cannot be started (the error includes the server log).
-pub fn shared_cluster() -> &'static PgCluster {
-    static SHARED: OnceLock<PgCluster> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        PgCluster::start()
-            .unwrap_or_else(|e| panic!("could not start the shared PostgreSQL test cluster: {e}"))
-    })
-}
-
 impl PgCluster {
     /// Initialises and starts a new cluster (PostgreSQL binaries from `$SYNCGATE_PG_BIN`, default
     /// /usr/lib/postgresql/15/bin) and waits until it accepts connections.
-    pub fn start() -> Result<PgCluster, HarnessError> {
+    pub fn start() -> Result<PgCluster, ClusterError> {
         Self::start_with(&ClusterOptions::default())
     }
 
     /// Like [`start`](Self::start), with settings appended after the harness's own (so they win) and
     /// optionally password authentication for every role but the superuser.
-    pub fn start_with(options: &ClusterOptions) -> Result<PgCluster, HarnessError> {
-        let bin_dir =
-            std::env::var_os("SYNCGATE_PG_BIN").map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from);
+    pub fn start_with(options: &ClusterOptions) -> Result<PgCluster, ClusterError> {
+        let bin_dir = std::env::var_os("SYNCGATE_PG_BIN")
+            .or_else(|| std::env::var_os("PG_BIN"))
+            .map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from);
         if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
-            return Err(HarnessError::MissingBinaries(bin_dir));
+            return Err(ClusterError::MissingBinaries(bin_dir));
         }
         let run_as = if rustix::process::geteuid().is_root() {
-            Some(ensure_os_user(TEST_OS_USER)?)
+            Some(ensure_os_user(CLUSTER_OS_USER)?)
         } else {
             None
         };
@@ -212,7 +211,7 @@ impl PgCluster {
         loop {
             attempt += 1;
             match Self::try_start(&bin_dir, run_as, options) {
-                Err(HarnessError::Start {
+                Err(ClusterError::Start {
                     port_conflict: true, ..
                 }) if attempt < START_ATTEMPTS => continue,
                 result => return result,
@@ -224,7 +223,7 @@ impl PgCluster {
         bin_dir: &Path,
         run_as: Option<(u32, u32)>,
         options: &ClusterOptions,
-    ) -> Result<PgCluster, HarnessError> {
+    ) -> Result<PgCluster, ClusterError> {
         let root = create_cluster_dir(run_as)?;
         let data_dir = root.join("data");
         let log_file = root.join("server.log");
@@ -281,7 +280,7 @@ impl PgCluster {
         Ok(cluster)
     }
 
-    fn wait_until_ready(&self, postmaster_pid: u32) -> Result<(), HarnessError> {
+    fn wait_until_ready(&self, postmaster_pid: u32) -> Result<(), ClusterError> {
         let started = Instant::now();
         loop {
             if !process_alive(postmaster_pid) {
@@ -319,8 +318,8 @@ impl PgCluster {
         }
     }
 
-    fn start_error(&self, reason: String, port_conflict: bool) -> HarnessError {
-        HarnessError::Start {
+    fn start_error(&self, reason: String, port_conflict: bool) -> ClusterError {
+        ClusterError::Start {
             reason,
             log: self.log_tail(40),
             port_conflict,
@@ -329,8 +328,8 @@ impl PgCluster {
 
     /// Restarts the server (fast shutdown: sessions are terminated, as in a real restart) and waits
     /// until it accepts connections again. Data and port stay the same.
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        let mut stdin = self.watchdog_stdin.as_ref().ok_or_else(|| HarnessError::Io {
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        let mut stdin = self.watchdog_stdin.as_ref().ok_or_else(|| ClusterError::Io {
             context: "restarting the server".into(),
             source: std::io::Error::other("the watchdog is gone"),
         })?;
@@ -341,7 +340,7 @@ impl PgCluster {
         let pid = self
             .watchdog_stdout
             .lock()
-            .map_err(|_| HarnessError::Io {
+            .map_err(|_| ClusterError::Io {
                 context: "restarting the server".into(),
                 source: std::io::Error::other("a previous restart panicked"),
             })?
@@ -387,11 +386,11 @@ impl PgCluster {
     }
 
     /// Creates a database with a name unique in this cluster.
-    pub fn create_database(&self) -> Result<TestDatabase, HarnessError> {
+    pub fn create_database(&self) -> Result<ScratchDatabase, ClusterError> {
         let n = self.next_database.fetch_add(1, Ordering::Relaxed);
         let name = format!("test_{}_{n}", std::process::id());
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;
-        Ok(TestDatabase {
+        Ok(ScratchDatabase {
             name,
             port: self.port,
             psql: self.bin_dir.join("psql"),
@@ -401,7 +400,7 @@ impl PgCluster {
     /// Runs SQL with psql as the superuser (session settings as [`REPLICATION_SESSION_OPTIONS`]);
     /// returns the unaligned, tuples-only output. Statements run one by one in autocommit mode,
     /// so `CREATE DATABASE` and the like work.
-    pub fn psql(&self, database: &str, sql: &str) -> Result<String, HarnessError> {
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, ClusterError> {
         run_psql(&self.bin_dir.join("psql"), self.port, database, sql)
     }
 }
@@ -414,16 +413,16 @@ impl Drop for PgCluster {
     }
 }
 
-/// A database in a test cluster. Dropping it drops the database (with its replication slots),
+/// A database in a throwaway cluster. Dropping it drops the database (with its replication slots),
 /// best effort.
 #[derive(Debug)]
-pub struct TestDatabase {
+pub struct ScratchDatabase {
     name: String,
     port: u16,
     psql: PathBuf,
 }
 
-impl TestDatabase {
+impl ScratchDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -467,12 +466,12 @@ impl TestDatabase {
     }
 
     /// Runs SQL in this database with psql; see [`PgCluster::psql`].
-    pub fn psql(&self, sql: &str) -> Result<String, HarnessError> {
+    pub fn psql(&self, sql: &str) -> Result<String, ClusterError> {
         run_psql(&self.psql, self.port, &self.name, sql)
     }
 }
 
-impl Drop for TestDatabase {
+impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         // Slots block DROP DATABASE and count against max_replication_slots: end their walsenders
         // (they may take a moment to release the slot) and drop them first.
@@ -503,7 +502,7 @@ impl Drop for TestDatabase {
     }
 }
 
-fn run_psql(psql: &Path, port: u16, database: &str, sql: &str) -> Result<String, HarnessError> {
+fn run_psql(psql: &Path, port: u16, database: &str, sql: &str) -> Result<String, ClusterError> {
     let mut child = Command::new(psql)
         .args([
             "-X",
@@ -538,12 +537,12 @@ fn run_psql(psql: &Path, port: u16, database: &str, sql: &str) -> Result<String,
     check_output(&format!("psql -d {database}"), output)
 }
 
-fn check_output(command: &str, output: Output) -> Result<String, HarnessError> {
+fn check_output(command: &str, output: Output) -> Result<String, ClusterError> {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if output.status.success() {
         return Ok(stdout);
     }
-    Err(HarnessError::Command {
+    Err(ClusterError::Command {
         command: command.to_owned(),
         status: output.status.to_string(),
         output: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
@@ -590,7 +589,7 @@ fn as_user(run_as: Option<(u32, u32)>, program: &str) -> Command {
 }
 
 /// A fresh directory for one cluster, owned by the user that will run it.
-fn create_cluster_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, HarnessError> {
+fn create_cluster_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, ClusterError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     // As root, TMPDIR might point somewhere the unprivileged user cannot reach.
     let base = if run_as.is_some() {
@@ -616,7 +615,7 @@ fn create_cluster_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, HarnessErro
             Err(e) => return Err(io_error(format!("creating {}", root.display()))(e)),
         }
     }
-    Err(HarnessError::Io {
+    Err(ClusterError::Io {
         context: format!("creating a cluster directory in {}", base.display()),
         source: std::io::ErrorKind::AlreadyExists.into(),
     })
@@ -628,7 +627,7 @@ fn init_data_dir(
     data_dir: &Path,
     run_as: Option<(u32, u32)>,
     options: &ClusterOptions,
-) -> Result<(), HarnessError> {
+) -> Result<(), ClusterError> {
     let initdb = bin_dir.join("initdb");
     let output = as_user(run_as, &initdb.to_string_lossy())
         .arg("-D")
@@ -663,7 +662,7 @@ fn init_data_dir(
 }
 
 /// A port that was free a moment ago (the server may still lose a race for it: retried).
-fn free_port() -> Result<u16, HarnessError> {
+fn free_port() -> Result<u16, ClusterError> {
     let listener = TcpListener::bind((HOST, 0)).map_err(io_error("finding a free port"))?;
     let port = listener
         .local_addr()
@@ -692,7 +691,7 @@ fn process_alive(pid: u32) -> bool {
 
 /// (uid, gid) of an OS user, creating it (as a system user without home) if needed. Parallel
 /// test processes may race: "already exists" and a locked passwd file are retried.
-fn ensure_os_user(user: &str) -> Result<(u32, u32), HarnessError> {
+fn ensure_os_user(user: &str) -> Result<(u32, u32), ClusterError> {
     let mut last_error = String::new();
     for _ in 0..50 {
         if let Some(ids) = lookup_os_user(user) {
@@ -709,7 +708,7 @@ fn ensure_os_user(user: &str) -> Result<(u32, u32), HarnessError> {
             ])
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| HarnessError::User {
+            .map_err(|e| ClusterError::User {
                 user: user.to_owned(),
                 detail: format!("running useradd: {e}"),
             })?;
@@ -718,7 +717,7 @@ fn ensure_os_user(user: &str) -> Result<(u32, u32), HarnessError> {
             // 9: the user appeared meanwhile; 10: passwd file locked by a concurrent useradd.
             Some(9 | 10) => std::thread::sleep(Duration::from_millis(100)),
             _ => {
-                return Err(HarnessError::User {
+                return Err(ClusterError::User {
                     user: user.to_owned(),
                     detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
                 });
@@ -726,7 +725,7 @@ fn ensure_os_user(user: &str) -> Result<(u32, u32), HarnessError> {
         }
         last_error = String::from_utf8_lossy(&output.stderr).trim().to_owned();
     }
-    Err(HarnessError::User {
+    Err(ClusterError::User {
         user: user.to_owned(),
         detail: format!("not found after useradd: {last_error}"),
     })
