@@ -24,6 +24,6 @@ pub mod serve;
 pub mod stats;
 
 pub use cluster::{
-    ClusterOptions, HarnessError, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, TEST_OS_USER,
-    TestDatabase, shared_cluster,
+    ClusterOptions, HarnessError, OUTPUT_PLUGIN_LIBRARIES, PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER,
+    TEST_OS_USER, TestDatabase, has_output_plugin_allow_list, shared_cluster,
 };
