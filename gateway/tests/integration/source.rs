@@ -96,6 +96,10 @@ async fn snapshot_then_stream_every_change_kind() {
         .await
         .unwrap();
     assert!(!slot.snapshot_name.is_empty());
+    let plugin = db
+        .psql("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'syncgate_test_stream'")
+        .unwrap();
+    assert_eq!(plugin.trim(), test_decoder().name());
 
     // After the slot: must come from the stream, not the copy.
     db.psql("INSERT INTO items VALUES (50, 'late', NULL)").unwrap();
