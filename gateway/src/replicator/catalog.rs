@@ -225,7 +225,14 @@ impl Catalog {
     pub async fn probe_output_plugin(&self, plugin: OutputPlugin) -> Result<(), String> {
         // Outside any slot prefix, so orphan cleanup never mistakes it for a version's slot; temporary, so
         // the server drops it even if this session dies before the explicit drop.
-        let probe = format!("sgprobe_{}_{}", std::process::id(), plugin.name());
+        // Slot names are cluster-wide: unique per process and per probe.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let probe = format!(
+            "sgprobe_{}_{}_{}",
+            plugin.name(),
+            std::process::id(),
+            PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let created = self
             .client
             .query_one(
