@@ -255,7 +255,7 @@ mod tests {
         encode_delete_start(&mut delete, 42, OldKind::None);
         let error = decoder.decode(&delete).unwrap_err();
         assert!(error.to_string().contains("no replica identity"), "{error}");
-        let error = decoder.decode(&[b'X']).unwrap_err();
+        let error = decoder.decode(b"X").unwrap_err();
         assert!(matches!(error, SourceError::Protocol(_)), "{error}");
     }
 
