@@ -2,7 +2,8 @@
 # Tests of the Postgres extension (pg-ext/, its own cargo workspace): `cargo pgrx test pg15` against a
 # throwaway cluster. On a fresh Debian 12 as root it first installs what pgrx needs (docs/pg-ext.md):
 # the server headers and libclang (apt), cargo-pgrx 0.18.1, and an unprivileged user for initdb.
-# Also checks pg-ext's formatting and clippy lints. Run it last in CI: postgresql-server-dev-15 pulls the server up to its own minor version.
+# Also checks pg-ext's formatting and clippy lints, then runs the gateway's replication tests through the
+# installed plugin (SYNCGATE_TEST_DECODER=syncgate). Run it last in CI: postgresql-server-dev-15 pulls the server up to its own minor version.
 set -euo pipefail
 cd "$(dirname "$0")/../pg-ext"
 
@@ -51,3 +52,13 @@ cargo fmt --all -- --check
 # Builds and installs the extension (as root), runs initdb and postgres as $TEST_USER.
 cargo pgrx test pg15 --runas "$TEST_USER" --pgdata "$pgdata/data"
 cargo clippy --all-targets --features "pg15 pg_test" -- -D warnings
+
+# The gateway's replication suite again, streaming through the plugin this time (docs/pg-ext.md). `cargo
+# pgrx test` leaves syncgate.so in the system pkglibdir; install it if a pgrx version does not. The root
+# workspace's target dir is warm from the main test step, so this only links and runs the tests.
+if [ ! -f "$("$PG_CONFIG" --pkglibdir)/syncgate.so" ]; then
+  cargo pgrx install --release --pg-config "$PG_CONFIG"
+fi
+cd ..
+SYNCGATE_TEST_DECODER=syncgate SYNCGATE_REQUIRE_PLUGIN=1 \
+  cargo test -p syncgate --test integration -- replication:: crash:: source::
