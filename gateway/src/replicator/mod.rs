@@ -1,7 +1,8 @@
 //! # The replicator: Postgres → sync rules → bucket storage
 //!
 //! One [`VersionReplicator`] per sync-rules version. It owns the version's replication slot, copies the
-//! initial snapshot, then streams pgoutput, evaluates every row change with the rules and applies whole
+//! initial snapshot, then streams its changes (pgoutput or the syncgate output plugin, whichever the slot
+//! was created with: invariant 9), evaluates every row change with the rules and applies whole
 //! source transactions to storage, confirming an LSN to Postgres only after storage made it durable.
 //!
 //! ## How the invariants (DESIGN.md) are kept

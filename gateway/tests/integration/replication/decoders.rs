@@ -274,3 +274,73 @@ async fn a_version_keeps_its_decoder_across_restarts_with_another_configured() {
         gateway.stop().await;
     }
 }
+
+/// A version created with the plugin never falls back to pgoutput: once the server refuses the plugin,
+/// the configured pgoutput applies to new versions only, and the old version keeps retrying its own
+/// plugin with the server's reason and what to do in every warning (clients go on syncing its data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_plugin_is_refused_later_retries_with_a_clear_error() {
+    let cluster = PgCluster::start().expect("cluster");
+    let db = cluster.create_database().expect("database");
+    if plugin_usable(&db).await.is_err() {
+        return;
+    }
+    if !has_output_plugin_allow_list(cluster.bin_dir()) {
+        eprintln!("skipped: this server has no output_plugin_libraries setting to refuse the plugin with");
+        return;
+    }
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
+         INSERT INTO items VALUES (1, 'one');
+         CREATE ROLE app LOGIN REPLICATION; GRANT SELECT ON items TO app",
+    )
+    .expect("schema");
+    let uri = format!("postgresql://app@{}:{}/{}", db.host(), db.port(), db.name());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gateway = Gateway::start(
+        &write_config_with_decoder(dir.path(), &uri, ITEM_RULES, "sg_gone_", "syncgate"),
+        fast_options(),
+    );
+    let (version, _) = gateway.sync_point(&db).await;
+    gateway.stop().await;
+
+    db.psql("ALTER SYSTEM SET output_plugin_libraries = 'pgoutput, test_decoding'; SELECT pg_reload_conf()")
+        .expect("refuse the plugin");
+    db.psql("INSERT INTO items VALUES (2, 'two')").expect("insert");
+    // The binary, for its log: the retries are warnings, not an exit.
+    let config = write_config_with_decoder(dir.path(), &uri, ITEM_RULES, "sg_gone_", "pgoutput");
+    let log_path = dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_syncgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn syncgate serve");
+    let started = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).expect("read log");
+        if text.contains("replication interrupted; reconnecting") {
+            break text;
+        }
+        if started.elapsed() > TIMEOUT || serve.try_wait().expect("serve status").is_some() {
+            let _ = serve.kill();
+            panic!("no retry warning:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(text.contains("may not be used as an output plugin"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "version {version} was created with the syncgate output plugin"
+        )),
+        "{text}"
+    );
+    assert_eq!(slot_plugins(&db, "sg_gone_"), ["syncgate"]);
+}
