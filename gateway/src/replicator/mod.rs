@@ -679,6 +679,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 _ = self.shutdown.changed() => continue,
                 _ = active_rx.changed() => continue,
             };
+            self.metrics
+                .stream_bytes
+                .fetch_add(client.take_stream_bytes(), std::sync::atomic::Ordering::Relaxed);
             match item {
                 StreamItem::Keepalive { wal_end } => {
                     self.metrics.received(wal_end);

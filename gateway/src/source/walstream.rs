@@ -39,6 +39,8 @@ pub struct WalstreamClient {
     received: Lsn,
     /// The last ack: reported as flushed and applied.
     flushed: Lsn,
+    /// XLogData payload bytes since the last [`WalstreamClient::take_stream_bytes`].
+    stream_bytes: u64,
     last_feedback: Instant,
 }
 
@@ -100,8 +102,14 @@ impl WalstreamClient {
             streaming: false,
             received: Lsn::ZERO,
             flushed: Lsn::ZERO,
+            stream_bytes: 0,
             last_feedback: Instant::now(),
         })
+    }
+
+    /// Change data (XLogData payload bytes) received since the last call: what the output plugin sent.
+    pub fn take_stream_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.stream_bytes)
     }
 
     /// Drops a slot from this (non-streaming) session. `wait` waits for an active walsender to let go.
@@ -265,6 +273,7 @@ impl ReplicationClient for WalstreamClient {
                     // Header: 'w', start, end, send time (8 bytes each after the tag).
                     let payload = data.slice(25.min(data.len())..);
                     self.received = self.received.max(Lsn(wal_end));
+                    self.stream_bytes += payload.len() as u64;
                     let event = match self.plugin {
                         OutputPlugin::Pgoutput => {
                             let message = self.parser.parse_wal_message_bytes(payload)?;
