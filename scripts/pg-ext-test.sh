@@ -2,7 +2,9 @@
 # Tests of the Postgres extension (pg-ext/, its own cargo workspace): `cargo pgrx test pg15` against a
 # throwaway cluster. On a fresh Debian 12 as root it first installs what pgrx needs (docs/pg-ext.md):
 # the server headers and libclang (apt), cargo-pgrx 0.18.1, and an unprivileged user for initdb.
-# Also checks pg-ext's formatting and clippy lints, and the symbols of the release library (notes/pgrx.md §11). Run it last in CI: postgresql-server-dev-15 pulls the server up to its own minor version.
+# Also checks pg-ext's formatting and clippy lints and the symbols of the release library (notes/pgrx.md §11),
+# installs that release library, and runs the gateway's replication tests through it
+# (SYNCGATE_TEST_DECODER=syncgate). Run it last in CI: postgresql-server-dev-15 pulls the server up to its own minor version.
 set -euo pipefail
 cd "$(dirname "$0")/../pg-ext"
 
@@ -80,3 +82,12 @@ if nm "$library" | grep -Eq ' [TtDdBb] (pg_query_|raw_parser$)'; then
   exit 1
 fi
 echo "pg-ext-test: symbols ok: exports $(nm -D --defined-only "$library" | wc -l), server imports present, no libpg_query"
+
+# The gateway's replication suite again, streaming through the plugin this time (docs/pg-ext.md), with the
+# release library installed by the documented install command (it reuses the build `cargo pgrx package`
+# just made; `cargo pgrx test` had installed its test build). The root workspace's target dir is warm
+# from the main test step, so this only links and runs the tests.
+cd ..
+bash scripts/pg-ext-install.sh "$PG_CONFIG"
+SYNCGATE_TEST_DECODER=syncgate SYNCGATE_REQUIRE_PLUGIN=1 \
+  cargo test -p syncgate --test integration -- replication:: crash:: source::

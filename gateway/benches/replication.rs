@@ -1,16 +1,24 @@
-//! End-to-end replication throughput against a throwaway Postgres 15 cluster, in one run:
+//! End-to-end replication throughput against a throwaway Postgres 15 cluster, in one run, through both
+//! decoders (pgoutput, and the syncgate output plugin when it is installed: docs/pg-ext.md):
 //!
 //! 1. **Snapshot**: a 1,000,000-row table (~200-byte rows) copied into a fresh SQLite storage, from the
-//!    replicator's start until the snapshot is committed and the version active.
-//! 2. **Ingest**: with the gateway stopped, 1,000 transactions × 1,000 row changes are written (updates,
-//!    some moving rows between buckets, inserts and deletes). Then (a) Postgres's own pgoutput decode of
-//!    that WAL (`pg_logical_slot_get_binary_changes` on a slot created at the same position) and (b) the
-//!    restarted gateway until its checkpoint passes a marker emitted after the workload.
+//!    replicator's start until the snapshot is committed and the version active; once per decoder (two
+//!    storages, each with its version's slot).
+//! 2. **Ingest**: with the gateways stopped, 1,000 transactions × 1,000 row changes are written (updates,
+//!    some moving rows between buckets, inserts and deletes). Then (a) Postgres decoding that WAL
+//!    (`pg_logical_slot_get_binary_changes` on slots created at the same position), with pgoutput and
+//!    with the plugin, and (b) each restarted gateway until its checkpoint passes a marker emitted after
+//!    the workload.
+//! 3. **Unrelated changes**: both gateways running and caught up, a table no rule reads is updated; the
+//!    change data each received meanwhile (`stream_bytes`), until its slot confirmed the WAL end. The
+//!    plugin filters inside Postgres (expected: 0 bytes); pgoutput sends every table of a `FOR ALL
+//!    TABLES` publication.
 //!
-//! Prints figures only (the VM's speed varies; the ratio (b)/(a) is the comparable figure).
+//! Prints figures only (the VM's speed varies; the ratios (b)/(a) are the comparable figures).
 //!
 //! `cargo bench -p syncgate --bench replication`
-//! (`BENCH_ROWS` and `BENCH_TXNS` scale it down for a quick look.)
+//! (`BENCH_ROWS` and `BENCH_TXNS` scale it down for a quick look; `BENCH_PLUGIN_FIRST=1` runs the plugin's
+//! ingest before pgoutput's.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,8 +26,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use syncgate::replicator::{
-    ReplicationMetrics, ReplicatorOptions, SourceConnection, Stopped, VersionReplicator,
+    Catalog, ReplicationMetrics, ReplicatorOptions, SourceConnection, Stopped, VersionReplicator,
 };
+use syncgate::source::OutputPlugin;
 use syncgate::storage::{BucketStorage, Lsn, RulesVersion, SqliteStorage};
 use syncgate_rules::{CompileOptions, SyncRules, compile};
 use syncgate_test_support::{PgCluster, TestDatabase};
@@ -54,8 +63,13 @@ CREATE TABLE items (
     done bool NOT NULL,
     updated_at timestamptz NOT NULL
 );
+-- No rule reads it: its changes reach a pgoutput gateway (FOR ALL TABLES), never a plugin one.
+CREATE TABLE unrelated (id int PRIMARY KEY, payload text NOT NULL);
 CREATE PUBLICATION powersync FOR ALL TABLES;
 ";
+
+/// Rows of `unrelated`; each of its transactions updates them all.
+const UNRELATED_ROWS: u64 = 1_000;
 
 /// Row `g`'s columns as SQL expressions (~200 bytes of text per row).
 const ROW_EXPRS: &str = "g, 'user-' || lpad((g % 5000)::text, 5, '0'), CASE WHEN g % 2 = 0 THEN (g % 1000)::int END, \
@@ -81,9 +95,11 @@ fn rules() -> SyncRules {
         .unwrap_or_else(|| panic!("benchmark rules compile: {:?}", result.diagnostics))
 }
 
-fn options() -> ReplicatorOptions {
+/// Each decoder's gateway has its own storage and slot prefix (version numbers may coincide).
+fn options(decoder: OutputPlugin) -> ReplicatorOptions {
     ReplicatorOptions {
-        slot_prefix: "bench_".to_owned(),
+        slot_prefix: format!("bench_{}_", decoder.name()),
+        decoder,
         ..ReplicatorOptions::default()
     }
 }
@@ -95,12 +111,8 @@ struct Running {
     active: watch::Receiver<Option<RulesVersion>>,
 }
 
-fn start(
-    storage: &Arc<SqliteStorage>,
-    version: RulesVersion,
-    db: &TestDatabase,
-    rules: &Arc<SyncRules>,
-) -> Running {
+fn start(gateway: &Storage, db: &TestDatabase, rules: &Arc<SyncRules>) -> Running {
+    let (storage, version) = (&gateway.storage, gateway.version);
     let (stop, stop_rx) = watch::channel(false);
     let (active_tx, active) = watch::channel(None);
     let metrics = Arc::new(ReplicationMetrics::default());
@@ -109,7 +121,7 @@ fn start(
         version,
         Arc::clone(rules),
         SourceConnection::from_url(&db.url()).expect("source"),
-        options(),
+        options(gateway.decoder),
         Arc::clone(&metrics),
         active_tx,
         stop_rx,
@@ -129,6 +141,146 @@ impl Running {
         let stopped = self.task.await.expect("replicator task");
         assert_eq!(stopped, Stopped::Shutdown);
     }
+}
+
+/// One decoder's gateway: a fresh storage with one version.
+struct Storage {
+    decoder: OutputPlugin,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    storage: Arc<SqliteStorage>,
+    version: RulesVersion,
+}
+
+impl Storage {
+    fn new(decoder: OutputPlugin) -> Storage {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("storage.sqlite");
+        let storage = Arc::new(SqliteStorage::open(&path).expect("open storage"));
+        let version = storage.create_version(RULES).expect("create version");
+        Storage {
+            decoder,
+            _dir: dir,
+            path,
+            storage,
+            version,
+        }
+    }
+}
+
+/// Phase 1 for one decoder: from start until the snapshot is committed and the version active.
+async fn snapshot(gateway: &Storage, db: &TestDatabase, rules: &Arc<SyncRules>, rows: u64) {
+    let version = gateway.version;
+    let started = Instant::now();
+    let running = start(gateway, db, rules);
+    {
+        let storage = Arc::clone(&gateway.storage);
+        poll_until(Duration::from_secs(600), move || {
+            storage
+                .replication_state(version)
+                .expect("replication state")
+                .snapshot_done_lsn
+                .is_some()
+        })
+        .await;
+    }
+    let snapshot_secs = started.elapsed().as_secs_f64();
+    let mut active = running.active.clone();
+    tokio::time::timeout(Duration::from_secs(60), active.wait_for(|a| *a == Some(version)))
+        .await
+        .expect("version activates")
+        .expect("active channel");
+    let active_secs = started.elapsed().as_secs_f64();
+    let copied = running.metrics.snapshot_rows.load(Ordering::Relaxed);
+    assert_eq!(copied, rows, "snapshot copied every row");
+    running.stop().await;
+    println!(
+        "snapshot ({} slot): {rows} rows committed in {snapshot_secs:.2} s = {:.0} rows/s (active after \
+         {active_secs:.2} s); storage {:.0} MiB",
+        gateway.decoder,
+        rows as f64 / snapshot_secs,
+        mib(file_size(&gateway.path))
+    );
+}
+
+/// (a) for one decoder: Postgres decoding the workload's WAL from a slot created before it; returns row
+/// changes per second.
+async fn decode(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    options: &str,
+    changes: u64,
+    label: &str,
+) -> f64 {
+    let started = Instant::now();
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(sum(length(data)), 0)::bigint \
+                 FROM pg_logical_slot_get_binary_changes('{slot}', NULL, NULL, {options})"
+            ),
+            &[],
+        )
+        .await
+        .expect("decode");
+    let secs = started.elapsed().as_secs_f64();
+    let (messages, bytes): (i64, i64) = (row.get(0), row.get(1));
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .expect("drop baseline slot");
+    let rate = changes as f64 / secs;
+    println!(
+        "(a) Postgres {label} decode: {changes} row changes ({messages} messages, {:.0} MiB) in {secs:.2} s = \
+         {rate:.0} row changes/s",
+        mib(u64::try_from(bytes).unwrap_or(0))
+    );
+    rate
+}
+
+/// (b) for one decoder: the restarted gateway until the checkpoint at `end` is committed; returns row
+/// changes per second.
+async fn ingest(gateway: &Storage, db: &TestDatabase, rules: &Arc<SyncRules>, end: Lsn, changes: u64) -> f64 {
+    let version = gateway.version;
+    let started = Instant::now();
+    let running = start(gateway, db, rules);
+    {
+        let storage = Arc::clone(&gateway.storage);
+        poll_until(Duration::from_secs(600), move || {
+            storage
+                .latest_checkpoint(version)
+                .expect("checkpoint")
+                .is_some_and(|c| c.lsn >= end)
+        })
+        .await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let metrics = Arc::clone(&running.metrics);
+    running.stop().await;
+    // Read after the stop: a batch's counters are updated just after its commit becomes visible.
+    let figures = metrics.snapshot();
+    let rate = changes as f64 / secs;
+    println!(
+        "(b) gateway ingest via {}: {} row changes in {secs:.2} s = {rate:.0} row changes/s ({} transactions in \
+         {} batches, {:.0} MiB of change data received); storage {:.0} MiB",
+        gateway.decoder,
+        figures.row_changes,
+        figures.transactions,
+        figures.batches,
+        mib(figures.stream_bytes),
+        mib(file_size(&gateway.path))
+    );
+    rate
+}
+
+fn slot_confirmed(db: &TestDatabase, prefix: &str) -> Lsn {
+    db.psql(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name LIKE '{prefix}%'"
+    ))
+    .expect("slot position")
+    .trim()
+    .parse()
+    .expect("lsn")
 }
 
 fn file_size(path: &Path) -> u64 {
@@ -211,46 +363,34 @@ async fn main() {
         table_bytes / rows.max(1)
     );
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("storage.sqlite");
-    let storage = Arc::new(SqliteStorage::open(&path).expect("open storage"));
-    let version = storage.create_version(RULES).expect("create version");
-    let rules = Arc::new(rules());
-
-    // Phase 1: snapshot.
-    let started = Instant::now();
-    let running = start(&storage, version, &db, &rules);
-    {
-        let storage = Arc::clone(&storage);
-        poll_until(Duration::from_secs(600), move || {
-            storage
-                .replication_state(version)
-                .expect("replication state")
-                .snapshot_done_lsn
-                .is_some()
-        })
+    db.psql(&format!(
+        "INSERT INTO unrelated SELECT g, 'unrelated ' || g FROM generate_series(1, {UNRELATED_ROWS}) g"
+    ))
+    .expect("unrelated rows");
+    let plugin_usable = Catalog::new(db.connect().await.expect("connect"))
+        .probe_output_plugin(OutputPlugin::Syncgate)
         .await;
+    let mut decoders = vec![OutputPlugin::Pgoutput];
+    match plugin_usable {
+        Ok(()) => decoders.push(OutputPlugin::Syncgate),
+        Err(reason) => println!("the syncgate output plugin is not usable ({reason}): pgoutput figures only"),
     }
-    let snapshot_secs = started.elapsed().as_secs_f64();
-    let mut active = running.active.clone();
-    tokio::time::timeout(Duration::from_secs(60), active.wait_for(|a| *a == Some(version)))
-        .await
-        .expect("version activates")
-        .expect("active channel");
-    let active_secs = started.elapsed().as_secs_f64();
-    let copied = running.metrics.snapshot_rows.load(Ordering::Relaxed);
-    assert_eq!(copied, rows, "snapshot copied every row");
-    running.stop().await;
-    println!(
-        "snapshot: {rows} rows committed in {snapshot_secs:.2} s = {:.0} rows/s (active after {active_secs:.2} s); \
-         storage {:.0} MiB",
-        rows as f64 / snapshot_secs,
-        mib(file_size(&path))
-    );
+    let rules = Arc::new(rules());
+    let gateways: Vec<Storage> = decoders.iter().map(|&d| Storage::new(d)).collect();
 
-    // Phase 2: the workload's WAL, written while the gateway is stopped.
-    db.psql("SELECT pg_create_logical_replication_slot('bench_baseline', 'pgoutput')")
+    // Phase 1: snapshot, per decoder.
+    for gateway in &gateways {
+        snapshot(gateway, &db, &rules, rows).await;
+    }
+
+    // Phase 2: the workload's WAL, written while the gateways are stopped.
+    for decoder in &decoders {
+        db.psql(&format!(
+            "SELECT pg_create_logical_replication_slot('bench_baseline_{0}', '{0}')",
+            decoder.name()
+        ))
         .expect("baseline slot");
+    }
     let client = db.connect().await.expect("connect");
     let written = Instant::now();
     for t in 0..txns {
@@ -291,51 +431,86 @@ async fn main() {
         written.elapsed().as_secs_f64()
     );
 
-    // (a) Postgres decoding the same WAL with pgoutput, counting the messages.
-    let decode = Instant::now();
-    let messages: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_logical_slot_get_binary_changes('bench_baseline', NULL, NULL, \
-             'proto_version', '1', 'publication_names', 'powersync')",
-            &[],
-        )
-        .await
-        .expect("decode")
-        .get(0);
-    let decode_secs = decode.elapsed().as_secs_f64();
-    db.psql("SELECT pg_drop_replication_slot('bench_baseline')")
-        .expect("drop baseline slot");
-    let decode_rate = changes as f64 / decode_secs;
-    println!(
-        "(a) Postgres pgoutput decode: {changes} row changes ({messages} messages) in {decode_secs:.2} s = {decode_rate:.0} row changes/s"
-    );
+    // (a) Postgres decoding the same WAL, per decoder; (b) each gateway ingesting it.
+    let mut decode_rates = Vec::new();
+    for decoder in &decoders {
+        let (options, label) = match decoder {
+            OutputPlugin::Pgoutput => (
+                "'proto_version', '1', 'publication_names', 'powersync'",
+                "pgoutput",
+            ),
+            OutputPlugin::Syncgate => ("'tables', 'public.items', 'messages', 'true'", "syncgate plugin"),
+        };
+        let slot = format!("bench_baseline_{}", decoder.name());
+        decode_rates.push(decode(&client, &slot, options, changes, label).await);
+    }
+    // The second ingest runs while the kernel still writes back the first one's ~2 GiB of storage, so
+    // `BENCH_PLUGIN_FIRST=1` swaps the order to tell that apart from the decoders' own cost.
+    let mut order: Vec<(&Storage, &f64)> = gateways.iter().zip(&decode_rates).collect();
+    if std::env::var("BENCH_PLUGIN_FIRST").as_deref() == Ok("1") {
+        order.reverse();
+    }
+    for (gateway, decode_rate) in order {
+        let ingest_rate = ingest(gateway, &db, &rules, end, changes).await;
+        println!(
+            "(b)/(a) via {} = {:.2}",
+            gateway.decoder,
+            ingest_rate / decode_rate
+        );
+    }
 
-    // (b) The gateway, from restart until the marker's checkpoint is committed.
-    let ingest = Instant::now();
-    let running = start(&storage, version, &db, &rules);
-    {
-        let storage = Arc::clone(&storage);
-        poll_until(Duration::from_secs(600), move || {
+    // Phase 3: only a table no rule reads changes, with every gateway running and caught up.
+    let running: Vec<Running> = gateways.iter().map(|g| start(g, &db, &rules)).collect();
+    let caught_up = marker(&db);
+    for gateway in &gateways {
+        let storage = Arc::clone(&gateway.storage);
+        let version = gateway.version;
+        poll_until(Duration::from_secs(120), move || {
             storage
                 .latest_checkpoint(version)
                 .expect("checkpoint")
-                .is_some_and(|c| c.lsn >= end)
+                .is_some_and(|c| c.lsn >= caught_up)
         })
         .await;
     }
-    let ingest_secs = ingest.elapsed().as_secs_f64();
-    let metrics = Arc::clone(&running.metrics);
-    running.stop().await;
-    // Read after the stop: a batch's counters are updated just after its commit becomes visible.
-    let figures = metrics.snapshot();
-    let ingest_rate = changes as f64 / ingest_secs;
-    println!(
-        "(b) gateway ingest into committed storage: {} row changes in {ingest_secs:.2} s = {ingest_rate:.0} row changes/s \
-         ({} transactions in {} batches); storage {:.0} MiB",
-        figures.row_changes,
-        figures.transactions,
-        figures.batches,
-        mib(file_size(&path))
-    );
-    println!("(b)/(a) = {:.2}", ingest_rate / decode_rate);
+    let before: Vec<u64> = running
+        .iter()
+        .map(|r| r.metrics.stream_bytes.load(Ordering::Relaxed))
+        .collect();
+    let unrelated_txns = (txns / 10).max(1);
+    for _ in 0..unrelated_txns {
+        client
+            .batch_execute("UPDATE unrelated SET payload = payload || '.'")
+            .await
+            .expect("unrelated update");
+    }
+    let wal_end: Lsn = db
+        .psql("SELECT pg_current_wal_lsn()")
+        .expect("wal position")
+        .trim()
+        .parse()
+        .expect("lsn");
+    // Keepalives are confirmed once nothing is pending: then the gateway has seen all of it.
+    for gateway in &gateways {
+        let prefix = options(gateway.decoder).slot_prefix;
+        let started = Instant::now();
+        while slot_confirmed(&db, &prefix) < wal_end {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "slot {prefix} did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for ((gateway, running), before) in gateways.iter().zip(&running).zip(&before) {
+        let received = running.metrics.stream_bytes.load(Ordering::Relaxed) - before;
+        println!(
+            "unrelated table only ({unrelated_txns} transactions × {UNRELATED_ROWS} row changes): the {} gateway \
+             received {received} bytes of change data",
+            gateway.decoder
+        );
+    }
+    for running in running {
+        running.stop().await;
+    }
 }

@@ -14,7 +14,7 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use postgres::{PostgresConnection, SslMode};
+pub use postgres::{DecoderChoice, PostgresConnection, SslMode};
 
 /// Default HTTP port (PowerSync's).
 pub const DEFAULT_PORT: u16 = 8080;

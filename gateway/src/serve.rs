@@ -21,12 +21,12 @@ use crate::api::session::{SessionEnv, SessionLimits, SharedReads};
 use crate::api::write_checkpoint::WriteCheckpoints;
 use crate::api::{ApiConfig, ApiMetrics, ApiState, Authenticate};
 use crate::compact_cmd;
-use crate::config::{Config, StorageConfig};
+use crate::config::{Config, DecoderChoice, StorageConfig};
 use crate::replicator::{
     Catalog, ReplicationMetrics, ReplicatorError, ReplicatorOptions, SlotDrop, SourceConnection, Stopped,
     VersionReplicator, slot_name,
 };
-use crate::source::{SourceRequirements, TableName, check_source};
+use crate::source::{OutputPlugin, SourceRequirements, TableName, check_source};
 use crate::storage::{BucketStorage, Notifying, RulesVersion, SqliteStorage, VersionState};
 use crate::versioned_rules::{RulesCache, compile_version};
 
@@ -102,6 +102,35 @@ fn required_tables(rules: &SyncRules) -> Vec<TableName> {
         .collect()
 }
 
+/// The output plugin new versions' slots are created with. `auto` probes the server once (a temporary
+/// slot with the syncgate plugin) and falls back to pgoutput with the server's reason; an explicit
+/// `syncgate` the server refuses is an error, never a silent fallback.
+pub async fn resolve_decoder(catalog: &Catalog, choice: DecoderChoice) -> anyhow::Result<OutputPlugin> {
+    match choice {
+        DecoderChoice::Pgoutput => Ok(OutputPlugin::Pgoutput),
+        DecoderChoice::Syncgate => match catalog.probe_output_plugin(OutputPlugin::Syncgate).await {
+            Ok(()) => Ok(OutputPlugin::Syncgate),
+            Err(reason) => bail!(
+                "`decoder: syncgate` is configured but the source database cannot create a slot with the \
+                 syncgate output plugin: {reason}. Install it (docs/pg-ext.md), allow it in \
+                 output_plugin_libraries where that setting exists, or set `decoder: pgoutput` or `auto`"
+            ),
+        },
+        DecoderChoice::Auto => match catalog.probe_output_plugin(OutputPlugin::Syncgate).await {
+            Ok(()) => {
+                info!(
+                    "decoder auto: the syncgate output plugin is available; new versions stream through it"
+                );
+                Ok(OutputPlugin::Syncgate)
+            }
+            Err(reason) => {
+                info!(%reason, "decoder auto: the syncgate output plugin is not usable on the source; new versions stream through pgoutput");
+                Ok(OutputPlugin::Pgoutput)
+            }
+        },
+    }
+}
+
 /// Runs the gateway's replication until `shutdown` turns true.
 pub async fn serve(
     config_path: PathBuf,
@@ -146,15 +175,21 @@ pub async fn serve_embedded(
             warn!(%table, "the sync rules read a table that does not exist yet");
         }
     }
+    let mut decoder_choice = connection.decoder;
+    let decoder = resolve_decoder(&catalog, decoder_choice).await;
+    // Checked before a refused plugin is reported: wal_level or a missing REPLICATION privilege is the
+    // more basic problem (and also makes the probe fail).
     check_source(
         catalog.client(),
         &SourceRequirements {
-            publication: connection.publication.clone(),
+            publication: matches!(decoder, Ok(OutputPlugin::Pgoutput))
+                .then(|| connection.publication.clone()),
             tables,
         },
     )
     .await
     .context("the source database is not ready for syncgate")?;
+    replicator_options.decoder = decoder?;
 
     let StorageConfig::Sqlite { path: storage_path } = &config.storage;
     // Held until serve returns: a second gateway on the same storage would fight over the same slots.
@@ -221,6 +256,17 @@ pub async fn serve_embedded(
                 match load_config(&config_path).and_then(|c| compile_rules(&c).map(|_| c)) {
                     Ok(reloaded) => {
                         info!("SIGHUP: reloading sync rules");
+                        // A new decoder applies to versions created from now on (a rules change).
+                        let choice = reloaded.replication.connection().decoder;
+                        if choice != decoder_choice {
+                            match resolve_decoder(&supervisor.catalog, choice).await {
+                                Ok(plugin) => {
+                                    supervisor.options.decoder = plugin;
+                                    decoder_choice = choice;
+                                }
+                                Err(error) => error!("SIGHUP: decoder not changed: {error:#}"),
+                            }
+                        }
                         supervisor.start(&reloaded.sync_rules.text).await?;
                     }
                     Err(error) => error!("SIGHUP: config not reloaded: {error:#}"),

@@ -127,6 +127,31 @@ wait "$pg"
 rm -rf "$PG_ROOT"
 "#;
 
+/// Appended where the server has `output_plugin_libraries` (see [`has_output_plugin_allow_list`]).
+pub const OUTPUT_PLUGIN_LIBRARIES: &str = "output_plugin_libraries = 'pgoutput, test_decoding, syncgate'\n";
+
+/// Whether the server at `bin_dir` has the `output_plugin_libraries` setting (an allow-list of output
+/// plugins in recent Debian minors), read from `postgres --describe-config` once per binary directory.
+pub fn has_output_plugin_allow_list(bin_dir: &Path) -> bool {
+    static KNOWN: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, has)) = known.iter().find(|(dir, _)| dir == bin_dir) {
+        return *has;
+    }
+    let has = Command::new(bin_dir.join("postgres"))
+        .arg("--describe-config")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|line| line.starts_with("output_plugin_libraries\t"))
+        });
+    known.push((bin_dir.to_owned(), has));
+    has
+}
+
 /// Errors starting or using a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -353,6 +378,11 @@ impl PgCluster {
             ));
         };
         self.wait_until_ready(pid)
+    }
+
+    /// The directory of the PostgreSQL binaries this cluster runs.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
     }
 
     /// The TCP port on 127.0.0.1.
@@ -644,6 +674,12 @@ fn init_data_dir(
     let conf = data_dir.join("postgresql.conf");
     let mut settings = String::from(CLUSTER_SETTINGS);
     let _ = writeln!(settings, "unix_socket_directories = '{}'", data_dir.display());
+    if has_output_plugin_allow_list(bin_dir) {
+        // Debian's 15.20 refuses slots with plugins not listed here; the gateway's tests use syncgate's
+        // (pg-ext/) when it is installed. Set only where the setting exists: older servers refuse to
+        // start with an unknown name in postgresql.conf. `extra_settings` may override it.
+        settings.push_str(OUTPUT_PLUGIN_LIBRARIES);
+    }
     settings.push_str(&options.extra_settings);
     settings.push('\n');
     fs::OpenOptions::new()

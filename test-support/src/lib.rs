@@ -28,8 +28,9 @@ use std::sync::OnceLock;
 /// The cluster code lives in the shipping crate `syncgate-pgcluster` (the `syncgate` binary uses it
 /// too); the tests keep their historical names.
 pub use syncgate_pgcluster::{
-    CLUSTER_OS_USER as TEST_OS_USER, ClusterError as HarnessError, ClusterOptions, PgCluster,
-    REPLICATION_SESSION_OPTIONS, SUPERUSER, ScratchDatabase as TestDatabase,
+    CLUSTER_OS_USER as TEST_OS_USER, ClusterError as HarnessError, ClusterOptions, OUTPUT_PLUGIN_LIBRARIES,
+    PgCluster, REPLICATION_SESSION_OPTIONS, SUPERUSER, ScratchDatabase as TestDatabase,
+    has_output_plugin_allow_list,
 };
 
 /// The process-wide cluster, started on first use and stopped when the test process exits (the

@@ -161,6 +161,12 @@ impl ApiMetrics {
             replication.snapshot_rows.to_string(),
         );
         metric(
+            "syncgate_replication_stream_bytes_total",
+            "counter",
+            "Change data received from the replication slot's output plugin (keepalives not counted).",
+            replication.stream_bytes.to_string(),
+        );
+        metric(
             "syncgate_replication_retained_wal_bytes",
             "gauge",
             "WAL the replication slot retains on the source.",
@@ -203,6 +209,7 @@ mod tests {
             transactions: 1,
             batches: 1,
             snapshot_rows: 0,
+            stream_bytes: 0,
             retained_wal_bytes: 0,
         });
         assert!(text.contains("\nsyncgate_connections 1\n"), "{text}");

@@ -51,6 +51,46 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// Which logical decoding output plugin new sync-rules versions stream through
+/// (`replication.connections[0].decoder`). A version keeps the plugin its slot was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderChoice {
+    /// Postgres's built-in plugin; needs a publication.
+    Pgoutput,
+    /// syncgate's own output plugin (pg-ext/); must be installed on the server.
+    Syncgate,
+    /// The syncgate plugin when the server lets us create a slot with it, else pgoutput.
+    #[default]
+    Auto,
+}
+
+impl DecoderChoice {
+    pub const NAMES: &'static str = "pgoutput, syncgate, auto";
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pgoutput" => Self::Pgoutput,
+            "syncgate" => Self::Syncgate,
+            "auto" => Self::Auto,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pgoutput => "pgoutput",
+            Self::Syncgate => "syncgate",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for DecoderChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One source database, fully resolved (URI, discrete keys and environment overrides merged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostgresConnection {
@@ -67,6 +107,8 @@ pub struct PostgresConnection {
     /// Replication slots are named this prefix plus the sync-rules version. syncgate drops slots with
     /// this prefix whose version its storage no longer has, so give each storage its own prefix.
     pub slot_name_prefix: String,
+    /// The output plugin for slots created from now on (syncgate key).
+    pub decoder: DecoderChoice,
 }
 
 impl PostgresConnection {
@@ -314,6 +356,7 @@ mod tests {
             sslmode: SslMode::Disable,
             publication: "powersync".into(),
             slot_name_prefix: "syncgate_".into(),
+            decoder: DecoderChoice::Auto,
         };
         assert!(
             c.connection_params()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use syncgate_rules::yaml::{self, Position, ScalarStyle, YamlKind, YamlNode};
 
 use super::ContentOrigin;
-use super::postgres::{UriParts, parse_uri};
+use super::postgres::{DecoderChoice, UriParts, parse_uri};
 use super::{
     ApiSettings, ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS,
     DEFAULT_PORT, DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk,
@@ -47,6 +47,7 @@ const CONNECTION_KNOWN: &[&str] = &[
     "sslmode",
     "publication_name",
     "slot_name_prefix",
+    "decoder",
 ];
 const CONNECTION_IGNORED: &[&str] = &[
     "id",
@@ -557,6 +558,18 @@ impl Reader<'_> {
         if let Some(v) = map.get("password") {
             draft.password = Some(self.secret(v, &map.key_path("password"))?);
         }
+        if let Some(v) = map.get("decoder") {
+            let text = self.string(v, &map.key_path("decoder"))?;
+            draft.decoder = Some(DecoderChoice::parse(&text).ok_or_else(|| {
+                self.err(
+                    v.position,
+                    format!(
+                        "`{path}.decoder` must be one of {}, not `{text}`",
+                        DecoderChoice::NAMES
+                    ),
+                )
+            })?);
+        }
         if let Some(v) = map.get("sslmode") {
             let text = self.string(v, &map.key_path("sslmode"))?;
             draft.sslmode = Some(SslMode::parse(&text).ok_or_else(|| {
@@ -618,6 +631,7 @@ impl Reader<'_> {
             slot_name_prefix: draft
                 .slot_name_prefix
                 .unwrap_or_else(|| DEFAULT_SLOT_NAME_PREFIX.to_owned()),
+            decoder: draft.decoder.unwrap_or_default(),
         })
     }
 
@@ -887,6 +901,7 @@ struct ConnectionDraft {
     sslmode: Option<SslMode>,
     publication: Option<String>,
     slot_name_prefix: Option<String>,
+    decoder: Option<DecoderChoice>,
 }
 
 impl ConnectionDraft {

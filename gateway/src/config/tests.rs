@@ -561,3 +561,39 @@ fn api_limits_use_powersync_keys_with_defaults() {
         "{error}"
     );
 }
+
+#[test]
+fn decoder_defaults_to_auto_and_parses_each_choice() {
+    let f = Fixture::new();
+    let loaded = f.load(MINIMAL).unwrap();
+    assert_eq!(
+        loaded.config.replication.connection().decoder,
+        DecoderChoice::Auto
+    );
+    for (text, choice) in [
+        ("pgoutput", DecoderChoice::Pgoutput),
+        ("syncgate", DecoderChoice::Syncgate),
+        ("auto", DecoderChoice::Auto),
+    ] {
+        let config = MINIMAL.replace("      uri:", &format!("      decoder: {text}\n      uri:"));
+        let loaded = f.load(&config).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.config.replication.connection().decoder, choice);
+    }
+}
+
+#[test]
+fn bad_decoder_is_an_error_at_its_position() {
+    let f = Fixture::new();
+    let e = f.error(
+        &MINIMAL.replace("      uri:", "      decoder: wal2json\n      uri:"),
+        &[],
+    );
+    assert!(
+        e.starts_with(
+            "CONFIG:4:16: `replication.connections[0].decoder` must be one of pgoutput, syncgate, auto, \
+             not `wal2json`"
+        ),
+        "{e}"
+    );
+}

@@ -10,7 +10,7 @@ use syncgate_rules::pgtype::PgType;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use crate::source::{Lsn, SourceError, TableName};
+use crate::source::{Lsn, OutputPlugin, SourceError, TableName};
 
 /// Prefix of the write-checkpoint marker messages syncgate emits; `powersync` markers (emitted by a
 /// PowerSync service sharing the database, or by tooling) are honoured too.
@@ -30,6 +30,8 @@ pub struct SlotStatus {
     /// Bytes of WAL the slot keeps from being removed.
     pub retained_bytes: Option<u64>,
     pub confirmed_flush: Option<Lsn>,
+    /// The output plugin the slot was created with (`pg_replication_slots.plugin`).
+    pub plugin: Option<String>,
 }
 
 impl SlotStatus {
@@ -194,6 +196,62 @@ impl Catalog {
             .collect())
     }
 
+    /// Every ordinary table of the database outside the system schemas: what the syncgate plugin can
+    /// stream (it needs no publication). Partitioned parents are left out, as a `FOR ALL TABLES`
+    /// publication leaves them out: their rows are in (and stream from) the partitions.
+    pub async fn user_tables(&self) -> Result<Vec<TableName>, SourceError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT n.nspname::text, c.relname::text
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(SourceError::query("listing the database's tables"))?;
+        Ok(rows
+            .iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect())
+    }
+
+    /// Whether the server lets this role create a logical slot decoding with `plugin`: creates a
+    /// temporary slot and drops it. `Err` carries the server's reason (library not installed, refused
+    /// by `output_plugin_libraries`, no REPLICATION privilege, …). Like every logical slot creation it
+    /// waits for transactions already running to end.
+    pub async fn probe_output_plugin(&self, plugin: OutputPlugin) -> Result<(), String> {
+        // Outside any slot prefix, so orphan cleanup never mistakes it for a version's slot; temporary, so
+        // the server drops it even if this session dies before the explicit drop.
+        // Slot names are cluster-wide: unique per process and per probe.
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let probe = format!(
+            "sgprobe_{}_{}_{}",
+            plugin.name(),
+            std::process::id(),
+            PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let created = self
+            .client
+            .query_one(
+                "SELECT slot_name::text FROM pg_create_logical_replication_slot($1, $2, true)",
+                &[&probe, &plugin.name()],
+            )
+            .await;
+        if let Err(error) = created {
+            return Err(match error.as_db_error() {
+                Some(db) => db.message().to_owned(),
+                None => error.to_string(),
+            });
+        }
+        if let Err(error) = self.drop_slot(&probe).await {
+            warn!(%error, slot = probe, "could not drop the probe slot; it goes away with this connection");
+        }
+        Ok(())
+    }
+
     /// Which of `tables` exist (as ordinary or partitioned tables).
     pub async fn existing(&self, tables: &[TableName]) -> Result<Vec<bool>, SourceError> {
         let mut out = Vec::with_capacity(tables.len());
@@ -247,7 +305,7 @@ impl Catalog {
             .query_opt(
                 "SELECT active, wal_status::text,
                         (pg_current_wal_lsn() - restart_lsn)::bigint,
-                        confirmed_flush_lsn::text
+                        confirmed_flush_lsn::text, plugin::text
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot_name],
             )
@@ -263,6 +321,7 @@ impl Catalog {
             confirmed_flush: confirmed
                 .map(|t| parse_lsn(&t, "confirmed_flush_lsn"))
                 .transpose()?,
+            plugin: row.get(4),
         }))
     }
 

@@ -24,6 +24,9 @@ pub struct ReplicationMetrics {
     pub transactions: AtomicU64,
     pub batches: AtomicU64,
     pub snapshot_rows: AtomicU64,
+    /// Bytes of change data (XLogData payloads, not keepalives) received from the server: what the
+    /// output plugin sent, including changes of tables no rule reads when it does not filter them.
+    pub stream_bytes: AtomicU64,
     /// WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`), as last measured.
     retained_wal_bytes: AtomicU64,
 }
@@ -41,6 +44,7 @@ pub struct MetricsSnapshot {
     pub transactions: u64,
     pub batches: u64,
     pub snapshot_rows: u64,
+    pub stream_bytes: u64,
     pub retained_wal_bytes: u64,
 }
 
@@ -104,6 +108,7 @@ impl ReplicationMetrics {
             transactions: self.transactions.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             snapshot_rows: self.snapshot_rows.load(Ordering::Relaxed),
+            stream_bytes: self.stream_bytes.load(Ordering::Relaxed),
             retained_wal_bytes: self.retained_wal_bytes.load(Ordering::Relaxed),
         }
     }

@@ -1,7 +1,8 @@
 //! # The replicator: Postgres → sync rules → bucket storage
 //!
 //! One [`VersionReplicator`] per sync-rules version. It owns the version's replication slot, copies the
-//! initial snapshot, then streams pgoutput, evaluates every row change with the rules and applies whole
+//! initial snapshot, then streams its changes (pgoutput or the syncgate output plugin, whichever the slot
+//! was created with: invariant 9), evaluates every row change with the rules and applies whole
 //! source transactions to storage, confirming an LSN to Postgres only after storage made it durable.
 //!
 //! ## How the invariants (DESIGN.md) are kept
@@ -39,8 +40,9 @@ pub use source_conn::SourceConnection;
 pub use table::{Scratch, TableMapper, decode_source_row};
 
 use crate::source::{
-    ColumnValue, ErrorKind, Lsn, OldRow, RelationInfo, ReplicationClient, SnapshotReader, SourceError,
-    SourceEvent, StartOptions, StreamItem, TableLayout, TableName, WalstreamClient, table_layout,
+    ColumnValue, ErrorKind, Lsn, OldRow, OutputPlugin, RelationInfo, ReplicationClient, SnapshotReader,
+    SourceError, SourceEvent, StartOptions, StreamItem, TableLayout, TableName, WalstreamClient,
+    table_layout, tables_option,
 };
 use crate::storage::{
     BucketStorage, Checkpoint, ReplicationState, RowChange, RulesVersion, SnapshotChunk, SourceRowKey,
@@ -50,7 +52,11 @@ use crate::storage::{
 /// Tunables of one version's replication.
 #[derive(Debug, Clone)]
 pub struct ReplicatorOptions {
+    /// pgoutput's publication (unused by versions that stream through the syncgate plugin).
     pub publication: String,
+    /// The output plugin of slots created from now on. A version whose slot exists keeps the plugin
+    /// the slot was created with (invariant 9), whatever this says.
+    pub decoder: OutputPlugin,
     /// Slot names are this prefix and the version number. Slots with the prefix whose version no longer
     /// exists are dropped as orphans, so one prefix belongs to one storage.
     pub slot_prefix: String,
@@ -70,6 +76,7 @@ impl Default for ReplicatorOptions {
     fn default() -> Self {
         ReplicatorOptions {
             publication: crate::config::DEFAULT_PUBLICATION.to_owned(),
+            decoder: OutputPlugin::Pgoutput,
             slot_prefix: "syncgate_".to_owned(),
             snapshot_chunk_rows: 40_000,
             max_batch_changes: 20_000,
@@ -218,6 +225,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         let mut catalog = Catalog::new(self.source.connect("catalog queries").await?);
         let slot = self.slot_name();
         let mut client: Option<WalstreamClient> = None;
+        // Known once the slot is: created now with the configured decoder, or read from the slot.
+        let mut plugin: Option<OutputPlugin> = None;
 
         if state.snapshot_done_lsn.is_none() {
             let mut chunk_lsn = Lsn::ZERO;
@@ -225,7 +234,8 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 None => {
                     self.drop_unrecorded_slot(&catalog, &slot).await?;
                     let mut replication = WalstreamClient::connect(&self.source.conninfo).await?;
-                    let created = replication.create_slot(&slot).await?;
+                    let created = replication.create_slot(&slot, self.options.decoder).await?;
+                    plugin = Some(self.options.decoder);
                     // Import before anything else runs on the replication session (the snapshot dies then).
                     let snapshot_client = self.source.connect("the initial snapshot").await?;
                     let reader = SnapshotReader::import(snapshot_client, &created.snapshot_name).await?;
@@ -242,14 +252,17 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     reader
                 }
                 Some(existing) => {
-                    self.check_slot(&catalog, existing).await?;
+                    plugin = Some(self.check_slot(&catalog, existing).await?);
                     let snapshot_client = self.source.connect("resuming the initial snapshot").await?;
                     let (reader, lsn) = SnapshotReader::begin_fresh(snapshot_client).await?;
                     chunk_lsn = chunk_lsn.max(lsn);
                     reader
                 }
             };
-            let copied_lsn = self.copy_snapshot(&mut catalog, reader, chunk_lsn).await?;
+            let plugin = plugin.expect("set by both arms above");
+            let copied_lsn = self
+                .copy_snapshot(&mut catalog, reader, chunk_lsn, plugin)
+                .await?;
             // The marker puts a commit-free position past every chunk into the stream, so the first
             // checkpoint is published even if the database stays idle.
             let done_lsn = match catalog.emit_marker().await {
@@ -266,14 +279,14 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             info!(version = %self.version, %done_lsn, "initial snapshot copied; streaming until it is consistent");
         }
 
-        let client = match client {
-            Some(client) => client,
-            None => {
-                self.check_slot(&catalog, &slot).await?;
-                WalstreamClient::connect(&self.source.conninfo).await?
+        let (client, plugin) = match (client, plugin) {
+            (Some(client), Some(plugin)) => (client, plugin),
+            _ => {
+                let plugin = self.check_slot(&catalog, &slot).await?;
+                (WalstreamClient::connect(&self.source.conninfo).await?, plugin)
             }
         };
-        self.stream(client, catalog, &state).await
+        self.stream(client, catalog, &state, plugin).await
     }
 
     /// Drops the version's slot if it exists although storage never recorded it: a run was killed between
@@ -297,8 +310,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         }
     }
 
-    /// Fails with [`ReplicatorError::SlotLost`] if the slot is gone or invalidated.
-    async fn check_slot(&self, catalog: &Catalog, slot: &str) -> Result<()> {
+    /// Fails with [`ReplicatorError::SlotLost`] if the slot is gone or invalidated; otherwise returns the
+    /// output plugin the slot decodes with, which this version keeps for its lifetime (invariant 9).
+    async fn check_slot(&self, catalog: &Catalog, slot: &str) -> Result<OutputPlugin> {
         match catalog.slot_status(slot).await? {
             None => Err(ReplicatorError::SlotLost {
                 slot: slot.to_owned(),
@@ -312,7 +326,15 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 if let Some(bytes) = status.retained_bytes {
                     self.metrics.retained_wal(bytes);
                 }
-                Ok(())
+                let name = status.plugin.unwrap_or_default();
+                OutputPlugin::from_name(&name).ok_or_else(|| {
+                    SourceError::Configuration(format!(
+                        "replication slot {slot} decodes with output plugin `{name}`, which syncgate cannot \
+                         read; drop the slot (SELECT pg_drop_replication_slot('{slot}')) and restart to \
+                         re-replicate from a new snapshot"
+                    ))
+                    .into()
+                })
             }
         }
     }
@@ -327,10 +349,14 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         Ok(tokio::task::spawn_blocking(move || f(&storage, version)).await??)
     }
 
-    /// Tables of the publication that the rules read.
-    async fn snapshot_tables(&self, catalog: &Catalog) -> Result<Vec<TableName>> {
+    /// Tables the rules read that the version's stream delivers: those of the publication (pgoutput), or
+    /// every table of the database (the syncgate plugin filters by the rules' patterns itself).
+    async fn snapshot_tables(&self, catalog: &Catalog, plugin: OutputPlugin) -> Result<Vec<TableName>> {
         let patterns = self.rules.source_tables();
-        let tables = catalog.publication_tables(&self.options.publication).await?;
+        let tables = match plugin {
+            OutputPlugin::Pgoutput => catalog.publication_tables(&self.options.publication).await?,
+            OutputPlugin::Syncgate => catalog.user_tables().await?,
+        };
         Ok(tables
             .into_iter()
             .filter(|table| {
@@ -347,8 +373,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         catalog: &mut Catalog,
         reader: SnapshotReader,
         chunk_lsn: Lsn,
+        plugin: OutputPlugin,
     ) -> Result<Lsn> {
-        let tables = self.snapshot_tables(catalog).await?;
+        let tables = self.snapshot_tables(catalog, plugin).await?;
         let progress = self.blocking(|s, v| s.snapshot_progress(v)).await?;
         let mut max_lsn = progress
             .iter()
@@ -556,16 +583,24 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         mut client: WalstreamClient,
         mut catalog: Catalog,
         state: &ReplicationState,
+        plugin: OutputPlugin,
     ) -> Result<Stopped> {
         let slot = self.slot_name();
         let stored = self.blocking(|s, v| s.latest_checkpoint(v)).await?;
         let start = stored.map(|c| c.lsn).or(state.start_lsn).unwrap_or(Lsn::ZERO);
+        let options = match plugin {
+            OutputPlugin::Pgoutput => StartOptions::new(vec![self.options.publication.clone()]),
+            OutputPlugin::Syncgate => {
+                let tables = tables_option(&self.rules.source_tables()).ok_or_else(|| {
+                    SourceError::Configuration(
+                        "the sync rules read no table, so there is nothing to replicate".to_owned(),
+                    )
+                })?;
+                StartOptions::syncgate(tables)
+            }
+        };
         client
-            .start(
-                &slot,
-                start,
-                &StartOptions::new(vec![self.options.publication.clone()]),
-            )
+            .start(&slot, start, &options)
             .await
             .map_err(|error| match error {
                 SourceError::Configuration(message) if message.contains("does not exist") => {
@@ -573,6 +608,21 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                         slot: slot.clone(),
                         reason: message,
                     }
+                }
+                // Never switch decoders under a version: its stream would change format mid-way. Say
+                // why it cannot stream and how to get going again (the retry loop keeps trying).
+                SourceError::Replication { message, retryable } if plugin == OutputPlugin::Syncgate => {
+                    SourceError::Replication {
+                        message: format!(
+                            "{message} (version {} was created with the syncgate output plugin and keeps \
+                             streaming through it; install the plugin on the server and allow it in \
+                             output_plugin_libraries where that setting exists, or change the sync rules \
+                             so a new version is built with the configured decoder)",
+                            self.version
+                        ),
+                        retryable,
+                    }
+                    .into()
                 }
                 other => other.into(),
             })?;
@@ -629,6 +679,9 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 _ = self.shutdown.changed() => continue,
                 _ = active_rx.changed() => continue,
             };
+            self.metrics
+                .stream_bytes
+                .fetch_add(client.take_stream_bytes(), std::sync::atomic::Ordering::Relaxed);
             match item {
                 StreamItem::Keepalive { wal_end } => {
                     self.metrics.received(wal_end);

@@ -10,12 +10,14 @@ use super::snapshot::{TableName, quote_ident};
 /// What the replicator is about to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRequirements {
-    pub publication: String,
+    /// pgoutput's publication; `None` when new versions stream through the syncgate plugin, which
+    /// needs none.
+    pub publication: Option<String>,
     pub tables: Vec<TableName>,
 }
 
-/// Checks `wal_level`, the role's REPLICATION attribute, the publication and its tables, SELECT on
-/// them, and that each has a key pgoutput can send for UPDATE and DELETE. Every problem found is
+/// Checks `wal_level`, the role's REPLICATION attribute, the publication (if any) and its tables,
+/// SELECT on them, and that each has a key the stream can send for UPDATE and DELETE. Every problem found is
 /// reported in one [`SourceError::Configuration`], one line each, with what to run to fix it.
 pub async fn check_source(client: &Client, req: &SourceRequirements) -> Result<(), SourceError> {
     let q = |context: &str| SourceError::query(format!("source check: {context}"));
@@ -47,23 +49,26 @@ pub async fn check_source(client: &Client, req: &SourceRequirements) -> Result<(
         ));
     }
 
-    let publication = quote_ident(&req.publication);
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&req.publication],
-        )
-        .await
-        .map_err(q("publication"))?
-        .is_some();
-    if !exists {
-        let tables: Vec<String> = req.tables.iter().map(TableName::quoted).collect();
-        problems.push(format!(
-            "publication {} does not exist; run: CREATE PUBLICATION {publication} FOR TABLE {}",
-            req.publication,
-            tables.join(", ")
-        ));
-    }
+    let publication = req.publication.as_deref().unwrap_or_default();
+    let publication_exists = match &req.publication {
+        None => false,
+        Some(name) => {
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+                .await
+                .map_err(q("publication"))?
+                .is_some();
+            if !exists {
+                let tables: Vec<String> = req.tables.iter().map(TableName::quoted).collect();
+                problems.push(format!(
+                    "publication {name} does not exist; run: CREATE PUBLICATION {} FOR TABLE {}",
+                    quote_ident(name),
+                    tables.join(", ")
+                ));
+            }
+            exists
+        }
+    };
 
     for table in &req.tables {
         let row = client
@@ -76,7 +81,7 @@ pub async fn check_source(client: &Client, req: &SourceRequirements) -> Result<(
                                 WHERE p.pubname = $3 AND p.schemaname = n.nspname AND p.tablename = c.relname)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&table.schema, &table.name, &req.publication],
+                &[&table.schema, &table.name, &publication],
             )
             .await
             .map_err(q("tables"))?;
@@ -89,10 +94,10 @@ pub async fn check_source(client: &Client, req: &SourceRequirements) -> Result<(
         let (identity, has_pk, has_ident_index, can_select, published): (String, bool, bool, bool, bool) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         let quoted = table.quoted();
-        if exists && !published {
+        if publication_exists && !published {
             problems.push(format!(
-                "table {table} is not in publication {}; run: ALTER PUBLICATION {publication} ADD TABLE {quoted}",
-                req.publication
+                "table {table} is not in publication {publication}; run: ALTER PUBLICATION {} ADD TABLE {quoted}",
+                quote_ident(publication)
             ));
         }
         if !can_select {
@@ -116,7 +121,7 @@ pub async fn check_source(client: &Client, req: &SourceRequirements) -> Result<(
     }
 
     if problems.is_empty() {
-        info!(publication = %req.publication, tables = req.tables.len(), "source checks passed");
+        info!(publication = ?req.publication, tables = req.tables.len(), "source checks passed");
         Ok(())
     } else {
         Err(SourceError::Configuration(problems.join("\n")))

@@ -29,8 +29,9 @@ pub enum SourceError {
         error: tokio_postgres::Error,
     },
 
-    /// A pgoutput message we cannot interpret (for example a change for a relation never described).
-    #[error("pgoutput protocol: {0}")]
+    /// A pgoutput or plugin message we cannot interpret (for example a change for a relation never
+    /// described).
+    #[error("replication stream protocol: {0}")]
     Protocol(String),
 
     /// The API was used out of order (for example `next` before `start`).

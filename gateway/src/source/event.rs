@@ -1,4 +1,5 @@
-//! The typed change model, decoded from pgoutput.
+//! The typed change model, decoded from pgoutput (here) or from the syncgate output plugin
+//! ([`super::plugin`]).
 //!
 //! Values stay in Postgres text form. Three states of a column are kept apart on purpose: SQL NULL, a
 //! text value, and "unchanged TOAST" (`'u'`): an out-of-line value an UPDATE did not touch, which

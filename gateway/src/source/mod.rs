@@ -27,12 +27,14 @@
 pub mod checks;
 pub mod error;
 pub mod event;
+pub mod plugin;
 pub mod snapshot;
 pub mod walstream;
 
 pub use checks::{SourceRequirements, check_source};
 pub use error::{ErrorKind, SourceError};
 pub use event::{ColumnInfo, ColumnValue, OldRow, RelationInfo, ReplicaIdentity, SourceEvent};
+pub use plugin::{PluginDecoder, tables_option};
 pub use snapshot::{Chunk, SnapshotReader, TableLayout, TableName, table_layout};
 pub use syncgate_protocol::{Lsn, ParseLsnError};
 pub use walstream::WalstreamClient;
@@ -59,6 +61,40 @@ pub struct CreatedSlot {
     pub consistent_point: Lsn,
 }
 
+/// The logical decoding output plugin a slot decodes with. Fixed when the slot is created
+/// (DESIGN invariant 9): a slot's `plugin` in `pg_replication_slots` says which one it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputPlugin {
+    /// Postgres's built-in plugin: every table of a publication.
+    Pgoutput,
+    /// syncgate's plugin (pg-ext/): a compact binary format, filtered to the rules' tables in Postgres.
+    Syncgate,
+}
+
+impl OutputPlugin {
+    /// The plugin's name in `CREATE_REPLICATION_SLOT` and `pg_replication_slots.plugin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputPlugin::Pgoutput => "pgoutput",
+            OutputPlugin::Syncgate => "syncgate",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<OutputPlugin> {
+        match name {
+            "pgoutput" => Some(OutputPlugin::Pgoutput),
+            "syncgate" => Some(OutputPlugin::Syncgate),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for OutputPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// pgoutput protocol version. 1 is enough for syncgate today; 2 allows streaming of large in-progress
 /// transactions later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,22 +103,45 @@ pub enum ProtoVersion {
     V2,
 }
 
-/// `START_REPLICATION` options.
+/// `START_REPLICATION` options, per output plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartOptions {
-    pub publication_names: Vec<String>,
-    pub proto_version: ProtoVersion,
-    /// `messages 'true'`: needed for write-checkpoint markers (`pg_logical_emit_message`).
-    pub messages: bool,
+pub enum StartOptions {
+    Pgoutput {
+        publication_names: Vec<String>,
+        proto_version: ProtoVersion,
+        /// `messages 'true'`: needed for write-checkpoint markers (`pg_logical_emit_message`).
+        messages: bool,
+    },
+    Syncgate {
+        /// The plugin's `tables` option ([`tables_option`]): only these tables' changes are sent.
+        tables: String,
+        /// Forward logical messages (write-checkpoint markers).
+        messages: bool,
+    },
 }
 
 impl StartOptions {
-    /// Proto 1 with messages on: what the replicator uses.
+    /// pgoutput proto 1 with messages on: what the replicator uses with pgoutput.
     pub fn new(publication_names: Vec<String>) -> StartOptions {
-        StartOptions {
+        StartOptions::Pgoutput {
             publication_names,
             proto_version: ProtoVersion::V1,
             messages: true,
+        }
+    }
+
+    /// The syncgate plugin with messages on, filtered to `tables` (the `tables` option's text).
+    pub fn syncgate(tables: String) -> StartOptions {
+        StartOptions::Syncgate {
+            tables,
+            messages: true,
+        }
+    }
+
+    pub fn plugin(&self) -> OutputPlugin {
+        match self {
+            StartOptions::Pgoutput { .. } => OutputPlugin::Pgoutput,
+            StartOptions::Syncgate { .. } => OutputPlugin::Syncgate,
         }
     }
 }
@@ -103,11 +162,12 @@ pub enum StreamItem {
 /// Protocol: `create_slot` (optional, first command of the session), then `start`, then `next` in a
 /// loop with `ack` whenever storage has made a commit durable, then `close`.
 pub trait ReplicationClient: Send {
-    /// Creates a logical pgoutput slot exporting a snapshot. Must be the session's first command, and
-    /// the snapshot must be imported elsewhere before any other call on this client.
+    /// Creates a logical slot decoding with `plugin`, exporting a snapshot. Must be the session's first
+    /// command, and the snapshot must be imported elsewhere before any other call on this client.
     fn create_slot(
         &mut self,
         slot_name: &str,
+        plugin: OutputPlugin,
     ) -> impl Future<Output = Result<CreatedSlot, SourceError>> + Send;
 
     /// `START_REPLICATION SLOT … LOGICAL start`.

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::event::Decoder;
+use super::plugin::PluginDecoder;
 use super::{
-    CreatedSlot, Lsn, ProtoVersion, ReplicationClient, SESSION_SETTINGS, SourceError, StartOptions,
-    StreamItem,
+    CreatedSlot, Lsn, OutputPlugin, ProtoVersion, ReplicationClient, SESSION_SETTINGS, SourceError,
+    StartOptions, StreamItem,
 };
 
 /// How often an unprompted status update goes out. Well under the default `wal_sender_timeout` (60 s).
@@ -29,12 +30,17 @@ pub struct WalstreamClient {
     conn: PgReplicationConnection,
     parser: LogicalReplicationParser,
     decoder: Decoder,
+    plugin_decoder: PluginDecoder,
+    /// What the running stream is decoded as (set by `start`).
+    plugin: OutputPlugin,
     cancel: CancellationToken,
     streaming: bool,
     /// Highest WAL end seen: reported as "written", never as flushed.
     received: Lsn,
     /// The last ack: reported as flushed and applied.
     flushed: Lsn,
+    /// XLogData payload bytes since the last [`WalstreamClient::take_stream_bytes`].
+    stream_bytes: u64,
     last_feedback: Instant,
 }
 
@@ -90,12 +96,20 @@ impl WalstreamClient {
             conn,
             parser: LogicalReplicationParser::with_protocol_version(1),
             decoder: Decoder::new(),
+            plugin_decoder: PluginDecoder::new(),
+            plugin: OutputPlugin::Pgoutput,
             cancel: CancellationToken::new(),
             streaming: false,
             received: Lsn::ZERO,
             flushed: Lsn::ZERO,
+            stream_bytes: 0,
             last_feedback: Instant::now(),
         })
+    }
+
+    /// Change data (XLogData payload bytes) received since the last call: what the output plugin sent.
+    pub fn take_stream_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.stream_bytes)
     }
 
     /// Drops a slot from this (non-streaming) session. `wait` waits for an active walsender to let go.
@@ -132,7 +146,11 @@ fn read_u64(data: &[u8], at: usize) -> Result<u64, SourceError> {
 }
 
 impl ReplicationClient for WalstreamClient {
-    async fn create_slot(&mut self, slot_name: &str) -> Result<CreatedSlot, SourceError> {
+    async fn create_slot(
+        &mut self,
+        slot_name: &str,
+        plugin: OutputPlugin,
+    ) -> Result<CreatedSlot, SourceError> {
         let options = ReplicationSlotOptions {
             // pg_walstream's default is NOEXPORT_SNAPSHOT: without this there is no consistent point to copy at.
             snapshot: Some("export".to_owned()),
@@ -143,7 +161,7 @@ impl ReplicationClient for WalstreamClient {
             .create_replication_slot_with_options_async(
                 slot_name,
                 SlotType::Logical,
-                Some("pgoutput"),
+                Some(plugin.name()),
                 &options,
             )
             .await?;
@@ -158,7 +176,7 @@ impl ReplicationClient for WalstreamClient {
         let consistent_point: Lsn = consistent_point
             .parse()
             .map_err(|e| SourceError::Protocol(format!("consistent_point: {e}")))?;
-        info!(slot = slot_name, snapshot = %snapshot_name, %consistent_point, "created replication slot");
+        info!(slot = slot_name, %plugin, snapshot = %snapshot_name, %consistent_point, "created replication slot");
         Ok(CreatedSlot {
             slot_name: slot_name.to_owned(),
             snapshot_name,
@@ -172,41 +190,66 @@ impl ReplicationClient for WalstreamClient {
         start: Lsn,
         options: &StartOptions,
     ) -> Result<(), SourceError> {
-        if options.publication_names.is_empty() {
-            return Err(SourceError::Usage(
-                "START_REPLICATION needs at least one publication".into(),
-            ));
-        }
-        let publications: Vec<String> = options
-            .publication_names
-            .iter()
-            .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
-            .collect();
-        let publications = publications.join(",");
-        let proto = match options.proto_version {
-            ProtoVersion::V1 => "1",
-            ProtoVersion::V2 => "2",
-        };
-        let messages = if options.messages { "true" } else { "false" };
-        let pg_options = [
-            ("proto_version", proto),
-            ("publication_names", publications.as_str()),
-            ("messages", messages),
-        ];
-        self.conn
-            .start_replication_async(slot_name, start.0, &pg_options)
-            .await?;
-        self.parser = LogicalReplicationParser::with_protocol_version(match options.proto_version {
-            ProtoVersion::V1 => 1,
-            ProtoVersion::V2 => 2,
-        });
-        // Relations are re-sent by pgoutput in every new session; the old cache must not leak over.
+        // Relations are re-sent by both plugins in every new session; an old cache must not leak over.
         self.decoder = Decoder::new();
+        self.plugin_decoder = PluginDecoder::new();
+        self.plugin = options.plugin();
+        let described = match options {
+            StartOptions::Pgoutput {
+                publication_names,
+                proto_version,
+                messages,
+            } => {
+                if publication_names.is_empty() {
+                    return Err(SourceError::Usage(
+                        "START_REPLICATION needs at least one publication".into(),
+                    ));
+                }
+                let publications: Vec<String> = publication_names
+                    .iter()
+                    .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
+                    .collect();
+                let publications = publications.join(",");
+                let proto = match proto_version {
+                    ProtoVersion::V1 => "1",
+                    ProtoVersion::V2 => "2",
+                };
+                let pg_options = [
+                    ("proto_version", proto),
+                    ("publication_names", publications.as_str()),
+                    ("messages", if *messages { "true" } else { "false" }),
+                ];
+                self.conn
+                    .start_replication_async(slot_name, start.0, &pg_options)
+                    .await?;
+                self.parser = LogicalReplicationParser::with_protocol_version(match proto_version {
+                    ProtoVersion::V1 => 1,
+                    ProtoVersion::V2 => 2,
+                });
+                format!("publications {publications}, proto {proto}")
+            }
+            StartOptions::Syncgate { tables, messages } => {
+                if tables.is_empty() {
+                    // The plugin treats a missing filter as "every table": never what a caller meant.
+                    return Err(SourceError::Usage(
+                        "START_REPLICATION with the syncgate plugin needs at least one table".into(),
+                    ));
+                }
+                let pg_options = [
+                    ("tables", tables.as_str()),
+                    ("messages", if *messages { "true" } else { "false" }),
+                ];
+                self.conn
+                    .start_replication_async(slot_name, start.0, &pg_options)
+                    .await?;
+                format!("tables {tables}")
+            }
+        };
         self.streaming = true;
         self.received = start;
         self.flushed = self.flushed.max(start);
         self.last_feedback = Instant::now();
-        info!(slot = slot_name, %start, publications = %publications, proto, "replication started");
+        info!(slot = slot_name, %start, plugin = %self.plugin, options = %described, "replication started");
         Ok(())
     }
 
@@ -230,8 +273,15 @@ impl ReplicationClient for WalstreamClient {
                     // Header: 'w', start, end, send time (8 bytes each after the tag).
                     let payload = data.slice(25.min(data.len())..);
                     self.received = self.received.max(Lsn(wal_end));
-                    let message = self.parser.parse_wal_message_bytes(payload)?;
-                    if let Some(event) = self.decoder.decode(message.message)? {
+                    self.stream_bytes += payload.len() as u64;
+                    let event = match self.plugin {
+                        OutputPlugin::Pgoutput => {
+                            let message = self.parser.parse_wal_message_bytes(payload)?;
+                            self.decoder.decode(message.message)?
+                        }
+                        OutputPlugin::Syncgate => Some(self.plugin_decoder.decode(&payload)?),
+                    };
+                    if let Some(event) = event {
                         debug!(wal_start = %Lsn(wal_start), ?event, "replication event");
                         return Ok(StreamItem::Event(event));
                     }

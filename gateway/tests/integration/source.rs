@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use syncgate::source::event::OldRow;
 use syncgate::source::{
-    ColumnValue, Lsn, ReplicationClient, SnapshotReader, SourceEvent, SourceRequirements, StartOptions,
-    StreamItem, TableName, WalstreamClient, check_source,
+    ColumnValue, Lsn, OutputPlugin, ReplicationClient, SnapshotReader, SourceEvent, SourceRequirements,
+    StartOptions, StreamItem, TableName, WalstreamClient, check_source,
 };
 use syncgate_test_support::{TestDatabase, shared_cluster};
+
+use crate::replication::harness::test_decoder;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,6 +29,21 @@ async fn next_txn(client: &mut WalstreamClient) -> Vec<SourceEvent> {
         if done {
             return events;
         }
+    }
+}
+
+/// What the test decoder starts with: publication `pub` (pgoutput), or the same `tables` of schema
+/// public as the plugin's filter.
+fn start_options(tables: &[&str]) -> StartOptions {
+    match test_decoder() {
+        OutputPlugin::Pgoutput => StartOptions::new(vec!["pub".into()]),
+        OutputPlugin::Syncgate => StartOptions::syncgate(
+            tables
+                .iter()
+                .map(|t| format!("public.{t}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     }
 }
 
@@ -74,8 +91,15 @@ async fn snapshot_then_stream_every_change_kind() {
     .unwrap();
 
     let mut client = WalstreamClient::connect(&db.replication_url()).await.unwrap();
-    let slot = client.create_slot("syncgate_test_stream").await.unwrap();
+    let slot = client
+        .create_slot("syncgate_test_stream", test_decoder())
+        .await
+        .unwrap();
     assert!(!slot.snapshot_name.is_empty());
+    let plugin = db
+        .psql("SELECT plugin FROM pg_replication_slots WHERE slot_name = 'syncgate_test_stream'")
+        .unwrap();
+    assert_eq!(plugin.trim(), test_decoder().name());
 
     // After the slot: must come from the stream, not the copy.
     db.psql("INSERT INTO items VALUES (50, 'late', NULL)").unwrap();
@@ -111,7 +135,7 @@ async fn snapshot_then_stream_every_change_kind() {
         .start(
             &slot.slot_name,
             slot.consistent_point,
-            &StartOptions::new(vec!["pub".into()]),
+            &start_options(&["items", "full_rows"]),
         )
         .await
         .unwrap();
@@ -206,10 +230,10 @@ async fn acked_transaction_is_not_resent_after_reconnect() {
     db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;")
         .unwrap();
     let slot_name = "syncgate_test_ack";
-    let options = StartOptions::new(vec!["pub".into()]);
+    let options = start_options(&["t"]);
 
     let mut client = WalstreamClient::connect(&db.replication_url()).await.unwrap();
-    let slot = client.create_slot(slot_name).await.unwrap();
+    let slot = client.create_slot(slot_name, test_decoder()).await.unwrap();
     client
         .start(slot_name, slot.consistent_point, &options)
         .await
@@ -274,13 +298,13 @@ async fn checks_say_how_to_fix_the_source() {
 
     let su = db.connect().await.unwrap();
     let ok = SourceRequirements {
-        publication: "pub".into(),
+        publication: Some("pub".into()),
         tables: tables(&["good"]),
     };
     check_source(&su, &ok).await.unwrap();
 
     let bad = SourceRequirements {
-        publication: "pub".into(),
+        publication: Some("pub".into()),
         tables: tables(&["good", "nokey", "unpublished", "missing"]),
     };
     let error = check_source(&su, &bad).await.unwrap_err();
@@ -301,7 +325,7 @@ async fn checks_say_how_to_fix_the_source() {
     assert!(!message.contains("\"good\""), "{message}");
 
     let no_publication = SourceRequirements {
-        publication: "nope".into(),
+        publication: Some("nope".into()),
         tables: tables(&["good"]),
     };
     let message = check_source(&su, &no_publication).await.unwrap_err().to_string();
@@ -309,6 +333,25 @@ async fn checks_say_how_to_fix_the_source() {
         message.contains("CREATE PUBLICATION \"nope\" FOR TABLE \"public\".\"good\""),
         "{message}"
     );
+
+    // The syncgate plugin needs no publication: unpublished tables pass, the other checks still apply.
+    let without_publication = SourceRequirements {
+        publication: None,
+        tables: tables(&["good", "unpublished"]),
+    };
+    check_source(&su, &without_publication).await.unwrap();
+    let message = check_source(
+        &su,
+        &SourceRequirements {
+            publication: None,
+            tables: tables(&["nokey"]),
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(message.contains("REPLICA IDENTITY FULL"), "{message}");
+    assert!(!message.contains("PUBLICATION"), "{message}");
 
     // A role without REPLICATION and without SELECT.
     let role = format!("plain_{}", db.name());
@@ -346,7 +389,10 @@ async fn snapshot_and_stream_format_values_alike() {
     .unwrap();
     let base = db.url_without_session_options();
     let mut client = WalstreamClient::connect(&base).await.unwrap();
-    let slot = client.create_slot("syncgate_test_settings").await.unwrap();
+    let slot = client
+        .create_slot("syncgate_test_settings", test_decoder())
+        .await
+        .unwrap();
     let reader = SnapshotReader::connect(&base, &slot.snapshot_name).await.unwrap();
     let layout = reader.layout(&TableName::new("public", "v")).await.unwrap();
     let chunk = reader.copy_chunk(&layout, None, 100).await.unwrap();
@@ -362,8 +408,10 @@ async fn snapshot_and_stream_format_values_alike() {
     let copied: Vec<String> = chunk.rows[0].iter().map(|v| v.clone().unwrap()).collect();
     assert_eq!(copied, expected("1"));
 
-    let mut options = StartOptions::new(vec!["pub".into()]);
-    options.proto_version = syncgate::source::ProtoVersion::V2;
+    let mut options = start_options(&["v"]);
+    if let StartOptions::Pgoutput { proto_version, .. } = &mut options {
+        *proto_version = syncgate::source::ProtoVersion::V2;
+    }
     client
         .start(&slot.slot_name, slot.consistent_point, &options)
         .await
@@ -414,13 +462,12 @@ async fn idle_session_survives_wal_sender_timeout() {
     db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE t;")
         .unwrap();
     let mut client = WalstreamClient::connect(&db.replication_url()).await.unwrap();
-    let slot = client.create_slot("syncgate_test_idle").await.unwrap();
+    let slot = client
+        .create_slot("syncgate_test_idle", test_decoder())
+        .await
+        .unwrap();
     client
-        .start(
-            &slot.slot_name,
-            slot.consistent_point,
-            &StartOptions::new(vec!["pub".into()]),
-        )
+        .start(&slot.slot_name, slot.consistent_point, &start_options(&["t"]))
         .await
         .unwrap();
     let url = db.url();

@@ -5,7 +5,11 @@ use std::time::{Duration, Instant};
 
 use syncgate_test_support::{ClusterOptions, PgCluster, shared_cluster};
 
-use super::harness::{Gateway, Oracle, TIMEOUT, fast_options, write_config, write_config_with_uri};
+use syncgate::source::OutputPlugin;
+
+use super::harness::{
+    Gateway, Oracle, TIMEOUT, fast_options, test_decoder, write_config, write_config_with_uri,
+};
 
 const TODO_RULES: &str = "bucket_definitions:
   global:
@@ -13,19 +17,39 @@ const TODO_RULES: &str = "bucket_definitions:
       - SELECT * FROM items
 ";
 
+/// pgoutput needs the publication: serve stops with the SQL that creates it. The syncgate plugin needs
+/// none: serve replicates without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_publication_stops_serve_with_the_fix() {
+async fn a_missing_publication_stops_pgoutput_with_the_fix_and_not_the_plugin() {
     let db = shared_cluster().create_database().expect("database");
-    db.psql("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    db.psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'one')")
         .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &db, TODO_RULES, "sg_nopub_");
-    let error = Gateway::start(&config, fast_options()).expect_error().await;
-    assert!(error.contains("publication powersync does not exist"), "{error}");
-    assert!(
-        error.contains("CREATE PUBLICATION \"powersync\" FOR TABLE \"public\".\"items\""),
-        "{error}"
-    );
+    match test_decoder() {
+        OutputPlugin::Pgoutput => {
+            let error = Gateway::start(&config, fast_options()).expect_error().await;
+            assert!(error.contains("publication powersync does not exist"), "{error}");
+            assert!(
+                error.contains("CREATE PUBLICATION \"powersync\" FOR TABLE \"public\".\"items\""),
+                "{error}"
+            );
+        }
+        OutputPlugin::Syncgate => {
+            let gateway = Gateway::start(&config, fast_options());
+            gateway.sync_point(&db).await;
+            db.psql("INSERT INTO items VALUES (2, 'two')").expect("insert");
+            gateway.sync_point(&db).await;
+            let rows: Vec<String> = gateway
+                .user_buckets("u")
+                .into_values()
+                .flatten()
+                .map(|(_, id, _)| id)
+                .collect();
+            assert_eq!(rows, ["1", "2"]);
+            gateway.stop().await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

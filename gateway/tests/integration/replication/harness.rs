@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use syncgate::replicator::{Catalog, ReplicatorOptions, Scratch, SourceConnection, TableMapper};
 use syncgate::serve::{ServeOptions, serve};
-use syncgate::source::{TableName, table_layout};
+use syncgate::source::{OutputPlugin, TableName, table_layout};
 use syncgate::storage::{BucketStorage, Checkpoint, Lsn, RulesVersion, SqliteStorage, VersionState};
 use syncgate_rules::{
     CompileOptions, ConnectionRequest, ParameterLookup, SourceTable, SqliteValue, SyncRules, compile,
@@ -17,6 +17,32 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The decoder the replication tests run with: `SYNCGATE_TEST_DECODER=pgoutput|syncgate`, default
+/// pgoutput (CI's main test step runs before the plugin is installed).
+pub fn test_decoder() -> OutputPlugin {
+    match std::env::var("SYNCGATE_TEST_DECODER").ok().as_deref() {
+        None | Some("" | "pgoutput") => OutputPlugin::Pgoutput,
+        Some("syncgate") => OutputPlugin::Syncgate,
+        Some(other) => panic!("SYNCGATE_TEST_DECODER must be pgoutput or syncgate, not {other:?}"),
+    }
+}
+
+/// Whether a test that needs the syncgate plugin may run on `db`'s server: `Ok` when a slot with it can
+/// be created, else the reason. With `SYNCGATE_REQUIRE_PLUGIN=1` (CI's plugin step) a missing plugin
+/// fails the test instead of skipping it.
+pub async fn plugin_usable(db: &TestDatabase) -> Result<(), String> {
+    let catalog = Catalog::new(db.connect().await.expect("connect"));
+    let usable = catalog.probe_output_plugin(OutputPlugin::Syncgate).await;
+    if let Err(reason) = &usable {
+        assert!(
+            std::env::var("SYNCGATE_REQUIRE_PLUGIN").as_deref() != Ok("1"),
+            "SYNCGATE_REQUIRE_PLUGIN=1 but the syncgate output plugin is not usable: {reason}"
+        );
+        eprintln!("skipped: the syncgate output plugin is not usable on the test cluster ({reason})");
+    }
+    usable
+}
 
 /// A `serve` run in this process.
 pub struct Gateway {
@@ -31,6 +57,17 @@ pub fn write_config(dir: &Path, db: &TestDatabase, rules: &str, slot_prefix: &st
 }
 
 pub fn write_config_with_uri(dir: &Path, uri: &str, rules: &str, slot_prefix: &str) -> PathBuf {
+    write_config_with_decoder(dir, uri, rules, slot_prefix, test_decoder().name())
+}
+
+/// A config with an explicit `decoder` (`pgoutput`, `syncgate` or `auto`).
+pub fn write_config_with_decoder(
+    dir: &Path,
+    uri: &str,
+    rules: &str,
+    slot_prefix: &str,
+    decoder: &str,
+) -> PathBuf {
     let mut indented = String::new();
     for line in rules.lines() {
         indented.push_str("    ");
@@ -42,7 +79,7 @@ pub fn write_config_with_uri(dir: &Path, uri: &str, rules: &str, slot_prefix: &s
     let port = free_port();
     let config = format!(
         "replication:\n  connections:\n    - type: postgresql\n      uri: {uri}\n      \
-         sslmode: disable\n      slot_name_prefix: {slot_prefix}\nstorage:\n  type: sqlite\n  path: storage.sqlite\n\
+         sslmode: disable\n      slot_name_prefix: {slot_prefix}\n      decoder: {decoder}\nstorage:\n  type: sqlite\n  path: storage.sqlite\n\
          port: {port}\nclient_auth:\n  audience:\n    - syncgate-test\n  jwks:\n    keys:\n      \
          - kty: oct\n        alg: HS256\n        kid: test-hs256\n        k: {key}\n\
          sync_rules:\n  content: |\n{indented}",

@@ -2,6 +2,7 @@
 //! tables and every kind of change; afterwards what each user would sync equals what the rules make
 //! of a direct `SELECT` of the final database.
 
+mod decoders;
 mod failures;
 #[allow(
     dead_code,
