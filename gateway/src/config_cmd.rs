@@ -36,7 +36,9 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
     let storage = match &config.storage {
         StorageConfig::Sqlite { path } => format!("sqlite {}", path.display()),
-        StorageConfig::Postgres(s) => format!("postgresql {} schema {}", s.connection.display_safe(), s.schema),
+        StorageConfig::Postgres(s) => {
+            format!("postgresql {} schema {}", s.connection.display_safe(), s.schema)
+        }
     };
     let connection = config.replication.connection();
     writeln!(

@@ -544,7 +544,12 @@ impl Reader<'_> {
 
     /// Reads the connection keys of `map` (a source connection or Postgres storage) into `draft`: the
     /// URI first, then discrete keys, which override its parts (as in PowerSync).
-    fn connection_keys(&mut self, map: &Map<'_>, path: &str, draft: &mut ConnectionDraft) -> Result<(), ConfigError> {
+    fn connection_keys(
+        &mut self,
+        map: &Map<'_>,
+        path: &str,
+        draft: &mut ConnectionDraft,
+    ) -> Result<(), ConfigError> {
         if let Some(uri) = map.get("uri") {
             let text = self.string(uri, &map.key_path("uri"))?;
             let parts = parse_uri(&text).map_err(|e| self.err(uri.position, format!("`{path}.uri`: {e}")))?;
@@ -662,7 +667,9 @@ impl Reader<'_> {
                         _ => {
                             return Err(self.err(
                                 t.position,
-                                format!("unknown storage type `{kind}`; use `type: sqlite` or `type: postgresql`"),
+                                format!(
+                                    "unknown storage type `{kind}`; use `type: sqlite` or `type: postgresql`"
+                                ),
                             ));
                         }
                     }
@@ -678,7 +685,9 @@ impl Reader<'_> {
             {
                 return Err(self.err(
                     value.position,
-                    format!("`storage.{key}` is a key of Postgres storage; add `type: postgresql` or remove it"),
+                    format!(
+                        "`storage.{key}` is a key of Postgres storage; add `type: postgresql` or remove it"
+                    ),
                 ));
             }
             if let Some(p) = map.get("path") {

@@ -576,7 +576,12 @@ fn postgres_storage_reads_the_connection_keys_and_schema() {
     };
     let conn = &storage.connection;
     assert_eq!(
-        (conn.host.as_str(), conn.port, conn.database.as_str(), conn.user.as_str()),
+        (
+            conn.host.as_str(),
+            conn.port,
+            conn.database.as_str(),
+            conn.user.as_str()
+        ),
         ("store.local", 6543, "buckets", "st@re")
     );
     assert_eq!(conn.password.as_ref().map(|p| p.expose().as_str()), Some("pw"));
@@ -599,7 +604,10 @@ fn postgres_storage_reads_the_connection_keys_and_schema() {
     );
     assert_eq!(storage.connection.sslmode, SslMode::Prefer);
     assert_eq!(storage.schema, "tenant_1");
-    assert!(!format!("{c:?}").contains("pw-hidden"), "the password stays out of Debug");
+    assert!(
+        !format!("{c:?}").contains("pw-hidden"),
+        "the password stays out of Debug"
+    );
 }
 
 #[test]

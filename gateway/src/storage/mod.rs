@@ -361,7 +361,10 @@ pub enum StorageError {
         "the storage database is the replication source database `{database}` (server {system_identifier}); \
          bucket storage must live in a separate database: point storage.uri at another database"
     )]
-    SourceDatabase { database: String, system_identifier: String },
+    SourceDatabase {
+        database: String,
+        system_identifier: String,
+    },
     #[error(
         "another gateway took over the bucket storage (writer epoch {found}, this one holds {held}); \
          this gateway must stop writing"
@@ -549,6 +552,8 @@ pub trait BucketStorage: Send + Sync {
 
 /// The storage a config selects: `serve`, `inspect` and `compact` run on either.
 #[derive(Debug)]
+// One value per process: the size gap between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ConfiguredStorage {
     Sqlite(SqliteStorage),
     Postgres(PostgresStorage),

@@ -36,20 +36,18 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt};
-use syncgate_protocol::{
-    BucketName, Checksum, ClientId, OpId, OpType, Subkey, UserId, WriteCheckpointId,
-};
+use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, Subkey, UserId, WriteCheckpointId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use super::segment::{self, OpRef, SegmentBuilder};
 use super::sqlite::{
-    checksum_from, compact_ops, corrupt, lsn_from, lsn_sql, op_from, pack_placement, put_hash,
-    segments_of, sync_rules_version, unpack_placements, user_client, version_sql,
+    checksum_from, compact_ops, corrupt, lsn_from, lsn_sql, op_from, pack_placement, put_hash, segments_of,
+    sync_rules_version, unpack_placements, user_client, version_sql,
 };
 use super::{
-    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, Placement, ReplicationState,
-    Result, RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp,
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, Placement, ReplicationState, Result,
+    RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp,
     SyncRulesVersion, TableSnapshot,
 };
 use crate::config::{PostgresConnection, SslMode};
@@ -199,10 +197,7 @@ impl PostgresStorageConfig {
             .ssl_mode(ssl)
             .application_name("syncgate-storage")
             // Unqualified names resolve to the storage's schema; commits wait for the WAL flush.
-            .options(format!(
-                "-c search_path={} -c synchronous_commit=on",
-                self.schema
-            ));
+            .options(format!("-c search_path={} -c synchronous_commit=on", self.schema));
         if let Some(password) = &c.password {
             config.password(password.expose());
         }
@@ -285,7 +280,11 @@ fn query(
     Ok(block_on(client.query(statement, params))?)
 }
 
-fn execute(client: &impl GenericClient, statement: &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+fn execute(
+    client: &impl GenericClient,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64> {
     Ok(block_on(client.execute(statement, params))?)
 }
 
@@ -532,6 +531,9 @@ struct RowState {
     changed: bool,
 }
 
+/// A parameter entry written by this storage transaction: (lookup key, values, created LSN, deleted LSN).
+type WrittenParameter = (String, String, i64, Option<i64>);
+
 /// A row's parameter entries within one storage transaction.
 #[derive(Default)]
 struct RowParams {
@@ -539,8 +541,7 @@ struct RowParams {
     stored: Option<BTreeSet<(String, String)>>,
     /// The LSN at which the stored live entries stop being visible (deleted if created at it).
     retire_at: Option<i64>,
-    /// Entries written by this transaction: (lookup key, values, created LSN, deleted LSN).
-    written: Vec<(String, String, i64, Option<i64>)>,
+    written: Vec<WrittenParameter>,
 }
 
 impl RowParams {
@@ -764,7 +765,8 @@ const UPDATE_BUCKETS: &str = "UPDATE buckets b SET checksum = (b.checksum + d.ch
        count = b.count + d.count, last_op = d.last_op
      FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS d(id, checksum, count, last_op)
      WHERE b.id = d.id";
-const UPSERT_STATES: &str = "INSERT INTO source_state (version, source_table, source_key, placements, source_row)
+const UPSERT_STATES: &str =
+    "INSERT INTO source_state (version, source_table, source_key, placements, source_row)
      SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[])
      ON CONFLICT (version, source_table, source_key)
        DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row";
@@ -901,7 +903,14 @@ impl PostgresStorage {
         execute(
             &tx,
             &s.record_checkpoints,
-            &[&v, &lsns, &op_ids, &batch.last_op, &checkpoint_lsn, &batch.next_op],
+            &[
+                &v,
+                &lsns,
+                &op_ids,
+                &batch.last_op,
+                &checkpoint_lsn,
+                &batch.next_op,
+            ],
         )?;
         if let Work::Chunk(_, progress) = work {
             execute(
@@ -1105,7 +1114,7 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
         let lsns: Vec<i64> = retired.iter().map(|r| r.2).collect();
         execute(tx, &s.retire_params, &[&v, &tables, &keys, &lsns])?;
     }
-    let written: Vec<(&str, &str, &(String, String, i64, Option<i64>))> = batch
+    let written: Vec<(&str, &str, &WrittenParameter)> = batch
         .params
         .iter()
         .flat_map(|(key, p)| p.written.iter().map(move |w| (key.0, key.1, w)))
@@ -1187,8 +1196,9 @@ impl BucketStorage for PostgresStorage {
     fn replication_state(&self, version: RulesVersion) -> Result<ReplicationState> {
         let v = version_sql(version)?;
         self.read(|conn| {
-            let statement = conn
-                .statement("SELECT slot_name, start_lsn, snapshot_done_lsn FROM sync_rules WHERE version = $1")?;
+            let statement = conn.statement(
+                "SELECT slot_name, start_lsn, snapshot_done_lsn FROM sync_rules WHERE version = $1",
+            )?;
             let rows = query(&conn.client, &statement, &[&v])?;
             let row = rows.first().ok_or(StorageError::UnknownVersion(version))?;
             Ok(ReplicationState {
@@ -1246,7 +1256,8 @@ impl BucketStorage for PostgresStorage {
 
     fn versions(&self) -> Result<Vec<SyncRulesVersion>> {
         self.read(|conn| {
-            let statement = conn.statement("SELECT version, rules, state FROM sync_rules ORDER BY version")?;
+            let statement =
+                conn.statement("SELECT version, rules, state FROM sync_rules ORDER BY version")?;
             query(&conn.client, &statement, &[])?
                 .into_iter()
                 .map(|r| sync_rules_version(r.get(0), r.get(1), r.get(2)))
@@ -1257,7 +1268,8 @@ impl BucketStorage for PostgresStorage {
     fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>> {
         let v = version_sql(version)?;
         self.read(|conn| {
-            let statement = conn.statement("SELECT last_op_id, last_lsn FROM sync_rules WHERE version = $1")?;
+            let statement =
+                conn.statement("SELECT last_op_id, last_lsn FROM sync_rules WHERE version = $1")?;
             let rows = query(&conn.client, &statement, &[&v])?;
             let row = rows.first().ok_or(StorageError::UnknownVersion(version))?;
             let (op_id, lsn): (i64, Option<i64>) = (row.get(0), row.get(1));
@@ -1367,7 +1379,11 @@ impl BucketStorage for PostgresStorage {
                    AND last_op > $3 AND first_op <= $4 ORDER BY last_op LIMIT $5",
             )?;
             let mut out = Vec::new();
-            for row in query(&conn.client, &statement, &[&v, &bucket.as_str(), &after, &up_to, &segments])? {
+            for row in query(
+                &conn.client,
+                &statement,
+                &[&v, &bucket.as_str(), &after, &up_to, &segments],
+            )? {
                 if out.len() >= limit {
                     break;
                 }
@@ -1503,7 +1519,11 @@ impl BucketStorage for PostgresStorage {
         let v = version_sql(version)?;
         self.fenced_write(|tx, conn| {
             let state = conn.statement(tx, "SELECT state FROM sync_rules WHERE version = $1 FOR UPDATE")?;
-            match query(tx, &state, &[&v])?.first().map(|r| r.get::<_, String>(0)).as_deref() {
+            match query(tx, &state, &[&v])?
+                .first()
+                .map(|r| r.get::<_, String>(0))
+                .as_deref()
+            {
                 None => return Err(StorageError::UnknownVersion(version)),
                 Some("active") => return Err(StorageError::VersionActive(version)),
                 Some(_) => {}
@@ -1534,7 +1554,8 @@ impl BucketStorage for PostgresStorage {
                 .first()
                 .map(|r| r.get(0))
                 .ok_or(StorageError::UnknownVersion(version))?;
-            let ids = conn.statement("SELECT id FROM buckets WHERE version = $1 ORDER BY name COLLATE \"C\"")?;
+            let ids =
+                conn.statement("SELECT id FROM buckets WHERE version = $1 ORDER BY name COLLATE \"C\"")?;
             let buckets: Vec<i64> = query(&conn.client, &ids, &[&v])?
                 .into_iter()
                 .map(|r| r.get(0))
@@ -1637,7 +1658,11 @@ fn compact_bucket(
     if cleared > 0 {
         // Checksums are unchanged by construction; the count drops.
         let update = cache.statement(tx, "UPDATE buckets SET count = count - $2 WHERE id = $1")?;
-        execute(tx, &update, &[&bucket, &i64::try_from(cleared).unwrap_or(i64::MAX)])?;
+        execute(
+            tx,
+            &update,
+            &[&bucket, &i64::try_from(cleared).unwrap_or(i64::MAX)],
+        )?;
     }
     Ok((moved, cleared))
 }

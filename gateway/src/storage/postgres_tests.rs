@@ -44,7 +44,10 @@ impl Place {
     /// A new schema in the suite's database.
     pub fn new() -> Place {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        Place::in_database(suite_database(), &format!("s{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+        Place::in_database(
+            suite_database(),
+            &format!("s{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        )
     }
 
     pub fn in_database(database: &TestDatabase, schema: &str) -> Place {
@@ -70,7 +73,9 @@ impl Place {
             .unwrap();
         let (url, schema) = (self.url.clone(), self.config.schema.clone());
         runtime.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(connection);
             client
                 .batch_execute(&format!("SET search_path = {schema}; {sql}"))
@@ -86,7 +91,9 @@ impl Place {
             .unwrap();
         let (url, schema) = (self.url.clone(), self.config.schema.clone());
         let rows = runtime.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(connection);
             client
                 .batch_execute(&format!("SET search_path = {schema}"))
@@ -164,7 +171,10 @@ fn the_source_database_is_refused_as_storage() {
     // Storage in the source's own database (another schema does not help): refused.
     let same = PostgresStorage::open(&storage_config(&source, "syncgate_storage")).unwrap();
     let refused = same.refuse_source_database(&source_config).unwrap_err();
-    assert!(matches!(refused, StorageError::SourceDatabase { .. }), "{refused}");
+    assert!(
+        matches!(refused, StorageError::SourceDatabase { .. }),
+        "{refused}"
+    );
     let message = refused.to_string();
     assert!(message.contains(source.name()), "{message}");
     assert!(message.contains("separate database"), "{message}");
@@ -182,12 +192,12 @@ fn a_deposed_writer_is_fenced_and_readers_carry_on() {
     // Another gateway takes over: the epoch moves.
     place.execute("UPDATE leader_epoch SET epoch = epoch + 1");
     let fenced = old.apply(version, &at(20, put("2", "a"))).unwrap_err();
-    assert!(matches!(fenced, StorageError::Fenced { held: 1, found: 2 }), "{fenced}");
+    assert!(
+        matches!(fenced, StorageError::Fenced { held: 1, found: 2 }),
+        "{fenced}"
+    );
     assert!(!fenced.is_retryable());
-    assert!(matches!(
-        old.activate(version),
-        Err(StorageError::Fenced { .. })
-    ));
+    assert!(matches!(old.activate(version), Err(StorageError::Fenced { .. })));
     // Nothing of the fenced commit is visible; reads still work.
     assert_eq!(old.latest_checkpoint(version).unwrap().unwrap().op_id, cp);
     // The new leader writes.
@@ -240,7 +250,9 @@ fn readers_are_not_blocked_by_a_transaction_holding_write_locks() {
     // Another session holds locks that block every write to the storage's tables, in an open
     // transaction: reads answer regardless (MVCC).
     let (client, _connection) = runtime.block_on(async move {
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
         let connection = tokio::spawn(connection);
         client
             .batch_execute(&format!(

@@ -678,30 +678,47 @@ fn a_batch_stores_what_single_transactions_store<S: TestStorage>(
     spread: u8,
 ) -> Result<(), TestCaseError> {
     let (one, batched) = (Fixture::<S>::new(), Fixture::<S>::new());
-    let txns: Vec<SourceTransaction> = txns.iter().enumerate().map(|(i, changes)| {
-        let changes = changes.iter().enumerate().map(|(j, c)| {
-            // Spread keys so that some rows repeat and most do not.
-            let mut c = to_row_change(c);
-            let k = u8::try_from(j % usize::from(spread)).unwrap();
-            c.row.key = format!("{}-{k}", c.row.key);
-            c
-        }).collect();
-        txn(10 * (u64::try_from(i).unwrap() + 1), changes)
-    }).collect();
+    let txns: Vec<SourceTransaction> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, changes)| {
+            let changes = changes
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    // Spread keys so that some rows repeat and most do not.
+                    let mut c = to_row_change(c);
+                    let k = u8::try_from(j % usize::from(spread)).unwrap();
+                    c.row.key = format!("{}-{k}", c.row.key);
+                    c
+                })
+                .collect();
+            txn(10 * (u64::try_from(i).unwrap() + 1), changes)
+        })
+        .collect();
     for t in &txns {
         one.storage.apply(one.version, t).unwrap();
     }
     batched.storage.apply_batch(batched.version, &txns).unwrap();
     // Op ids differ (each file seeds its own sequence); compare ops relative to the first.
     let relative = |f: &Fixture<S>, bucket: &str| -> Vec<RelativeOp> {
-        let base = f.storage.latest_checkpoint(f.version).unwrap().map_or(0, |c| c.op_id.get());
-        f.ops(bucket).iter().map(|o| (
-            base - o.entry.op_id.get(),
-            o.entry.op,
-            o.entry.object_id.clone(),
-            o.entry.data.clone(),
-            o.entry.checksum.as_u32(),
-        )).collect()
+        let base = f
+            .storage
+            .latest_checkpoint(f.version)
+            .unwrap()
+            .map_or(0, |c| c.op_id.get());
+        f.ops(bucket)
+            .iter()
+            .map(|o| {
+                (
+                    base - o.entry.op_id.get(),
+                    o.entry.op,
+                    o.entry.object_id.clone(),
+                    o.entry.data.clone(),
+                    o.entry.checksum.as_u32(),
+                )
+            })
+            .collect()
     };
     for bucket in BUCKETS {
         prop_assert_eq!(relative(&one, bucket), relative(&batched, bucket));
@@ -720,16 +737,27 @@ fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
     let mut checkpoints = Vec::new();
     for (i, changes) in txns.iter().enumerate() {
         let lsn = 10 * (u64::try_from(i).unwrap() + 1);
-        checkpoints.push(f.apply(txn(lsn, changes.iter().map(to_row_change).collect())).unwrap());
+        checkpoints.push(
+            f.apply(txn(lsn, changes.iter().map(to_row_change).collect()))
+                .unwrap(),
+        );
     }
     // First a partial compaction: checksums stay at every checkpoint at or above its limit.
     let limit = *cut.get(&checkpoints);
-    let at_or_above: Vec<_> = checkpoints.iter().filter(|c| **c >= limit).map(|c| {
-        (*c, BUCKETS.map(|bk| f.summary(*c, bk).checksum))
-    }).collect();
-    let untouched: Vec<_> = BUCKETS.iter().map(|bk| {
-        f.ops(bk).into_iter().filter(|o| o.entry.op_id > limit).collect::<Vec<_>>()
-    }).collect();
+    let at_or_above: Vec<_> = checkpoints
+        .iter()
+        .filter(|c| **c >= limit)
+        .map(|c| (*c, BUCKETS.map(|bk| f.summary(*c, bk).checksum)))
+        .collect();
+    let untouched: Vec<_> = BUCKETS
+        .iter()
+        .map(|bk| {
+            f.ops(bk)
+                .into_iter()
+                .filter(|o| o.entry.op_id > limit)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     f.storage.compact(f.version, limit).unwrap();
     for (c, sums) in &at_or_above {
         prop_assert_eq!(&BUCKETS.map(|bk| f.summary(*c, bk).checksum), sums);
@@ -739,7 +767,10 @@ fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
         prop_assert_eq!(&now, ops, "ops above the limit are not rewritten");
     }
     let cp = f.latest();
-    let before: Vec<_> = BUCKETS.iter().map(|bk| (f.summary(cp.op_id, bk), f.ops(bk))).collect();
+    let before: Vec<_> = BUCKETS
+        .iter()
+        .map(|bk| (f.summary(cp.op_id, bk), f.ops(bk)))
+        .collect();
     f.storage.compact(f.version, OpId::MAX).unwrap();
     for (bk, (summary, old_ops)) in BUCKETS.iter().zip(&before) {
         let ops = f.ops(bk);
@@ -747,7 +778,10 @@ fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
         prop_assert_eq!(after.checksum, summary.checksum);
         prop_assert_eq!(after.count, u64::try_from(ops.len()).unwrap());
         prop_assert!(ops.len() <= old_ops.len());
-        prop_assert_eq!(ops.iter().map(|o| o.entry.checksum).sum::<Checksum>(), summary.checksum);
+        prop_assert_eq!(
+            ops.iter().map(|o| o.entry.checksum).sum::<Checksum>(),
+            summary.checksum
+        );
         prop_assert_eq!(replay(&ops), replay(old_ops));
         let original: BTreeMap<OpId, &StoredOp> = old_ops.iter().map(|o| (o.entry.op_id, o)).collect();
         for op in &ops {
@@ -760,8 +794,10 @@ fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
             if op.entry.op == OpType::Move && matches!(was.op, OpType::Put | OpType::Remove) {
                 let target = &original[&op.target_op.unwrap()].entry;
                 prop_assert!(target.op_id > was.op_id);
-                prop_assert_eq!((&target.object_type, &target.object_id, &target.subkey),
-                    (&was.object_type, &was.object_id, &was.subkey));
+                prop_assert_eq!(
+                    (&target.object_type, &target.object_id, &target.subkey),
+                    (&was.object_type, &was.object_id, &was.subkey)
+                );
             }
         }
     }
@@ -773,14 +809,20 @@ fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
     for bk in BUCKETS {
         let ops = f.ops(bk);
         let summary = f.summary(cp.op_id, bk);
-        prop_assert_eq!(summary.checksum, ops.iter().map(|o| o.entry.checksum).sum::<Checksum>());
+        prop_assert_eq!(
+            summary.checksum,
+            ops.iter().map(|o| o.entry.checksum).sum::<Checksum>()
+        );
         prop_assert_eq!(summary.count, u64::try_from(ops.len()).unwrap());
     }
     // Compacting twice is stable.
     f.storage.compact(f.version, OpId::MAX).unwrap();
     f.storage.compact(f.version, OpId::MAX).unwrap();
     for bk in BUCKETS {
-        prop_assert_eq!(f.summary(cp.op_id, bk).checksum, f.ops(bk).iter().map(|o| o.entry.checksum).sum::<Checksum>());
+        prop_assert_eq!(
+            f.summary(cp.op_id, bk).checksum,
+            f.ops(bk).iter().map(|o| o.entry.checksum).sum::<Checksum>()
+        );
     }
     Ok(())
 }
@@ -1176,7 +1218,10 @@ fn deleting_a_version_removes_its_snapshot_and_replication_rows<S: TestStorage>(
     s.activate(v2).unwrap();
     s.delete_version(f.version).unwrap();
     let count = |table: &str| -> i64 {
-        f.rows(&format!("SELECT COUNT(*) FROM {table} WHERE version = {}", f.version))[0][0]
+        f.rows(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE version = {}",
+            f.version
+        ))[0][0]
     };
     for table in ["snapshot_progress", "source_state", "sync_rules", "buckets"] {
         assert_eq!(count(table), 0, "{table}");
