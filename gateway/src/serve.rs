@@ -153,12 +153,9 @@ pub async fn serve(
             let settings = settings.clone();
             let source_config = source.config.clone();
             let opened = tokio::task::spawn_blocking(move || {
-                let storage = PostgresStorage::open(&settings)?;
-                storage.refuse_source_database(&source_config)?;
-                Ok::<_, crate::storage::StorageError>(storage)
+                PostgresStorage::open_beside_source(&settings, &source_config)
             })
             .await??;
-            // The source's own database would replicate the storage's writes: refused above.
             ConfiguredStorage::Postgres(opened)
         }
     };

@@ -344,8 +344,9 @@ pub enum StorageError {
     Poisoned,
     #[error("could not start a storage thread: {0}")]
     Thread(std::io::Error),
+    // Not a `#[source]`: the message already carries the server's text, which a chain would repeat.
     #[error("bucket storage Postgres error: {}; if it persists, check the storage database", postgres_message(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     #[error(
         "cannot connect to the storage database {target}: {}; check storage.uri (host, port, user, password, database)",
         postgres_message(source)
@@ -370,6 +371,12 @@ pub enum StorageError {
          this gateway must stop writing"
     )]
     Fenced { held: i64, found: i64 },
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(error)
+    }
 }
 
 /// A Postgres error with the server's message, which `tokio_postgres::Error`'s own text leaves out.

@@ -314,6 +314,23 @@ impl PostgresStorage {
     /// Connects, creates the schema if missing and applies pending migrations (under an advisory lock,
     /// so gateways starting together migrate once).
     pub fn open(storage: &PostgresStorageConfig) -> Result<Self> {
+        Self::open_checked(storage, None)
+    }
+
+    /// Like [`open`](Self::open) for a gateway replicating `source`: refuses, before creating anything,
+    /// a storage in the source's own database (it would replicate its own writes, and the gateway never
+    /// writes the source). Compares server identity (`system_identifier`) and database name.
+    pub fn open_beside_source(
+        storage: &PostgresStorageConfig,
+        source: &tokio_postgres::Config,
+    ) -> Result<Self> {
+        Self::open_checked(storage, Some(source))
+    }
+
+    fn open_checked(
+        storage: &PostgresStorageConfig,
+        source: Option<&tokio_postgres::Config>,
+    ) -> Result<Self> {
         let config = storage.driver_config()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -331,6 +348,9 @@ impl PostgresStorage {
             epoch: 0,
         };
         let mut writer = this.connect()?;
+        if let Some(source) = source {
+            this.refuse_source_database(&mut writer, source)?;
+        }
         migrate(&mut writer, &storage.schema)?;
         let epoch = writer.statement("SELECT epoch FROM leader_epoch")?;
         this.epoch = query(&writer.client, &epoch, &[])?
@@ -400,32 +420,24 @@ impl PostgresStorage {
         self.bucket_ids.lock().map_err(|_| StorageError::Poisoned)
     }
 
-    /// Refuses to run when this storage is in the replication source's own database: the storage would
-    /// replicate its own writes. Compares server identity (`system_identifier`) and database name.
-    pub fn refuse_source_database(&self, source: &tokio_postgres::Config) -> Result<()> {
-        const IDENTITY: &str =
-            "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database()";
-        let storage_identity = {
-            let mut writer = self.writer()?;
-            let statement = writer.conn().statement(IDENTITY)?;
-            let row = query(&writer.conn().client, &statement, &[])?;
-            (row[0].get::<_, String>(0), row[0].get::<_, String>(1))
-        };
+    /// Fails with [`StorageError::SourceDatabase`] when `conn` is connected to the `source` database.
+    fn refuse_source_database(&self, conn: &mut PgConn, source: &tokio_postgres::Config) -> Result<()> {
+        let storage = ServerIdentity::read_blocking(&conn.client)?;
         let source = source.clone();
         let fetch = self.runtime.handle().spawn(async move {
             let (client, connection) = source.connect(NoTls).await?;
             let driver = tokio::spawn(connection);
-            let row = client.query_one(IDENTITY, &[]).await;
+            let identity = ServerIdentity::read(&client).await;
             drop(client);
             let _ = driver.await;
-            row.map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            identity
         });
-        let source_identity = block_on(fetch)
+        let source = block_on(fetch)
             .map_err(|e| StorageError::Configuration(format!("source identity task failed: {e}")))??;
-        if storage_identity == source_identity {
+        if storage.same_database_as(&source) {
             return Err(StorageError::SourceDatabase {
-                database: source_identity.1,
-                system_identifier: source_identity.0,
+                database: source.database,
+                system_identifier: source.system_identifier.unwrap_or(source.started_and_port),
             });
         }
         Ok(())
@@ -444,6 +456,48 @@ impl PostgresStorage {
             let statement = conn.statement("SELECT epoch FROM leader_epoch")?;
             Ok(query(&conn.client, &statement, &[])?[0].get(0))
         })
+    }
+}
+
+/// Which server and database a connection reaches.
+struct ServerIdentity {
+    /// `pg_control_system()`'s identifier; `None` when the role may not call it (it needs no
+    /// superuser by default, but an administrator may revoke it).
+    system_identifier: Option<String>,
+    /// The fallback identity: postmaster start time and port.
+    started_and_port: String,
+    database: String,
+}
+
+impl ServerIdentity {
+    // The CASE keeps the call out when not allowed (an uncalled subquery is never run).
+    const QUERY: &str = "SELECT
+           CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+             THEN (SELECT system_identifier FROM pg_control_system())::text END,
+           pg_postmaster_start_time()::text || ' port ' || current_setting('port'),
+           current_database()";
+
+    async fn read(client: &Client) -> std::result::Result<ServerIdentity, tokio_postgres::Error> {
+        let row = client.query_one(Self::QUERY, &[]).await?;
+        Ok(ServerIdentity {
+            system_identifier: row.get(0),
+            started_and_port: row.get(1),
+            database: row.get(2),
+        })
+    }
+
+    fn read_blocking(client: &Client) -> Result<ServerIdentity> {
+        Ok(block_on(Self::read(client))?)
+    }
+
+    /// Same server (by identifier when both sides could read it, else by start time and port) and
+    /// same database.
+    fn same_database_as(&self, other: &ServerIdentity) -> bool {
+        let same_server = match (&self.system_identifier, &other.system_identifier) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.started_and_port == other.started_and_port,
+        };
+        same_server && self.database == other.database
     }
 }
 

@@ -168,9 +168,11 @@ fn a_newer_format_is_refused() {
 fn the_source_database_is_refused_as_storage() {
     let source = shared_cluster().create_database().unwrap();
     let source_config: tokio_postgres::Config = source.url().parse().unwrap();
-    // Storage in the source's own database (another schema does not help): refused.
-    let same = PostgresStorage::open(&storage_config(&source, "syncgate_storage")).unwrap();
-    let refused = same.refuse_source_database(&source_config).unwrap_err();
+    // Storage in the source's own database (another schema does not help): refused before anything
+    // is created there.
+    let refused =
+        PostgresStorage::open_beside_source(&storage_config(&source, "syncgate_storage"), &source_config)
+            .unwrap_err();
     assert!(
         matches!(refused, StorageError::SourceDatabase { .. }),
         "{refused}"
@@ -178,9 +180,12 @@ fn the_source_database_is_refused_as_storage() {
     let message = refused.to_string();
     assert!(message.contains(source.name()), "{message}");
     assert!(message.contains("separate database"), "{message}");
+    let schemas = source
+        .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'syncgate_storage'")
+        .unwrap();
+    assert_eq!(schemas.trim(), "0", "nothing written to the source");
     // Another database on the same server is fine.
-    let other = PostgresStorage::open(&Place::new().config).unwrap();
-    other.refuse_source_database(&source_config).unwrap();
+    PostgresStorage::open_beside_source(&Place::new().config, &source_config).unwrap();
 }
 
 #[test]

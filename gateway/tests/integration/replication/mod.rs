@@ -166,6 +166,30 @@ async fn on_postgres_storage_snapshot_and_streaming_equal_the_rules_applied() {
     snapshot_and_streaming(&harness::postgres_storage(&storage), "sg_e2e_pg_").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_the_source_database_as_postgres_storage() {
+    let db = shared_cluster().create_database().expect("database");
+    setup(&db);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = db.url_without_session_options();
+    let config = harness::write_config_with_storage(
+        dir.path(),
+        &uri,
+        RULES,
+        "sg_self_",
+        &harness::postgres_storage(&db),
+    );
+    let error = Gateway::start(&config, fast_options()).expect_error().await;
+    assert!(
+        error.contains(&format!(
+            "the storage database is the replication source database `{}`",
+            db.name()
+        )),
+        "{error}"
+    );
+    assert!(error.contains("point storage.uri at another database"), "{error}");
+}
+
 /// The initial snapshot and a streamed workload (TOAST, key changes, deletes) replicated into `storage`
 /// (a config `storage` section) equal the rules applied to the final database.
 async fn snapshot_and_streaming(storage: &str, prefix: &str) {
