@@ -106,6 +106,11 @@ const STORAGES: [&str; 2] = ["sqlite", "postgres"];
 type Home = Box<dyn std::any::Any>;
 
 fn open(kind: &str) -> (Home, Box<dyn BucketStorage>) {
+    // `RUST_LOG=syncgate=debug` shows where each Postgres storage commit spends its time.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     match kind {
         "sqlite" => {
             let dir = tempfile::tempdir().unwrap();

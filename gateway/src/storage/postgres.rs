@@ -106,6 +106,9 @@ const MIGRATIONS: &[&str] = &[r"
         ops bytea NOT NULL,
         PRIMARY KEY (bucket_id, last_op)
     );
+    -- Segments are written once and read whole: compressing them (pglz) cost the writer more than
+    -- the space it saves. Large ones still go out of line.
+    ALTER TABLE op_segments ALTER COLUMN ops SET STORAGE EXTERNAL;
 
     -- Per source row: its packed placements and the replicator's copy of the row.
     CREATE TABLE source_state (
@@ -863,6 +866,7 @@ impl PostgresStorage {
                 lsn_sql(txn.commit_lsn)?;
             }
         }
+        let started = std::time::Instant::now();
         let mut guard = self.writer()?;
         let conn = guard.conn();
         let s = WriterStatements::prepare(conn)?;
@@ -877,6 +881,7 @@ impl PostgresStorage {
         let head = query(&tx, &s.head, &[&v])?;
         let head = head.first().ok_or(StorageError::UnknownVersion(version))?;
         let (last_op, mut last_lsn): (i64, Option<i64>) = (head.get(0), head.get(1));
+        let head_last_op = last_op;
         let next_op: i64 = head.get(2);
 
         // The changes this transaction applies, in order, with their LSN and precomputed digests.
@@ -951,6 +956,7 @@ impl PostgresStorage {
         for (lsn, _) in next_checkpoint {
             recorded.push((*lsn, batch.last_op));
         }
+        let computed = started.elapsed();
         write_batch(&tx, &s, &batch)?;
         let (lsns, op_ids): (Vec<i64>, Vec<i64>) = recorded.iter().copied().unzip();
         let checkpoint_lsn = lsns.last().copied();
@@ -980,8 +986,19 @@ impl PostgresStorage {
             )?;
         }
         let last_op = batch.last_op;
+        let (rows, buckets) = (batch.rows.len(), batch.buckets.len());
         drop(batch);
+        let written = started.elapsed();
         block_on(tx.commit())?;
+        tracing::debug!(
+            rows,
+            buckets,
+            ops = last_op - head_last_op,
+            read_and_computed = ?computed,
+            written = ?written - computed,
+            committed = ?started.elapsed() - written,
+            "postgres storage commit"
+        );
         if known.len() + resolved.len() > 1 << 20 {
             known.clear();
         }
