@@ -303,3 +303,52 @@ fn storage_writes_commit_synchronously_and_sslmodes_needing_tls_are_refused() {
         Err(StorageError::Configuration(_))
     ));
 }
+
+/// Serialization failures are retryable, other server errors are not (real errors from the server).
+#[test]
+fn serialization_failures_are_retryable_and_other_errors_are_not() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = suite_database().url();
+    let (conflict, syntax) = runtime.block_on(async move {
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+        };
+        let (first, second) = (connect().await, connect().await);
+        first
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS retry_probe (id int PRIMARY KEY, n int);
+                            INSERT INTO retry_probe VALUES (1, 0) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .unwrap();
+        // Both read the row in REPEATABLE READ; the second update after the first commits conflicts.
+        for client in [&first, &second] {
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT n FROM retry_probe")
+                .await
+                .unwrap();
+        }
+        first
+            .batch_execute("UPDATE retry_probe SET n = n + 1 WHERE id = 1; COMMIT")
+            .await
+            .unwrap();
+        let conflict = second
+            .execute("UPDATE retry_probe SET n = n + 1 WHERE id = 1", &[])
+            .await
+            .unwrap_err();
+        let syntax = first.execute("SELEC 1", &[]).await.unwrap_err();
+        (conflict, syntax)
+    });
+    let conflict = StorageError::from(conflict);
+    assert!(conflict.is_retryable(), "{conflict}");
+    assert!(conflict.to_string().contains("40001"), "{conflict}");
+    let syntax = StorageError::from(syntax);
+    assert!(!syntax.is_retryable(), "{syntax}");
+}
