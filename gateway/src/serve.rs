@@ -153,7 +153,10 @@ pub async fn serve(
             let settings = settings.clone();
             let source_config = source.config.clone();
             let opened = tokio::task::spawn_blocking(move || {
-                PostgresStorage::open_beside_source(&settings, &source_config)
+                let storage = PostgresStorage::open_beside_source(&settings, &source_config)?;
+                // As the SQLite lock file: one replicating gateway per storage until leases exist.
+                storage.claim_single_writer()?;
+                Ok::<_, crate::storage::StorageError>(storage)
             })
             .await??;
             ConfiguredStorage::Postgres(opened)

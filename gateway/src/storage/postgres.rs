@@ -302,6 +302,9 @@ pub struct PostgresStorage {
     bucket_ids: Mutex<HashMap<i64, HashMap<String, i64>>>,
     /// The writer epoch read at open: writer commits fail once it moved (module docs: fencing).
     epoch: i64,
+    /// Set by [`PostgresStorage::claim_single_writer`]: the writer connection holds the storage's
+    /// advisory lock, re-taken whenever the connection is re-opened.
+    single_writer: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -349,6 +352,7 @@ impl PostgresStorage {
             readers: Mutex::new(Vec::new()),
             bucket_ids: Mutex::new(HashMap::new()),
             epoch: 0,
+            single_writer: std::sync::atomic::AtomicBool::new(false),
         };
         let mut writer = this.connect()?;
         if let Some(source) = source {
@@ -392,14 +396,30 @@ impl PostgresStorage {
     fn writer(&self) -> Result<WriterGuard<'_>> {
         let mut guard = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *guard = Some(self.connect()?);
+            let conn = self.connect()?;
+            // A session lock dies with its connection: take it again before writing on the new one.
+            if self.single_writer.load(std::sync::atomic::Ordering::Acquire) {
+                take_writer_lock(&conn)?;
+            }
+            *guard = Some(conn);
         }
         Ok(WriterGuard(guard))
     }
 
-    /// Runs `f` on a pooled reader connection and returns it to the pool. A pooled connection found
-    /// dead (the server restarted, an idle timeout) is replaced and `f` runs again: a read can always
-    /// be repeated.
+    /// Makes this process the storage's only writer until it ends, as the lock file does for SQLite:
+    /// a second `serve` on the same storage (database and schema) fails with
+    /// [`StorageError::InUse`] instead of replicating beside the first. (The leader lease of a later
+    /// increment replaces this with a lock that several gateways take turns on.)
+    pub fn claim_single_writer(&self) -> Result<()> {
+        self.single_writer
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut writer = self.writer()?;
+        take_writer_lock(writer.conn())
+    }
+
+    /// Runs `f` on a pooled reader connection and returns it to the pool. After a retryable failure on
+    /// a pooled connection (found dead: the server restarted, an idle timeout) `f` runs again on a new
+    /// one: a read can always be repeated.
     fn read<T>(&self, f: impl Fn(&mut PgConn) -> Result<T>) -> Result<T> {
         let pooled = self.readers.lock().map_err(|_| StorageError::Poisoned)?.pop();
         let (mut conn, was_pooled) = match pooled {
@@ -407,7 +427,7 @@ impl PostgresStorage {
             _ => (self.connect()?, false),
         };
         let mut result = f(&mut conn);
-        if was_pooled && conn.client.is_closed() && result.is_err() {
+        if was_pooled && result.as_ref().is_err_and(StorageError::is_retryable) {
             conn = self.connect()?;
             result = f(&mut conn);
         }
@@ -511,7 +531,48 @@ impl WriterGuard<'_> {
     fn conn(&mut self) -> &mut PgConn {
         self.0.as_mut().expect("connected by PostgresStorage::writer")
     }
+
+    /// Drops the connection after a retryable failure, so the retry runs on a fresh one: the
+    /// driver may not have noticed yet that the server ended the session.
+    fn discard_after<T>(&mut self, result: &Result<T>) {
+        if result.as_ref().is_err_and(StorageError::is_retryable) {
+            *self.0 = None;
+        }
+    }
 }
+
+/// Takes the session-level advisory lock of the storage's schema on `conn`, or fails with `InUse`.
+/// Waits up to [`WRITER_LOCK_WAIT`] on the server: a gateway restarted right after being killed finds
+/// its predecessor's session still ending.
+fn take_writer_lock(conn: &PgConn) -> Result<()> {
+    let client = &conn.client;
+    block_on(client.batch_execute(&format!(
+        "SET lock_timeout = '{}ms'",
+        WRITER_LOCK_WAIT.as_millis()
+    )))?;
+    // Keyed by schema: storages in other schemas of the same database are independent.
+    let taken = block_on(client.execute(
+        "SELECT pg_advisory_lock($1::int, hashtext(current_schema()))",
+        &[&WRITER_LOCK_CLASS],
+    ));
+    block_on(client.batch_execute("RESET lock_timeout"))?;
+    match taken {
+        Ok(_) => Ok(()),
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            let schema: String = block_on(client.query_one("SELECT current_schema()::text", &[]))?.get(0);
+            Err(StorageError::InUse {
+                storage: format!("schema {schema}"),
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// How long a starting gateway waits for the writer lock.
+const WRITER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// First key of the writer lock (`pg_try_advisory_lock(int, int)`), "sgwr" in ASCII.
+const WRITER_LOCK_CLASS: i32 = 0x7367_7772;
 
 /// Creates the schema and applies pending migrations, once across concurrently starting gateways.
 fn migrate(conn: &mut PgConn, schema: &str) -> Result<()> {
@@ -859,15 +920,27 @@ enum Work<'a> {
 impl PostgresStorage {
     /// One storage transaction for `work`; returns the latest checkpoint it recorded.
     fn write(&self, version: RulesVersion, work: Work<'_>) -> Result<Option<Checkpoint>> {
-        let v = version_sql(version)?;
+        version_sql(version)?;
         // LSNs are checked before anything is written, so an out-of-range one fails the whole batch.
         if let Work::Transactions(txns) = work {
             for txn in txns {
                 lsn_sql(txn.commit_lsn)?;
             }
         }
-        let started = std::time::Instant::now();
         let mut guard = self.writer()?;
+        let result = self.write_on(&mut guard, version, work);
+        guard.discard_after(&result);
+        result
+    }
+
+    fn write_on(
+        &self,
+        guard: &mut WriterGuard<'_>,
+        version: RulesVersion,
+        work: Work<'_>,
+    ) -> Result<Option<Checkpoint>> {
+        let v = version_sql(version)?;
+        let started = std::time::Instant::now();
         let conn = guard.conn();
         let s = WriterStatements::prepare(conn)?;
         let mut cache = self.bucket_cache()?;
@@ -1671,6 +1744,7 @@ impl PostgresStorage {
         // Statements prepared in `f` stay cached (preparing needs the client, held by the transaction).
         let prepared = cache.0;
         conn.statements = prepared;
+        guard.discard_after(&result);
         result
     }
 }

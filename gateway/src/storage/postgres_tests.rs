@@ -352,3 +352,20 @@ fn serialization_failures_are_retryable_and_other_errors_are_not() {
     let syntax = StorageError::from(syntax);
     assert!(!syntax.is_retryable(), "{syntax}");
 }
+
+#[test]
+fn a_second_single_writer_on_the_same_storage_is_refused() {
+    let place = Place::new();
+    let first = PostgresStorage::open(&place.config).unwrap();
+    first.claim_single_writer().unwrap();
+    let second = PostgresStorage::open(&place.config).unwrap();
+    let refused = second.claim_single_writer().unwrap_err();
+    assert!(matches!(refused, StorageError::InUse { .. }), "{refused}");
+    assert!(refused.to_string().contains(&place.config.schema), "{refused}");
+    // Readers and other schemas are unaffected.
+    assert!(second.versions().unwrap().is_empty());
+    PostgresStorage::open(&Place::new().config)
+        .unwrap()
+        .claim_single_writer()
+        .unwrap();
+}
