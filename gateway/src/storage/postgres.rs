@@ -720,7 +720,7 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn append(&mut self, bucket_id: i64, op: &OpRef<'_>) -> Result<()> {
+    fn append(&mut self, bucket_id: i64, op: &OpRef<'_>) {
         let op_id = op.op_id;
         let delta = self.buckets.entry(bucket_id).or_insert_with(|| BucketDelta {
             checksum: Checksum::ZERO,
@@ -735,7 +735,6 @@ impl<'a> Batch<'a> {
         delta.checksum += op.checksum;
         delta.count += 1;
         delta.last_op = op_id;
-        Ok(())
     }
 
     fn next_op_id(&mut self) -> Result<i64> {
@@ -829,7 +828,7 @@ impl<'a> Batch<'a> {
                     checksum: Checksum::of_remove(subkey.as_str()),
                     target_op: None,
                 },
-            )?;
+            );
         }
         let mut packed = Vec::with_capacity(old_packed.len().max(64));
         for (bucket_id, table, id, data, digest) in resolved {
@@ -855,7 +854,7 @@ impl<'a> Batch<'a> {
                         checksum: Checksum::from_put_digest(&digest),
                         target_op: None,
                     },
-                )?;
+                );
             }
             pack_placement(&mut packed, bucket_id, table, id, &hash)?;
         }
