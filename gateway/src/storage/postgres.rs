@@ -1012,21 +1012,19 @@ impl PostgresStorage {
         if probe {
             load_stored(&tx, &s, &mut batch, &changes)?;
         }
+        // Each source transaction's changes, then its checkpoint (a transaction without changes, a
+        // keepalive or marker, records the op id before it); a chunk has no checkpoints.
         let mut recorded: Vec<(i64, i64)> = Vec::with_capacity(checkpoints.len());
-        let mut next_checkpoint = checkpoints.iter().peekable();
-        for (i, (change, digests, lsn)) in changes.iter().enumerate() {
-            batch.change(change, digests, *lsn)?;
-            while let Some((lsn, end)) = next_checkpoint.peek() {
-                if *end != i + 1 {
-                    break;
-                }
-                recorded.push((*lsn, batch.last_op));
-                next_checkpoint.next();
+        let mut applied = 0;
+        for &(lsn, end) in &checkpoints {
+            for (change, digests, change_lsn) in &changes[applied..end] {
+                batch.change(change, digests, *change_lsn)?;
             }
+            applied = end;
+            recorded.push((lsn, batch.last_op));
         }
-        // Transactions without changes (keepalives, markers) at the start or end of the batch.
-        for (lsn, _) in next_checkpoint {
-            recorded.push((*lsn, batch.last_op));
+        for (change, digests, lsn) in &changes[applied..] {
+            batch.change(change, digests, *lsn)?;
         }
         let computed = started.elapsed();
         write_batch(&tx, &s, &batch)?;

@@ -861,6 +861,8 @@ fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns<S: TestSto
     let batch = [
         // Already applied: skipped.
         txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":9}"#)])]),
+        // A keepalive first in what the batch applies: its checkpoint keeps the op id before the batch.
+        txn(12, Vec::new()),
         txn(20, vec![set("1", vec![place("a", "t1", r#"{"v":2}"#)])]),
         // Not above the previous transaction of the same batch: skipped too.
         txn(15, vec![set("9", vec![place("a", "t9", "{}")])]),
@@ -896,6 +898,7 @@ fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns<S: TestSto
         checkpoints,
         [
             (10, first.as_i64()),
+            (12, first.as_i64()),
             (20, at20.as_i64()),
             (30, latest.op_id.as_i64()),
             (40, latest.op_id.as_i64())
