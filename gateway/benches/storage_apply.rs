@@ -1,8 +1,11 @@
-//! Bucket storage write throughput on a temp file (WAL, `synchronous=FULL`): streaming transactions of
-//! 1,000 row changes, one and ten per storage commit, and initial-snapshot chunks of 10,000 rows.
-//! Each row lands in 1–3 buckets with ~200 bytes of JSON; streaming mixes new rows and updates.
+//! Bucket storage write throughput, the same workload on both storages: SQLite on a temp file (WAL,
+//! `synchronous=FULL`) and Postgres in a throwaway local cluster (`synchronous_commit=on`): streaming
+//! transactions of 1,000 row changes, one and ten per storage commit, and initial-snapshot chunks of
+//! 10,000 rows. Each row lands in 1–3 buckets with ~200 bytes of JSON; streaming mixes new rows and
+//! updates.
 //!
-//! `cargo bench -p syncgate --bench storage_apply` (criterion's `thrpt` is row changes per second)
+//! `cargo bench -p syncgate --bench storage_apply` (criterion's `thrpt` is row changes per second;
+//! benchmark names start with the storage)
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,8 +13,8 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use syncgate::storage::{
-    BucketStorage, Lsn, Placement, RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction,
-    SqliteStorage, TableSnapshot,
+    BucketStorage, Lsn, Placement, PostgresStorage, PostgresStorageConfig, RowChange, RulesVersion,
+    SnapshotChunk, SourceRowKey, SourceTransaction, SqliteStorage, TableSnapshot,
 };
 use syncgate_protocol::BucketName;
 
@@ -96,9 +99,49 @@ impl Workload {
     }
 }
 
-fn setup() -> (tempfile::TempDir, SqliteStorage, Workload) {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = SqliteStorage::open(dir.path().join("bench.db")).unwrap();
+/// The storages compared.
+const STORAGES: [&str; 2] = ["sqlite", "postgres"];
+
+/// A storage's home (temp dir or database), kept alive as long as the storage.
+type Home = Box<dyn std::any::Any>;
+
+fn open(kind: &str) -> (Home, Box<dyn BucketStorage>) {
+    // `RUST_LOG=syncgate=debug` shows where each Postgres storage commit spends its time.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    match kind {
+        "sqlite" => {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = SqliteStorage::open(dir.path().join("bench.db")).unwrap();
+            (Box::new(dir), Box::new(storage))
+        }
+        _ => {
+            let database = syncgate_test_support::shared_cluster().create_database().unwrap();
+            let config = PostgresStorageConfig {
+                connection: syncgate::config::PostgresConnection {
+                    tag: "storage".into(),
+                    host: database.host().into(),
+                    port: database.port(),
+                    database: database.name().into(),
+                    user: database.user().into(),
+                    password: None,
+                    sslmode: syncgate::config::SslMode::Disable,
+                    publication: String::new(),
+                    slot_name_prefix: String::new(),
+                    decoder: Default::default(),
+                },
+                schema: syncgate::storage::DEFAULT_SCHEMA.into(),
+            };
+            let storage = PostgresStorage::open(&config).unwrap();
+            (Box::new(database), Box::new(storage))
+        }
+    }
+}
+
+fn setup(kind: &str) -> (Home, Box<dyn BucketStorage>, Workload) {
+    let (home, storage) = open(kind);
     let version = storage.create_version("bench").unwrap();
     let workload = Workload {
         version,
@@ -107,7 +150,7 @@ fn setup() -> (tempfile::TempDir, SqliteStorage, Workload) {
         seed: 0x9E37_79B9_7F4A_7C15,
         revision: 0,
     };
-    (dir, storage, workload)
+    (home, storage, workload)
 }
 
 fn streaming(c: &mut Criterion) {
@@ -115,8 +158,8 @@ fn streaming(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(8));
-    for per_commit in [1usize, 10] {
-        let (_dir, storage, mut workload) = setup();
+    for (kind, per_commit) in STORAGES.into_iter().flat_map(|k| [(k, 1usize), (k, 10)]) {
+        let (_home, storage, mut workload) = setup(kind);
         // Start from a populated storage, so updates and index depths are realistic.
         for _ in 0..20 {
             let batch: Vec<_> = (0..10).map(|_| workload.txn()).collect();
@@ -124,7 +167,7 @@ fn streaming(c: &mut Criterion) {
         }
         let version = workload.version;
         group.throughput(Throughput::Elements((TXN_ROWS * per_commit) as u64));
-        group.bench_function(format!("{per_commit} x 1000-row txns per commit"), |b| {
+        group.bench_function(format!("{kind}: {per_commit} x 1000-row txns per commit"), |b| {
             b.iter_batched(
                 || (0..per_commit).map(|_| workload.txn()).collect::<Vec<_>>(),
                 |batch| storage.apply_batch(version, &batch).unwrap(),
@@ -140,26 +183,28 @@ fn snapshot(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(2));
     group.measurement_time(Duration::from_secs(8));
-    let (_dir, storage, mut workload) = setup();
-    let version = workload.version;
-    group.throughput(Throughput::Elements(CHUNK_ROWS as u64));
-    group.bench_function("10000-row chunks", |b| {
-        b.iter_batched(
-            || workload.chunk(),
-            |chunk| {
-                let progress = TableSnapshot {
-                    table: "public.items".into(),
-                    resume_after: chunk.last().map(|c| c.row.key.clone()),
-                    done: false,
-                    lsn: Lsn(1),
-                };
-                storage
-                    .apply_snapshot_chunk(version, &SnapshotChunk::new(chunk), &progress)
-                    .unwrap()
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    for kind in STORAGES {
+        let (_home, storage, mut workload) = setup(kind);
+        let version = workload.version;
+        group.throughput(Throughput::Elements(CHUNK_ROWS as u64));
+        group.bench_function(format!("{kind}: 10000-row chunks"), |b| {
+            b.iter_batched(
+                || workload.chunk(),
+                |chunk| {
+                    let progress = TableSnapshot {
+                        table: "public.items".into(),
+                        resume_after: chunk.last().map(|c| c.row.key.clone()),
+                        done: false,
+                        lsn: Lsn(1),
+                    };
+                    storage
+                        .apply_snapshot_chunk(version, &SnapshotChunk::new(chunk), &progress)
+                        .unwrap()
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, StorageConfig};
+use crate::storage::{ConfiguredStorage, PostgresStorage};
 use crate::{auth, compact_cmd, config_cmd, inspect, rule_suite, rules_cmd, serve};
 
 #[derive(Parser)]
@@ -153,7 +154,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             };
             payload.insert("sub".into(), serde_json::Value::String(sub));
             let parameters = json_object("--parameters", &parameters)?;
-            let storage = inspect::open_existing(&storage_path(&config)?)?;
+            let storage = configured_storage(&config)?;
             let inspection = inspect::inspect(
                 &storage,
                 &serde_json::Value::Object(payload),
@@ -188,7 +189,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { config } => {
-            let storage = inspect::open_existing(&storage_path(&config)?)?;
+            let storage = configured_storage(&config)?;
             let (version, stats) = compact_cmd::compact_active(&storage)?;
             println!("{}", compact_cmd::summary(version, &stats));
             Ok(ExitCode::SUCCESS)
@@ -196,14 +197,17 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The storage file of a config; config warnings go to stderr so stdout stays machine-readable.
-fn storage_path(config: &std::path::Path) -> anyhow::Result<PathBuf> {
+/// The storage of a config (an existing SQLite file, or the Postgres storage); config warnings go to
+/// stderr so stdout stays machine-readable.
+fn configured_storage(config: &std::path::Path) -> anyhow::Result<ConfiguredStorage> {
     let loaded = Config::load(config)?;
     for warning in &loaded.warnings {
         eprintln!("{warning}");
     }
-    let StorageConfig::Sqlite { path } = loaded.config.storage;
-    Ok(path)
+    Ok(match loaded.config.storage {
+        StorageConfig::Sqlite { path } => ConfiguredStorage::Sqlite(inspect::open_existing(&path)?),
+        StorageConfig::Postgres(settings) => ConfiguredStorage::Postgres(PostgresStorage::open(&settings)?),
+    })
 }
 
 fn json_object(flag: &str, text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {

@@ -118,10 +118,12 @@ impl ReplicationConfig {
 }
 
 /// Where buckets are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StorageConfig {
     /// Embedded SQLite; `path` is absolute (resolved against the config file's directory).
     Sqlite { path: PathBuf },
+    /// A schema in a Postgres database (not the source database).
+    Postgres(crate::storage::PostgresStorageConfig),
 }
 
 /// Where the sync rules came from, and their text (not compiled here: the caller compiles).

@@ -34,14 +34,18 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("{rules_name}: {errors} error(s) in the sync rules");
         return Ok(ExitCode::FAILURE);
     }
-    let StorageConfig::Sqlite { path: storage } = &config.storage;
+    let storage = match &config.storage {
+        StorageConfig::Sqlite { path } => format!("sqlite {}", path.display()),
+        StorageConfig::Postgres(s) => {
+            format!("postgresql {} schema {}", s.connection.display_safe(), s.schema)
+        }
+    };
     let connection = config.replication.connection();
     writeln!(
         stdout,
-        "config ok: source {} (publication {}), storage sqlite {}, port {}, sync rules {rules_name}",
+        "config ok: source {} (publication {}), storage {storage}, port {}, sync rules {rules_name}",
         connection.display_safe(),
         connection.publication,
-        storage.display(),
         config.port,
     )?;
     Ok(ExitCode::SUCCESS)

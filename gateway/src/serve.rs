@@ -27,11 +27,13 @@ use crate::replicator::{
     VersionReplicator, slot_name,
 };
 use crate::source::{OutputPlugin, SourceRequirements, TableName, check_source};
-use crate::storage::{BucketStorage, Notifying, RulesVersion, SqliteStorage, VersionState};
+use crate::storage::{
+    BucketStorage, ConfiguredStorage, Notifying, PostgresStorage, RulesVersion, SqliteStorage, VersionState,
+};
 use crate::versioned_rules::{RulesCache, compile_version};
 
 /// The storage `serve` runs on: every commit wakes the sync sessions.
-pub type ServedStorage = Notifying<SqliteStorage>;
+pub type ServedStorage = Notifying<ConfiguredStorage>;
 
 /// How a process that runs the gateway inside itself (`syncgate rules test`) joins in: it binds the
 /// API's port itself (so it knows the port before the gateway starts, without a race for it) and
@@ -191,16 +193,33 @@ pub async fn serve_embedded(
     .context("the source database is not ready for syncgate")?;
     replicator_options.decoder = decoder?;
 
-    let StorageConfig::Sqlite { path: storage_path } = &config.storage;
-    // Held until serve returns: a second gateway on the same storage would fight over the same slots.
-    let _storage_lock = lock_storage(storage_path)?;
-    let storage: Arc<ServedStorage> = {
-        let path = storage_path.clone();
-        Arc::new(Notifying::new(
-            tokio::task::spawn_blocking(move || SqliteStorage::open(path)).await??,
-        ))
+    // Held until serve returns: a second gateway on the same SQLite file would fight over the same slots.
+    let mut _storage_lock = None;
+    let storage_display = match &config.storage {
+        StorageConfig::Sqlite { path } => path.display().to_string(),
+        StorageConfig::Postgres(s) => format!("{} schema {}", s.connection.display_safe(), s.schema),
     };
-    info!(storage = %storage_path.display(), source = %source.display, "syncgate starting");
+    let opened = match &config.storage {
+        StorageConfig::Sqlite { path } => {
+            _storage_lock = Some(lock_storage(path)?);
+            let path = path.clone();
+            ConfiguredStorage::Sqlite(tokio::task::spawn_blocking(move || SqliteStorage::open(path)).await??)
+        }
+        StorageConfig::Postgres(settings) => {
+            let settings = settings.clone();
+            let source_config = source.config.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                let storage = PostgresStorage::open_beside_source(&settings, &source_config)?;
+                // As the SQLite lock file: one replicating gateway per storage until leases exist.
+                storage.claim_single_writer()?;
+                Ok::<_, crate::storage::StorageError>(storage)
+            })
+            .await??;
+            ConfiguredStorage::Postgres(opened)
+        }
+    };
+    let storage: Arc<ServedStorage> = Arc::new(Notifying::new(opened));
+    info!(storage = %storage_display, source = %source.display, "syncgate starting");
 
     // The HTTP port is bound before replication starts, so a port in use fails fast and liveness
     // answers during a long initial snapshot.

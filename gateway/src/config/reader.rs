@@ -13,6 +13,16 @@ use super::{
     Loaded, PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig, SyncRulesConfig,
     SyncRulesSource, env,
 };
+use crate::storage::PostgresStorageConfig;
+
+/// A Postgres identifier that needs no quoting.
+fn is_schema_name(text: &str) -> bool {
+    text.len() <= 63
+        && text.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
 
 const TOP_KNOWN: &[&str] = &[
     "replication",
@@ -48,6 +58,10 @@ const CONNECTION_KNOWN: &[&str] = &[
     "publication_name",
     "slot_name_prefix",
     "decoder",
+];
+const STORAGE_KNOWN: &[&str] = &[
+    "type", "path", "uri", "hostname", "host", "port", "database", "username", "user", "password", "sslmode",
+    "schema",
 ];
 const CONNECTION_IGNORED: &[&str] = &[
     "id",
@@ -525,7 +539,18 @@ impl Reader<'_> {
                 }
             }
         }
-        // The URI first; discrete keys override its parts (as in PowerSync).
+        self.connection_keys(&map, path, &mut draft)?;
+        Ok(draft)
+    }
+
+    /// Reads the connection keys of `map` (a source connection or Postgres storage) into `draft`: the
+    /// URI first, then discrete keys, which override its parts (as in PowerSync).
+    fn connection_keys(
+        &mut self,
+        map: &Map<'_>,
+        path: &str,
+        draft: &mut ConnectionDraft,
+    ) -> Result<(), ConfigError> {
         if let Some(uri) = map.get("uri") {
             let text = self.string(uri, &map.key_path("uri"))?;
             let parts = parse_uri(&text).map_err(|e| self.err(uri.position, format!("`{path}.uri`: {e}")))?;
@@ -579,7 +604,7 @@ impl Reader<'_> {
                 )
             })?);
         }
-        Ok(draft)
+        Ok(())
     }
 
     fn finish_connection(
@@ -638,26 +663,46 @@ impl Reader<'_> {
     fn storage(&mut self, top: &Map<'_>, dir: &Path) -> Result<StorageConfig, ConfigError> {
         let mut path = dir.join(DEFAULT_STORAGE_PATH);
         if let Some(node) = top.get("storage") {
-            let map = self.mapping(node, "storage", &["type", "path"], &[])?;
-            if let Some(t) = map.get("type") {
-                let kind = self.string(t, "storage.type")?;
-                match kind.as_str() {
-                    "sqlite" => {}
-                    "postgresql" | "mongodb" => {
-                        return Err(self.err(
-                            t.position,
-                            format!(
-                                "storage type `{kind}` is not supported yet; use `type: sqlite` (embedded)"
-                            ),
-                        ));
-                    }
-                    _ => {
-                        return Err(self.err(
-                            t.position,
-                            format!("unknown storage type `{kind}`; use `type: sqlite`"),
-                        ));
+            let map = self.mapping(node, "storage", STORAGE_KNOWN, &[])?;
+            let postgres = match map.get("type") {
+                None => false,
+                Some(t) => {
+                    let kind = self.string(t, "storage.type")?;
+                    match kind.as_str() {
+                        "sqlite" => false,
+                        "postgresql" => true,
+                        "mongodb" => {
+                            return Err(self.err(
+                                t.position,
+                                "storage type `mongodb` is not supported; use `type: sqlite` (embedded) or \
+                                 `type: postgresql`",
+                            ));
+                        }
+                        _ => {
+                            return Err(self.err(
+                                t.position,
+                                format!(
+                                    "unknown storage type `{kind}`; use `type: sqlite` or `type: postgresql`"
+                                ),
+                            ));
+                        }
                     }
                 }
+            };
+            if postgres {
+                return self.postgres_storage(node, &map);
+            }
+            if let Some((key, value)) = STORAGE_KNOWN
+                .iter()
+                .filter(|k| !["type", "path"].contains(*k))
+                .find_map(|k| map.get(k).map(|v| (k, v)))
+            {
+                return Err(self.err(
+                    value.position,
+                    format!(
+                        "`storage.{key}` is a key of Postgres storage; add `type: postgresql` or remove it"
+                    ),
+                ));
             }
             if let Some(p) = map.get("path") {
                 path = dir.join(self.string(p, "storage.path")?);
@@ -667,6 +712,69 @@ impl Reader<'_> {
             path = std::path::absolute(&p).unwrap_or_else(|_| PathBuf::from(p));
         }
         Ok(StorageConfig::Sqlite { path })
+    }
+
+    /// `storage: {type: postgresql, uri: …}`: the same connection keys as the source, and `schema`.
+    fn postgres_storage(&mut self, node: &YamlNode, map: &Map<'_>) -> Result<StorageConfig, ConfigError> {
+        if let Some(p) = map.get("path") {
+            return Err(self.err(
+                p.position,
+                "`storage.path` is the SQLite file; Postgres storage takes `uri` (or host, database, ...)",
+            ));
+        }
+        let mut draft = ConnectionDraft {
+            position: Some(node.position),
+            ..ConnectionDraft::default()
+        };
+        self.connection_keys(map, "storage", &mut draft)?;
+        let missing = |what: &str, key: &str| {
+            self.err(
+                node.position,
+                format!(
+                    "`storage` has no {what}; set `{key}` or include it in `uri` \
+                     (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+                ),
+            )
+        };
+        let host = draft.host.clone().ok_or_else(|| missing("host", "hostname"))?;
+        let database = draft
+            .database
+            .clone()
+            .ok_or_else(|| missing("database name", "database"))?;
+        let user = draft.user.clone().ok_or_else(|| missing("user", "username"))?;
+        let schema = match map.get("schema") {
+            Some(v) => {
+                let schema = self.string(v, "storage.schema")?;
+                if !is_schema_name(&schema) {
+                    return Err(self.err(
+                        v.position,
+                        format!(
+                            "`storage.schema` `{schema}` must be lower-case letters, digits and `_` \
+                             (at most 63, not starting with a digit)"
+                        ),
+                    ));
+                }
+                schema
+            }
+            None => crate::storage::DEFAULT_SCHEMA.to_owned(),
+        };
+        Ok(StorageConfig::Postgres(PostgresStorageConfig {
+            connection: PostgresConnection {
+                tag: "storage".to_owned(),
+                host,
+                port: draft.port.unwrap_or(5432),
+                database,
+                user,
+                password: draft.password,
+                // As for the source: PowerSync's default.
+                sslmode: draft.sslmode.unwrap_or(SslMode::VerifyFull),
+                // Replication-only settings, unused for storage.
+                publication: String::new(),
+                slot_name_prefix: String::new(),
+                decoder: DecoderChoice::default(),
+            },
+            schema,
+        }))
     }
 
     fn sync_rules(&mut self, top: &Map<'_>, dir: &Path) -> Result<SyncRulesConfig, ConfigError> {

@@ -311,10 +311,10 @@ fn missing_rules_file() {
 #[test]
 fn unsupported_storage_and_source_types() {
     let f = Fixture::new();
-    let e = f.error(&format!("{MINIMAL}storage:\n  type: postgresql\n  uri: x\n"), &[]);
+    let e = f.error(&format!("{MINIMAL}storage:\n  type: mongodb\n"), &[]);
     assert_eq!(
         e,
-        "CONFIG:8:9: storage type `postgresql` is not supported yet; use `type: sqlite` (embedded)"
+        "CONFIG:8:9: storage type `mongodb` is not supported; use `type: sqlite` (embedded) or `type: postgresql`"
     );
     let e = f.error(&MINIMAL.replace("type: postgresql", "type: mongodb"), &[]);
     assert_eq!(
@@ -595,5 +595,85 @@ fn bad_decoder_is_an_error_at_its_position() {
              not `wal2json`"
         ),
         "{e}"
+    );
+}
+
+#[test]
+fn postgres_storage_reads_the_connection_keys_and_schema() {
+    let f = Fixture::new();
+    let c = f
+        .load(&format!(
+            "{MINIMAL}storage:\n  type: postgresql\n  uri: postgresql://st%40re:pw@store.local:6543/buckets?sslmode=disable\n"
+        ))
+        .unwrap()
+        .config;
+    let StorageConfig::Postgres(storage) = &c.storage else {
+        panic!("{:?}", c.storage)
+    };
+    let conn = &storage.connection;
+    assert_eq!(
+        (
+            conn.host.as_str(),
+            conn.port,
+            conn.database.as_str(),
+            conn.user.as_str()
+        ),
+        ("store.local", 6543, "buckets", "st@re")
+    );
+    assert_eq!(conn.password.as_ref().map(|p| p.expose().as_str()), Some("pw"));
+    assert_eq!(conn.sslmode, SslMode::Disable);
+    assert_eq!(storage.schema, crate::storage::DEFAULT_SCHEMA);
+    // Discrete keys override the URI's parts, as for the source; the schema is configurable.
+    let c = f
+        .load(&format!(
+            "{MINIMAL}storage:\n  type: postgresql\n  uri: postgresql://u@h/db\n  database: other\n  \
+             port: 7000\n  password: pw-hidden\n  sslmode: prefer\n  schema: tenant_1\n"
+        ))
+        .unwrap()
+        .config;
+    let StorageConfig::Postgres(storage) = &c.storage else {
+        panic!("{:?}", c.storage)
+    };
+    assert_eq!(
+        (storage.connection.database.as_str(), storage.connection.port),
+        ("other", 7000)
+    );
+    assert_eq!(storage.connection.sslmode, SslMode::Prefer);
+    assert_eq!(storage.schema, "tenant_1");
+    assert!(
+        !format!("{c:?}").contains("pw-hidden"),
+        "the password stays out of Debug"
+    );
+}
+
+#[test]
+fn postgres_storage_errors_point_at_the_key() {
+    let f = Fixture::new();
+    let storage = |body: &str| f.error(&format!("{MINIMAL}storage:\n{body}"), &[]);
+    assert_eq!(
+        storage("  type: postgresql\n  uri: mysql://x\n"),
+        "CONFIG:9:8: `storage.uri`: the URI must start with postgresql:// (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+    );
+    assert_eq!(
+        storage("  type: postgresql\n  hostname: h\n  username: u\n"),
+        "CONFIG:8:3: `storage` has no database name; set `database` or include it in `uri` \
+         (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+    );
+    assert_eq!(
+        storage("  type: postgresql\n  uri: postgresql://u@h/d\n  sslmode: sometimes\n"),
+        "CONFIG:10:12: `storage.sslmode` must be one of disable, allow, prefer, require, verify-ca, verify-full, not `sometimes`"
+    );
+    assert_eq!(
+        storage("  type: postgresql\n  uri: postgresql://u@h/d\n  schema: Public\n"),
+        "CONFIG:10:11: `storage.schema` `Public` must be lower-case letters, digits and `_` \
+         (at most 63, not starting with a digit)"
+    );
+    assert_eq!(
+        storage("  type: postgresql\n  uri: postgresql://u@h/d\n  path: x.sqlite\n"),
+        "CONFIG:10:9: `storage.path` is the SQLite file; Postgres storage takes `uri` (or host, database, ...)"
+    );
+    assert_eq!(
+        storage("  uri: postgresql://u@h/d\n"),
+        "CONFIG:8:8: `storage.uri` is a key of Postgres storage; add `type: postgresql` or remove it"
     );
 }

@@ -2,8 +2,9 @@
 //! lookup index, checkpoints, write checkpoints and sync-rules versions.
 //!
 //! [`BucketStorage`] is the seam between the replicator (one writer) and sync sessions (many readers).
-//! [`SqliteStorage`] implements it on one embedded SQLite file; a Postgres implementation for scale-out
-//! can satisfy the same trait later.
+//! [`SqliteStorage`] implements it on one embedded SQLite file, [`PostgresStorage`] in a schema of a
+//! Postgres database (the first step to several gateways sharing one storage); both keep the same
+//! invariants with the same observable behaviour, and one test suite runs against both.
 //!
 //! Invariants kept here (DESIGN.md):
 //! 1. **Op ids** come from one sequence for the storage's lifetime, shared by every bucket and every
@@ -22,9 +23,12 @@
 //!    so a session's separate reads agree without holding a read transaction across a network wait.
 
 mod notify;
+mod postgres;
 mod segment;
 mod sqlite;
 
+#[cfg(test)]
+mod postgres_tests;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +37,7 @@ use std::fmt;
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId, WriteCheckpointId};
 
 pub use notify::{Notifying, StorageEvents};
+pub use postgres::{DEFAULT_SCHEMA, PostgresStorage, PostgresStorageConfig};
 pub use sqlite::{SqliteStorage, version_ops};
 
 pub use syncgate_protocol::{Lsn, ParseLsnError};
@@ -337,15 +342,84 @@ pub enum StorageError {
     OpIdsExhausted(OpId),
     #[error("internal lock poisoned after a panic in another storage call; restart syncgate")]
     Poisoned,
-    #[error("could not start the storage's WAL checkpoint thread: {0}")]
+    #[error("could not start a storage thread: {0}")]
     Thread(std::io::Error),
+    // Not a `#[source]`: the message already carries the server's text, which a chain would repeat.
+    #[error("bucket storage Postgres error: {}; if it persists, check the storage database", postgres_message(.0))]
+    Postgres(tokio_postgres::Error),
+    #[error(
+        "cannot connect to the storage database {target}: {}; check storage.uri (host, port, user, password, database)",
+        postgres_message(source)
+    )]
+    PostgresConnect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Configuration(String),
+    #[error(
+        "the storage database is the replication source database `{database}` (server {system_identifier}); \
+         bucket storage must live in a separate database: point storage.uri at another database"
+    )]
+    SourceDatabase {
+        database: String,
+        system_identifier: String,
+    },
+    #[error(
+        "another syncgate serve is writing to the bucket storage ({storage}); stop it first, or give this one \
+         its own storage (another database or storage.schema)"
+    )]
+    InUse { storage: String },
+    #[error(
+        "another gateway took over the bucket storage (writer epoch {found}, this one holds {held}); \
+         this gateway must stop writing"
+    )]
+    Fenced { held: i64, found: i64 },
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(error)
+    }
+}
+
+/// A Postgres error with the server's message, which `tokio_postgres::Error`'s own text leaves out.
+fn postgres_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
 }
 
 impl StorageError {
-    /// Whether retrying the same call may succeed: the file was busy or locked by another connection
-    /// (another process writing, a long WAL checkpoint). Everything else needs an operator or a fix.
+    /// Whether retrying the same call may succeed: the SQLite file was busy or locked by another
+    /// connection (another process writing, a long WAL checkpoint), or the storage database's
+    /// connection was lost, a transaction hit a serialization failure or deadlock, or the server is
+    /// restarting. Everything else needs an operator or a fix.
     pub fn is_retryable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
         match self {
+            // The connection is re-opened on the next call.
+            StorageError::PostgresConnect { .. } => true,
+            StorageError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|code| {
+                        // Class 08: connection exceptions.
+                        code.code().starts_with("08")
+                            || [
+                                SqlState::T_R_SERIALIZATION_FAILURE,
+                                SqlState::T_R_DEADLOCK_DETECTED,
+                                SqlState::ADMIN_SHUTDOWN,
+                                SqlState::CRASH_SHUTDOWN,
+                                SqlState::CANNOT_CONNECT_NOW,
+                            ]
+                            .contains(code)
+                    })
+            }
             StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
@@ -485,5 +559,63 @@ pub trait BucketStorage: Send + Sync {
     /// PUT/REMOVE superseded by a later op of the same row becomes MOVE with `target_op` = the row's latest
     /// op; each bucket's leading run of REMOVE/MOVE/CLEAR becomes one CLEAR at the run's largest op id with
     /// the run's checksum sum and largest `target_op`.
+    fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats>;
+}
+
+/// The storage a config selects: `serve`, `inspect` and `compact` run on either.
+#[derive(Debug)]
+// One value per process: the size gap between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ConfiguredStorage {
+    Sqlite(SqliteStorage),
+    Postgres(PostgresStorage),
+}
+
+impl fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Forwards every trait method to the selected storage.
+macro_rules! forward {
+    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        impl BucketStorage for ConfiguredStorage {
+            $(
+                fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        ConfiguredStorage::Sqlite(s) => s.$name($($arg),*),
+                        ConfiguredStorage::Postgres(s) => s.$name($($arg),*),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+forward! {
+    fn apply(&self, version: RulesVersion, txn: &SourceTransaction) -> Result<Option<OpId>>;
+    fn apply_batch(&self, version: RulesVersion, txns: &[SourceTransaction]) -> Result<Option<Checkpoint>>;
+    fn apply_snapshot_chunk(&self, version: RulesVersion, chunk: &SnapshotChunk, progress: &TableSnapshot) -> Result<()>;
+    fn snapshot_progress(&self, version: RulesVersion) -> Result<Vec<TableSnapshot>>;
+    fn replication_state(&self, version: RulesVersion) -> Result<ReplicationState>;
+    fn set_replication_state(&self, version: RulesVersion, state: &ReplicationState) -> Result<()>;
+    fn source_row(&self, version: RulesVersion, row: &SourceRowKey) -> Result<Option<String>>;
+    fn source_row_keys(&self, version: RulesVersion, table: &str) -> Result<Vec<String>>;
+    fn versions(&self) -> Result<Vec<SyncRulesVersion>>;
+    fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>>;
+    fn bucket_checksums(&self, version: RulesVersion, checkpoint: OpId, buckets: &[BucketName]) -> Result<Vec<BucketSummary>>;
+    fn changed_buckets(&self, version: RulesVersion, after: OpId) -> Result<Vec<BucketName>>;
+    fn ops(&self, version: RulesVersion, bucket: &BucketName, after: OpId, up_to: OpId, limit: usize) -> Result<Vec<StoredOp>>;
+    fn lookup(&self, version: RulesVersion, checkpoint: &Checkpoint, keys: &[String]) -> Result<Vec<Vec<String>>>;
+    fn create_write_checkpoint(&self, user: &UserId, client_id: Option<&ClientId>, lsn: Lsn) -> Result<WriteCheckpointId>;
+    fn request_write_checkpoint(&self, user: &UserId, client_id: Option<&ClientId>, requested: WriteCheckpointId, lsn: Lsn) -> Result<WriteCheckpointId>;
+    fn write_checkpoint_for(&self, user: &UserId, client_id: Option<&ClientId>, up_to: Lsn) -> Result<Option<WriteCheckpointId>>;
+    fn create_version(&self, rules: &str) -> Result<RulesVersion>;
+    fn active_version(&self) -> Result<Option<SyncRulesVersion>>;
+    fn activate(&self, version: RulesVersion) -> Result<()>;
+    fn delete_version(&self, version: RulesVersion) -> Result<()>;
     fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats>;
 }

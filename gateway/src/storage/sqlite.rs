@@ -694,7 +694,7 @@ fn insert_segment(conn: &Connection, bucket_id: i64, segment: &SegmentBuilder) -
 
 /// Bytes of a placement's data hash: 128 bits of a SHA-256 over the data, so "same hash" means "same
 /// data" even for data chosen to collide (a 32-bit op checksum would not do).
-const HASH_LEN: usize = 16;
+pub(super) const HASH_LEN: usize = 16;
 
 /// Format 3's placement hash: of the data alone (only its migration still computes it).
 fn data_hash(data: &str) -> [u8; HASH_LEN] {
@@ -707,7 +707,7 @@ fn data_hash(data: &str) -> [u8; HASH_LEN] {
 
 /// Format 4's placement hash: the first 128 bits of the PUT checksum's digest. The placement key already
 /// fixes object type and id, so for one placement equal digests mean equal data.
-fn put_hash(digest: &[u8; 32]) -> [u8; HASH_LEN] {
+pub(super) fn put_hash(digest: &[u8; 32]) -> [u8; HASH_LEN] {
     let mut hash = [0; HASH_LEN];
     hash.copy_from_slice(&digest[..HASH_LEN]);
     hash
@@ -717,14 +717,14 @@ fn put_hash(digest: &[u8; 32]) -> [u8; HASH_LEN] {
 /// then object type and object id, each as a u32 LE length and UTF-8 bytes. Entries are in the order
 /// (bucket name, object type, object id), the order their ops were written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PackedPlacement<'a> {
-    bucket_id: i64,
-    hash: [u8; HASH_LEN],
-    object_type: &'a str,
-    object_id: &'a str,
+pub(super) struct PackedPlacement<'a> {
+    pub bucket_id: i64,
+    pub hash: [u8; HASH_LEN],
+    pub object_type: &'a str,
+    pub object_id: &'a str,
 }
 
-fn pack_placement(
+pub(super) fn pack_placement(
     out: &mut Vec<u8>,
     bucket_id: i64,
     object_type: &str,
@@ -744,7 +744,7 @@ fn pack_placement(
     Ok(())
 }
 
-fn unpack_placements(mut packed: &[u8]) -> Result<Vec<PackedPlacement<'_>>> {
+pub(super) fn unpack_placements(mut packed: &[u8]) -> Result<Vec<PackedPlacement<'_>>> {
     fn take<'a>(packed: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
         if packed.len() < n {
             return Err(corrupt(
@@ -805,36 +805,36 @@ fn meta_next(conn: &Connection, key: &'static str) -> Result<i64> {
     Ok(value)
 }
 
-fn to_i64(what: &'static str, value: u64) -> Result<i64> {
+pub(super) fn to_i64(what: &'static str, value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| StorageError::OutOfRange { what, value })
 }
 
-fn lsn_sql(lsn: Lsn) -> Result<i64> {
+pub(super) fn lsn_sql(lsn: Lsn) -> Result<i64> {
     to_i64("LSN", lsn.0)
 }
 
-fn lsn_from(value: i64) -> Result<Lsn> {
+pub(super) fn lsn_from(value: i64) -> Result<Lsn> {
     u64::try_from(value).map(Lsn).map_err(|_| corrupt("LSN", value))
 }
 
-fn op_from(value: i64) -> Result<OpId> {
+pub(super) fn op_from(value: i64) -> Result<OpId> {
     OpId::from_i64(value).ok_or_else(|| corrupt("op id", value))
 }
 
-fn corrupt(what: &'static str, value: impl ToString) -> StorageError {
+pub(super) fn corrupt(what: &'static str, value: impl ToString) -> StorageError {
     StorageError::Corrupt {
         what,
         value: value.to_string(),
     }
 }
 
-fn checksum_from(value: i64) -> Result<Checksum> {
+pub(super) fn checksum_from(value: i64) -> Result<Checksum> {
     u32::try_from(value)
         .map(Checksum::from_u32)
         .map_err(|_| corrupt("checksum", value))
 }
 
-fn op_type_from(text: &str) -> Result<OpType> {
+pub(super) fn op_type_from(text: &str) -> Result<OpType> {
     match text {
         "PUT" => Ok(OpType::Put),
         "REMOVE" => Ok(OpType::Remove),
@@ -844,11 +844,11 @@ fn op_type_from(text: &str) -> Result<OpType> {
     }
 }
 
-fn version_sql(version: RulesVersion) -> Result<i64> {
+pub(super) fn version_sql(version: RulesVersion) -> Result<i64> {
     to_i64("sync-rules version", version.0)
 }
 
-fn state_from(text: &str) -> Result<VersionState> {
+pub(super) fn state_from(text: &str) -> Result<VersionState> {
     match text {
         "building" => Ok(VersionState::Building),
         "active" => Ok(VersionState::Active),
@@ -857,7 +857,7 @@ fn state_from(text: &str) -> Result<VersionState> {
     }
 }
 
-fn sync_rules_version(version: i64, rules: String, state: &str) -> Result<SyncRulesVersion> {
+pub(super) fn sync_rules_version(version: i64, rules: String, state: &str) -> Result<SyncRulesVersion> {
     Ok(SyncRulesVersion {
         version: RulesVersion(u64::try_from(version).map_err(|_| corrupt("sync-rules version", version))?),
         rules,
@@ -1551,7 +1551,7 @@ fn classify_chunk(
         .collect())
 }
 
-fn user_client(user: &UserId, client_id: Option<&ClientId>) -> (String, String) {
+pub(super) fn user_client(user: &UserId, client_id: Option<&ClientId>) -> (String, String) {
     // No client id is stored as '' (the reference keys such checkpoints by the user alone).
     (
         user.0.clone(),
@@ -2147,6 +2147,30 @@ fn compact_bucket(tx: &Transaction<'_>, bucket: i64, limit: i64) -> Result<(u64,
         }
         (rowids, ops)
     };
+    let (moved, cleared) = compact_ops(&mut ops, limit);
+    let segments = segments_of(&ops);
+    if moved + cleared == 0 && segments.len() >= rowids.len() {
+        // Nothing to rewrite: every op stays and the segments are as few as they get.
+        return Ok((0, 0));
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM op_segments WHERE rowid = ?1")?;
+    for rowid in rowids {
+        delete.execute([rowid])?;
+    }
+    for segment in &segments {
+        insert_segment(tx, bucket, segment)?;
+    }
+    if cleared > 0 {
+        // Checksums are unchanged by construction; the count drops (guard rule 4: cached counts change).
+        tx.prepare_cached("UPDATE buckets SET count = count - ?2 WHERE id = ?1")?
+            .execute(params![bucket, i64::try_from(cleared).unwrap_or(i64::MAX)])?;
+    }
+    Ok((moved, cleared))
+}
+
+/// Compacts `ops` (one bucket's ops in op-id order, from its first) up to `limit` in place (PROTOCOL §6.1);
+/// returns (ops turned into MOVE, ops merged away into a CLEAR). Shared by both storages.
+pub(super) fn compact_ops(ops: &mut Vec<StoredOp>, limit: i64) -> (u64, u64) {
     let head = ops.partition_point(|op| op.entry.op_id.as_i64() <= limit);
     // Newest first: the first op seen for a row key is its latest; every earlier PUT/REMOVE of that key is
     // superseded and becomes a MOVE pointing at it (the op the client's row state comes from).
@@ -2204,9 +2228,14 @@ fn compact_bucket(tx: &Transaction<'_>, bucket: i64, limit: i64) -> Result<(u64,
         );
         cleared = u64::try_from(run - 1).unwrap_or(0);
     }
+    (moved, cleared)
+}
+
+/// `ops` (in op-id order) packed into segments of at most [`segment::MAX_OPS`] ops / bytes each.
+pub(super) fn segments_of(ops: &[StoredOp]) -> Vec<SegmentBuilder> {
     let mut segments = Vec::new();
     let mut builder = SegmentBuilder::default();
-    for op in &ops {
+    for op in ops {
         if builder.is_full() {
             segments.push(std::mem::take(&mut builder));
         }
@@ -2225,21 +2254,5 @@ fn compact_bucket(tx: &Transaction<'_>, bucket: i64, limit: i64) -> Result<(u64,
     if !builder.is_empty() {
         segments.push(builder);
     }
-    if moved + cleared == 0 && segments.len() >= rowids.len() {
-        // Nothing to rewrite: every op stays and the segments are as few as they get.
-        return Ok((0, 0));
-    }
-    let mut delete = tx.prepare_cached("DELETE FROM op_segments WHERE rowid = ?1")?;
-    for rowid in rowids {
-        delete.execute([rowid])?;
-    }
-    for segment in &segments {
-        insert_segment(tx, bucket, segment)?;
-    }
-    if cleared > 0 {
-        // Checksums are unchanged by construction; the count drops (guard rule 4: cached counts change).
-        tx.prepare_cached("UPDATE buckets SET count = count - ?2 WHERE id = ?1")?
-            .execute(params![bucket, i64::try_from(cleared).unwrap_or(i64::MAX)])?;
-    }
-    Ok((moved, cleared))
+    segments
 }

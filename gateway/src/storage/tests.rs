@@ -1,4 +1,6 @@
-//! Storage tests on real SQLite files in temp dirs.
+//! The storage test suite, run against both implementations: SQLite files in temp dirs and Postgres
+//! schemas in a throwaway cluster (`storage_suite!` at the end instantiates it per storage), plus the
+//! SQLite-only tests (file format, WAL, upgrades). Postgres-only tests are in `postgres_tests`.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -6,6 +8,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, Subkey, UserId};
 
+use super::postgres_tests;
 use super::*;
 
 fn b(name: &str) -> BucketName {
@@ -44,20 +47,81 @@ fn txn(lsn: u64, changes: Vec<RowChange>) -> SourceTransaction {
     }
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    storage: SqliteStorage,
+/// A storage implementation under test, with where it lives (a temp dir, a throwaway database).
+pub(super) trait TestStorage: BucketStorage + Sized {
+    type Place;
+    fn create() -> (Self::Place, Self);
+    /// Opens the same storage again (a restart).
+    fn reopen(place: &Self::Place) -> Self;
+    /// Runs `sql` (no parameters) on a connection of its own; every column an integer.
+    fn rows(place: &Self::Place, sql: &str) -> Vec<Vec<i64>>;
+    /// Whether the writer's commits wait for durable storage (invariant 4).
+    fn writes_are_durable(&self) -> bool;
+}
+
+impl TestStorage for SqliteStorage {
+    type Place = tempfile::TempDir;
+
+    fn create() -> (Self::Place, Self) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = SqliteStorage::open(dir.path().join("buckets.db")).unwrap();
+        (dir, storage)
+    }
+
+    fn reopen(place: &Self::Place) -> Self {
+        SqliteStorage::open(place.path().join("buckets.db")).unwrap()
+    }
+
+    fn rows(place: &Self::Place, sql: &str) -> Vec<Vec<i64>> {
+        let conn = rusqlite::Connection::open(place.path().join("buckets.db")).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let columns = stmt.column_count();
+        stmt.query_map([], |r| (0..columns).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn writes_are_durable(&self) -> bool {
+        self.writer_synchronous().unwrap() == 2
+    }
+}
+
+impl TestStorage for PostgresStorage {
+    type Place = postgres_tests::Place;
+
+    fn create() -> (Self::Place, Self) {
+        let place = postgres_tests::Place::new();
+        let storage = PostgresStorage::open(&place.config).unwrap();
+        (place, storage)
+    }
+
+    fn reopen(place: &Self::Place) -> Self {
+        PostgresStorage::open(&place.config).unwrap()
+    }
+
+    fn rows(place: &Self::Place, sql: &str) -> Vec<Vec<i64>> {
+        place.rows(sql)
+    }
+
+    fn writes_are_durable(&self) -> bool {
+        self.writer_synchronous_commit().unwrap() == "on"
+    }
+}
+
+struct Fixture<S: TestStorage> {
+    place: S::Place,
+    storage: S,
     version: RulesVersion,
 }
 
-impl Fixture {
+impl<S: TestStorage> Fixture<S> {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = SqliteStorage::open(dir.path().join("buckets.db")).unwrap();
+        let (place, storage) = S::create();
         let version = storage.create_version("bucket_definitions: {}").unwrap();
         storage.activate(version).unwrap();
         Fixture {
-            dir,
+            place,
             storage,
             version,
         }
@@ -65,17 +129,22 @@ impl Fixture {
 
     fn reopen(self) -> Self {
         let Fixture {
-            dir,
+            place,
             storage,
             version,
         } = self;
         drop(storage);
-        let storage = SqliteStorage::open(dir.path().join("buckets.db")).unwrap();
+        let storage = S::reopen(&place);
         Fixture {
-            dir,
+            place,
             storage,
             version,
         }
+    }
+
+    /// `sql` on a connection of its own, every column an integer.
+    fn rows(&self, sql: &str) -> Vec<Vec<i64>> {
+        S::rows(&self.place, sql)
     }
 
     fn apply(&self, t: SourceTransaction) -> Option<OpId> {
@@ -115,9 +184,8 @@ fn lsn_text_form() {
     }
 }
 
-#[test]
-fn row_moving_between_buckets_removes_and_puts() {
-    let f = Fixture::new();
+fn row_moving_between_buckets_removes_and_puts<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     f.apply(txn(10, vec![set("1", vec![place("a", "t1", r#"{"id":"t1"}"#)])]));
     f.apply(txn(20, vec![set("1", vec![place("b", "t1", r#"{"id":"t1"}"#)])]));
     assert_eq!(f.kinds("a"), [OpType::Put, OpType::Remove]);
@@ -130,9 +198,8 @@ fn row_moving_between_buckets_removes_and_puts() {
     assert!(f.ops("b")[0].entry.op_id > remove.op_id);
 }
 
-#[test]
-fn unchanged_data_writes_no_put_and_changed_data_does() {
-    let f = Fixture::new();
+fn unchanged_data_writes_no_put_and_changed_data_does<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let first = f.apply(txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]));
     let same = f.apply(txn(20, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]));
     assert_eq!(first, same, "no op, the checkpoint keeps its op id");
@@ -141,9 +208,8 @@ fn unchanged_data_writes_no_put_and_changed_data_does() {
     assert_eq!(f.kinds("a"), [OpType::Put, OpType::Put]);
 }
 
-#[test]
-fn delete_removes_from_every_bucket() {
-    let f = Fixture::new();
+fn delete_removes_from_every_bucket<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     f.apply(txn(
         10,
         vec![set("1", vec![place("a", "t1", "{}"), place("b", "t1", "{}")])],
@@ -156,9 +222,8 @@ fn delete_removes_from_every_bucket() {
     assert_eq!(f.ops("a").len(), 2);
 }
 
-#[test]
-fn reapplying_a_stored_lsn_is_skipped() {
-    let f = Fixture::new();
+fn reapplying_a_stored_lsn_is_skipped<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let t = txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]);
     assert!(f.apply(t.clone()).is_some());
     assert_eq!(f.apply(t), None);
@@ -173,8 +238,7 @@ fn reapplying_a_stored_lsn_is_skipped() {
     assert_eq!(f.ops("a").len(), 1);
 }
 
-#[test]
-fn op_ids_increase_across_versions_and_reopen_and_start_above_the_clock() {
+fn op_ids_increase_across_versions_and_reopen_and_start_above_the_clock<S: TestStorage>() {
     let before = u64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -182,7 +246,7 @@ fn op_ids_increase_across_versions_and_reopen_and_start_above_the_clock() {
             .as_micros(),
     )
     .unwrap();
-    let f = Fixture::new();
+    let f = Fixture::<S>::new();
     let first = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
         .unwrap();
@@ -202,9 +266,8 @@ fn op_ids_increase_across_versions_and_reopen_and_start_above_the_clock() {
     assert!(third > second, "the sequence survives reopen");
 }
 
-#[test]
-fn bucket_checksum_is_the_wrapping_sum_of_op_checksums() {
-    let f = Fixture::new();
+fn bucket_checksum_is_the_wrapping_sum_of_op_checksums<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let put = |done| format!(r#"{{"id":"t1","description":"Buy milk","done":{done}}}"#);
     let c1 = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", &put(0))])]))
@@ -239,9 +302,8 @@ fn bucket_checksum_is_the_wrapping_sum_of_op_checksums() {
     );
 }
 
-#[test]
-fn parameter_lookups_read_the_state_at_a_checkpoint() {
-    let f = Fixture::new();
+fn parameter_lookups_read_the_state_at_a_checkpoint<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let params = |key: &str, entries: &[(&str, &str)]| RowChange {
         row: row(key),
         placements: None,
@@ -294,8 +356,7 @@ fn parameter_lookups_read_the_state_at_a_checkpoint() {
     );
 }
 
-#[test]
-fn evaluated_rules_output_applies_end_to_end() {
+fn evaluated_rules_output_applies_end_to_end<S: TestStorage>() {
     use syncgate_rules::{CompileOptions, RowEvaluation, SourceTable, SqliteValue, compile};
     let rules = compile(
         r#"
@@ -309,7 +370,7 @@ bucket_definitions:
     )
     .rules
     .expect("rules compile");
-    let f = Fixture::new();
+    let f = Fixture::<S>::new();
     let evaluate = |table: &SourceTable, values: &[&str]| {
         let values: Vec<_> = values.iter().map(|v| SqliteValue::text(*v)).collect();
         let plan = rules.plan_table(table);
@@ -350,9 +411,8 @@ bucket_definitions:
     assert_eq!(f.kinds(bucket.as_str()), [OpType::Put, OpType::Remove]);
 }
 
-#[test]
-fn write_checkpoints_by_user_client_and_lsn() {
-    let f = Fixture::new();
+fn write_checkpoints_by_user_client_and_lsn<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let user = UserId("u1".into());
     let client = ClientId("c1".into());
     let s = &f.storage;
@@ -379,9 +439,8 @@ fn write_checkpoints_by_user_client_and_lsn() {
     );
 }
 
-#[test]
-fn versions_activate_atomically() {
-    let f = Fixture::new();
+fn versions_activate_atomically<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let s = &f.storage;
     assert_eq!(s.active_version().unwrap().unwrap().version, f.version);
     let v2 = s.create_version("rules 2").unwrap();
@@ -413,7 +472,7 @@ fn versions_activate_atomically() {
 
 #[test]
 fn the_file_is_in_wal_mode_with_16_kib_pages() {
-    let f = Fixture::new();
+    let f = Fixture::<SqliteStorage>::new();
     let conn = rusqlite::Connection::open(f.storage.path()).unwrap();
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
@@ -421,9 +480,8 @@ fn the_file_is_in_wal_mode_with_16_kib_pages() {
     assert_eq!(page_size, 16_384);
 }
 
-#[test]
-fn state_survives_reopen() {
-    let f = Fixture::new();
+fn state_survives_reopen<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let cp = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
         .unwrap();
@@ -447,7 +505,7 @@ fn state_survives_reopen() {
 
 #[test]
 fn readers_and_the_writer_do_not_block_each_other() {
-    let f = Fixture::new();
+    let f = Fixture::<SqliteStorage>::new();
     let cp = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
         .unwrap();
@@ -478,9 +536,8 @@ fn readers_and_the_writer_do_not_block_each_other() {
     assert_eq!(f.ops("a").len(), 2);
 }
 
-#[test]
-fn an_empty_transaction_moves_the_checkpoint_lsn_only() {
-    let f = Fixture::new();
+fn an_empty_transaction_moves_the_checkpoint_lsn_only<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let cp = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
         .unwrap();
@@ -520,7 +577,7 @@ fn only_busy_and_locked_are_retryable() {
 
 #[test]
 fn a_newer_file_format_is_refused() {
-    let f = Fixture::new();
+    let f = Fixture::<SqliteStorage>::new();
     let path = f.storage.path().to_path_buf();
     drop(f.storage);
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -533,9 +590,8 @@ fn a_newer_file_format_is_refused() {
     ));
 }
 
-#[test]
-fn compaction_matches_the_spec_example() {
-    let f = Fixture::new();
+fn compaction_matches_the_spec_example<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let put = |done| format!(r#"{{"id":"t1","description":"Buy milk","done":{done}}}"#);
     f.apply(txn(10, vec![set("1", vec![place("a", "t1", &put(0))])]));
     f.apply(txn(20, vec![set("1", vec![place("a", "t1", &put(1))])]));
@@ -614,123 +670,161 @@ fn to_row_change(change: &Change) -> RowChange {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
-
-    /// Writes are batched into multi-row statements within a storage transaction: a batch must store
-    /// exactly what the same transactions applied one at a time store, also when rows repeat and the
-    /// statements fill up (more ops and rows than one statement holds).
-    #[test]
-    fn a_batch_stores_what_single_transactions_store(
-        txns in proptest::collection::vec(proptest::collection::vec(change_strategy(), 1..40), 1..8),
-        spread in 1u8..40,
-    ) {
-        let (one, batched) = (Fixture::new(), Fixture::new());
-        let txns: Vec<SourceTransaction> = txns.iter().enumerate().map(|(i, changes)| {
-            let changes = changes.iter().enumerate().map(|(j, c)| {
-                // Spread keys so that some rows repeat and most do not.
-                let mut c = to_row_change(c);
-                let k = u8::try_from(j % usize::from(spread)).unwrap();
-                c.row.key = format!("{}-{k}", c.row.key);
-                c
-            }).collect();
+/// Writes are batched into multi-row statements within a storage transaction: a batch must store
+/// exactly what the same transactions applied one at a time store, also when rows repeat and the
+/// statements fill up (more ops and rows than one statement holds).
+fn a_batch_stores_what_single_transactions_store<S: TestStorage>(
+    txns: Vec<Vec<Change>>,
+    spread: u8,
+) -> Result<(), TestCaseError> {
+    let (one, batched) = (Fixture::<S>::new(), Fixture::<S>::new());
+    let txns: Vec<SourceTransaction> = txns
+        .iter()
+        .enumerate()
+        .map(|(i, changes)| {
+            let changes = changes
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    // Spread keys so that some rows repeat and most do not.
+                    let mut c = to_row_change(c);
+                    let k = u8::try_from(j % usize::from(spread)).unwrap();
+                    c.row.key = format!("{}-{k}", c.row.key);
+                    c
+                })
+                .collect();
             txn(10 * (u64::try_from(i).unwrap() + 1), changes)
-        }).collect();
-        for t in &txns {
-            one.storage.apply(one.version, t).unwrap();
-        }
-        batched.storage.apply_batch(batched.version, &txns).unwrap();
-        // Op ids differ (each file seeds its own sequence); compare ops relative to the first.
-        let relative = |f: &Fixture, bucket: &str| -> Vec<RelativeOp> {
-            let base = f.storage.latest_checkpoint(f.version).unwrap().map_or(0, |c| c.op_id.get());
-            f.ops(bucket).iter().map(|o| (
-                base - o.entry.op_id.get(),
-                o.entry.op,
-                o.entry.object_id.clone(),
-                o.entry.data.clone(),
-                o.entry.checksum.as_u32(),
-            )).collect()
-        };
-        for bucket in BUCKETS {
-            prop_assert_eq!(relative(&one, bucket), relative(&batched, bucket));
-        }
-        let keys = |f: &Fixture| f.storage.source_row_keys(f.version, "public.todos").unwrap();
-        prop_assert_eq!(keys(&one), keys(&batched));
+        })
+        .collect();
+    for t in &txns {
+        one.storage.apply(one.version, t).unwrap();
     }
+    batched.storage.apply_batch(batched.version, &txns).unwrap();
+    // Op ids differ (each file seeds its own sequence); compare ops relative to the first.
+    let relative = |f: &Fixture<S>, bucket: &str| -> Vec<RelativeOp> {
+        let base = f
+            .storage
+            .latest_checkpoint(f.version)
+            .unwrap()
+            .map_or(0, |c| c.op_id.get());
+        f.ops(bucket)
+            .iter()
+            .map(|o| {
+                (
+                    base - o.entry.op_id.get(),
+                    o.entry.op,
+                    o.entry.object_id.clone(),
+                    o.entry.data.clone(),
+                    o.entry.checksum.as_u32(),
+                )
+            })
+            .collect()
+    };
+    for bucket in BUCKETS {
+        prop_assert_eq!(relative(&one, bucket), relative(&batched, bucket));
+    }
+    let keys = |f: &Fixture<S>| f.storage.source_row_keys(f.version, "public.todos").unwrap();
+    prop_assert_eq!(keys(&one), keys(&batched));
+    Ok(())
+}
 
-    #[test]
-    fn compaction_keeps_checksums_and_net_rows(
-        txns in proptest::collection::vec(proptest::collection::vec(change_strategy(), 1..3), 1..14),
-        later in proptest::collection::vec(change_strategy(), 0..4),
-        cut in any::<proptest::sample::Index>(),
-    ) {
-        let f = Fixture::new();
-        let mut checkpoints = Vec::new();
-        for (i, changes) in txns.iter().enumerate() {
-            let lsn = 10 * (u64::try_from(i).unwrap() + 1);
-            checkpoints.push(f.apply(txn(lsn, changes.iter().map(to_row_change).collect())).unwrap());
-        }
-        // First a partial compaction: checksums stay at every checkpoint at or above its limit.
-        let limit = *cut.get(&checkpoints);
-        let at_or_above: Vec<_> = checkpoints.iter().filter(|c| **c >= limit).map(|c| {
-            (*c, BUCKETS.map(|bk| f.summary(*c, bk).checksum))
-        }).collect();
-        let untouched: Vec<_> = BUCKETS.iter().map(|bk| {
-            f.ops(bk).into_iter().filter(|o| o.entry.op_id > limit).collect::<Vec<_>>()
-        }).collect();
-        f.storage.compact(f.version, limit).unwrap();
-        for (c, sums) in &at_or_above {
-            prop_assert_eq!(&BUCKETS.map(|bk| f.summary(*c, bk).checksum), sums);
-        }
-        for (bk, ops) in BUCKETS.iter().zip(&untouched) {
-            let now: Vec<_> = f.ops(bk).into_iter().filter(|o| o.entry.op_id > limit).collect();
-            prop_assert_eq!(&now, ops, "ops above the limit are not rewritten");
-        }
-        let cp = f.latest();
-        let before: Vec<_> = BUCKETS.iter().map(|bk| (f.summary(cp.op_id, bk), f.ops(bk))).collect();
-        f.storage.compact(f.version, OpId::MAX).unwrap();
-        for (bk, (summary, old_ops)) in BUCKETS.iter().zip(&before) {
-            let ops = f.ops(bk);
-            let after = f.summary(cp.op_id, bk);
-            prop_assert_eq!(after.checksum, summary.checksum);
-            prop_assert_eq!(after.count, u64::try_from(ops.len()).unwrap());
-            prop_assert!(ops.len() <= old_ops.len());
-            prop_assert_eq!(ops.iter().map(|o| o.entry.checksum).sum::<Checksum>(), summary.checksum);
-            prop_assert_eq!(replay(&ops), replay(old_ops));
-            let original: BTreeMap<OpId, &StoredOp> = old_ops.iter().map(|o| (o.entry.op_id, o)).collect();
-            for op in &ops {
-                if let Some(target) = op.target_op {
-                    prop_assert!(target <= cp.op_id, "targets are published");
-                }
-                let was = &original[&op.entry.op_id].entry;
-                // A PUT/REMOVE turned into MOVE by this run points at a later op of the same row. (A MOVE
-                // from the partial run may point at an op that is now itself a MOVE: the chain leads on.)
-                if op.entry.op == OpType::Move && matches!(was.op, OpType::Put | OpType::Remove) {
-                    let target = &original[&op.target_op.unwrap()].entry;
-                    prop_assert!(target.op_id > was.op_id);
-                    prop_assert_eq!((&target.object_type, &target.object_id, &target.subkey),
-                        (&was.object_type, &was.object_id, &was.subkey));
-                }
+fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
+    txns: Vec<Vec<Change>>,
+    later: Vec<Change>,
+    cut: proptest::sample::Index,
+) -> Result<(), TestCaseError> {
+    let f = Fixture::<S>::new();
+    let mut checkpoints = Vec::new();
+    for (i, changes) in txns.iter().enumerate() {
+        let lsn = 10 * (u64::try_from(i).unwrap() + 1);
+        checkpoints.push(
+            f.apply(txn(lsn, changes.iter().map(to_row_change).collect()))
+                .unwrap(),
+        );
+    }
+    // First a partial compaction: checksums stay at every checkpoint at or above its limit.
+    let limit = *cut.get(&checkpoints);
+    let at_or_above: Vec<_> = checkpoints
+        .iter()
+        .filter(|c| **c >= limit)
+        .map(|c| (*c, BUCKETS.map(|bk| f.summary(*c, bk).checksum)))
+        .collect();
+    let untouched: Vec<_> = BUCKETS
+        .iter()
+        .map(|bk| {
+            f.ops(bk)
+                .into_iter()
+                .filter(|o| o.entry.op_id > limit)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    f.storage.compact(f.version, limit).unwrap();
+    for (c, sums) in &at_or_above {
+        prop_assert_eq!(&BUCKETS.map(|bk| f.summary(*c, bk).checksum), sums);
+    }
+    for (bk, ops) in BUCKETS.iter().zip(&untouched) {
+        let now: Vec<_> = f.ops(bk).into_iter().filter(|o| o.entry.op_id > limit).collect();
+        prop_assert_eq!(&now, ops, "ops above the limit are not rewritten");
+    }
+    let cp = f.latest();
+    let before: Vec<_> = BUCKETS
+        .iter()
+        .map(|bk| (f.summary(cp.op_id, bk), f.ops(bk)))
+        .collect();
+    f.storage.compact(f.version, OpId::MAX).unwrap();
+    for (bk, (summary, old_ops)) in BUCKETS.iter().zip(&before) {
+        let ops = f.ops(bk);
+        let after = f.summary(cp.op_id, bk);
+        prop_assert_eq!(after.checksum, summary.checksum);
+        prop_assert_eq!(after.count, u64::try_from(ops.len()).unwrap());
+        prop_assert!(ops.len() <= old_ops.len());
+        prop_assert_eq!(
+            ops.iter().map(|o| o.entry.checksum).sum::<Checksum>(),
+            summary.checksum
+        );
+        prop_assert_eq!(replay(&ops), replay(old_ops));
+        let original: BTreeMap<OpId, &StoredOp> = old_ops.iter().map(|o| (o.entry.op_id, o)).collect();
+        for op in &ops {
+            if let Some(target) = op.target_op {
+                prop_assert!(target <= cp.op_id, "targets are published");
+            }
+            let was = &original[&op.entry.op_id].entry;
+            // A PUT/REMOVE turned into MOVE by this run points at a later op of the same row. (A MOVE
+            // from the partial run may point at an op that is now itself a MOVE: the chain leads on.)
+            if op.entry.op == OpType::Move && matches!(was.op, OpType::Put | OpType::Remove) {
+                let target = &original[&op.target_op.unwrap()].entry;
+                prop_assert!(target.op_id > was.op_id);
+                prop_assert_eq!(
+                    (&target.object_type, &target.object_id, &target.subkey),
+                    (&was.object_type, &was.object_id, &was.subkey)
+                );
             }
         }
-        // Replication continues on top of compacted buckets: running sums still match the ops.
-        if !later.is_empty() {
-            f.apply(txn(1_000, later.iter().map(to_row_change).collect()));
-        }
-        let cp = f.latest();
-        for bk in BUCKETS {
-            let ops = f.ops(bk);
-            let summary = f.summary(cp.op_id, bk);
-            prop_assert_eq!(summary.checksum, ops.iter().map(|o| o.entry.checksum).sum::<Checksum>());
-            prop_assert_eq!(summary.count, u64::try_from(ops.len()).unwrap());
-        }
-        // Compacting twice is stable.
-        f.storage.compact(f.version, OpId::MAX).unwrap();
-        f.storage.compact(f.version, OpId::MAX).unwrap();
-        for bk in BUCKETS {
-            prop_assert_eq!(f.summary(cp.op_id, bk).checksum, f.ops(bk).iter().map(|o| o.entry.checksum).sum::<Checksum>());
-        }
     }
+    // Replication continues on top of compacted buckets: running sums still match the ops.
+    if !later.is_empty() {
+        f.apply(txn(1_000, later.iter().map(to_row_change).collect()));
+    }
+    let cp = f.latest();
+    for bk in BUCKETS {
+        let ops = f.ops(bk);
+        let summary = f.summary(cp.op_id, bk);
+        prop_assert_eq!(
+            summary.checksum,
+            ops.iter().map(|o| o.entry.checksum).sum::<Checksum>()
+        );
+        prop_assert_eq!(summary.count, u64::try_from(ops.len()).unwrap());
+    }
+    // Compacting twice is stable.
+    f.storage.compact(f.version, OpId::MAX).unwrap();
+    f.storage.compact(f.version, OpId::MAX).unwrap();
+    for bk in BUCKETS {
+        prop_assert_eq!(
+            f.summary(cp.op_id, bk).checksum,
+            f.ops(bk).iter().map(|o| o.entry.checksum).sum::<Checksum>()
+        );
+    }
+    Ok(())
 }
 
 fn param_change(key: &str, entries: &[(&str, &str)]) -> RowChange {
@@ -759,15 +853,16 @@ fn progress(resume_after: Option<&str>, done: bool, lsn: u64) -> TableSnapshot {
     }
 }
 
-#[test]
-fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns() {
-    let f = Fixture::new();
+fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let first = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":1}"#)])]))
         .unwrap();
     let batch = [
         // Already applied: skipped.
         txn(10, vec![set("1", vec![place("a", "t1", r#"{"v":9}"#)])]),
+        // A keepalive first in what the batch applies: its checkpoint keeps the op id before the batch.
+        txn(12, Vec::new()),
         txn(20, vec![set("1", vec![place("a", "t1", r#"{"v":2}"#)])]),
         // Not above the previous transaction of the same batch: skipped too.
         txn(15, vec![set("9", vec![place("a", "t9", "{}")])]),
@@ -791,22 +886,19 @@ fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns() {
     assert_eq!(f.summary(at20, "b").count, 0);
     assert_eq!(f.summary(at20, "a").count, 2);
     assert_eq!(f.summary(first, "a").count, 1);
-    let checkpoints: Vec<(i64, i64)> = {
-        let conn = rusqlite::Connection::open(f.storage.path()).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT lsn, op_id FROM checkpoints WHERE version = ?1 ORDER BY lsn")
-            .unwrap();
-        stmt.query_map([i64::try_from(f.version.0).unwrap()], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-    };
+    let checkpoints: Vec<(i64, i64)> = f
+        .rows(&format!(
+            "SELECT lsn, op_id FROM checkpoints WHERE version = {} ORDER BY lsn",
+            f.version
+        ))
+        .into_iter()
+        .map(|r| (r[0], r[1]))
+        .collect();
     assert_eq!(
         checkpoints,
         [
             (10, first.as_i64()),
+            (12, first.as_i64()),
             (20, at20.as_i64()),
             (30, latest.op_id.as_i64()),
             (40, latest.op_id.as_i64())
@@ -817,9 +909,8 @@ fn a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns() {
     assert_eq!(f.storage.apply_batch(f.version, &[]).unwrap(), None);
 }
 
-#[test]
-fn a_failing_batch_applies_nothing() {
-    let f = Fixture::new();
+fn a_failing_batch_applies_nothing<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let before = f
         .apply(txn(10, vec![set("1", vec![place("a", "t1", "{}")])]))
         .unwrap();
@@ -848,8 +939,7 @@ fn a_failing_batch_applies_nothing() {
     assert_eq!(next.get(), before.get() + 1);
 }
 
-#[test]
-fn an_unstored_snapshot_chunk_stores_what_a_transaction_stores() {
+fn an_unstored_snapshot_chunk_stores_what_a_transaction_stores<S: TestStorage>() {
     // 40 buckets: more closed segments than one multi-row segment insert holds; 1,100 ops in one bucket:
     // a segment closed while the chunk is written. A repeated row, a parameter row.
     let mut changes: Vec<RowChange> = (0..1_100)
@@ -867,7 +957,7 @@ fn an_unstored_snapshot_chunk_stores_what_a_transaction_stores() {
         .collect();
     changes.push(set("7", vec![place("b0", "t7", r#"{"v":"again"}"#)]));
     changes.push(param_change("m1", &[("k", "[\"l1\"]")]));
-    let snapshot = Fixture::new();
+    let snapshot = Fixture::<S>::new();
     snapshot
         .storage
         .apply_snapshot_chunk(
@@ -876,12 +966,12 @@ fn an_unstored_snapshot_chunk_stores_what_a_transaction_stores() {
             &progress(None, true, 7),
         )
         .unwrap();
-    let streamed = Fixture::new();
+    let streamed = Fixture::<S>::new();
     streamed.apply(txn(10, changes.clone()));
     let buckets: Vec<String> = (0..40).map(|i| format!("b{i}")).chain(["all".into()]).collect();
     for bucket in &buckets {
         // Op ids start at each file's clock: compare everything else.
-        let entries = |f: &Fixture| -> Vec<OplogEntry> {
+        let entries = |f: &Fixture<S>| -> Vec<OplogEntry> {
             f.ops(bucket)
                 .into_iter()
                 .map(|o| OplogEntry {
@@ -907,9 +997,8 @@ fn an_unstored_snapshot_chunk_stores_what_a_transaction_stores() {
     assert_eq!(snapshot.ops("all").len(), before);
 }
 
-#[test]
-fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
-    let f = Fixture::new();
+fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let s = &f.storage;
     assert!(s.snapshot_progress(f.version).unwrap().is_empty());
     let chunk = SnapshotChunk::new(vec![
@@ -917,11 +1006,11 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
         set("2", vec![place("a", "t2", "{}"), place("b", "t2", "{}")]),
         param_change("m1", &[("k", "[\"l1\"]")]),
     ]);
-    assert_eq!(s.writer_synchronous().unwrap(), 2, "FULL");
+    assert!(s.writes_are_durable(), "durable commits");
     s.apply_snapshot_chunk(f.version, &chunk, &progress(Some("2"), false, 7))
         .unwrap();
-    // Chunks commit with NORMAL; every other write is FULL again.
-    assert_eq!(s.writer_synchronous().unwrap(), 2, "FULL after a chunk");
+    // Chunks commit without waiting for their flush; every other write waits again.
+    assert!(s.writes_are_durable(), "durable commits after a chunk");
     assert_eq!(
         s.snapshot_progress(f.version).unwrap(),
         [progress(Some("2"), false, 7)]
@@ -988,9 +1077,8 @@ fn snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere() {
     ));
 }
 
-#[test]
-fn a_table_feeding_one_half_leaves_the_other_alone() {
-    let f = Fixture::new();
+fn a_table_feeding_one_half_leaves_the_other_alone<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let both = RowChange {
         row: row("1"),
         placements: Some(vec![place("a", "t1", "{}")]),
@@ -1017,9 +1105,8 @@ fn a_table_feeding_one_half_leaves_the_other_alone() {
     );
 }
 
-#[test]
-fn replication_state_round_trips() {
-    let f = Fixture::new();
+fn replication_state_round_trips<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let s = &f.storage;
     assert_eq!(
         s.replication_state(f.version).unwrap(),
@@ -1050,9 +1137,8 @@ fn replication_state_round_trips() {
     ));
 }
 
-#[test]
-fn source_rows_are_set_overwritten_and_deleted() {
-    let f = Fixture::new();
+fn source_rows_are_set_overwritten_and_deleted<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let with_source = |key: &str, source: Option<&str>| RowChange {
         source_row: source.map(Into::into),
         ..set(key, vec![place("a", key, "{}")])
@@ -1081,9 +1167,8 @@ fn source_rows_are_set_overwritten_and_deleted() {
     assert_eq!(s.source_row(v2, &row("3")).unwrap(), None);
 }
 
-#[test]
-fn versions_are_listed_oldest_first() {
-    let f = Fixture::new();
+fn versions_are_listed_oldest_first<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let s = &f.storage;
     let v2 = s.create_version("rules 2").unwrap();
     let listed = s.versions().unwrap();
@@ -1109,9 +1194,8 @@ fn versions_are_listed_oldest_first() {
     );
 }
 
-#[test]
-fn deleting_a_version_removes_its_snapshot_and_replication_rows() {
-    let f = Fixture::new();
+fn deleting_a_version_removes_its_snapshot_and_replication_rows<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let s = &f.storage;
     let v2 = s.create_version("v2").unwrap();
     let change = RowChange {
@@ -1136,24 +1220,18 @@ fn deleting_a_version_removes_its_snapshot_and_replication_rows() {
     }
     s.activate(v2).unwrap();
     s.delete_version(f.version).unwrap();
-    let conn = rusqlite::Connection::open(s.path()).unwrap();
     let count = |table: &str| -> i64 {
-        conn.query_row(
-            &format!("SELECT COUNT(*) FROM {table} WHERE version = ?1"),
-            [i64::try_from(f.version.0).unwrap()],
-            |r| r.get(0),
-        )
-        .unwrap()
+        f.rows(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE version = {}",
+            f.version
+        ))[0][0]
     };
     for table in ["snapshot_progress", "source_state", "sync_rules", "buckets"] {
         assert_eq!(count(table), 0, "{table}");
     }
     // Ops of the deleted version's buckets are gone; the other version's one op stays.
-    let ops: i64 = conn
-        .query_row("SELECT COALESCE(SUM(count), 0) FROM op_segments", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    // (A cast: Postgres sums bigints to numeric.)
+    let ops = f.rows("SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM op_segments")[0][0];
     assert_eq!(ops, 1);
     // The other version keeps its own.
     assert_eq!(s.snapshot_progress(v2).unwrap().len(), 1);
@@ -1292,9 +1370,9 @@ fn a_format_2_file_keeps_its_placements_data_and_source_rows() {
         )
         .unwrap();
     }
-    let f = Fixture {
+    let f = Fixture::<SqliteStorage> {
         storage: SqliteStorage::open(&path).unwrap(),
-        dir,
+        place: dir,
         version: RulesVersion(5),
     };
     let s = &f.storage;
@@ -1345,9 +1423,8 @@ fn a_format_2_file_keeps_its_placements_data_and_source_rows() {
 /// Ops span several segments (one transaction larger than a segment, then two transactions sharing one):
 /// pages of any size read them all in order, checksums at a checkpoint inside a segment count only its
 /// ops up to there, and compaction merges the segments without changing what is read.
-#[test]
-fn ops_across_segments_read_in_pages_and_sum_at_every_checkpoint() {
-    let f = Fixture::new();
+fn ops_across_segments_read_in_pages_and_sum_at_every_checkpoint<S: TestStorage>() {
+    let f = Fixture::<S>::new();
     let s = &f.storage;
     let big: Vec<RowChange> = (0..2_500)
         .map(|i| {
@@ -1401,12 +1478,7 @@ fn ops_across_segments_read_in_pages_and_sum_at_every_checkpoint() {
     let upto = s.ops(f.version, &b("a"), first, middle, usize::MAX).unwrap();
     assert_eq!(upto, all[2_500..2_510]);
 
-    let segments = |f: &Fixture| -> i64 {
-        rusqlite::Connection::open(f.storage.path())
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM op_segments", [], |r| r.get(0))
-            .unwrap()
-    };
+    let segments = |f: &Fixture<S>| -> i64 { f.rows("SELECT COUNT(*) FROM op_segments")[0][0] };
     assert_eq!(segments(&f), 4);
     let stats = s.compact(f.version, second.op_id).unwrap();
     assert_eq!(stats.moved, 20, "rows 0-9 and 100-109 were put twice");
@@ -1424,3 +1496,74 @@ fn ops_across_segments_read_in_pages_and_sum_at_every_checkpoint() {
     assert_eq!((again.moved, again.cleared), (0, 0));
     assert_eq!(f.ops("a"), compacted);
 }
+
+/// Instantiates the generic suite for one storage: `$cases` proptest cases per property.
+macro_rules! storage_suite {
+    ($module:ident, $storage:ty, $cases:expr) => {
+        mod $module {
+            use super::*;
+
+            storage_suite!(@tests $storage;
+                row_moving_between_buckets_removes_and_puts,
+        unchanged_data_writes_no_put_and_changed_data_does,
+        delete_removes_from_every_bucket,
+        reapplying_a_stored_lsn_is_skipped,
+        op_ids_increase_across_versions_and_reopen_and_start_above_the_clock,
+        bucket_checksum_is_the_wrapping_sum_of_op_checksums,
+        parameter_lookups_read_the_state_at_a_checkpoint,
+        evaluated_rules_output_applies_end_to_end,
+        write_checkpoints_by_user_client_and_lsn,
+        versions_activate_atomically,
+        state_survives_reopen,
+        an_empty_transaction_moves_the_checkpoint_lsn_only,
+        compaction_matches_the_spec_example,
+        a_batch_records_a_checkpoint_per_transaction_and_skips_stored_lsns,
+        a_failing_batch_applies_nothing,
+        an_unstored_snapshot_chunk_stores_what_a_transaction_stores,
+        snapshot_chunks_store_rows_progress_and_parameters_visible_everywhere,
+        a_table_feeding_one_half_leaves_the_other_alone,
+        replication_state_round_trips,
+        source_rows_are_set_overwritten_and_deleted,
+        versions_are_listed_oldest_first,
+        deleting_a_version_removes_its_snapshot_and_replication_rows,
+        ops_across_segments_read_in_pages_and_sum_at_every_checkpoint
+            );
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases($cases))]
+
+                /// Writes are batched into multi-row statements within a storage transaction: a batch must
+                /// store exactly what the same transactions applied one at a time store, also when rows
+                /// repeat and the statements fill up.
+                #[test]
+                fn a_batch_stores_what_single_transactions_store(
+                    txns in proptest::collection::vec(proptest::collection::vec(change_strategy(), 1..40), 1..8),
+                    spread in 1u8..40,
+                ) {
+                    super::a_batch_stores_what_single_transactions_store::<$storage>(txns, spread)?;
+                }
+
+                #[test]
+                fn compaction_keeps_checksums_and_net_rows(
+                    txns in proptest::collection::vec(proptest::collection::vec(change_strategy(), 1..3), 1..14),
+                    later in proptest::collection::vec(change_strategy(), 0..4),
+                    cut in any::<proptest::sample::Index>(),
+                ) {
+                    super::compaction_keeps_checksums_and_net_rows::<$storage>(txns, later, cut)?;
+                }
+            }
+        }
+    };
+    (@tests $storage:ty; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                super::$test::<$storage>();
+            }
+        )*
+    };
+}
+
+storage_suite!(on_sqlite, SqliteStorage, 48);
+// Each case opens fresh storages (a schema each): fewer cases keep the suite's time in line.
+storage_suite!(on_postgres, PostgresStorage, 24);

@@ -892,3 +892,175 @@ async fn restart_while_the_slot_is_still_held_waits_for_it() {
         &expected_state(&oracle),
     );
 }
+
+/// The crash test's guarantees on Postgres storage (a database of its own): `serve` SIGKILLed at random
+/// moments during the snapshot and while streaming, restarted each time. Afterwards every bucket's net
+/// rows equal the rules applied to the final database, checksums and counts equal its ops', and every
+/// checkpoint's op id follows the one before (one LSN, one checkpoint). The op-for-op comparison with
+/// an uninterrupted run stays with the SQLite test, which can copy its storage file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_storage_sigkills_lose_nothing() {
+    use crate::replication::harness::{postgres_storage, write_config_with_storage};
+    use syncgate::config::{Config, StorageConfig};
+    use syncgate::storage::PostgresStorage;
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()));
+    eprintln!("postgres storage crash test seed {seed}");
+    let mut rng = Rng::new(seed);
+    let db = shared_cluster().create_database().expect("database");
+    setup_database(&db, INITIAL_TODOS);
+    let storage_db = shared_cluster().create_database().expect("storage database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config_with_storage(
+        dir.path(),
+        &db.url_without_session_options(),
+        RULES,
+        "sgpgkill",
+        &postgres_storage(&storage_db),
+    );
+    let StorageConfig::Postgres(storage_config) = Config::load(&config).expect("config").config.storage
+    else {
+        panic!("Postgres storage expected");
+    };
+    let mut gateway = Setup {
+        config,
+        storage: dir.path().join("not-used"),
+        log: dir.path().join("serve.log"),
+        runs: 0,
+    };
+    // The test's own connection to the storage: opened first, it also shows the gateway's migration
+    // finds the schema ready.
+    let storage = PostgresStorage::open(&storage_config).expect("open storage");
+    let checkpoint_at = |storage: &PostgresStorage| {
+        let active = storage.active_version().expect("active version")?;
+        let checkpoint = storage.latest_checkpoint(active.version).expect("checkpoint")?;
+        Some((active.version, checkpoint))
+    };
+
+    // Snapshot: kill at random moments until the version is active.
+    let mut kills = 0;
+    let started = Instant::now();
+    loop {
+        let mut child = gateway.spawn();
+        // Short runs first, so several kills land inside even a fast snapshot.
+        let deadline = Instant::now()
+            + if kills < 3 {
+                rng.millis(50, 300)
+            } else {
+                rng.millis(150, 1200)
+            };
+        let mut active = false;
+        while Instant::now() < deadline {
+            if storage.active_version().expect("active version").is_some() {
+                active = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gateway.kill(&mut child);
+        if active {
+            break;
+        }
+        kills += 1;
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "snapshot never completed; log tail:\n{}",
+            gateway.log_tail()
+        );
+    }
+    eprintln!("snapshot: {kills} kills, {:?}", started.elapsed());
+    assert!(kills >= 3, "only {kills} kills landed in the snapshot");
+
+    // Streaming: the workload runs while the gateway is killed and restarted.
+    let workload = tokio::spawn(workload(db.url(), rng.next()));
+    let mut streaming_kills = 0;
+    while !workload.is_finished() || streaming_kills < 8 {
+        let mut child = gateway.spawn();
+        tokio::time::sleep(rng.millis(100, 800)).await;
+        gateway.kill(&mut child);
+        streaming_kills += 1;
+        assert!(started.elapsed() < 2 * TIMEOUT, "workload did not finish");
+    }
+    let transactions = workload.await.expect("workload");
+    let marker = emit_marker(&db);
+    let mut child = gateway.spawn();
+    let (version, checkpoint) = loop {
+        if let Some((version, checkpoint)) = checkpoint_at(&storage)
+            && checkpoint.lsn >= marker
+        {
+            break (version, checkpoint);
+        }
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!(
+                "serve ended by itself ({status}); log tail:\n{}",
+                gateway.log_tail()
+            );
+        }
+        assert!(started.elapsed() < 3 * TIMEOUT, "no checkpoint at {marker}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    gateway.kill(&mut child);
+    eprintln!("streaming: {transactions} transactions, {streaming_kills} kills");
+    assert!(kills + streaming_kills >= 10);
+
+    // Net rows of every bucket equal the rules applied to the final database.
+    let buckets = storage.changed_buckets(version, OpId::ZERO).expect("buckets");
+    let mut state = State::new();
+    for bucket in &buckets {
+        let rows =
+            syncgate::inspect::net_rows(&storage, version, bucket, checkpoint.op_id).expect("net rows");
+        if !rows.is_empty() {
+            let rows = rows
+                .into_iter()
+                .map(|r| (r.table, r.id, r.data.to_string()))
+                .collect();
+            state.insert(unversioned(bucket.as_str()), rows);
+        }
+    }
+    let expected = expected_state(&Oracle::from_database(&db, RULES).await);
+    assert_states_equal(
+        "crashed run on Postgres storage vs the final database",
+        &state,
+        &expected,
+    );
+    assert!(expected.len() > 20, "the data fills many buckets");
+
+    // Checksums and counts at the latest checkpoint are the sums and numbers of the ops.
+    let summaries = storage
+        .bucket_checksums(version, checkpoint.op_id, &buckets)
+        .expect("checksums");
+    for summary in summaries {
+        let ops = storage
+            .ops(version, &summary.bucket, OpId::ZERO, checkpoint.op_id, usize::MAX)
+            .expect("ops");
+        assert!(ops.windows(2).all(|w| w[0].entry.op_id < w[1].entry.op_id));
+        let sum = ops.iter().fold(syncgate_protocol::Checksum::ZERO, |sum, op| {
+            sum + op.entry.checksum
+        });
+        assert_eq!(
+            (summary.checksum, summary.count),
+            (sum, u64::try_from(ops.len()).expect("count")),
+            "bucket {}",
+            summary.bucket
+        );
+    }
+    // Checkpoints: one per source transaction, op ids never going back.
+    let checkpoints: Vec<(i64, i64)> = storage_db
+        .psql(&format!(
+            "SELECT lsn, op_id FROM syncgate_storage.checkpoints WHERE version = {version} ORDER BY lsn"
+        ))
+        .expect("checkpoints")
+        .lines()
+        .map(|line| {
+            let (lsn, op) = line.split_once('|').expect("lsn|op_id");
+            (lsn.parse().expect("lsn"), op.parse().expect("op id"))
+        })
+        .collect();
+    assert!(checkpoints.len() > transactions / 2, "checkpoints recorded");
+    assert!(
+        checkpoints.windows(2).all(|w| w[0].1 <= w[1].1),
+        "op ids never go back"
+    );
+}

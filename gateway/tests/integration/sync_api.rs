@@ -9,7 +9,9 @@ use syncgate::config::Config;
 use syncgate_protocol::Checksum;
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::replication::harness::{Gateway, fast_options, unversioned, write_config};
+use crate::replication::harness::{
+    Gateway, SQLITE_STORAGE, fast_options, postgres_storage, unversioned, write_config_with_storage,
+};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/golden");
 
@@ -27,7 +29,19 @@ pub(crate) struct Api {
 
 impl Api {
     async fn start(dir: &Path, db: &TestDatabase, rules: &str, prefix: &str) -> Api {
-        let config_path: PathBuf = write_config(dir, db, rules, prefix);
+        Api::start_with_storage(dir, db, rules, prefix, SQLITE_STORAGE).await
+    }
+
+    /// Like [`Api::start`], with `storage` as the config's `storage` section.
+    async fn start_with_storage(
+        dir: &Path,
+        db: &TestDatabase,
+        rules: &str,
+        prefix: &str,
+        storage: &str,
+    ) -> Api {
+        let uri = db.url_without_session_options();
+        let config_path: PathBuf = write_config_with_storage(dir, &uri, rules, prefix, storage);
         let config = Config::load(&config_path).expect("config").config;
         let base = format!("http://127.0.0.1:{}", config.port);
         let gateway = Gateway::start(&config_path, fast_options());
@@ -254,11 +268,24 @@ impl ClientSums {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_matches_the_reference_transcript_line_for_line() {
+    reference_session(SQLITE_STORAGE.to_owned(), "sg_golden_").await;
+}
+
+/// The same session with the gateway's buckets in Postgres storage (a database of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_storage_a_session_matches_the_reference_transcript() {
+    let storage = shared_cluster().create_database().expect("storage database");
+    reference_session(postgres_storage(&storage), "sg_golden_pg_").await;
+}
+
+/// Replicates the golden dataset, syncs user1 and follows an update, a delete and a write checkpoint,
+/// each compared line for line with the reference's transcript.
+async fn reference_session(storage: String, prefix: &str) {
     let db = shared_cluster().create_database().expect("database");
     db.psql(&golden("schema.sql")).expect("schema");
     db.psql(&golden("dataset.sql")).expect("dataset");
     let dir = tempfile::tempdir().expect("dir");
-    let api = Api::start(dir.path(), &db, &golden("sync-rules.yaml"), "sg_golden_").await;
+    let api = Api::start_with_storage(dir.path(), &db, &golden("sync-rules.yaml"), prefix, &storage).await;
 
     let expected: Vec<Value> = golden("stream-user1.ndjson")
         .lines()

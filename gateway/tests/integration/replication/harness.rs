@@ -5,10 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use syncgate::config::{Config, StorageConfig};
 use syncgate::replicator::{Catalog, ReplicatorOptions, Scratch, SourceConnection, TableMapper};
 use syncgate::serve::{ServeOptions, serve};
 use syncgate::source::{OutputPlugin, TableName, table_layout};
-use syncgate::storage::{BucketStorage, Checkpoint, Lsn, RulesVersion, SqliteStorage, VersionState};
+use syncgate::storage::{
+    BucketStorage, Checkpoint, ConfiguredStorage, Lsn, PostgresStorage, RulesVersion, SqliteStorage,
+    VersionState,
+};
 use syncgate_rules::{
     CompileOptions, ConnectionRequest, ParameterLookup, SourceTable, SqliteValue, SyncRules, compile,
 };
@@ -46,7 +50,8 @@ pub async fn plugin_usable(db: &TestDatabase) -> Result<(), String> {
 
 /// A `serve` run in this process.
 pub struct Gateway {
-    pub storage_path: PathBuf,
+    /// The config's storage, which the test opens alongside the gateway.
+    pub storage_config: StorageConfig,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -57,16 +62,49 @@ pub fn write_config(dir: &Path, db: &TestDatabase, rules: &str, slot_prefix: &st
 }
 
 pub fn write_config_with_uri(dir: &Path, uri: &str, rules: &str, slot_prefix: &str) -> PathBuf {
-    write_config_with_decoder(dir, uri, rules, slot_prefix, test_decoder().name())
+    write_config_with_storage(dir, uri, rules, slot_prefix, SQLITE_STORAGE)
 }
 
-/// A config with an explicit `decoder` (`pgoutput`, `syncgate` or `auto`).
+/// The `storage` section of [`write_config`]: a file beside the config.
+pub const SQLITE_STORAGE: &str = "storage:\n  type: sqlite\n  path: storage.sqlite\n";
+
+/// A `storage` section for Postgres storage in `db` (not the source database).
+pub fn postgres_storage(db: &TestDatabase) -> String {
+    format!(
+        "storage:\n  type: postgresql\n  uri: {}\n  sslmode: disable\n",
+        db.url_without_session_options()
+    )
+}
+
+/// A config for a source at `uri` with `storage` (a YAML `storage:` section) and the test decoder.
+pub fn write_config_with_storage(
+    dir: &Path,
+    uri: &str,
+    rules: &str,
+    slot_prefix: &str,
+    storage: &str,
+) -> PathBuf {
+    write_config_with_decoder_and_storage(dir, uri, rules, slot_prefix, test_decoder().name(), storage)
+}
+
+/// A config with an explicit `decoder` (`pgoutput`, `syncgate` or `auto`) and SQLite storage.
 pub fn write_config_with_decoder(
     dir: &Path,
     uri: &str,
     rules: &str,
     slot_prefix: &str,
     decoder: &str,
+) -> PathBuf {
+    write_config_with_decoder_and_storage(dir, uri, rules, slot_prefix, decoder, SQLITE_STORAGE)
+}
+
+pub fn write_config_with_decoder_and_storage(
+    dir: &Path,
+    uri: &str,
+    rules: &str,
+    slot_prefix: &str,
+    decoder: &str,
+    storage: &str,
 ) -> PathBuf {
     let mut indented = String::new();
     for line in rules.lines() {
@@ -79,7 +117,7 @@ pub fn write_config_with_decoder(
     let port = free_port();
     let config = format!(
         "replication:\n  connections:\n    - type: postgresql\n      uri: {uri}\n      \
-         sslmode: disable\n      slot_name_prefix: {slot_prefix}\n      decoder: {decoder}\nstorage:\n  type: sqlite\n  path: storage.sqlite\n\
+         sslmode: disable\n      slot_name_prefix: {slot_prefix}\n      decoder: {decoder}\n{storage}\
          port: {port}\nclient_auth:\n  audience:\n    - syncgate-test\n  jwks:\n    keys:\n      \
          - kty: oct\n        alg: HS256\n        kid: test-hs256\n        k: {key}\n\
          sync_rules:\n  content: |\n{indented}",
@@ -105,6 +143,7 @@ impl Gateway {
     pub fn start(config_path: &Path, options: ServeOptions) -> Gateway {
         let (stop, stop_rx) = watch::channel(false);
         let config = config_path.to_path_buf();
+        let storage_config = Config::load(&config).expect("config").config.storage;
         let task = tokio::spawn(async move {
             let result = serve(config, options, stop_rx).await;
             if let Err(error) = &result {
@@ -113,7 +152,7 @@ impl Gateway {
             result
         });
         Gateway {
-            storage_path: config_path.with_file_name("storage.sqlite"),
+            storage_config,
             stop,
             task: Some(task),
         }
@@ -150,8 +189,25 @@ impl Gateway {
         }
     }
 
-    pub fn storage(&self) -> SqliteStorage {
-        SqliteStorage::open(&self.storage_path).expect("open storage")
+    /// The gateway's storage, opened by the test (a second connection to the same storage).
+    pub fn storage(&self) -> ConfiguredStorage {
+        match &self.storage_config {
+            StorageConfig::Sqlite { path } => {
+                ConfiguredStorage::Sqlite(SqliteStorage::open(path).expect("open storage"))
+            }
+            StorageConfig::Postgres(config) => {
+                ConfiguredStorage::Postgres(PostgresStorage::open(config).expect("open storage"))
+            }
+        }
+    }
+
+    /// Whether the storage exists yet (`serve` creates the SQLite file; opening Postgres storage
+    /// creates its schema, safely beside the gateway doing the same).
+    fn storage_exists(&self) -> bool {
+        match &self.storage_config {
+            StorageConfig::Sqlite { path } => path.exists(),
+            StorageConfig::Postgres(_) => true,
+        }
     }
 
     /// Waits until the active version has a checkpoint at or past `lsn`.
@@ -159,7 +215,7 @@ impl Gateway {
         let started = Instant::now();
         loop {
             self.assert_running();
-            if self.storage_path.exists() {
+            if self.storage_exists() {
                 let storage = self.storage();
                 if let Some(active) = storage.active_version().expect("active version")
                     && let Some(checkpoint) = storage.latest_checkpoint(active.version).expect("checkpoint")

@@ -11,7 +11,7 @@ mod failures;
 pub mod harness;
 mod versions;
 
-use harness::{Gateway, Oracle, fast_options, write_config};
+use harness::{Gateway, Oracle, fast_options};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
 pub const SCHEMA: &str = "
@@ -158,10 +158,47 @@ fn assert_users_match(gateway: &Gateway, oracle: &Oracle, users: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_and_streaming_equal_the_rules_applied_to_the_final_database() {
+    snapshot_and_streaming(harness::SQLITE_STORAGE, "sg_e2e_").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_storage_snapshot_and_streaming_equal_the_rules_applied() {
+    let storage = shared_cluster().create_database().expect("storage database");
+    snapshot_and_streaming(&harness::postgres_storage(&storage), "sg_e2e_pg_").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_the_source_database_as_postgres_storage() {
     let db = shared_cluster().create_database().expect("database");
     setup(&db);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &db, RULES, "sg_e2e_");
+    let uri = db.url_without_session_options();
+    let config = harness::write_config_with_storage(
+        dir.path(),
+        &uri,
+        RULES,
+        "sg_self_",
+        &harness::postgres_storage(&db),
+    );
+    let error = Gateway::start(&config, fast_options()).expect_error().await;
+    assert!(
+        error.contains(&format!(
+            "the storage database is the replication source database `{}`",
+            db.name()
+        )),
+        "{error}"
+    );
+    assert!(error.contains("point storage.uri at another database"), "{error}");
+}
+
+/// The initial snapshot and a streamed workload (TOAST, key changes, deletes) replicated into `storage`
+/// (a config `storage` section) equal the rules applied to the final database.
+async fn snapshot_and_streaming(storage: &str, prefix: &str) {
+    let db = shared_cluster().create_database().expect("database");
+    setup(&db);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri = db.url_without_session_options();
+    let config = harness::write_config_with_storage(dir.path(), &uri, RULES, prefix, storage);
     let gateway = Gateway::start(&config, fast_options());
     gateway.sync_point(&db).await;
 
@@ -190,7 +227,10 @@ async fn snapshot_and_streaming_equal_the_rules_applied_to_the_final_database() 
 
     // The gateway writes nothing to the app's tables and keeps one slot.
     let slots = db
-        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'sg_e2e_%'")
+        .psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots
+             WHERE slot_name LIKE '{prefix}%' AND database = current_database()"
+        ))
         .expect("slots");
     assert_eq!(slots.trim(), "1");
     gateway.stop().await;
