@@ -28,6 +28,12 @@ pub(crate) struct Api {
 impl Api {
     async fn start(dir: &Path, db: &TestDatabase, rules: &str, prefix: &str) -> Api {
         let config_path: PathBuf = write_config(dir, db, rules, prefix);
+        Api::start_with_config(&config_path).await
+    }
+
+    /// Starts a gateway on a config written by the caller and waits until it is ready.
+    pub(crate) async fn start_with_config(config_path: &Path) -> Api {
+        let config_path = config_path.to_path_buf();
         let config = Config::load(&config_path).expect("config").config;
         let base = format!("http://127.0.0.1:{}", config.port);
         let gateway = Gateway::start(&config_path, fast_options());
@@ -81,7 +87,7 @@ impl Api {
             .token
     }
 
-    async fn stream(&self, sub: &str, body: &str, accept: &str) -> SyncStream {
+    pub(crate) async fn stream(&self, sub: &str, body: &str, accept: &str) -> SyncStream {
         let response = self
             .http
             .post(format!("{}/sync/stream", self.base))
@@ -103,7 +109,7 @@ impl Api {
     }
 }
 
-struct SyncStream {
+pub(crate) struct SyncStream {
     response: reqwest::Response,
     buffer: Vec<u8>,
 }
@@ -125,7 +131,7 @@ impl SyncStream {
     }
 
     /// Lines up to and including the next `checkpoint_complete`, keepalives skipped.
-    async fn until_complete(&mut self) -> Vec<Value> {
+    pub(crate) async fn until_complete(&mut self) -> Vec<Value> {
         let mut lines = Vec::new();
         loop {
             let line = self.next_line().await;
