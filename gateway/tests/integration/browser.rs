@@ -351,11 +351,21 @@ async fn the_dashboard_renders_in_a_headless_browser() {
     };
 
     let db = golden_database().await;
+    // Markup in synced data and in a user id must show as text, never become elements.
+    db.psql(
+        "INSERT INTO todos (id, list_id, description, completed, owner_id, created_at) VALUES \
+         ('aaaaaaaa-0000-4000-8000-0000000000ff', '11111111-1111-4111-8111-111111111111', \
+         '<b id=\"xss-row\">bold</b>', false, 'user1', now())",
+    )
+    .expect("insert");
     let dir = tempfile::tempdir().expect("dir");
     let api = Api::start_with_config(&dashboard_config(dir.path(), &db, "sg_browser_", true)).await;
-    // A connected client for the clients panel.
+    // Connected clients for the clients panel.
     let mut stream = api.stream("user1", "{}", "application/x-ndjson").await;
     stream.until_complete().await;
+    let markup_user = r#"<img id="xss-user" src="x">"#;
+    let mut markup_stream = api.stream(markup_user, "{}", "application/x-ndjson").await;
+    markup_stream.until_complete().await;
 
     let driver = Driver::start(&chromedriver).await;
     let profile = tempfile::tempdir().expect("profile dir");
@@ -385,9 +395,14 @@ async fn the_dashboard_renders_in_a_headless_browser() {
         .wait_for_text("#rules-text", |t| t.contains("bucket_definitions"))
         .await;
     assert!(rules.contains("list_todos"), "{rules}");
-    browser.wait_for_text("#client-count", |t| t == "1").await;
+    browser.wait_for_text("#client-count", |t| t == "2").await;
     let clients = browser.text("#clients-table").await;
     assert!(clients.contains("user1") && clients.contains("http"), "{clients}");
+    assert!(clients.contains(markup_user), "{clients}");
+    assert!(
+        browser.elements("#xss-user").await.is_empty(),
+        "a user id became markup"
+    );
     let (path, png) = browser.screenshot("status").await;
     assert_non_trivial("status", &path, &png);
 
@@ -408,6 +423,11 @@ async fn the_dashboard_renders_in_a_headless_browser() {
         "a todo of user1 is among the sample rows: {result}"
     );
     assert!(!browser.elements("#user-result .sample-row").await.is_empty());
+    assert!(result.contains(r#"<b id=\"xss-row\">bold</b>"#), "{result}");
+    assert!(
+        browser.elements("#xss-row").await.is_empty(),
+        "row data became markup"
+    );
     // The screenshot covers the viewport: bring the answer into it.
     browser
         .call(
@@ -421,6 +441,6 @@ async fn the_dashboard_renders_in_a_headless_browser() {
 
     browser.close().await;
     drop(driver);
-    drop(stream);
+    drop((stream, markup_stream));
     api.gateway.stop().await;
 }
