@@ -39,6 +39,10 @@ pub mod env {
     pub const STORAGE_PATH: &str = "SYNCGATE_STORAGE_PATH";
     /// Replaces `client_auth.supabase_jwt_secret` (an HS256 shared secret).
     pub const JWT_SECRET: &str = "SYNCGATE_JWT_SECRET";
+    /// Replaces `dashboard.enabled` (`true`/`false`).
+    pub const DASHBOARD_ENABLED: &str = "SYNCGATE_DASHBOARD_ENABLED";
+    /// Replaces `api.tokens` with this one admin token (the dashboard's).
+    pub const ADMIN_TOKEN: &str = "SYNCGATE_ADMIN_TOKEN";
 }
 
 /// A value kept out of logs: `Debug` and `Display` print `***`; [`Secret::expose`] reads it.
@@ -78,6 +82,16 @@ pub struct Config {
     pub client_auth: ClientAuthConfig,
     pub port: u16,
     pub api: ApiSettings,
+    pub dashboard: DashboardSettings,
+}
+
+/// The diagnostics page at `/dashboard` (docs/dashboard.md): off unless enabled, and then guarded by
+/// PowerSync's admin API tokens (`api.tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DashboardSettings {
+    pub enabled: bool,
+    /// Bearer tokens accepted by the dashboard's JSON endpoints; never empty when `enabled`.
+    pub admin_tokens: Vec<Secret<String>>,
 }
 
 /// Limits of the sync API (`api.parameters`, PowerSync's keys and defaults where syncgate has them).

@@ -341,6 +341,8 @@ fn api_state(
             max_connections: to_usize(config.api.max_concurrent_connections),
         },
         shutdown,
+        clients: Arc::default(),
+        dashboard: config.dashboard.clone(),
     })
 }
 

@@ -54,6 +54,10 @@ pub struct ApiState {
     pub replication: Arc<ReplicationMetrics>,
     pub config: ApiConfig,
     pub shutdown: watch::Receiver<bool>,
+    /// Open sync streams, for the dashboard.
+    pub clients: Arc<super::clients::ClientRegistry>,
+    /// `/dashboard`: served only when enabled.
+    pub dashboard: crate::config::DashboardSettings,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -194,6 +198,7 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
 
     // WebSocket (RSocket) transport: any path, only upgrade requests; others fall through unchanged.
     let websocket = super::websocket::route(Arc::clone(&state));
+    let dashboard = super::dashboard::routes(Arc::clone(&state));
 
     websocket
         .or(preflight)
@@ -203,6 +208,7 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
         .or(liveness)
         .or(readiness)
         .or(metrics)
+        .or(dashboard)
         .recover(recover)
         .with(warp::reply::with::header("access-control-allow-origin", "*"))
         .with(warp::reply::with::header(
@@ -211,7 +217,7 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
         ))
 }
 
-fn json_reply(status: StatusCode, body: &Value) -> warp::reply::Response {
+pub(super) fn json_reply(status: StatusCode, body: &Value) -> warp::reply::Response {
     let mut response = Response::new(body.to_string().into());
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -329,11 +335,16 @@ fn open_stream(
     let (lines, receiver) = mpsc::channel(LINE_BUFFER);
     let (outcome_tx, outcome) = oneshot::channel();
     let user = claims.user_id.clone();
-    let session = Session::new(Arc::clone(&state.env), claims, request, lines);
+    let registration = state
+        .clients
+        .register(&claims.user_id, super::clients::Transport::Http);
+    let session = Session::new(Arc::clone(&state.env), claims, request, lines)
+        .with_client(Arc::clone(registration.entry()));
     let shutdown = state.shutdown.clone();
     let metrics = Arc::clone(&state.env.metrics);
     tokio::spawn(async move {
         let result = session.run(shutdown).await;
+        drop(registration);
         let result = match result {
             Ok(end) => {
                 debug!(%user, ?end, "sync stream ended");

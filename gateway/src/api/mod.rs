@@ -4,8 +4,11 @@
 //! [`session`] decides what each stream sends; [`http`] is the warp server that authenticates requests
 //! and frames lines ([`encoding`]); [`websocket`] serves the same sessions over RSocket-over-WebSocket
 //! ([`rsocket`] frames); [`write_checkpoint`] records write checkpoints and emits the WAL
-//! marker that acknowledges them.
+//! marker that acknowledges them. [`dashboard`] serves the diagnostics page (off unless enabled), with
+//! the open streams from [`clients`].
 
+pub mod clients;
+pub mod dashboard;
 pub mod encoding;
 pub mod http;
 pub mod metrics;

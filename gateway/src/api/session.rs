@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use syncgate_protocol::{
     BucketChecksum, BucketName, BucketPriority, BucketSubscription, Checksum, ClientId, OpId,
     StreamDescription, StreamError, SubscriptionRef, SyncLine, SyncRequest, UserId, WriteCheckpointId,
@@ -673,6 +673,8 @@ pub struct Session<S: BucketStorage + ?Sized + 'static> {
     /// Rules whose resolution reads no parameter index are resolved once per version.
     static_resolution: Option<(RulesVersion, Arc<ResolvedConnection>)>,
     out: LineSink,
+    /// This stream's entry in the dashboard's client registry.
+    client: Option<Arc<super::clients::ClientEntry>>,
 }
 
 impl<S: BucketStorage + ?Sized + 'static> Session<S> {
@@ -682,20 +684,7 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         request: &SyncRequest,
         out: impl Into<LineSink>,
     ) -> Self {
-        let empty = Map::new();
-        let client_parameters = Value::Object(request.parameters.clone().unwrap_or_else(|| empty.clone()));
-        let mut connection = ConnectionRequest::new(&claims.payload, &client_parameters);
-        connection.include_defaults = request.streams.include_defaults;
-        connection.subscriptions = request
-            .streams
-            .subscriptions
-            .iter()
-            .map(|s| syncgate_rules::StreamSubscription {
-                stream: s.stream.clone(),
-                parameters: s.parameters.clone().map(Value::Object),
-                override_priority: s.override_priority.map(BucketPriority::get),
-            })
-            .collect();
+        let connection = connection_request(&claims, request);
         Session {
             user: UserId(claims.user_id.clone()),
             client_id: request.client_id.clone(),
@@ -712,7 +701,15 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             sent: None,
             static_resolution: None,
             out: out.into(),
+            client: None,
         }
+    }
+
+    /// Reports the checkpoints this session sends to `entry` (the dashboard's client list).
+    #[must_use]
+    pub fn with_client(mut self, entry: Arc<super::clients::ClientEntry>) -> Self {
+        self.client = Some(entry);
+        self
     }
 
     /// Runs until the token expires, the client goes away, shutdown, or an error.
@@ -882,6 +879,9 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 return Ok(Some(end));
             }
             self.env.metrics.checkpoint_sent(started.elapsed());
+            if let Some(client) = &self.client {
+                client.checkpoint_sent(view.checkpoint.op_id.get(), view.order.len());
+            }
             let to_send = self.accept(view, full);
             let (version, checkpoint) = match &self.sent {
                 Some(sent) => (sent.version, sent.checkpoint),
@@ -1569,6 +1569,84 @@ fn read_view<S: BucketStorage + ?Sized>(
         };
         return Ok(Ok(Some((view, newly_static))));
     }
+}
+
+/// The connection a sync request and token describe: what bucket resolution reads.
+fn connection_request(claims: &SessionClaims, request: &SyncRequest) -> ConnectionRequest {
+    let client_parameters = Value::Object(request.parameters.clone().unwrap_or_default());
+    let mut connection = ConnectionRequest::new(&claims.payload, &client_parameters);
+    connection.include_defaults = request.streams.include_defaults;
+    connection.subscriptions = request
+        .streams
+        .subscriptions
+        .iter()
+        .map(|s| syncgate_rules::StreamSubscription {
+            stream: s.stream.clone(),
+            parameters: s.parameters.clone().map(Value::Object),
+            override_priority: s.override_priority.map(BucketPriority::get),
+        })
+        .collect();
+    connection
+}
+
+/// A connection's buckets at the latest published checkpoint, as its first `checkpoint` line would list
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionView {
+    pub version: RulesVersion,
+    pub checkpoint: Checkpoint,
+    /// In the order the checkpoint line lists them.
+    pub buckets: Vec<ConnectionBucket>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionBucket {
+    pub bucket: BucketName,
+    pub priority: BucketPriority,
+    pub checksum: Checksum,
+    pub count: u64,
+}
+
+/// Reads what a new session of `claims` with `request` would be sent as its first checkpoint, through the
+/// session's own read (same resolution, limits and consistency), so the dashboard's answer cannot differ
+/// from a real sync. Blocking: call it on the blocking pool. `None` while no checkpoint is published.
+pub fn read_connection_view<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    claims: &SessionClaims,
+    request: &SyncRequest,
+) -> Result<Option<ConnectionView>, SessionError> {
+    let connection = connection_request(claims, request);
+    let user = UserId(claims.user_id.clone());
+    let read = read_view(
+        env,
+        &connection,
+        &user,
+        request.client_id.as_ref(),
+        None,
+        None,
+        Reads::Storage,
+    )?;
+    let Ok(Some((view, _))) = read else {
+        return Ok(None);
+    };
+    let buckets = view
+        .order
+        .iter()
+        .map(|name| {
+            let bucket = &view.buckets[name];
+            ConnectionBucket {
+                bucket: name.clone(),
+                priority: bucket.priority,
+                checksum: bucket.checksum,
+                count: bucket.count,
+            }
+        })
+        .collect();
+    Ok(Some(ConnectionView {
+        version: view.version,
+        checkpoint: view.checkpoint,
+        buckets,
+    }))
 }
 
 fn subscription_of(origin: BucketOrigin) -> BucketSubscription {

@@ -667,10 +667,16 @@ impl Connection {
         let guard = self.state.env.metrics.connection_opened();
         let (lines_tx, lines) = mpsc::channel(LINE_BUFFER);
         let (outcome_tx, outcome) = oneshot::channel();
-        let session = Session::new(Arc::clone(&self.state.env), claims, &request, lines_tx);
+        let registration = self
+            .state
+            .clients
+            .register(&claims.user_id, super::clients::Transport::WebSocket);
+        let session = Session::new(Arc::clone(&self.state.env), claims, &request, lines_tx)
+            .with_client(Arc::clone(registration.entry()));
         let shutdown = self.state.shutdown.clone();
         tokio::spawn(async move {
             let _ = outcome_tx.send(session.run(shutdown).await);
+            drop(registration);
         });
         Ok(ActiveStream {
             id: stream_id,

@@ -9,9 +9,9 @@ use super::ContentOrigin;
 use super::postgres::{DecoderChoice, UriParts, parse_uri};
 use super::{
     ApiSettings, ClientAuthConfig, Config, ConfigError, ConfigWarning, DEFAULT_MAX_LIFETIME_SECONDS,
-    DEFAULT_PORT, DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, EnvLookup, Jwk,
-    Loaded, PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig, SyncRulesConfig,
-    SyncRulesSource, env,
+    DEFAULT_PORT, DEFAULT_PUBLICATION, DEFAULT_SLOT_NAME_PREFIX, DEFAULT_STORAGE_PATH, DashboardSettings,
+    EnvLookup, Jwk, Loaded, PostgresConnection, ReplicationConfig, Secret, SslMode, StorageConfig,
+    SyncRulesConfig, SyncRulesSource, env,
 };
 use crate::storage::PostgresStorageConfig;
 
@@ -32,6 +32,7 @@ const TOP_KNOWN: &[&str] = &[
     "client_auth",
     "port",
     "api",
+    "dashboard",
 ];
 /// PowerSync service keys with no syncgate equivalent yet.
 const TOP_IGNORED: &[&str] = &[
@@ -106,7 +107,8 @@ pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result
     let storage = r.storage(&top, &dir)?;
     let sync_rules = r.sync_rules(&top, &dir)?;
     let client_auth = r.client_auth(&top)?;
-    let api = r.api(&top)?;
+    let mut dashboard = r.dashboard(&top)?;
+    let api = r.api(&top, &mut dashboard)?;
     let mut port = match top.get("port") {
         Some(node) => r.port(node, "port")?,
         None => DEFAULT_PORT,
@@ -127,6 +129,7 @@ pub(super) fn read<'e>(text: &'e str, path: &Path, env: EnvLookup<'e>) -> Result
             client_auth,
             port,
             api,
+            dashboard,
         },
         warnings: r.warnings,
     })
@@ -851,13 +854,74 @@ impl Reader<'_> {
         Some(ContentOrigin { first_line, indent })
     }
 
-    /// `api: {parameters: {...}, max_request_bytes}`; PowerSync's `api.tokens` (admin API) is not served.
-    fn api(&mut self, top: &Map<'_>) -> Result<ApiSettings, ConfigError> {
+    /// `dashboard: {enabled}` (a syncgate key), with the `SYNCGATE_DASHBOARD_ENABLED` override. Its
+    /// tokens come from `api.tokens`, read by [`Reader::api`].
+    fn dashboard(&mut self, top: &Map<'_>) -> Result<DashboardSettings, ConfigError> {
+        let mut dashboard = DashboardSettings::default();
+        if let Some(node) = top.get("dashboard") {
+            let map = self.mapping(node, "dashboard", &["enabled"], &[])?;
+            if let Some(v) = map.get("enabled") {
+                dashboard.enabled = self.bool(v, "dashboard.enabled")?;
+            }
+        }
+        if let Some(value) = self.override_var(env::DASHBOARD_ENABLED) {
+            dashboard.enabled = match value.to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: env::DASHBOARD_ENABLED,
+                        message: format!("`{value}` is not `true` or `false`"),
+                    });
+                }
+            };
+        }
+        Ok(dashboard)
+    }
+
+    /// `api: {tokens, parameters: {...}, max_request_bytes}`. PowerSync's admin API is not served;
+    /// its `tokens` guard the dashboard, and have no effect (with a warning) while it is off.
+    fn api(&mut self, top: &Map<'_>, dashboard: &mut DashboardSettings) -> Result<ApiSettings, ConfigError> {
         let mut api = ApiSettings::default();
-        let Some(node) = top.get("api") else {
+        let node = top.get("api");
+        let map = match node {
+            Some(node) => {
+                Some(self.mapping(node, "api", &["tokens", "parameters", "max_request_bytes"], &[])?)
+            }
+            None => None,
+        };
+        if let Some(tokens) = map.as_ref().and_then(|m| m.get("tokens")) {
+            if dashboard.enabled {
+                dashboard.admin_tokens = self
+                    .string_list(tokens, "api.tokens")?
+                    .into_iter()
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new)
+                    .collect();
+            } else {
+                self.warn(
+                    tokens.position,
+                    "`api.tokens` is a PowerSync setting that syncgate accepts but does not implement; it has no \
+                     effect (syncgate uses it only as the dashboard's admin tokens, and `dashboard.enabled` is not \
+                     true)"
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some(token) = self.override_var(env::ADMIN_TOKEN) {
+            dashboard.admin_tokens = vec![Secret::new(token)];
+        }
+        if dashboard.enabled && dashboard.admin_tokens.is_empty() {
+            let position = top.get("dashboard").map_or(top.position, |n| n.position);
+            return Err(self.err(
+                position,
+                "the dashboard is enabled but has no admin token: set `api.tokens` (a list) or the \
+                 SYNCGATE_ADMIN_TOKEN environment variable",
+            ));
+        }
+        let Some(map) = map else {
             return Ok(api);
         };
-        let map = self.mapping(node, "api", &["parameters", "max_request_bytes"], &["tokens"])?;
         if let Some(v) = map.get("max_request_bytes") {
             api.max_request_bytes = self.positive(v, "api.max_request_bytes")?;
         }

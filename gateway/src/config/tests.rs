@@ -677,3 +677,62 @@ fn postgres_storage_errors_point_at_the_key() {
         "CONFIG:8:8: `storage.uri` is a key of Postgres storage; add `type: postgresql` or remove it"
     );
 }
+
+#[test]
+fn the_dashboard_is_off_by_default_and_needs_an_admin_token_when_enabled() {
+    let f = Fixture::new();
+    let off = f.load(MINIMAL).unwrap().config.dashboard;
+    assert!(!off.enabled && off.admin_tokens.is_empty());
+
+    let on = f
+        .load(&format!(
+            "{MINIMAL}dashboard:\n  enabled: true\napi:\n  tokens:\n    - first\n    - second\n"
+        ))
+        .unwrap();
+    assert!(on.config.dashboard.enabled);
+    let tokens: Vec<&str> = on
+        .config
+        .dashboard
+        .admin_tokens
+        .iter()
+        .map(|t| t.expose().as_str())
+        .collect();
+    assert_eq!(tokens, ["first", "second"]);
+    // The tokens take effect: no "has no effect" warning, and they never show in Debug output.
+    assert!(on.warnings.is_empty(), "{:?}", on.warnings);
+    assert!(!format!("{:?}", on.config).contains("first"));
+
+    let e = f.error(&format!("{MINIMAL}dashboard:\n  enabled: true\n"), &[]);
+    assert!(e.starts_with("CONFIG:"), "{e}");
+    assert!(
+        e.contains("no admin token") && e.contains("SYNCGATE_ADMIN_TOKEN"),
+        "{e}"
+    );
+
+    // Environment overrides: enable without touching the file, and replace the tokens.
+    let env = f
+        .load_env(
+            &format!("{MINIMAL}api:\n  tokens: [from-file]\n"),
+            &[
+                ("SYNCGATE_DASHBOARD_ENABLED", "true"),
+                ("SYNCGATE_ADMIN_TOKEN", "from-env"),
+            ],
+        )
+        .unwrap()
+        .config
+        .dashboard;
+    assert!(env.enabled);
+    assert_eq!(env.admin_tokens, [Secret::new("from-env".to_owned())]);
+    let e = f.error(MINIMAL, &[("SYNCGATE_DASHBOARD_ENABLED", "yes")]);
+    assert!(
+        e.contains("SYNCGATE_DASHBOARD_ENABLED") && e.contains("`yes`"),
+        "{e}"
+    );
+    let off = f
+        .load_env(
+            &format!("{MINIMAL}dashboard:\n  enabled: true\n"),
+            &[("SYNCGATE_DASHBOARD_ENABLED", "false")],
+        )
+        .unwrap();
+    assert!(!off.config.dashboard.enabled);
+}

@@ -83,6 +83,11 @@ impl ReplicationMetrics {
         self.received(lsn);
     }
 
+    /// When the last batch became durable, µs since the Unix epoch; `None` before the first.
+    pub fn last_applied_at_unix_micros(&self) -> Option<i64> {
+        Some(self.applied_at_unix_micros.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
     pub fn retained_wal(&self, bytes: u64) {
         self.retained_wal_bytes.store(bytes, Ordering::Relaxed);
     }

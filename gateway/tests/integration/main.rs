@@ -1,8 +1,10 @@
 //! The `syncgate` binary's integration tests, in one test binary.
 
+mod browser;
 mod cli;
 mod config;
 mod crash;
+mod dashboard;
 mod interop;
 mod replication;
 mod rule_suites;

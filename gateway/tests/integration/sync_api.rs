@@ -42,6 +42,12 @@ impl Api {
     ) -> Api {
         let uri = db.url_without_session_options();
         let config_path: PathBuf = write_config_with_storage(dir, &uri, rules, prefix, storage);
+        Api::start_with_config(&config_path).await
+    }
+
+    /// Starts a gateway on a config written by the caller and waits until it is ready.
+    pub(crate) async fn start_with_config(config_path: &Path) -> Api {
+        let config_path = config_path.to_path_buf();
         let config = Config::load(&config_path).expect("config").config;
         let base = format!("http://127.0.0.1:{}", config.port);
         let gateway = Gateway::start(&config_path, fast_options());
@@ -95,7 +101,7 @@ impl Api {
             .token
     }
 
-    async fn stream(&self, sub: &str, body: &str, accept: &str) -> SyncStream {
+    pub(crate) async fn stream(&self, sub: &str, body: &str, accept: &str) -> SyncStream {
         let response = self
             .http
             .post(format!("{}/sync/stream", self.base))
@@ -117,7 +123,7 @@ impl Api {
     }
 }
 
-struct SyncStream {
+pub(crate) struct SyncStream {
     response: reqwest::Response,
     buffer: Vec<u8>,
 }
@@ -139,7 +145,7 @@ impl SyncStream {
     }
 
     /// Lines up to and including the next `checkpoint_complete`, keepalives skipped.
-    async fn until_complete(&mut self) -> Vec<Value> {
+    pub(crate) async fn until_complete(&mut self) -> Vec<Value> {
         let mut lines = Vec::new();
         loop {
             let line = self.next_line().await;
