@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod crash;
+mod dev;
 mod interop;
 mod replication;
 mod rule_suites;
