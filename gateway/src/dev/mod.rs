@@ -239,6 +239,13 @@ async fn start_cluster(project: &Project, progress: &Progress) -> anyhow::Result
         Err(error) => return Err(error.into()),
     };
     let cluster = opened.cluster;
+    if cluster.root() != project.postgres() {
+        progress.step(format_args!(
+            "postgres: the cluster's OS user cannot reach {}, so the cluster lives in {} (reused by later runs)",
+            project.postgres().display(),
+            cluster.root().display()
+        ));
+    }
     let owner = syncgate_pgcluster::server_os_user()
         .map(|user| format!(", run as OS user {user}"))
         .unwrap_or_default();
@@ -400,8 +407,8 @@ async fn wait_for_first_checkpoint(
         .await??;
         if let Some(checkpoint) = checkpoint {
             progress.step(format_args!(
-                "gateway: initial snapshot done, checkpoint op {} ({commit_count} storage commit(s) seen)",
-                checkpoint.op_id
+                "gateway: initial snapshot done, first checkpoint published at LSN {} ({commit_count} storage commit(s))",
+                checkpoint.lsn
             ));
             return Ok(());
         }
