@@ -25,17 +25,9 @@ pub const DEMO_TABLES: [&str; 4] = ["users", "lists", "list_members", "todos"];
 /// Tokens say this audience; the config accepts it.
 pub const AUDIENCE: &str = "syncgate-dev";
 
-/// The client schema of the demo app: what the demo rules sync, with client column types (booleans as
-/// integers, timestamps as text).
-pub const CLIENT_SCHEMA: &str = r#"{"tables": [
-  {"name": "users", "columns": [{"name": "name", "type": "text"}, {"name": "email", "type": "text"}]},
-  {"name": "lists", "columns": [{"name": "owner_id", "type": "text"}, {"name": "name", "type": "text"},
-                                {"name": "created_at", "type": "text"}]},
-  {"name": "todos", "columns": [{"name": "list_id", "type": "text"}, {"name": "description", "type": "text"},
-                                {"name": "completed", "type": "integer"}, {"name": "priority", "type": "integer"},
-                                {"name": "created_at", "type": "text"}]}
-]}
-"#;
+/// The client schema of the demo app (sql/demo/client-schema.json): what the demo rules sync, with client
+/// column types (booleans as integers, timestamps as text).
+pub const CLIENT_SCHEMA: &str = include_str!("../../../sql/demo/client-schema.json");
 
 /// The project folder's paths.
 #[derive(Debug, Clone)]
