@@ -318,6 +318,11 @@ impl PgCluster {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        if persistent {
+            // A group of its own: Ctrl-C in a terminal signals the whole foreground group, and the
+            // caller (`syncgate dev`) must stop its gateway before Postgres, not have Postgres stop under it.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
         let mut watchdog = command
             .spawn()
             .map_err(io_error("spawning the server watchdog"))?;

@@ -1,7 +1,8 @@
 //! `syncgate dev` as a user runs it: the built binary in a fresh folder. With `--exit-after-ready` it
 //! syncs alice once, prints the summary and leaves no Postgres behind; a second run reopens the same
 //! cluster. Without it, the printed token, URLs and client command work: a client syncs, its local
-//! writes go through the demo backend into Postgres and come back, and SIGINT stops everything.
+//! writes go through the demo backend into Postgres and come back, and SIGINT to its process group (Ctrl-C)
+//! stops everything in order.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -213,7 +214,10 @@ fn rows(db: &LocalDatabase, sql: &str) -> Vec<(String, String, i64)> {
 #[test]
 fn dev_prints_what_works_and_stops_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = dev_command(dir.path())
+    let mut command = dev_command(dir.path());
+    // A process group of its own, signalled as a whole below: what Ctrl-C in a terminal does.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -324,7 +328,7 @@ fn dev_prints_what_works_and_stops_on_sigint() {
     drop(db);
 
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", "--", &format!("-{}", child.id())])
         .status()
         .expect("kill -INT");
     assert!(status.success());
