@@ -1,6 +1,6 @@
 //! # syncgate-pgcluster
 //!
-//! Throwaway PostgreSQL clusters: `initdb` into a temporary directory, `wal_level=logical`, a free
+//! PostgreSQL clusters, throwaway by default: `initdb` into a temporary directory, `wal_level=logical`, a free
 //! port on loopback, trust authentication. Shared by the `syncgate` binary (`syncgate rules test`
 //! runs rule suites against one) and the integration tests (through `syncgate-test-support`), so both
 //! use one implementation; it ships in the release binary, hence a crate of its own.

@@ -202,6 +202,9 @@ async fn run_with_postgres(
         print_ready(project, &endpoint, &backend_url, &database_url, &tokens, progress);
         let mut stop = shutdown_rx.clone();
         tokio::select! {
+            // Shutdown first: the gateway ends because of it, and its end is then no error (nor consumed
+            // here, so it is awaited below).
+            biased;
             _ = stop.wait_for(|stop| *stop) => Ok(()),
             ended = &mut gateway => Err(gateway_ended(ended)),
         }
@@ -413,6 +416,9 @@ async fn wait_for_first_checkpoint(
             return Ok(());
         }
         tokio::select! {
+            // Shutdown first, for the same reason as in `run_with_postgres`.
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             changed = commits.changed() => {
                 if changed.is_err() {
                     bail!("the gateway's storage was closed");
@@ -421,7 +427,6 @@ async fn wait_for_first_checkpoint(
                 progress.step(format_args!("gateway: snapshot in progress, storage commit {commit_count}"));
             }
             ended = &mut *gateway => return Err(gateway_ended(ended)),
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             () = tokio::time::sleep_until(deadline) => {
                 bail!("no checkpoint within {READY_TIMEOUT:?}: see the gateway's log lines above")
             }
