@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, StorageConfig};
 use crate::storage::{ConfiguredStorage, PostgresStorage};
-use crate::{auth, compact_cmd, config_cmd, inspect, rule_suite, rules_cmd, serve};
+use crate::{auth, compact_cmd, config_cmd, dev, inspect, rule_suite, rules_cmd, serve};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the demo todo app locally: a persistent Postgres cluster in the project folder (or
+    /// --database-url) with sql/demo/, the gateway, and a demo backend for uploads; prints tokens, URLs
+    /// and a client command. Ctrl-C stops everything. See docs/dev.md.
+    Dev {
+        /// The project folder: Postgres data, config, development key, storage. Reused by later runs.
+        #[arg(long, default_value = ".syncgate-dev")]
+        dir: PathBuf,
+        /// Use this Postgres (wal_level=logical) instead of a local cluster; the demo schema and data
+        /// are loaded only if its tables are missing.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The sync API's port (0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The demo backend's port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 8081)]
+        backend_port: u16,
+        /// Sync --user once with the Rust client, print a summary, stop everything and exit.
+        #[arg(long)]
+        exit_after_ready: bool,
+        /// The user --exit-after-ready syncs.
+        #[arg(long, default_value = "alice")]
+        user: String,
+        /// Only write the project folder's files (config for --port, key, rules) and load the demo if
+        /// missing, then exit (docker-compose.yml's init step).
+        #[arg(long)]
+        config_only: bool,
+    },
+    /// The demo backend alone (as `syncgate dev` runs it): POST /upload applies client upload batches
+    /// to Postgres, for tokens the config's client_auth accepts. See docs/dev.md.
+    DevBackend {
+        /// The gateway config whose client_auth checks the tokens.
+        #[arg(long)]
+        config: PathBuf,
+        /// The Postgres to write to.
+        #[arg(long)]
+        database_url: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+    },
     /// Work with sync rules files.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -142,6 +183,28 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
         Command::Serve { config } => serve_command(config),
+        Command::Dev {
+            dir,
+            database_url,
+            port,
+            backend_port,
+            exit_after_ready,
+            user,
+            config_only,
+        } => dev_command(dev::DevOptions {
+            dir,
+            database_url,
+            port,
+            backend_port,
+            exit_after_ready,
+            config_only,
+            user,
+        }),
+        Command::DevBackend {
+            config,
+            database_url,
+            listen,
+        } => dev_backend_command(&config, database_url, listen),
         Command::Inspect {
             config,
             sub,
@@ -294,5 +357,54 @@ fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+    })
+}
+
+fn dev_command(options: dev::DevOptions) -> anyhow::Result<ExitCode> {
+    // The gateway's routine logs would bury dev's own progress lines: warnings and errors only.
+    init_tracing_with("warn,pg_walstream=warn,warp::server=off,syncgate_client=warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match runtime.block_on(dev::run(options)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) => {
+            eprintln!("syncgate dev: {error:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn dev_backend_command(
+    config: &std::path::Path,
+    database_url: String,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let loaded = Config::load(config)?;
+    let authenticator = auth::Authenticator::new(&loaded.config.client_auth)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            shutdown_tx.send_replace(true);
+        });
+        let listener = dev::backend::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(%listen, "demo backend: POST /upload");
+        dev::backend::DemoBackend::new(database_url, authenticator)
+            .serve(listener, shutdown_rx)
+            .await?;
+        Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,6 +1,6 @@
 //! # syncgate-pgcluster
 //!
-//! Throwaway PostgreSQL clusters: `initdb` into a temporary directory, `wal_level=logical`, a free
+//! PostgreSQL clusters, throwaway by default: `initdb` into a temporary directory, `wal_level=logical`, a free
 //! port on loopback, trust authentication. Shared by the `syncgate` binary (`syncgate rules test`
 //! runs rule suites against one) and the integration tests (through `syncgate-test-support`), so both
 //! use one implementation; it ships in the release binary, hence a crate of its own.
@@ -13,6 +13,10 @@
 //! stdin is a pipe held by this process. When the pipe closes — the [`PgCluster`] is dropped, or
 //! the process exits or is killed — the shell stops the server (immediate shutdown) and deletes the
 //! directory.
+//!
+//! **Persistent mode.** [`PgCluster::open_persistent`] keeps a cluster in a directory of the
+//! caller's choosing (`syncgate dev`'s project folder): created on first use, reopened later on a new
+//! free port, stopped with a fast shutdown, data kept.
 //!
 //! Binaries come from `$SYNCGATE_PG_BIN`, else `$PG_BIN`, else /usr/lib/postgresql/15/bin.
 
@@ -106,7 +110,8 @@ pub struct ClusterOptions {
 }
 
 /// Starts the server, prints its pid, then blocks reading stdin. EOF (the harness dropped the
-/// cluster or its process ended) → immediate shutdown (SIGQUIT), wait, delete the cluster dir.
+/// cluster or its process ended) → shutdown with `$PG_STOP_SIGNAL` (QUIT: immediate for throwaway
+/// clusters; INT: fast, for persistent ones), wait, and delete the cluster dir if `$PG_REMOVE` is 1.
 /// A line `restart` stops the server with a fast shutdown, starts it again and prints the new pid.
 const WATCHDOG_SCRIPT: &str = r#"
 start() {
@@ -122,9 +127,9 @@ while read -r line; do
     start
   fi
 done
-kill -QUIT "$pg" 2>/dev/null
+kill -"$PG_STOP_SIGNAL" "$pg" 2>/dev/null
 wait "$pg"
-rm -rf "$PG_ROOT"
+if [ "$PG_REMOVE" = 1 ]; then rm -rf "$PG_ROOT"; fi
 "#;
 
 /// Appended where the server has `output_plugin_libraries` (see [`has_output_plugin_allow_list`]).
@@ -151,6 +156,15 @@ pub fn has_output_plugin_allow_list(bin_dir: &Path) -> bool {
     known.push((bin_dir.to_owned(), has));
     has
 }
+
+/// postgresql.conf lines of a [persistent](PgCluster::open_persistent) cluster: a developer's data,
+/// so durability stays on and the server defaults are the usual ones.
+const PERSISTENT_SETTINGS: &str = "
+# --- syncgate persistent development cluster (pgcluster/src/lib.rs) ---
+# TCP on loopback only; the port is given on the command line (a free one per start).
+listen_addresses = '127.0.0.1'
+wal_level = logical
+";
 
 /// Errors starting or using a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +214,8 @@ pub struct PgCluster {
     /// Where the watchdog prints the server's pid after a restart.
     watchdog_stdout: Mutex<Option<BufReader<ChildStdout>>>,
     next_database: AtomicU64,
+    /// Persistent clusters keep their directory; see [`PgCluster::open_persistent`].
+    persistent: bool,
 }
 
 impl std::fmt::Debug for PgCluster {
@@ -221,9 +237,7 @@ impl PgCluster {
     /// Like [`start`](Self::start), with settings appended after the harness's own (so they win) and
     /// optionally password authentication for every role but the superuser.
     pub fn start_with(options: &ClusterOptions) -> Result<PgCluster, ClusterError> {
-        let bin_dir = std::env::var_os("SYNCGATE_PG_BIN")
-            .or_else(|| std::env::var_os("PG_BIN"))
-            .map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from);
+        let bin_dir = pg_bin_dir();
         if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
             return Err(ClusterError::MissingBinaries(bin_dir));
         }
@@ -251,19 +265,70 @@ impl PgCluster {
     ) -> Result<PgCluster, ClusterError> {
         let root = create_cluster_dir(run_as)?;
         let data_dir = root.join("data");
-        let log_file = root.join("server.log");
         if let Err(e) = init_data_dir(bin_dir, &root, &data_dir, run_as, options) {
             let _ = fs::remove_dir_all(&root);
             return Err(e);
         }
-        let port = match free_port() {
-            Ok(port) => port,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&root);
-                return Err(e);
-            }
-        };
+        let launched = free_port().and_then(|port| Self::launch(bin_dir, run_as, root.clone(), port, false));
+        if launched.is_err() && root.exists() {
+            // The watchdog removes the directory once it runs; before that, it is ours to remove.
+            let _ = fs::remove_dir_all(&root);
+        }
+        launched
+    }
 
+    /// Opens the persistent cluster under `preferred_root` (`data/` and `server.log` inside it),
+    /// creating it with `initdb` on first use, and starts it on a free port. Unlike [`start`](Self::start)
+    /// the directory outlives the cluster: dropping it stops the server with a fast shutdown and
+    /// keeps the data, so the next call finds it again.
+    ///
+    /// Run as root, the cluster belongs to [`CLUSTER_OS_USER`]; when that user cannot reach
+    /// `preferred_root` (a parent directory closed to others, such as /root), the cluster lives in
+    /// `/var/lib/syncgate-dev/<hash of preferred_root>/` instead: [`root`](Self::root) says where.
+    pub fn open_persistent(preferred_root: &Path) -> Result<PersistentCluster, ClusterError> {
+        let bin_dir = pg_bin_dir();
+        if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
+            return Err(ClusterError::MissingBinaries(bin_dir));
+        }
+        let run_as = if rustix::process::geteuid().is_root() {
+            Some(ensure_os_user(CLUSTER_OS_USER)?)
+        } else {
+            None
+        };
+        let root = persistent_root(preferred_root, run_as)?;
+        let data_dir = root.join("data");
+        let created = !data_dir.join("PG_VERSION").is_file();
+        if created {
+            if data_dir.exists() {
+                // What a previous initdb left when it failed half-way: initdb needs an empty directory.
+                fs::remove_dir_all(&data_dir)
+                    .map_err(io_error(format!("removing {}", data_dir.display())))?;
+            }
+            init_persistent_data_dir(&bin_dir, &root, &data_dir, run_as)?;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match free_port().and_then(|port| Self::launch(&bin_dir, run_as, root.clone(), port, true)) {
+                Err(ClusterError::Start {
+                    port_conflict: true, ..
+                }) if attempt < START_ATTEMPTS => continue,
+                Ok(cluster) => return Ok(PersistentCluster { cluster, created }),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Starts the server of an initialised data directory under a watchdog and waits until it is ready.
+    fn launch(
+        bin_dir: &Path,
+        run_as: Option<(u32, u32)>,
+        root: PathBuf,
+        port: u16,
+        persistent: bool,
+    ) -> Result<PgCluster, ClusterError> {
+        let data_dir = root.join("data");
+        let log_file = root.join("server.log");
         let mut command = as_user(run_as, "sh");
         command
             .args(["-c", WATCHDOG_SCRIPT])
@@ -272,21 +337,24 @@ impl PgCluster {
             .env("PG_ROOT", &root)
             .env("PG_LOG", &log_file)
             .env("PG_PORT", port.to_string())
+            .env("PG_STOP_SIGNAL", if persistent { "INT" } else { "QUIT" })
+            .env("PG_REMOVE", if persistent { "0" } else { "1" })
             .current_dir(&root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let mut watchdog = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&root);
-                return Err(io_error("spawning the server watchdog")(e));
-            }
-        };
+        if persistent {
+            // A group of its own: Ctrl-C in a terminal signals the whole foreground group, and the
+            // caller (`syncgate dev`) must stop its gateway before Postgres, not have Postgres stop under it.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let mut watchdog = command
+            .spawn()
+            .map_err(io_error("spawning the server watchdog"))?;
         let watchdog_stdin = watchdog.stdin.take();
         let mut watchdog_stdout = watchdog.stdout.take().map(BufReader::new);
         let postmaster_pid = watchdog_stdout.as_mut().and_then(read_pid);
-        // From here on, dropping `cluster` cleans up whatever happens.
+        // From here on, dropping `cluster` stops the server (and cleans up a throwaway one).
         let cluster = PgCluster {
             bin_dir: bin_dir.to_owned(),
             root,
@@ -297,12 +365,34 @@ impl PgCluster {
             watchdog_stdin,
             watchdog_stdout: Mutex::new(watchdog_stdout),
             next_database: AtomicU64::new(1),
+            persistent,
         };
         let Some(postmaster_pid) = postmaster_pid else {
             return Err(cluster.start_error("the watchdog did not report the server's pid".into(), false));
         };
         cluster.wait_until_ready(postmaster_pid)?;
         Ok(cluster)
+    }
+
+    /// The cluster's directory: `data/` (the data directory) and `server.log`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the directory outlives this value ([`open_persistent`](Self::open_persistent)).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// The server log file.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// Stops the server and waits for it (and its watchdog) to exit: a fast shutdown for a persistent
+    /// cluster, which keeps its data; an immediate one for a throwaway cluster, which is removed.
+    pub fn stop(self) {
+        drop(self);
     }
 
     fn wait_until_ready(&self, postmaster_pid: u32) -> Result<(), ClusterError> {
@@ -437,10 +527,120 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        // EOF on the watchdog's stdin: it stops the server and removes the directory.
+        // EOF on the watchdog's stdin: it stops the server (and removes a throwaway directory).
         drop(self.watchdog_stdin.take());
         let _ = self.watchdog.wait();
     }
+}
+
+/// A cluster from [`PgCluster::open_persistent`].
+#[derive(Debug)]
+pub struct PersistentCluster {
+    pub cluster: PgCluster,
+    /// Whether this call ran `initdb` (an empty cluster) rather than reopening existing data.
+    pub created: bool,
+}
+
+/// The OS user clusters started by this process run as, when not the process's own (run as root).
+pub fn server_os_user() -> Option<&'static str> {
+    rustix::process::geteuid().is_root().then_some(CLUSTER_OS_USER)
+}
+
+/// `$SYNCGATE_PG_BIN`, else `$PG_BIN`, else /usr/lib/postgresql/15/bin.
+pub fn pg_bin_dir() -> PathBuf {
+    std::env::var_os("SYNCGATE_PG_BIN")
+        .or_else(|| std::env::var_os("PG_BIN"))
+        .map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from)
+}
+
+/// Where a persistent cluster asked for at `preferred` lives: `preferred` itself unless the process
+/// is root and [`CLUSTER_OS_USER`] cannot reach it (see [`PgCluster::open_persistent`]). The
+/// directory exists and belongs to the user that runs the server when this returns.
+fn persistent_root(preferred: &Path, run_as: Option<(u32, u32)>) -> Result<PathBuf, ClusterError> {
+    let create = |dir: &Path| -> Result<(), ClusterError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_error(format!("creating {}", dir.display())))?;
+        if let Some((uid, gid)) = run_as {
+            chown(dir, Some(uid), Some(gid)).map_err(io_error(format!("chown {}", dir.display())))?;
+        }
+        Ok(())
+    };
+    create(preferred)?;
+    let Some(run_as) = run_as else {
+        return Ok(preferred.to_owned());
+    };
+    let reachable = as_user(Some(run_as), "test")
+        .arg("-w")
+        .arg(preferred)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(io_error("checking the cluster directory's permissions"))?
+        .success();
+    if reachable {
+        return Ok(preferred.to_owned());
+    }
+    let canonical = preferred.canonicalize().unwrap_or_else(|_| preferred.to_owned());
+    // FNV-1a: stable across runs and Rust versions (std's hasher is not), so the next run finds it.
+    let hash = canonical
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let fallback = PathBuf::from(format!("/var/lib/syncgate-dev/{hash:016x}"));
+    // Only the leaf belongs to the server's user; /var/lib/syncgate-dev stays root's but traversable.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create("/var/lib/syncgate-dev")
+        .map_err(io_error("creating /var/lib/syncgate-dev"))?;
+    create(&fallback)?;
+    // The project folder only says where the cluster went; the server never uses it.
+    let _ = fs::remove_dir(preferred);
+    Ok(fallback)
+}
+
+fn init_persistent_data_dir(
+    bin_dir: &Path,
+    root: &Path,
+    data_dir: &Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), ClusterError> {
+    let output = as_user(run_as, &bin_dir.join("initdb").to_string_lossy())
+        .arg("-D")
+        .arg(data_dir)
+        .args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_error("running initdb"))?;
+    check_output("initdb", output)?;
+    let conf = data_dir.join("postgresql.conf");
+    // No Unix socket: every client connects over TCP, and a deep project path would exceed the
+    // socket path limit (107 bytes).
+    let mut settings = format!("{PERSISTENT_SETTINGS}unix_socket_directories = ''\n");
+    if has_output_plugin_allow_list(bin_dir) {
+        // So the gateway's `decoder: auto` can pick syncgate's plugin where pg-ext is installed.
+        settings.push_str(OUTPUT_PLUGIN_LIBRARIES);
+    }
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&conf)
+        .and_then(|mut f| f.write_all(settings.as_bytes()))
+        .map_err(io_error(format!("writing {}", conf.display())))?;
+    let hba = data_dir.join("pg_hba.conf");
+    fs::write(&hba, PG_HBA).map_err(io_error(format!("writing {}", hba.display())))
 }
 
 /// A database in a throwaway cluster. Dropping it drops the database (with its replication slots),

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crash;
 mod dashboard;
+mod dev;
 mod interop;
 mod replication;
 mod rule_suites;
