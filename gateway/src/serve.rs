@@ -44,6 +44,8 @@ pub struct Embedding {
     pub listener: tokio::net::TcpListener,
     /// Receives the storage once it is open, before replication starts.
     pub storage: tokio::sync::oneshot::Sender<Arc<ServedStorage>>,
+    /// The replication figures the gateway writes (e.g. the initial snapshot's tables and rows).
+    pub metrics: Arc<ReplicationMetrics>,
 }
 
 /// How often the active version is compacted in the background.
@@ -221,12 +223,16 @@ pub async fn serve_embedded(
     let storage: Arc<ServedStorage> = Arc::new(Notifying::new(opened));
     info!(storage = %storage_display, source = %source.display, "syncgate starting");
 
+    let metrics = embedding
+        .as_ref()
+        .map_or_else(Arc::default, |embedding| Arc::clone(&embedding.metrics));
     // The HTTP port is bound before replication starts, so a port in use fails fast and liveness
     // answers during a long initial snapshot.
     let listener = match embedding {
         Some(Embedding {
             listener,
             storage: storage_tx,
+            ..
         }) => {
             // The embedder may have stopped waiting (it failed meanwhile): nothing to tell it then.
             let _ = storage_tx.send(Arc::clone(&storage));
@@ -235,7 +241,6 @@ pub async fn serve_embedded(
         None => crate::api::bind_listener(config.port)
             .with_context(|| format!("cannot listen on port {} (config `port`)", config.port))?,
     };
-    let metrics = Arc::new(ReplicationMetrics::default());
     let api_state = Arc::new(api_state(&config, &storage, &source, &metrics, shutdown.clone())?);
     let api = tokio::spawn(crate::api::serve_api(api_state, listener));
 

@@ -4,9 +4,11 @@
 //!
 //! Everything it starts stops on SIGINT/SIGTERM (or after the first sync with `--exit-after-ready`), in
 //! order: the gateway (open sync streams end first), the backend, then Postgres (fast shutdown), each
-//! waited for. Progress goes to stderr, the ready summary to stdout.
+//! waited for; a signal before the gateway is up stops what was started so far, the same way. Progress
+//! goes to stderr ([`progress`]), the ready summary to stdout.
 
 pub mod backend;
+mod progress;
 pub mod project;
 
 use std::collections::BTreeMap;
@@ -24,9 +26,11 @@ use syncgate_pgcluster::{ClusterError, PgCluster};
 use tokio::sync::{oneshot, watch};
 
 use self::backend::DemoBackend;
+use self::progress::Progress;
 use self::project::{DEMO_DATA_SQL, DEMO_SCHEMA_SQL, DEMO_TABLES, Project};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::replicator::ReplicationMetrics;
 use crate::serve::{Embedding, ServeOptions, ServedStorage, serve_embedded};
 use crate::storage::BucketStorage as _;
 
@@ -36,6 +40,10 @@ const DEMO_DATABASE: &str = "demo";
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Backstop for the initial snapshot and the first sync (each a fraction of a second for the demo).
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often the snapshot's figures are read while waiting for the first checkpoint.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(200);
+/// The least time between two snapshot lines when stderr is not a terminal.
+const SNAPSHOT_LINE_EVERY: Duration = Duration::from_secs(1);
 
 /// What `syncgate dev` was asked to do.
 #[derive(Debug, Clone)]
@@ -51,36 +59,52 @@ pub struct DevOptions {
     pub user: String,
 }
 
-/// Progress lines on stderr, each with the time since start.
-struct Progress {
-    started: Instant,
-}
-
-impl Progress {
-    fn step(&self, message: impl std::fmt::Display) {
-        eprintln!("[{:>5.1}s] {message}", self.started.elapsed().as_secs_f64());
-    }
-}
-
 /// Runs `syncgate dev` until a signal (or the first sync with `exit_after_ready`).
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
-    let progress = Progress {
-        started: Instant::now(),
-    };
+    let (progress, redraw) = Progress::start();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let signals = tokio::spawn(forward_signals(shutdown_tx.clone()));
+    let signals = tokio::spawn(forward_signals(shutdown_tx.clone(), progress.clone()));
+    let result = run_until_stopped(&options, &progress, shutdown_tx, shutdown_rx).await;
+    signals.abort();
+    if let Some(redraw) = redraw {
+        redraw.abort();
+    }
+    // An error leaves its stage's spinner behind: its line makes room for the error message.
+    progress.finish_quietly();
+    result
+}
+
+async fn run_until_stopped(
+    options: &DevOptions,
+    progress: &Progress,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let project = Project::open(&options.dir)?;
     progress.step(format_args!("project folder {}", project.dir.display()));
 
     let cluster = match &options.database_url {
         Some(_) => None,
-        None => Some(start_cluster(&project, &progress).await?),
+        None => match start_cluster(&project, progress).await {
+            Ok(cluster) => Some(cluster),
+            // Ctrl-C reaches `initdb` too (our process group), which may fail before our own handler has
+            // run: a failure that the signal follows at once is what was asked for.
+            Err(error) if signalled_soon(shutdown_rx.clone()).await => {
+                let error = format!("{error:#}");
+                let first_line = error.lines().next().unwrap_or_default();
+                progress.finish(format_args!(
+                    "postgres: start interrupted ({first_line}); stopped"
+                ));
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        },
     };
     let result = run_with_postgres(
-        &options,
+        options,
         &project,
         cluster.as_ref(),
-        &progress,
+        progress,
         shutdown_tx,
         shutdown_rx,
     )
@@ -95,7 +119,6 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             root.display()
         ));
     }
-    signals.abort();
     result
 }
 
@@ -120,6 +143,10 @@ async fn run_with_postgres(
     };
     let postgres = connect(&database_url).await?;
     load_demo_if_missing(&postgres, options.database_url.is_some(), progress).await?;
+    // A signal during the steps above: nothing else to start (`run_until_stopped` stops the cluster).
+    if *shutdown_rx.borrow() {
+        return Ok(());
+    }
     if options.config_only {
         let config_path = project.write_files(&database_url, options.port)?;
         progress.step(format_args!("wrote {} (--config-only)", config_path.display()));
@@ -141,8 +168,9 @@ async fn run_with_postgres(
     let config_path = project.write_files(&database_url, api_port)?;
     let config = Config::load(&config_path)?.config;
 
-    progress.step("gateway: starting (source checks, replication slot, initial snapshot)");
+    progress.stage("gateway: starting (source checks, replication slot, initial snapshot)");
     let (storage_tx, storage_rx) = oneshot::channel();
+    let metrics = Arc::new(ReplicationMetrics::default());
     let mut gateway = tokio::spawn(serve_embedded(
         config_path.clone(),
         ServeOptions::default(),
@@ -150,6 +178,7 @@ async fn run_with_postgres(
         Some(Embedding {
             listener: api_listener,
             storage: storage_tx,
+            metrics: Arc::clone(&metrics),
         }),
     ));
     let authenticator = Authenticator::new(&config.client_auth).context("the config's client_auth")?;
@@ -158,14 +187,18 @@ async fn run_with_postgres(
     );
 
     let outcome = async {
+        let mut stop = shutdown_rx.clone();
         let storage = tokio::select! {
+            // A signal while the gateway starts: it stops once it notices (awaited below).
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
             storage = storage_rx => storage.ok(),
             ended = &mut gateway => return Err(gateway_ended(ended)),
         };
         let Some(storage) = storage else {
             return Err(anyhow::anyhow!("the gateway stopped before opening its storage"));
         };
-        wait_for_first_checkpoint(&storage, &mut gateway, shutdown_rx.clone(), progress).await?;
+        wait_for_first_checkpoint(&storage, &metrics, &mut gateway, shutdown_rx.clone(), progress).await?;
         if *shutdown_rx.borrow() {
             return Ok(());
         }
@@ -195,12 +228,11 @@ async fn run_with_postgres(
             print!("{summary}");
             println!(
                 "ready in {:.1}s; stopping (--exit-after-ready)",
-                progress.started.elapsed().as_secs_f64()
+                progress.elapsed().as_secs_f64()
             );
             return Ok(());
         }
         print_ready(project, &endpoint, &backend_url, &database_url, &tokens, progress);
-        let mut stop = shutdown_rx.clone();
         tokio::select! {
             // Shutdown first: the gateway ends because of it, and its end is then no error (nor consumed
             // here, so it is awaited below).
@@ -212,6 +244,7 @@ async fn run_with_postgres(
     .await;
 
     shutdown_tx.send_replace(true);
+    progress.finish_quietly();
     if !gateway.is_finished() || outcome.is_ok() {
         match gateway.await {
             Ok(Ok(())) => progress.step("gateway stopped"),
@@ -229,7 +262,7 @@ async fn run_with_postgres(
 
 /// Opens (or creates) the project's cluster and checks that the server answering on its port is it.
 async fn start_cluster(project: &Project, progress: &Progress) -> anyhow::Result<PgCluster> {
-    progress.step("postgres: starting the project's cluster");
+    progress.stage("postgres: starting the project's cluster");
     let preferred = project.postgres();
     let opened = tokio::task::spawn_blocking(move || PgCluster::open_persistent(&preferred))
         .await
@@ -252,7 +285,7 @@ async fn start_cluster(project: &Project, progress: &Progress) -> anyhow::Result
     let owner = syncgate_pgcluster::server_os_user()
         .map(|user| format!(", run as OS user {user}"))
         .unwrap_or_default();
-    progress.step(format_args!(
+    progress.finish(format_args!(
         "postgres: {} cluster in {}{owner}, listening on 127.0.0.1:{}",
         if opened.created {
             "created a new"
@@ -336,6 +369,9 @@ async fn load_demo_if_missing(
             present.join(", ")
         );
     }
+    progress.stage(format_args!(
+        "postgres: loading the demo schema and data into {where_}"
+    ));
     postgres
         .batch_execute(&format!("BEGIN;\n{DEMO_SCHEMA_SQL}\n{DEMO_DATA_SQL}\nCOMMIT;"))
         .await
@@ -348,7 +384,7 @@ async fn load_demo_if_missing(
             .get(0);
         counts.push(format!("{rows} {table}"));
     }
-    progress.step(format_args!(
+    progress.finish(format_args!(
         "postgres: loaded the demo schema and data into {where_}: {}",
         counts.join(", ")
     ));
@@ -389,16 +425,49 @@ async fn demo_users(postgres: &tokio_postgres::Client) -> anyhow::Result<Vec<Str
         .collect())
 }
 
-/// Waits, woken by storage commits, until replication has published a checkpoint; prints progress.
+/// The initial snapshot's figures, as the replicator counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SnapshotFigures {
+    tables_done: u64,
+    tables: u64,
+    rows: u64,
+}
+
+impl SnapshotFigures {
+    fn read(metrics: &ReplicationMetrics) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            tables_done: metrics.snapshot_tables_done.load(Relaxed),
+            tables: metrics.snapshot_tables.load(Relaxed),
+            rows: metrics.snapshot_rows.load(Relaxed),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            tables_done,
+            tables,
+            rows,
+        } = self;
+        write!(f, "{tables_done}/{tables} tables, {rows} rows copied")
+    }
+}
+
+/// Waits, woken by storage commits and a short timer, until replication has published a checkpoint;
+/// reports the snapshot's tables and rows meanwhile (a spinner status, or a line now and then).
 async fn wait_for_first_checkpoint(
     storage: &Arc<ServedStorage>,
+    metrics: &ReplicationMetrics,
     gateway: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
     mut shutdown: watch::Receiver<bool>,
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut commits = storage.events().subscribe();
-    let mut commit_count = 0u64;
+    let mut poll = tokio::time::interval(SNAPSHOT_POLL);
+    let mut last_line: Option<(SnapshotFigures, Instant)> = None;
     loop {
         let storage_for_read = Arc::clone(storage);
         let checkpoint = tokio::task::spawn_blocking(move || {
@@ -408,12 +477,30 @@ async fn wait_for_first_checkpoint(
             storage_for_read.latest_checkpoint(active.version)
         })
         .await??;
+        let figures = SnapshotFigures::read(metrics);
         if let Some(checkpoint) = checkpoint {
-            progress.step(format_args!(
-                "gateway: initial snapshot done, first checkpoint published at LSN {} ({commit_count} storage commit(s))",
+            let snapshot = if figures.tables == 0 {
+                "no snapshot needed (storage kept from an earlier run)".to_owned()
+            } else {
+                format!("initial snapshot done ({figures})")
+            };
+            progress.finish(format_args!(
+                "gateway: {snapshot}, first checkpoint published at LSN {}",
                 checkpoint.lsn
             ));
             return Ok(());
+        }
+        if figures.tables > 0 {
+            if progress.terminal() {
+                progress.status(format_args!("gateway: initial snapshot: {figures}"));
+            } else if figures.tables_done < figures.tables
+                && last_line.is_none_or(|(last, at)| last != figures && at.elapsed() >= SNAPSHOT_LINE_EVERY)
+            {
+                // A line when the figures moved, at most every SNAPSHOT_LINE_EVERY; none once all tables
+                // are copied (streaming then catches up to the checkpoint).
+                progress.step(format_args!("gateway: initial snapshot in progress: {figures}"));
+                last_line = Some((figures, Instant::now()));
+            }
         }
         tokio::select! {
             // Shutdown first, for the same reason as in `run_with_postgres`.
@@ -423,9 +510,8 @@ async fn wait_for_first_checkpoint(
                 if changed.is_err() {
                     bail!("the gateway's storage was closed");
                 }
-                commit_count += 1;
-                progress.step(format_args!("gateway: snapshot in progress, storage commit {commit_count}"));
             }
+            _ = poll.tick() => {}
             ended = &mut *gateway => return Err(gateway_ended(ended)),
             () = tokio::time::sleep_until(deadline) => {
                 bail!("no checkpoint within {READY_TIMEOUT:?}: see the gateway's log lines above")
@@ -529,7 +615,7 @@ fn print_ready(
 ) {
     let schema = project.client_schema();
     let first = tokens.iter().next();
-    println!("ready in {:.1}s", progress.started.elapsed().as_secs_f64());
+    println!("ready in {:.1}s", progress.elapsed().as_secs_f64());
     println!("sync API:     {endpoint}  (readiness {endpoint}/probes/readiness)");
     println!("demo backend: {backend_url}  (POST an upload batch; docs/dev.md)");
     println!(
@@ -554,8 +640,15 @@ fn print_ready(
     println!("Ctrl-C stops the gateway, the demo backend and Postgres.");
 }
 
+/// Whether shutdown is (or within a moment becomes) requested.
+async fn signalled_soon(mut shutdown: watch::Receiver<bool>) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), shutdown.wait_for(|stop| *stop))
+        .await
+        .is_ok_and(|waited| waited.is_ok())
+}
+
 /// Turns SIGINT or SIGTERM into the shutdown signal.
-async fn forward_signals(shutdown: watch::Sender<bool>) {
+async fn forward_signals(shutdown: watch::Sender<bool>, progress: Progress) {
     let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(signal) => signal,
         Err(error) => {
@@ -567,8 +660,8 @@ async fn forward_signals(shutdown: watch::Sender<bool>) {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    eprintln!("stopping…");
     shutdown.send_replace(true);
+    progress.step("stopping…");
 }
 
 #[cfg(test)]
@@ -584,6 +677,24 @@ mod tests {
         assert_eq!(
             redact("postgresql://postgres@127.0.0.1:5432/demo"),
             "postgresql://postgres@127.0.0.1:5432/demo"
+        );
+    }
+
+    #[test]
+    fn snapshot_figures_read_as_tables_and_rows() {
+        let metrics = ReplicationMetrics::default();
+        metrics
+            .snapshot_tables
+            .store(4, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .snapshot_tables_done
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .snapshot_rows
+            .store(11, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            SnapshotFigures::read(&metrics).to_string(),
+            "2/4 tables, 11 rows copied"
         );
     }
 

@@ -24,6 +24,10 @@ pub struct ReplicationMetrics {
     pub transactions: AtomicU64,
     pub batches: AtomicU64,
     pub snapshot_rows: AtomicU64,
+    /// Tables the latest initial snapshot copies (those its rules read), and how many of them are done
+    /// (copied, or found done by an earlier run).
+    pub snapshot_tables: AtomicU64,
+    pub snapshot_tables_done: AtomicU64,
     /// Bytes of change data (XLogData payloads, not keepalives) received from the server: what the
     /// output plugin sent, including changes of tables no rule reads when it does not filter them.
     pub stream_bytes: AtomicU64,

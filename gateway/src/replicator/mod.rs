@@ -27,6 +27,7 @@ mod table;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use syncgate_rules::{SourceTable, SyncRules, TablePattern};
@@ -385,10 +386,16 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             .max(chunk_lsn);
         let started = Instant::now();
         let mut total_rows = 0u64;
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.metrics
+            .snapshot_tables
+            .store(count(tables.len()), Ordering::Relaxed);
+        self.metrics.snapshot_tables_done.store(0, Ordering::Relaxed);
         for table in tables {
             let storage_name = format!("{}.{}", table.schema, table.name);
             let previous = progress.iter().find(|p| p.table == storage_name);
             if previous.is_some_and(|p| p.done) {
+                self.metrics.snapshot_tables_done.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             // A table copied from its beginning has no stored rows, in this chunk or any later one (see
@@ -397,6 +404,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             let layout = reader.layout(&table).await?;
             let mapper = Arc::new(self.mapper_for_layout(catalog, &layout).await?);
             if !mapper.is_relevant() {
+                self.metrics.snapshot_tables_done.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let mut resume_after: Option<Vec<String>> = previous
@@ -475,9 +483,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     let started = Instant::now();
                     storage.apply_snapshot_chunk(version, &changes, &progress)?;
                     let took = started.elapsed();
-                    metrics
-                        .snapshot_rows
-                        .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                    metrics.snapshot_rows.fetch_add(rows, Ordering::Relaxed);
                     // Hundreds of thousands of small allocations: freed on another thread, so the writer
                     // can start the next chunk at once.
                     tokio::task::spawn_blocking(move || drop(changes));
@@ -492,6 +498,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 stages.write += last_write.await??;
             }
             total_rows += table_rows;
+            self.metrics.snapshot_tables_done.fetch_add(1, Ordering::Relaxed);
             let seconds = table_started.elapsed().as_secs_f64();
             info!(
                 %table,
@@ -681,7 +688,7 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
             };
             self.metrics
                 .stream_bytes
-                .fetch_add(client.take_stream_bytes(), std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(client.take_stream_bytes(), Ordering::Relaxed);
             match item {
                 StreamItem::Keepalive { wal_end } => {
                     self.metrics.received(wal_end);

@@ -111,6 +111,7 @@ impl Deployment {
             Some(Embedding {
                 listener,
                 storage: storage_tx,
+                metrics: Arc::default(),
             }),
         ));
         let storage = tokio::select! {

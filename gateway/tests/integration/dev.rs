@@ -2,7 +2,7 @@
 //! syncs alice once, prints the summary and leaves no Postgres behind; a second run reopens the same
 //! cluster. Without it, the printed token, URLs and client command work: a client syncs, its local
 //! writes go through the demo backend into Postgres and come back, and SIGINT to its process group (Ctrl-C)
-//! stops everything in order.
+//! stops everything in order — also when it comes while the gateway is still starting.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -75,6 +75,12 @@ fn dev_exit_after_ready_syncs_alice_and_stops_its_postgres() {
     }
     assert!(stderr.contains("created a new cluster"), "{stderr}");
     assert!(stderr.contains("loaded the demo schema and data"), "{stderr}");
+    // Not a terminal: plain lines, and the snapshot in tables and rows.
+    assert!(!stderr.contains('\x1b'), "escape codes in:\n{stderr}");
+    assert!(
+        stderr.contains("gateway: initial snapshot done (4/4 tables, 11 rows copied)"),
+        "{stderr}"
+    );
     let data_dir = cluster_data_dir(&stderr);
     assert_eq!(
         processes_mentioning(&data_dir),
@@ -96,6 +102,7 @@ fn dev_exit_after_ready_syncs_alice_and_stops_its_postgres() {
     );
     assert!(stderr.contains("reopened the cluster"), "{stderr}");
     assert!(stderr.contains("demo tables present"), "{stderr}");
+    assert!(stderr.contains("gateway: no snapshot needed"), "{stderr}");
     assert!(stdout.contains("todos: 3 row(s)"), "{stdout}");
     assert_eq!(cluster_data_dir(&stderr), data_dir);
     assert_eq!(
@@ -344,4 +351,81 @@ fn dev_prints_what_works_and_stops_on_sigint() {
         Vec::<String>::new(),
         "postgres still running"
     );
+}
+
+/// Runs `syncgate dev` in a fresh folder, sends SIGINT to its process group (Ctrl-C) as soon as a
+/// stderr line contains `trigger`, and returns whether it exited 0 and its stderr.
+fn interrupt_dev_at(trigger: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = dev_command(dir.path());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn syncgate dev");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut lines = Vec::new();
+    for line in stderr.by_ref() {
+        let line = line.expect("stderr line");
+        let triggered = line.contains(trigger);
+        lines.push(line);
+        if triggered {
+            break;
+        }
+    }
+    assert!(
+        lines.last().is_some_and(|l| l.contains(trigger)),
+        "dev ended before {trigger:?}: {lines:#?}"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    lines.extend(stderr.map_while(Result::ok));
+    let exit = child.wait().expect("wait for syncgate dev");
+    (exit.success(), lines.join("\n"))
+}
+
+#[test]
+fn dev_stops_cleanly_on_sigint_while_the_gateway_starts() {
+    let (success, stderr) = interrupt_dev_at("gateway: starting");
+    assert!(success, "{stderr}");
+    for expected in [
+        "stopping",
+        "gateway stopped",
+        "demo backend stopped",
+        "postgres stopped",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("first checkpoint"),
+        "stopped too late:\n{stderr}"
+    );
+    let data_dir = cluster_data_dir(&stderr);
+    assert_eq!(
+        processes_mentioning(&data_dir),
+        Vec::<String>::new(),
+        "postgres still running"
+    );
+}
+
+#[test]
+fn dev_stops_cleanly_on_sigint_while_postgres_starts() {
+    // Usually during `initdb`, which the same Ctrl-C stops; else just after the cluster started.
+    let (success, stderr) = interrupt_dev_at("postgres: starting");
+    assert!(success, "{stderr}");
+    assert!(!stderr.contains("gateway: starting"), "{stderr}");
+    if stderr.contains(" cluster in ") {
+        assert!(stderr.contains("postgres stopped"), "{stderr}");
+        assert_eq!(
+            processes_mentioning(&cluster_data_dir(&stderr)),
+            Vec::<String>::new(),
+            "postgres still running"
+        );
+    } else {
+        assert!(stderr.contains("postgres: start interrupted"), "{stderr}");
+    }
 }
