@@ -171,6 +171,29 @@ pub struct PostgresStorageConfig {
 }
 
 impl PostgresStorageConfig {
+    /// Storage in `schema` of a local throwaway cluster that trusts `user` without TLS: for tests and
+    /// benchmarks, which cannot share a helper through `syncgate-test-support` (it does not depend on
+    /// this crate).
+    #[doc(hidden)]
+    pub fn local_trusted(host: &str, port: u16, database: &str, user: &str, schema: &str) -> Self {
+        PostgresStorageConfig {
+            connection: PostgresConnection {
+                tag: "storage".into(),
+                host: host.into(),
+                port,
+                database: database.into(),
+                user: user.into(),
+                password: None,
+                sslmode: SslMode::Disable,
+                // Replication-only settings, unused for storage.
+                publication: String::new(),
+                slot_name_prefix: String::new(),
+                decoder: Default::default(),
+            },
+            schema: schema.into(),
+        }
+    }
+
     /// The driver's config; refuses TLS modes ordinary connections cannot honour yet (as the source's
     /// catalog connections do) rather than silently downgrading.
     fn driver_config(&self) -> Result<tokio_postgres::Config> {
