@@ -332,18 +332,9 @@ fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+            if serve::stop_signal().await {
+                shutdown_tx.send_replace(true);
             }
-            shutdown_tx.send_replace(true);
         });
         let mut options = serve::ServeOptions::default();
         if let Some(rows) = snapshot_chunk_rows()? {
@@ -385,18 +376,9 @@ fn dev_backend_command(
     runtime.block_on(async move {
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+            if serve::stop_signal().await {
+                shutdown_tx.send_replace(true);
             }
-            shutdown_tx.send_replace(true);
         });
         let listener = dev::backend::bind(listen)
             .await

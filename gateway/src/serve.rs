@@ -68,6 +68,23 @@ impl Default for ServeOptions {
     }
 }
 
+/// Waits for SIGINT or SIGTERM: true once one arrives; false (after logging why) when SIGTERM cannot be
+/// listened for, so the caller's shutdown then comes from elsewhere.
+pub(crate) async fn stop_signal() -> bool {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            error!(%error, "cannot listen for SIGTERM");
+            return false;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    true
+}
+
 /// Compiles rules text; errors carry every diagnostic with its position in the config's rules.
 pub fn compile_rules(config: &Config) -> anyhow::Result<SyncRules> {
     let result = compile(&config.sync_rules.text, &CompileOptions::default());

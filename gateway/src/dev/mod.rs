@@ -556,19 +556,10 @@ fn print_ready(
 
 /// Turns SIGINT or SIGTERM into the shutdown signal.
 async fn forward_signals(shutdown: watch::Sender<bool>) {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    if crate::serve::stop_signal().await {
+        eprintln!("stopping…");
+        shutdown.send_replace(true);
     }
-    eprintln!("stopping…");
-    shutdown.send_replace(true);
 }
 
 #[cfg(test)]
