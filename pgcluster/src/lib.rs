@@ -227,6 +227,21 @@ impl std::fmt::Debug for PgCluster {
     }
 }
 
+/// The PostgreSQL binaries' directory, checked to hold `postgres` and `initdb`, and the OS user (uid, gid)
+/// the cluster must run as: [`CLUSTER_OS_USER`] when we are root (PostgreSQL refuses to run as root).
+fn binaries_and_owner() -> Result<(PathBuf, Option<(u32, u32)>), ClusterError> {
+    let bin_dir = pg_bin_dir();
+    if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
+        return Err(ClusterError::MissingBinaries(bin_dir));
+    }
+    let run_as = if rustix::process::geteuid().is_root() {
+        Some(ensure_os_user(CLUSTER_OS_USER)?)
+    } else {
+        None
+    };
+    Ok((bin_dir, run_as))
+}
+
 impl PgCluster {
     /// Initialises and starts a new cluster (PostgreSQL binaries from `$SYNCGATE_PG_BIN`, default
     /// /usr/lib/postgresql/15/bin) and waits until it accepts connections.
@@ -237,15 +252,7 @@ impl PgCluster {
     /// Like [`start`](Self::start), with settings appended after the harness's own (so they win) and
     /// optionally password authentication for every role but the superuser.
     pub fn start_with(options: &ClusterOptions) -> Result<PgCluster, ClusterError> {
-        let bin_dir = pg_bin_dir();
-        if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
-            return Err(ClusterError::MissingBinaries(bin_dir));
-        }
-        let run_as = if rustix::process::geteuid().is_root() {
-            Some(ensure_os_user(CLUSTER_OS_USER)?)
-        } else {
-            None
-        };
+        let (bin_dir, run_as) = binaries_and_owner()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -286,15 +293,7 @@ impl PgCluster {
     /// `preferred_root` (a parent directory closed to others, such as /root), the cluster lives in
     /// `/var/lib/syncgate-dev/<hash of preferred_root>/` instead: [`root`](Self::root) says where.
     pub fn open_persistent(preferred_root: &Path) -> Result<PersistentCluster, ClusterError> {
-        let bin_dir = pg_bin_dir();
-        if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
-            return Err(ClusterError::MissingBinaries(bin_dir));
-        }
-        let run_as = if rustix::process::geteuid().is_root() {
-            Some(ensure_os_user(CLUSTER_OS_USER)?)
-        } else {
-            None
-        };
+        let (bin_dir, run_as) = binaries_and_owner()?;
         let root = persistent_root(preferred_root, run_as)?;
         let data_dir = root.join("data");
         let created = !data_dir.join("PG_VERSION").is_file();
