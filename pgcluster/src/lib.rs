@@ -603,28 +603,36 @@ fn persistent_root(preferred: &Path, run_as: Option<(u32, u32)>) -> Result<PathB
     Ok(fallback)
 }
 
+/// Creates a cluster in `data_dir` with `initdb` (superuser [`SUPERUSER`], trust authentication, UTF-8,
+/// C locale) plus `extra_args`.
+fn run_initdb(
+    bin_dir: &Path,
+    root: &Path,
+    data_dir: &Path,
+    run_as: Option<(u32, u32)>,
+    extra_args: &[&str],
+) -> Result<(), ClusterError> {
+    let output = as_user(run_as, &bin_dir.join("initdb").to_string_lossy())
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
+        .args(extra_args)
+        .arg("--no-instructions")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_error("running initdb"))?;
+    check_output("initdb", output)?;
+    Ok(())
+}
+
 fn init_persistent_data_dir(
     bin_dir: &Path,
     root: &Path,
     data_dir: &Path,
     run_as: Option<(u32, u32)>,
 ) -> Result<(), ClusterError> {
-    let output = as_user(run_as, &bin_dir.join("initdb").to_string_lossy())
-        .arg("-D")
-        .arg(data_dir)
-        .args([
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-instructions",
-        ])
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_error("running initdb"))?;
-    check_output("initdb", output)?;
+    run_initdb(bin_dir, root, data_dir, run_as, &[])?;
     let conf = data_dir.join("postgresql.conf");
     // No Unix socket: every client connects over TCP, and a deep project path would exceed the
     // socket path limit (107 bytes).
@@ -857,18 +865,8 @@ fn init_data_dir(
     run_as: Option<(u32, u32)>,
     options: &ClusterOptions,
 ) -> Result<(), ClusterError> {
-    let initdb = bin_dir.join("initdb");
-    let output = as_user(run_as, &initdb.to_string_lossy())
-        .arg("-D")
-        .arg(data_dir)
-        .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
-        // No fsync of the new files: the cluster is thrown away anyway.
-        .args(["--no-sync", "--no-instructions"])
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_error("running initdb"))?;
-    check_output("initdb", output)?;
+    // No fsync of the new files: the cluster is thrown away anyway.
+    run_initdb(bin_dir, root, data_dir, run_as, &["--no-sync"])?;
 
     let conf = data_dir.join("postgresql.conf");
     let mut settings = String::from(CLUSTER_SETTINGS);
