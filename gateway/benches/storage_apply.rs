@@ -119,21 +119,13 @@ fn open(kind: &str) -> (Home, Box<dyn BucketStorage>) {
         }
         _ => {
             let database = syncgate_test_support::shared_cluster().create_database().unwrap();
-            let config = PostgresStorageConfig {
-                connection: syncgate::config::PostgresConnection {
-                    tag: "storage".into(),
-                    host: database.host().into(),
-                    port: database.port(),
-                    database: database.name().into(),
-                    user: database.user().into(),
-                    password: None,
-                    sslmode: syncgate::config::SslMode::Disable,
-                    publication: String::new(),
-                    slot_name_prefix: String::new(),
-                    decoder: Default::default(),
-                },
-                schema: syncgate::storage::DEFAULT_SCHEMA.into(),
-            };
+            let config = PostgresStorageConfig::local_trusted(
+                database.host(),
+                database.port(),
+                database.name(),
+                database.user(),
+                syncgate::storage::DEFAULT_SCHEMA,
+            );
             let storage = PostgresStorage::open(&config).unwrap();
             (Box::new(database), Box::new(storage))
         }

@@ -330,21 +330,7 @@ fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            shutdown_tx.send_replace(true);
-        });
+        let shutdown_rx = serve::shutdown_on_stop_signal();
         let mut options = serve::ServeOptions::default();
         if let Some(rows) = snapshot_chunk_rows()? {
             options.replicator.snapshot_chunk_rows = rows;
@@ -383,21 +369,7 @@ fn dev_backend_command(
     let authenticator = auth::Authenticator::new(&loaded.config.client_auth)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            shutdown_tx.send_replace(true);
-        });
+        let shutdown_rx = serve::shutdown_on_stop_signal();
         let listener = dev::backend::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;

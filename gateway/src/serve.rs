@@ -70,6 +70,34 @@ impl Default for ServeOptions {
     }
 }
 
+/// A shutdown signal that turns true on SIGINT or SIGTERM. Call inside a tokio runtime.
+pub(crate) fn shutdown_on_stop_signal() -> watch::Receiver<bool> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if stop_signal().await {
+            shutdown_tx.send_replace(true);
+        }
+    });
+    shutdown_rx
+}
+
+/// Waits for SIGINT or SIGTERM: true once one arrives; false (after logging why) when SIGTERM cannot be
+/// listened for, so the caller's shutdown then comes from elsewhere.
+pub(crate) async fn stop_signal() -> bool {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            error!(%error, "cannot listen for SIGTERM");
+            return false;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    true
+}
+
 /// Compiles rules text; errors carry every diagnostic with its position in the config's rules.
 pub fn compile_rules(config: &Config) -> anyhow::Result<SyncRules> {
     let result = compile(&config.sync_rules.text, &CompileOptions::default());

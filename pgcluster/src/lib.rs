@@ -227,6 +227,21 @@ impl std::fmt::Debug for PgCluster {
     }
 }
 
+/// The PostgreSQL binaries' directory, checked to hold `postgres` and `initdb`, and the OS user (uid, gid)
+/// the cluster must run as: [`CLUSTER_OS_USER`] when we are root (PostgreSQL refuses to run as root).
+fn binaries_and_owner() -> Result<(PathBuf, Option<(u32, u32)>), ClusterError> {
+    let bin_dir = pg_bin_dir();
+    if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
+        return Err(ClusterError::MissingBinaries(bin_dir));
+    }
+    let run_as = if rustix::process::geteuid().is_root() {
+        Some(ensure_os_user(CLUSTER_OS_USER)?)
+    } else {
+        None
+    };
+    Ok((bin_dir, run_as))
+}
+
 impl PgCluster {
     /// Initialises and starts a new cluster (PostgreSQL binaries from `$SYNCGATE_PG_BIN`, default
     /// /usr/lib/postgresql/15/bin) and waits until it accepts connections.
@@ -237,15 +252,7 @@ impl PgCluster {
     /// Like [`start`](Self::start), with settings appended after the harness's own (so they win) and
     /// optionally password authentication for every role but the superuser.
     pub fn start_with(options: &ClusterOptions) -> Result<PgCluster, ClusterError> {
-        let bin_dir = pg_bin_dir();
-        if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
-            return Err(ClusterError::MissingBinaries(bin_dir));
-        }
-        let run_as = if rustix::process::geteuid().is_root() {
-            Some(ensure_os_user(CLUSTER_OS_USER)?)
-        } else {
-            None
-        };
+        let (bin_dir, run_as) = binaries_and_owner()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -286,15 +293,7 @@ impl PgCluster {
     /// `preferred_root` (a parent directory closed to others, such as /root), the cluster lives in
     /// `/var/lib/syncgate-dev/<hash of preferred_root>/` instead: [`root`](Self::root) says where.
     pub fn open_persistent(preferred_root: &Path) -> Result<PersistentCluster, ClusterError> {
-        let bin_dir = pg_bin_dir();
-        if !bin_dir.join("postgres").is_file() || !bin_dir.join("initdb").is_file() {
-            return Err(ClusterError::MissingBinaries(bin_dir));
-        }
-        let run_as = if rustix::process::geteuid().is_root() {
-            Some(ensure_os_user(CLUSTER_OS_USER)?)
-        } else {
-            None
-        };
+        let (bin_dir, run_as) = binaries_and_owner()?;
         let root = persistent_root(preferred_root, run_as)?;
         let data_dir = root.join("data");
         let created = !data_dir.join("PG_VERSION").is_file();
@@ -604,28 +603,36 @@ fn persistent_root(preferred: &Path, run_as: Option<(u32, u32)>) -> Result<PathB
     Ok(fallback)
 }
 
+/// Creates a cluster in `data_dir` with `initdb` (superuser [`SUPERUSER`], trust authentication, UTF-8,
+/// C locale) plus `extra_args`.
+fn run_initdb(
+    bin_dir: &Path,
+    root: &Path,
+    data_dir: &Path,
+    run_as: Option<(u32, u32)>,
+    extra_args: &[&str],
+) -> Result<(), ClusterError> {
+    let output = as_user(run_as, &bin_dir.join("initdb").to_string_lossy())
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
+        .args(extra_args)
+        .arg("--no-instructions")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_error("running initdb"))?;
+    check_output("initdb", output)?;
+    Ok(())
+}
+
 fn init_persistent_data_dir(
     bin_dir: &Path,
     root: &Path,
     data_dir: &Path,
     run_as: Option<(u32, u32)>,
 ) -> Result<(), ClusterError> {
-    let output = as_user(run_as, &bin_dir.join("initdb").to_string_lossy())
-        .arg("-D")
-        .arg(data_dir)
-        .args([
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            "--no-instructions",
-        ])
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_error("running initdb"))?;
-    check_output("initdb", output)?;
+    run_initdb(bin_dir, root, data_dir, run_as, &[])?;
     let conf = data_dir.join("postgresql.conf");
     // No Unix socket: every client connects over TCP, and a deep project path would exceed the
     // socket path limit (107 bytes).
@@ -858,18 +865,8 @@ fn init_data_dir(
     run_as: Option<(u32, u32)>,
     options: &ClusterOptions,
 ) -> Result<(), ClusterError> {
-    let initdb = bin_dir.join("initdb");
-    let output = as_user(run_as, &initdb.to_string_lossy())
-        .arg("-D")
-        .arg(data_dir)
-        .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
-        // No fsync of the new files: the cluster is thrown away anyway.
-        .args(["--no-sync", "--no-instructions"])
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_error("running initdb"))?;
-    check_output("initdb", output)?;
+    // No fsync of the new files: the cluster is thrown away anyway.
+    run_initdb(bin_dir, root, data_dir, run_as, &["--no-sync"])?;
 
     let conf = data_dir.join("postgresql.conf");
     let mut settings = String::from(CLUSTER_SETTINGS);

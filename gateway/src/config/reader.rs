@@ -638,12 +638,7 @@ impl Reader<'_> {
             ),
         }
         };
-        let host = draft.host.clone().ok_or_else(|| missing("host", "hostname"))?;
-        let database = draft
-            .database
-            .clone()
-            .ok_or_else(|| missing("database name", "database"))?;
-        let user = draft.user.clone().ok_or_else(|| missing("user", "username"))?;
+        let (host, database, user) = draft.required_parts(missing)?;
         Ok(PostgresConnection {
             tag: draft.tag.unwrap_or_else(|| "default".to_owned()),
             host,
@@ -739,12 +734,7 @@ impl Reader<'_> {
                 ),
             )
         };
-        let host = draft.host.clone().ok_or_else(|| missing("host", "hostname"))?;
-        let database = draft
-            .database
-            .clone()
-            .ok_or_else(|| missing("database name", "database"))?;
-        let user = draft.user.clone().ok_or_else(|| missing("user", "username"))?;
+        let (host, database, user) = draft.required_parts(missing)?;
         let schema = match map.get("schema") {
             Some(v) => {
                 let schema = self.string(v, "storage.schema")?;
@@ -1077,6 +1067,20 @@ struct ConnectionDraft {
 }
 
 impl ConnectionDraft {
+    /// Host, database and user, which have no defaults; `missing(what, key)` says which is absent.
+    fn required_parts(
+        &self,
+        missing: impl Fn(&str, &str) -> ConfigError,
+    ) -> Result<(String, String, String), ConfigError> {
+        let host = self.host.clone().ok_or_else(|| missing("host", "hostname"))?;
+        let database = self
+            .database
+            .clone()
+            .ok_or_else(|| missing("database name", "database"))?;
+        let user = self.user.clone().ok_or_else(|| missing("user", "username"))?;
+        Ok((host, database, user))
+    }
+
     /// Takes every part the URI has.
     fn merge(&mut self, parts: UriParts) {
         self.host = parts.host.or(self.host.take());

@@ -649,19 +649,10 @@ async fn signalled_soon(mut shutdown: watch::Receiver<bool>) -> bool {
 
 /// Turns SIGINT or SIGTERM into the shutdown signal.
 async fn forward_signals(shutdown: watch::Sender<bool>, progress: Progress) {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    if crate::serve::stop_signal().await {
+        shutdown.send_replace(true);
+        progress.step("stopping…");
     }
-    shutdown.send_replace(true);
-    progress.step("stopping…");
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //!    so a session's separate reads agree without holding a read transaction across a network wait.
 
 mod notify;
+mod placement;
 mod postgres;
 mod segment;
 mod sqlite;

@@ -36,19 +36,20 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt};
-use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OpType, Subkey, UserId, WriteCheckpointId};
+use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
-use super::segment::{self, OpRef, SegmentBuilder};
+use super::placement::{BucketDelta, PlacementOp, PlacementOps, diff_placements, take_op_id};
+use super::segment::{self, SegmentBuilder};
 use super::sqlite::{
-    checksum_from, compact_ops, corrupt, lsn_from, lsn_sql, op_from, pack_placement, put_hash, segments_of,
-    sync_rules_version, unpack_placements, user_client, version_sql,
+    bucket_summary, checkpoint_from, compact_ops, corrupt, lsn_from, lsn_sql, op_from, segments_of,
+    sync_rules_version, user_client, version_sql, write_checkpoint_from,
 };
 use super::{
-    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, Placement, ReplicationState, Result,
-    RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp,
-    SyncRulesVersion, TableSnapshot,
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, ReplicationState, Result, RowChange,
+    RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp, SyncRulesVersion,
+    TableSnapshot,
 };
 use crate::config::{PostgresConnection, SslMode};
 
@@ -170,6 +171,29 @@ pub struct PostgresStorageConfig {
 }
 
 impl PostgresStorageConfig {
+    /// Storage in `schema` of a local throwaway cluster that trusts `user` without TLS: for tests and
+    /// benchmarks, which cannot share a helper through `syncgate-test-support` (it does not depend on
+    /// this crate).
+    #[doc(hidden)]
+    pub fn local_trusted(host: &str, port: u16, database: &str, user: &str, schema: &str) -> Self {
+        PostgresStorageConfig {
+            connection: PostgresConnection {
+                tag: "storage".into(),
+                host: host.into(),
+                port,
+                database: database.into(),
+                user: user.into(),
+                password: None,
+                sslmode: SslMode::Disable,
+                // Replication-only settings, unused for storage.
+                publication: String::new(),
+                slot_name_prefix: String::new(),
+                decoder: Default::default(),
+            },
+            schema: schema.into(),
+        }
+    }
+
     /// The driver's config; refuses TLS modes ordinary connections cannot honour yet (as the source's
     /// catalog connections do) rather than silently downgrading.
     fn driver_config(&self) -> Result<tokio_postgres::Config> {
@@ -697,14 +721,6 @@ impl RowParams {
     }
 }
 
-/// A bucket's new ops and running-sum change in one storage transaction.
-struct BucketDelta {
-    checksum: Checksum,
-    count: i64,
-    last_op: i64,
-    open: SegmentBuilder,
-}
-
 /// One storage transaction's work, computed in memory and written in a few statements.
 struct Batch<'a> {
     version: i64,
@@ -720,33 +736,6 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn append(&mut self, bucket_id: i64, op: &OpRef<'_>) {
-        let op_id = op.op_id;
-        let delta = self.buckets.entry(bucket_id).or_insert_with(|| BucketDelta {
-            checksum: Checksum::ZERO,
-            count: 0,
-            last_op: op_id,
-            open: SegmentBuilder::default(),
-        });
-        delta.open.push(op);
-        if delta.open.is_full() {
-            self.closed.push((bucket_id, std::mem::take(&mut delta.open)));
-        }
-        delta.checksum += op.checksum;
-        delta.count += 1;
-        delta.last_op = op_id;
-    }
-
-    fn next_op_id(&mut self) -> Result<i64> {
-        let op_id = self.next_op;
-        if OpId::from_i64(op_id).is_none() || op_id == i64::MAX {
-            return Err(StorageError::OpIdsExhausted(OpId::MAX));
-        }
-        self.next_op += 1;
-        self.last_op = op_id;
-        Ok(op_id)
-    }
-
     /// Applies one row change at `lsn` (0 for snapshot rows), as `sqlite::Writer::change` does.
     fn change(&mut self, change: &'a RowChange, put_digests: &[[u8; 32]], lsn: i64) -> Result<()> {
         let key = (change.row.table.as_str(), change.row.key.as_str());
@@ -762,7 +751,7 @@ impl<'a> Batch<'a> {
         }
         let mut state = self.rows.remove(&key).unwrap_or_default();
         let packed = match &change.placements {
-            Some(placements) => self.placements(&change.row, &state.packed, placements, put_digests)?,
+            Some(placements) => diff_placements(self, &change.row, &state.packed, placements, put_digests)?,
             None => state.packed.clone(),
         };
         let source_row = change.source_row.clone();
@@ -774,91 +763,26 @@ impl<'a> Batch<'a> {
         self.rows.insert(key, state);
         Ok(())
     }
+}
 
-    /// REMOVE where the row left a bucket, PUT where it is new or its data changed; the new packed
-    /// placements. Same order of ops as the SQLite storage.
-    fn placements(
-        &mut self,
-        row: &SourceRowKey,
-        old_packed: &[u8],
-        placements: &[Placement],
-        put_digests: &[[u8; 32]],
-    ) -> Result<Vec<u8>> {
-        let old = unpack_placements(old_packed)?;
-        if old.is_empty() && placements.is_empty() {
-            return Ok(Vec::new());
+impl PlacementOps for Batch<'_> {
+    fn resolve_bucket(&mut self, bucket: &str) -> Result<i64> {
+        self.known
+            .get(bucket)
+            .or_else(|| self.resolved.get(bucket))
+            .copied()
+            .ok_or_else(|| corrupt("bucket id", format!("{bucket} not resolved")))
+    }
+
+    /// Appends one op to its bucket's open segment and adds it to the bucket's running-sum change.
+    fn append_op(&mut self, bucket_id: i64, op: PlacementOp<'_>) -> Result<()> {
+        let op_id = take_op_id(&mut self.next_op, &mut self.last_op)?;
+        let delta = self.buckets.entry(bucket_id).or_default();
+        delta.record(op_id, &op);
+        if delta.segment.is_full() {
+            self.closed.push((bucket_id, std::mem::take(&mut delta.segment)));
         }
-        let mut new: Vec<(&str, &str, &str, &str, usize)> = Vec::with_capacity(placements.len());
-        for (i, p) in placements.iter().enumerate() {
-            let key = (p.bucket.as_str(), p.table.as_str(), p.id.as_str());
-            let digest = if put_digests.is_empty() { usize::MAX } else { i };
-            match new.iter_mut().find(|n| (n.0, n.1, n.2) == key) {
-                Some(n) => (n.3, n.4) = (p.data.as_str(), digest),
-                None => new.push((key.0, key.1, key.2, p.data.as_str(), digest)),
-            }
-        }
-        new.sort_unstable();
-        let mut resolved = Vec::with_capacity(new.len());
-        for (bucket, table, id, data, digest) in new {
-            let bucket_id = *self
-                .known
-                .get(bucket)
-                .or_else(|| self.resolved.get(bucket))
-                .ok_or_else(|| corrupt("bucket id", format!("{bucket} not resolved")))?;
-            resolved.push((bucket_id, table, id, data, digest));
-        }
-        let subkey = Subkey::for_source_row(&row.table, &row.key);
-        for o in &old {
-            if resolved
-                .iter()
-                .any(|n| (n.0, n.1, n.2) == (o.bucket_id, o.object_type, o.object_id))
-            {
-                continue;
-            }
-            let op_id = self.next_op_id()?;
-            self.append(
-                o.bucket_id,
-                &OpRef {
-                    op_id,
-                    op: OpType::Remove,
-                    object_type: Some(o.object_type),
-                    object_id: Some(o.object_id),
-                    subkey: Some(subkey.as_str()),
-                    data: None,
-                    checksum: Checksum::of_remove(subkey.as_str()),
-                    target_op: None,
-                },
-            );
-        }
-        let mut packed = Vec::with_capacity(old_packed.len().max(64));
-        for (bucket_id, table, id, data, digest) in resolved {
-            let digest = match put_digests.get(digest) {
-                Some(digest) => *digest,
-                None => Checksum::put_digest(table, id, data),
-            };
-            let hash = put_hash(&digest);
-            let unchanged = old
-                .iter()
-                .any(|o| (o.bucket_id, o.object_type, o.object_id, o.hash) == (bucket_id, table, id, hash));
-            if !unchanged {
-                let op_id = self.next_op_id()?;
-                self.append(
-                    bucket_id,
-                    &OpRef {
-                        op_id,
-                        op: OpType::Put,
-                        object_type: Some(table),
-                        object_id: Some(id),
-                        subkey: Some(subkey.as_str()),
-                        data: Some(data),
-                        checksum: Checksum::from_put_digest(&digest),
-                        target_op: None,
-                    },
-                );
-            }
-            pack_placement(&mut packed, bucket_id, table, id, &hash)?;
-        }
-        Ok(packed)
+        Ok(())
     }
 }
 
@@ -1192,8 +1116,8 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
             batch
                 .buckets
                 .iter()
-                .filter(|(_, d)| !d.open.is_empty())
-                .map(|(id, d)| (*id, &d.open)),
+                .filter(|(_, d)| !d.segment.is_empty())
+                .map(|(id, d)| (*id, &d.segment)),
         )
         .collect();
     if !segments.is_empty() {
@@ -1413,14 +1337,7 @@ impl BucketStorage for PostgresStorage {
                 conn.statement("SELECT last_op_id, last_lsn FROM sync_rules WHERE version = $1")?;
             let rows = query(&conn.client, &statement, &[&v])?;
             let row = rows.first().ok_or(StorageError::UnknownVersion(version))?;
-            let (op_id, lsn): (i64, Option<i64>) = (row.get(0), row.get(1));
-            lsn.map(|lsn| {
-                Ok(Checkpoint {
-                    op_id: op_from(op_id)?,
-                    lsn: lsn_from(lsn)?,
-                })
-            })
-            .transpose()
+            checkpoint_from(row.get(0), row.get(1))
         })
     }
 
@@ -1464,10 +1381,9 @@ impl BucketStorage for PostgresStorage {
                     if let (Some(first_op), Some(bytes)) =
                         (row.get::<_, Option<i64>>(3), row.get::<_, Option<&[u8]>>(4))
                     {
-                        let mut ops = Vec::new();
-                        segment::decode_into(first_op, bytes, 0, c, usize::MAX, &mut ops)?;
-                        sum += ops.iter().map(|op| i64::from(op.entry.checksum.as_u32())).sum::<i64>();
-                        count += i64::try_from(ops.len()).unwrap_or(i64::MAX);
+                        let (part_sum, part_count) = segment::sums_up_to(first_op, bytes, c)?;
+                        sum += part_sum;
+                        count += part_count;
                     }
                     summed.insert(row.get(0), (sum, count));
                 }
@@ -1480,11 +1396,7 @@ impl BucketStorage for PostgresStorage {
                         Some(&(_, sum, count, last_op)) if last_op <= c => (sum, count),
                         Some((id, ..)) => summed.get(id).copied().unwrap_or((0, 0)),
                     };
-                    Ok(BucketSummary {
-                        bucket: bucket.clone(),
-                        checksum: checksum_from(sum.rem_euclid(1 << 32))?,
-                        count: u64::try_from(count).map_err(|_| corrupt("count", count))?,
-                    })
+                    bucket_summary(bucket, sum, count)
                 })
                 .collect()
         })
@@ -1574,7 +1486,7 @@ impl BucketStorage for PostgresStorage {
                 .first()
                 .map(|r| r.get(0))
                 .ok_or_else(|| corrupt("meta key", "next_write_checkpoint_id missing"))?;
-            WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
+            write_checkpoint_from(id)
         })
     }
 
@@ -1591,7 +1503,7 @@ impl BucketStorage for PostgresStorage {
         self.read(|conn| {
             let statement = conn.statement(REQUEST_WRITE_CHECKPOINT)?;
             let id: i64 = query(&conn.client, &statement, &[&user, &client, &requested, &lsn])?[0].get(0);
-            WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
+            write_checkpoint_from(id)
         })
     }
 
@@ -1608,8 +1520,7 @@ impl BucketStorage for PostgresStorage {
                 "SELECT MAX(id) FROM write_checkpoints WHERE user_id = $1 AND client_id = $2 AND lsn <= $3",
             )?;
             let id: Option<i64> = query(&conn.client, &statement, &[&user, &client, &lsn])?[0].get(0);
-            id.map(|id| WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id)))
-                .transpose()
+            id.map(write_checkpoint_from).transpose()
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
 use super::*;
-use crate::config::{PostgresConnection, SslMode};
+use crate::config::SslMode;
 
 /// Where one test storage lives: a schema of its own in a database of the shared cluster.
 pub(super) struct Place {
@@ -24,21 +24,13 @@ fn suite_database() -> &'static TestDatabase {
 }
 
 pub(super) fn storage_config(database: &TestDatabase, schema: &str) -> PostgresStorageConfig {
-    PostgresStorageConfig {
-        connection: PostgresConnection {
-            tag: "storage".into(),
-            host: database.host().into(),
-            port: database.port(),
-            database: database.name().into(),
-            user: database.user().into(),
-            password: None,
-            sslmode: SslMode::Disable,
-            publication: String::new(),
-            slot_name_prefix: String::new(),
-            decoder: Default::default(),
-        },
-        schema: schema.into(),
-    }
+    PostgresStorageConfig::local_trusted(
+        database.host(),
+        database.port(),
+        database.name(),
+        database.user(),
+        schema,
+    )
 }
 
 impl Place {

@@ -123,6 +123,18 @@ impl SegmentBuilder {
     }
 }
 
+/// The sum of the checksums, and the count, of the ops up to `up_to` in a segment whose first op is
+/// `first_op`: the part of a segment straddling a checkpoint that belongs to it.
+pub(super) fn sums_up_to(first_op: i64, bytes: &[u8], up_to: i64) -> Result<(i64, i64), StorageError> {
+    let mut ops = Vec::new();
+    decode_into(first_op, bytes, 0, up_to, usize::MAX, &mut ops)?;
+    let sum = ops
+        .iter()
+        .map(|op| i64::from(op.entry.checksum.as_u32()))
+        .sum::<i64>();
+    Ok((sum, i64::try_from(ops.len()).unwrap_or(i64::MAX)))
+}
+
 /// Decodes a segment whose first op is `first_op` into `out`, keeping the ops with
 /// `after < op id ≤ up_to` while `out` holds fewer than `limit`.
 pub(super) fn decode_into(

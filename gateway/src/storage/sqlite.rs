@@ -28,10 +28,11 @@ use syncgate_protocol::{
     BucketName, Checksum, ClientId, OpId, OpType, OplogEntry, Subkey, UserId, WriteCheckpointId,
 };
 
+use super::placement::{BucketDelta, PlacementOp, PlacementOps, diff_placements, take_op_id};
 use super::segment::{self, OpRef, SegmentBuilder};
 use super::{
-    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, ParameterRow, Placement, ReplicationState,
-    Result, RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp,
+    BucketStorage, BucketSummary, Checkpoint, CompactStats, Lsn, ParameterRow, ReplicationState, Result,
+    RowChange, RulesVersion, SnapshotChunk, SourceRowKey, SourceTransaction, StorageError, StoredOp,
     SyncRulesVersion, TableSnapshot, VersionState,
 };
 
@@ -821,6 +822,10 @@ pub(super) fn op_from(value: i64) -> Result<OpId> {
     OpId::from_i64(value).ok_or_else(|| corrupt("op id", value))
 }
 
+pub(super) fn write_checkpoint_from(value: i64) -> Result<WriteCheckpointId> {
+    WriteCheckpointId::from_i64(value).ok_or_else(|| corrupt("write checkpoint id", value))
+}
+
 pub(super) fn corrupt(what: &'static str, value: impl ToString) -> StorageError {
     StorageError::Corrupt {
         what,
@@ -862,6 +867,26 @@ pub(super) fn sync_rules_version(version: i64, rules: String, state: &str) -> Re
         version: RulesVersion(u64::try_from(version).map_err(|_| corrupt("sync-rules version", version))?),
         rules,
         state: state_from(state)?,
+    })
+}
+
+/// The checkpoint of a version's stored (last op id, last LSN): none before its first commit.
+pub(super) fn checkpoint_from(op_id: i64, lsn: Option<i64>) -> Result<Option<Checkpoint>> {
+    lsn.map(|lsn| {
+        Ok(Checkpoint {
+            op_id: op_from(op_id)?,
+            lsn: lsn_from(lsn)?,
+        })
+    })
+    .transpose()
+}
+
+/// A bucket's summary from the sum of its op checksums (wrapped to the u32 checksum here) and op count.
+pub(super) fn bucket_summary(bucket: &BucketName, sum: i64, count: i64) -> Result<BucketSummary> {
+    Ok(BucketSummary {
+        bucket: bucket.clone(),
+        checksum: checksum_from(sum.rem_euclid(1 << 32))?,
+        count: u64::try_from(count).map_err(|_| corrupt("count", count))?,
     })
 }
 
@@ -1053,15 +1078,6 @@ impl Drop for RelaxedSync<'_, '_> {
     }
 }
 
-/// A bucket's running-sum change within one storage transaction.
-struct BucketDelta {
-    checksum: Checksum,
-    count: i64,
-    last_op: i64,
-    /// The bucket's ops of this transaction not yet written.
-    segment: SegmentBuilder,
-}
-
 /// Bucket ids by version and name, kept across storage transactions so the write path resolves a name
 /// without a seek. Ids only change when a version is deleted, or when another connection writes the file
 /// (`data_version` moves): then the cache is dropped.
@@ -1246,52 +1262,6 @@ impl<'c, 'k> Writer<'c, 'k> {
         Ok(id)
     }
 
-    /// Appends one op to its bucket's open segment and adds it to the bucket's running checksum and count.
-    #[allow(clippy::too_many_arguments)]
-    fn append(
-        &mut self,
-        bucket_id: i64,
-        op: OpType,
-        object_type: &str,
-        object_id: &str,
-        subkey: &Subkey,
-        data: Option<&str>,
-        checksum: Checksum,
-    ) -> Result<i64> {
-        let op_id = self.next_op;
-        if OpId::from_i64(op_id).is_none() || op_id == i64::MAX {
-            return Err(StorageError::OpIdsExhausted(OpId::MAX));
-        }
-        self.next_op += 1;
-        self.last_op = op_id;
-        let delta = self.buckets.entry(bucket_id).or_insert_with(|| BucketDelta {
-            checksum: Checksum::ZERO,
-            count: 0,
-            last_op: op_id,
-            segment: SegmentBuilder::default(),
-        });
-        delta.segment.push(&OpRef {
-            op_id,
-            op,
-            object_type: Some(object_type),
-            object_id: Some(object_id),
-            subkey: Some(subkey.as_str()),
-            data,
-            checksum,
-            target_op: None,
-        });
-        // Nothing reads the segments during a write, so a full one can go out now, bounding memory.
-        if delta.segment.is_full() {
-            self.pending_segments
-                .push(&mut self.stmts.insert_segments, bucket_id, &delta.segment)?;
-            delta.segment.clear();
-        }
-        delta.checksum += checksum;
-        delta.count += 1;
-        delta.last_op = op_id;
-        Ok(op_id)
-    }
-
     /// Applies one row's new state: the halves its table feeds, then its stored source row. `fresh`: the
     /// caller knows the row has no stored state at all, so there is nothing to read or diff.
     ///
@@ -1335,7 +1305,7 @@ impl<'c, 'k> Writer<'c, 'k> {
             None => (&[][..], None),
         };
         let packed = match &change.placements {
-            Some(placements) => self.placements(row, old_packed, placements, put_digests)?,
+            Some(placements) => diff_placements(self, row, old_packed, placements, put_digests)?,
             None => old_packed.to_vec(),
         };
         let source_row = change.source_row.as_deref();
@@ -1352,83 +1322,6 @@ impl<'c, 'k> Writer<'c, 'k> {
             self.push_state(row, &packed, source_row)?;
         }
         Ok(())
-    }
-
-    /// Diffs the row's placements against its stored ones: REMOVE where it left, PUT where it is new or
-    /// its data changed. Returns the new packed placements.
-    fn placements(
-        &mut self,
-        row: &SourceRowKey,
-        old_packed: &[u8],
-        placements: &[Placement],
-        put_digests: &[[u8; 32]],
-    ) -> Result<Vec<u8>> {
-        let old = unpack_placements(old_packed)?;
-        if old.is_empty() && placements.is_empty() {
-            return Ok(Vec::new());
-        }
-        // New placements, deduplicated (the last one for a (bucket, table, id) wins) and sorted, so op
-        // ids are deterministic. Rows land in a handful of buckets: a sorted Vec beats a map.
-        // The digest index travels with its placement (`usize::MAX`: not precomputed).
-        let mut new: Vec<(&str, &str, &str, &str, usize)> = Vec::with_capacity(placements.len());
-        for (i, p) in placements.iter().enumerate() {
-            let key = (p.bucket.as_str(), p.table.as_str(), p.id.as_str());
-            let digest = if put_digests.is_empty() { usize::MAX } else { i };
-            match new.iter_mut().find(|n| (n.0, n.1, n.2) == key) {
-                Some(n) => (n.3, n.4) = (p.data.as_str(), digest),
-                None => new.push((key.0, key.1, key.2, p.data.as_str(), digest)),
-            }
-        }
-        new.sort_unstable();
-        let mut resolved = Vec::with_capacity(new.len());
-        for (bucket, table, id, data, digest) in new {
-            resolved.push((self.bucket_id(bucket)?, table, id, data, digest));
-        }
-        let subkey = Subkey::for_source_row(&row.table, &row.key);
-        // Leaving buckets first, in stored order (the order of their bucket names).
-        for o in &old {
-            if resolved
-                .iter()
-                .any(|n| (n.0, n.1, n.2) == (o.bucket_id, o.object_type, o.object_id))
-            {
-                continue;
-            }
-            self.append(
-                o.bucket_id,
-                OpType::Remove,
-                o.object_type,
-                o.object_id,
-                &subkey,
-                None,
-                Checksum::of_remove(subkey.as_str()),
-            )?;
-        }
-        // A PUT only when the row enters the bucket or its data changed: an unchanged PUT would cost every
-        // client a download and the bucket an op for nothing.
-        let mut packed = Vec::with_capacity(old_packed.len().max(64));
-        for (bucket_id, table, id, data, digest) in resolved {
-            let digest = match put_digests.get(digest) {
-                Some(digest) => *digest,
-                None => Checksum::put_digest(table, id, data),
-            };
-            let hash = put_hash(&digest);
-            let unchanged = old
-                .iter()
-                .any(|o| (o.bucket_id, o.object_type, o.object_id, o.hash) == (bucket_id, table, id, hash));
-            if !unchanged {
-                self.append(
-                    bucket_id,
-                    OpType::Put,
-                    table,
-                    id,
-                    &subkey,
-                    Some(data),
-                    Checksum::from_put_digest(&digest),
-                )?;
-            }
-            pack_placement(&mut packed, bucket_id, table, id, &hash)?;
-        }
-        Ok(packed)
     }
 
     /// Replaces the row's parameter entries when they changed; history is kept by LSN for lookups at
@@ -1477,6 +1370,26 @@ impl<'c, 'k> Writer<'c, 'k> {
                 values_json,
                 lsn
             ])?;
+        }
+        Ok(())
+    }
+}
+
+impl PlacementOps for Writer<'_, '_> {
+    fn resolve_bucket(&mut self, bucket: &str) -> Result<i64> {
+        self.bucket_id(bucket)
+    }
+
+    /// Appends one op to its bucket's open segment and adds it to the bucket's running checksum and count.
+    fn append_op(&mut self, bucket_id: i64, op: PlacementOp<'_>) -> Result<()> {
+        let op_id = take_op_id(&mut self.next_op, &mut self.last_op)?;
+        let delta = self.buckets.entry(bucket_id).or_default();
+        delta.record(op_id, &op);
+        // Nothing reads the segments during a write, so a full one can go out now, bounding memory.
+        if delta.segment.is_full() {
+            self.pending_segments
+                .push(&mut self.stmts.insert_segments, bucket_id, &delta.segment)?;
+            delta.segment.clear();
         }
         Ok(())
     }
@@ -1811,13 +1724,7 @@ impl BucketStorage for SqliteStorage {
     fn latest_checkpoint(&self, version: RulesVersion) -> Result<Option<Checkpoint>> {
         self.read(|conn| {
             let (op_id, lsn) = version_checkpoint(conn, version)?;
-            lsn.map(|lsn| {
-                Ok(Checkpoint {
-                    op_id: op_from(op_id)?,
-                    lsn: lsn_from(lsn)?,
-                })
-            })
-            .transpose()
+            checkpoint_from(op_id, lsn)
         })
     }
 
@@ -1863,21 +1770,14 @@ impl BucketStorage for SqliteStorage {
                                 .query_row(params![id, c], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
                                 .optional()?;
                             if let Some((first_op, bytes)) = part {
-                                let mut ops = Vec::new();
-                                segment::decode_into(first_op, &bytes, 0, c, usize::MAX, &mut ops)?;
-                                for op in &ops {
-                                    sum += i64::from(op.entry.checksum.as_u32());
-                                }
-                                count += i64::try_from(ops.len()).unwrap_or(i64::MAX);
+                                let (part_sum, part_count) = segment::sums_up_to(first_op, &bytes, c)?;
+                                sum += part_sum;
+                                count += part_count;
                             }
                             (sum, count)
                         }
                     };
-                    out.push(BucketSummary {
-                        bucket: bucket.clone(),
-                        checksum: checksum_from(sum.rem_euclid(1 << 32))?,
-                        count: u64::try_from(count).map_err(|_| corrupt("count", count))?,
-                    });
+                    out.push(bucket_summary(bucket, sum, count)?);
                 }
             }
             tx.commit()?;
@@ -1970,7 +1870,7 @@ impl BucketStorage for SqliteStorage {
             params![user, client, id, lsn],
         )?;
         tx.commit()?;
-        WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
+        write_checkpoint_from(id)
     }
 
     fn request_write_checkpoint(
@@ -2001,7 +1901,7 @@ impl BucketStorage for SqliteStorage {
             }
         };
         tx.commit()?;
-        WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id))
+        write_checkpoint_from(id)
     }
 
     fn write_checkpoint_for(
@@ -2018,8 +1918,7 @@ impl BucketStorage for SqliteStorage {
                 params![user, client, lsn],
                 |r| r.get(0),
             )?;
-            id.map(|id| WriteCheckpointId::from_i64(id).ok_or_else(|| corrupt("write checkpoint id", id)))
-                .transpose()
+            id.map(write_checkpoint_from).transpose()
         })
     }
 

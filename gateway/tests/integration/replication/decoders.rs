@@ -74,6 +74,18 @@ fn slot_plugins(db: &TestDatabase, prefix: &str) -> Vec<String> {
     .collect()
 }
 
+/// One-row `items` with a publication, readable by an ordinary replication role `app`; returns app's URI.
+/// The plugin allow-list binds roles with REPLICATION and a superuser may be exempt, hence the role.
+fn items_for_app_role(db: &TestDatabase) -> String {
+    db.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
+         INSERT INTO items VALUES (1, 'one');
+         CREATE ROLE app LOGIN REPLICATION; GRANT SELECT ON items TO app",
+    )
+    .expect("schema");
+    format!("postgresql://app@{}:{}/{}", db.host(), db.port(), db.name())
+}
+
 fn config_uri(db: &TestDatabase) -> String {
     db.url_without_session_options()
 }
@@ -179,14 +191,7 @@ async fn auto_uses_the_plugin_only_where_the_server_allows_it() {
     })
     .expect("cluster");
     let db = refusing.create_database().expect("database");
-    // The allow-list binds roles with REPLICATION; a superuser may be exempt, so use an ordinary role.
-    db.psql(
-        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
-         INSERT INTO items VALUES (1, 'one');
-         CREATE ROLE app LOGIN REPLICATION; GRANT SELECT ON items TO app",
-    )
-    .expect("schema");
-    let uri = format!("postgresql://app@{}:{}/{}", db.host(), db.port(), db.name());
+    let uri = items_for_app_role(&db);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config_with_decoder(dir.path(), &uri, ITEM_RULES, "sg_auto_", "syncgate");
     let error = Gateway::start(&config, fast_options()).expect_error().await;
@@ -289,13 +294,7 @@ async fn a_version_whose_plugin_is_refused_later_retries_with_a_clear_error() {
         eprintln!("skipped: this server has no output_plugin_libraries setting to refuse the plugin with");
         return;
     }
-    db.psql(
-        "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE PUBLICATION powersync FOR ALL TABLES;
-         INSERT INTO items VALUES (1, 'one');
-         CREATE ROLE app LOGIN REPLICATION; GRANT SELECT ON items TO app",
-    )
-    .expect("schema");
-    let uri = format!("postgresql://app@{}:{}/{}", db.host(), db.port(), db.name());
+    let uri = items_for_app_role(&db);
     let dir = tempfile::tempdir().expect("tempdir");
     let gateway = Gateway::start(
         &write_config_with_decoder(dir.path(), &uri, ITEM_RULES, "sg_gone_", "syncgate"),
