@@ -234,6 +234,13 @@ fn error_reply(error: &ApiError) -> warp::reply::Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read, so the connection cannot carry another request: say so,
+        // or a client may pool it and send its next request into a closing socket.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
