@@ -49,6 +49,10 @@ enum Command {
         /// missing, then exit (docker-compose.yml's init step).
         #[arg(long)]
         config_only: bool,
+        /// Keep the bucket storage in this Postgres database (not the demo's own database) instead of
+        /// the project folder's SQLite file.
+        #[arg(long)]
+        storage_url: Option<String>,
     },
     /// The demo backend alone (as `syncgate dev` runs it): POST /upload applies client upload batches
     /// to Postgres, for tokens the config's client_auth accepts. See docs/dev.md.
@@ -191,9 +195,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             exit_after_ready,
             user,
             config_only,
+            storage_url,
         } => dev_command(dev::DevOptions {
             dir,
             database_url,
+            storage_url,
             port,
             backend_port,
             exit_after_ready,

@@ -50,6 +50,8 @@ const SNAPSHOT_LINE_EVERY: Duration = Duration::from_secs(1);
 pub struct DevOptions {
     pub dir: PathBuf,
     pub database_url: Option<String>,
+    /// Bucket storage in this Postgres database instead of the project folder's SQLite file.
+    pub storage_url: Option<String>,
     pub port: u16,
     pub backend_port: u16,
     pub exit_after_ready: bool,
@@ -148,7 +150,7 @@ async fn run_with_postgres(
         return Ok(());
     }
     if options.config_only {
-        let config_path = project.write_files(&database_url, options.port)?;
+        let config_path = project.write_files(&database_url, options.storage_url.as_deref(), options.port)?;
         progress.step(format_args!("wrote {} (--config-only)", config_path.display()));
         return Ok(());
     }
@@ -165,7 +167,7 @@ async fn run_with_postgres(
             )
         })?;
     let backend_port = backend_listener.local_addr()?.port();
-    let config_path = project.write_files(&database_url, api_port)?;
+    let config_path = project.write_files(&database_url, options.storage_url.as_deref(), api_port)?;
     let config = Config::load(&config_path)?.config;
 
     progress.stage("gateway: starting (source checks, replication slot, initial snapshot)");
@@ -696,5 +698,40 @@ mod tests {
         for table in ["users", "lists", "todos"] {
             assert!(text.contains(table), "{table} missing from {text}");
         }
+    }
+
+    #[test]
+    fn the_config_keeps_storage_in_sqlite_or_in_the_given_postgres() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let project = Project::open(dir.path()).expect("project");
+        let source = "postgresql://postgres:pw@db:5432/demo";
+
+        let config = Config::load(&project.write_files(source, None, 8080).expect("files"))
+            .expect("config loads")
+            .config;
+        assert!(
+            matches!(&config.storage, crate::config::StorageConfig::Sqlite { .. }),
+            "{:?}",
+            config.storage
+        );
+
+        let storage_url = "postgresql://postgres:pw@db:5432/syncgate_storage";
+        let config = Config::load(
+            &project
+                .write_files(source, Some(storage_url), 8080)
+                .expect("files"),
+        )
+        .expect("config loads")
+        .config;
+        let crate::config::StorageConfig::Postgres(storage) = &config.storage else {
+            panic!("Postgres storage expected: {:?}", config.storage)
+        };
+        assert_eq!(
+            (
+                storage.connection.host.as_str(),
+                storage.connection.database.as_str()
+            ),
+            ("db", "syncgate_storage")
+        );
     }
 }

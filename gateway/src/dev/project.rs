@@ -92,9 +92,15 @@ impl Project {
         Ok(key)
     }
 
-    /// Writes the demo rules (when missing), the client schema and the config for `database_url`;
-    /// returns the config's path.
-    pub fn write_files(&self, database_url: &str, api_port: u16) -> anyhow::Result<PathBuf> {
+    /// Writes the demo rules (when missing), the client schema and the config for `database_url`, with
+    /// bucket storage in `storage_url` (Postgres) or else the project folder's SQLite file; returns the
+    /// config's path.
+    pub fn write_files(
+        &self,
+        database_url: &str,
+        storage_url: Option<&str>,
+        api_port: u16,
+    ) -> anyhow::Result<PathBuf> {
         let rules = self.rules();
         if !rules.exists() {
             std::fs::write(&rules, DEMO_RULES).with_context(|| format!("writing {}", rules.display()))?;
@@ -111,10 +117,7 @@ replication:
     - type: postgresql
       uri: {uri}
       sslmode: disable
-storage:
-  type: sqlite
-  path: storage.sqlite
-sync_rules:
+{storage}sync_rules:
   path: sync-rules.yaml
 port: {api_port}
 client_auth:
@@ -127,6 +130,10 @@ client_auth:
         k: {key}
 ",
             uri = quoted(database_url),
+            storage = match storage_url {
+                Some(url) => format!("storage:\n  type: postgresql\n  uri: {}\n  sslmode: disable\n", quoted(url)),
+                None => "storage:\n  type: sqlite\n  path: storage.sqlite\n".to_owned(),
+            },
         );
         let path = self.config();
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;

@@ -112,6 +112,44 @@ fn dev_exit_after_ready_syncs_alice_and_stops_its_postgres() {
     );
 }
 
+#[test]
+fn dev_with_an_existing_postgres_keeps_bucket_storage_in_another_database() {
+    // docker-compose.yml's setup: the demo in one database, the gateway's storage in another.
+    let cluster = syncgate_test_support::shared_cluster();
+    let source = cluster.create_database().expect("source database");
+    let storage = cluster.create_database().expect("storage database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = dev_command(dir.path())
+        .args([
+            "--exit-after-ready",
+            "--database-url",
+            &source.url_without_session_options(),
+            "--storage-url",
+            &storage.url_without_session_options(),
+        ])
+        .output()
+        .expect("run syncgate dev");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("todos: 3 row(s)"), "{stdout}\n{stderr}");
+    assert!(
+        !dir.path().join(".syncgate-dev/storage.sqlite").exists(),
+        "no SQLite storage with --storage-url"
+    );
+    let checkpoints = storage
+        .psql("SELECT count(*) FROM syncgate_storage.checkpoints")
+        .expect("storage schema in the storage database");
+    assert!(
+        checkpoints.trim().parse::<u64>().expect("count") > 0,
+        "no checkpoint stored: {checkpoints}"
+    );
+}
+
 /// The values `syncgate dev` prints on stdout for the first user.
 #[derive(Debug)]
 struct Printed {
