@@ -12,11 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
+use syncgate::source::OutputPlugin;
 use syncgate::storage::{BucketStorage, Lsn, RulesVersion, SqliteStorage};
 use syncgate_protocol::{BucketName, OpId};
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
-use crate::replication::harness::{Oracle, canonical, unversioned, write_config};
+use crate::replication::harness::{Oracle, canonical, test_decoder, unversioned, write_config};
 
 const SCHEMA: &str = "
 CREATE TABLE lists (id text PRIMARY KEY, owner_id text NOT NULL, name text);
@@ -845,14 +846,13 @@ async fn restart_while_the_slot_is_still_held_waits_for_it() {
                 "--start",
                 "--no-loop",
             ])
-            .args([
-                "-f",
-                "/dev/null",
-                "-o",
-                "proto_version=1",
-                "-o",
-                "publication_names=powersync",
-            ])
+            .args(["-f", "/dev/null"])
+            // The slot's own plugin's options: the syncgate plugin refuses pgoutput's, and a holder whose
+            // START fails holds the slot only for an instant.
+            .args(match test_decoder() {
+                OutputPlugin::Pgoutput => &["-o", "proto_version=1", "-o", "publication_names=powersync"][..],
+                OutputPlugin::Syncgate => &[][..],
+            })
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn pg_recvlogical")
