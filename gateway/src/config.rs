@@ -6,6 +6,7 @@
 //! and unknown keys, are warnings, so an existing PowerSync config loads unchanged.
 //! Secrets live in [`Secret`], whose `Debug` prints `***`.
 
+pub mod local;
 mod postgres;
 mod reader;
 #[cfg(test)]

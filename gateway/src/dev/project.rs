@@ -14,8 +14,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use base64::Engine as _;
-use serde_json::Value;
+
+use crate::config::local::{LocalConfig, LocalStorage, random_hs256_key};
 
 pub const DEMO_SCHEMA_SQL: &str = include_str!("../../../sql/demo/schema.sql");
 pub const DEMO_DATA_SQL: &str = include_str!("../../../sql/demo/data.sql");
@@ -74,14 +74,7 @@ impl Project {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
         }
-        let mut secret = [0u8; 32];
-        {
-            use std::io::Read as _;
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut random| random.read_exact(&mut secret))
-                .context("reading /dev/urandom for the development key")?;
-        }
-        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let key = random_hs256_key().context("reading /dev/urandom for the development key")?;
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -108,33 +101,23 @@ impl Project {
         let schema = self.client_schema();
         std::fs::write(&schema, CLIENT_SCHEMA).with_context(|| format!("writing {}", schema.display()))?;
         let key = self.dev_key()?;
-        // JSON strings are YAML scalars: no YAML quoting rules of our own for the URL and paths.
-        let quoted = |text: &str| Value::String(text.to_owned()).to_string();
-        let config = format!(
-            "# Written by `syncgate dev` on every run (docs/dev.md); a development key: never use in production.
-replication:
-  connections:
-    - type: postgresql
-      uri: {uri}
-      sslmode: disable
-{storage}sync_rules:
-  path: sync-rules.yaml
-port: {api_port}
-client_auth:
-  audience: [{AUDIENCE}]
-  jwks:
-    keys:
-      - kty: oct
-        alg: HS256
-        kid: syncgate-dev
-        k: {key}
-",
-            uri = quoted(database_url),
-            storage = match storage_url {
-                Some(url) => format!("storage:\n  type: postgresql\n  uri: {}\n  sslmode: disable\n", quoted(url)),
-                None => "storage:\n  type: sqlite\n  path: storage.sqlite\n".to_owned(),
+        let config = LocalConfig {
+            written_by: Some(
+                "Written by `syncgate dev` on every run (docs/dev.md); a development key: never use in production.",
+            ),
+            source_url: database_url,
+            slot_name_prefix: None,
+            storage: match storage_url {
+                Some(url) => LocalStorage::Postgres(url),
+                None => LocalStorage::SqliteFile("storage.sqlite"),
             },
-        );
+            rules_path: "sync-rules.yaml",
+            port: api_port,
+            key: &key,
+            key_id: "syncgate-dev",
+            audience: AUDIENCE,
+        }
+        .to_yaml();
         let path = self.config();
         std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)

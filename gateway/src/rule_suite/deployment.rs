@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Map, Value};
 use syncgate_pgcluster::{PgCluster, ScratchDatabase};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::SuiteError;
+use crate::config::local::{LocalConfig, LocalStorage, random_hs256_key};
 use crate::config::{ClientAuthConfig, Config};
 use crate::replicator::Catalog;
 use crate::serve::{Embedding, ServeOptions, ServedStorage, serve_embedded};
@@ -234,44 +234,21 @@ fn write_config(
         path: rules.to_owned(),
         source,
     })?;
-    let secret = random_secret().map_err(SuiteError::io("reading /dev/urandom for the token key"))?;
-    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-    // JSON strings are valid YAML scalars: paths and the URI need no YAML quoting rules of their own.
-    let quoted = |text: &str| Value::String(text.to_owned()).to_string();
-    let config = format!(
-        "replication:
-  connections:
-    - type: postgresql
-      uri: {uri}
-      sslmode: disable
-      slot_name_prefix: {slot_prefix}
-storage:
-  type: sqlite
-  path: storage.sqlite
-sync_rules:
-  path: {rules}
-client_auth:
-  jwks:
-    keys:
-      - kty: oct
-        alg: HS256
-        kid: rule-suite
-        k: {key}
-  audience: [{AUDIENCE}]
-port: {port}
-",
-        uri = quoted(&database.url_without_session_options()),
-        rules = quoted(&rules.to_string_lossy()),
-    );
+    // A key per run: nobody else can mint tokens for the suite's gateway.
+    let key = random_hs256_key().map_err(SuiteError::io("reading /dev/urandom for the token key"))?;
+    let config = LocalConfig {
+        written_by: None,
+        source_url: &database.url_without_session_options(),
+        slot_name_prefix: Some(slot_prefix),
+        storage: LocalStorage::SqliteFile("storage.sqlite"),
+        rules_path: &rules.to_string_lossy(),
+        port,
+        key: &key,
+        key_id: "rule-suite",
+        audience: AUDIENCE,
+    }
+    .to_yaml();
     let path = dir.join("powersync.yaml");
     std::fs::write(&path, config).map_err(SuiteError::io("writing the gateway's config file"))?;
     Ok(path)
-}
-
-/// 32 random bytes for this run's token key: nobody else can mint tokens for the suite's gateway.
-fn random_secret() -> std::io::Result<[u8; 32]> {
-    use std::io::Read as _;
-    let mut secret = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut secret)?;
-    Ok(secret)
 }
