@@ -151,6 +151,8 @@ async fn run_with_postgres(
     }
     if options.config_only {
         let config_path = project.write_files(&database_url, options.storage_url.as_deref(), options.port)?;
+        // What `serve` will read: a bad --storage-url fails here, not when the gateway starts.
+        Config::load(&config_path)?;
         progress.step(format_args!("wrote {} (--config-only)", config_path.display()));
         return Ok(());
     }

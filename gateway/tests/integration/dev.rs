@@ -150,6 +150,30 @@ fn dev_with_an_existing_postgres_keeps_bucket_storage_in_another_database() {
     );
 }
 
+#[test]
+fn dev_config_only_refuses_a_storage_url_that_is_not_postgres() {
+    let source = syncgate_test_support::shared_cluster()
+        .create_database()
+        .expect("source database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = dev_command(dir.path())
+        .args([
+            "--config-only",
+            "--database-url",
+            &source.url_without_session_options(),
+            "--storage-url",
+            "mysql://root@db/buckets",
+        ])
+        .output()
+        .expect("run syncgate dev");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("`storage.uri`") && stderr.contains("postgresql://"),
+        "{stderr}"
+    );
+}
+
 /// The values `syncgate dev` prints on stdout for the first user.
 #[derive(Debug)]
 struct Printed {
