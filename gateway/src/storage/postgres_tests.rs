@@ -366,3 +366,16 @@ fn a_second_single_writer_on_the_same_storage_is_refused() {
         .claim_single_writer()
         .unwrap();
 }
+
+#[test]
+fn the_next_single_writer_ends_a_compaction_its_dead_predecessor_left_running() {
+    let place = Place::new();
+    let storage = PostgresStorage::open(&place.config).unwrap();
+    // Odd: a compaction started and its gateway died; readers on every gateway would wait forever.
+    place.execute("UPDATE meta SET value = 7 WHERE key = 'compaction_generation'");
+    storage.claim_single_writer().unwrap();
+    assert_eq!(
+        place.rows("SELECT value FROM meta WHERE key = 'compaction_generation'"),
+        [[8]]
+    );
+}
