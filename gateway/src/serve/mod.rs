@@ -402,7 +402,12 @@ pub async fn serve_embedded(
                             Err(error) if is_fenced(&error) => {
                                 info!("replication lease lost while starting (epoch {epoch}): {error:#}");
                             }
-                            Err(error) => return Err(error),
+                            Err(error) => {
+                                // The lease went with the failed start: another gateway may reach what this
+                                // one cannot (the source passed the start-up checks, so this is likely passing).
+                                error!("cannot start replicating (epoch {epoch}); replication lease released: {error:#}");
+                                campaign_tick = campaign_interval(options.lease_retry * 2, options.lease_retry);
+                            }
                         }
                         standing_by_logged = false;
                     }
