@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod dev;
 mod interop;
+mod load_balancer;
 mod replication;
 mod rule_suites;
 mod source;
