@@ -76,10 +76,18 @@ enum Command {
     /// Replicate the source database into bucket storage with the configured sync rules, until
     /// SIGINT/SIGTERM. SIGHUP re-reads the config's sync rules (a change builds a new version in the
     /// background and switches to it once caught up). Logs go to stderr; RUST_LOG sets the level.
+    ///
+    /// Several `serve` processes with the same Postgres bucket storage form a cluster: the one holding
+    /// the replication lease replicates, all serve clients (docs/deployment.md, "Several gateways").
     Serve {
         /// The config file (PowerSync `powersync.yaml` layout; see docs/config.md).
         #[arg(long)]
         config: PathBuf,
+        /// `all`: serve the sync API and replicate while holding the replication lease; `api`: serve
+        /// the sync API only; `replicator`: replicate while holding the lease, answering only probes
+        /// and /metrics on the port. Roles other than `all` need Postgres bucket storage.
+        #[arg(long, value_enum, default_value_t = serve::Role::All)]
+        role: serve::Role,
     },
     /// Print what a user would sync at the latest checkpoint, as JSON.
     ///
@@ -186,7 +194,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             rule_suites_command(&suites, rules.as_deref())
         }
         Command::Config(ConfigCommand::Check { config }) => config_cmd::check(&config),
-        Command::Serve { config } => serve_command(config),
+        Command::Serve { config, role } => serve_command(config, role),
         Command::Dev {
             dir,
             database_url,
@@ -332,12 +340,15 @@ fn rule_suites_command(suites: &[PathBuf], rules: Option<&std::path::Path>) -> a
     })
 }
 
-fn serve_command(config: PathBuf) -> anyhow::Result<ExitCode> {
+fn serve_command(config: PathBuf, role: serve::Role) -> anyhow::Result<ExitCode> {
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let shutdown_rx = serve::shutdown_on_stop_signal();
-        let mut options = serve::ServeOptions::default();
+        let mut options = serve::ServeOptions {
+            role,
+            ..serve::ServeOptions::default()
+        };
         if let Some(rows) = snapshot_chunk_rows()? {
             options.replicator.snapshot_chunk_rows = rows;
         }

@@ -58,6 +58,22 @@ pub struct ApiState {
     pub clients: Arc<super::clients::ClientRegistry>,
     /// `/dashboard`: served only when enabled.
     pub dashboard: crate::config::DashboardSettings,
+    /// This process's role and whether it replicates now (readiness, sync routes).
+    pub node: NodeStatus,
+}
+
+/// What this gateway process does among several on one storage.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    pub role: crate::serve::Role,
+    /// True while this process holds the replication lease (or, on SQLite storage, replicates).
+    pub replicating: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NodeStatus {
+    fn replicating(&self) -> bool {
+        self.replicating.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl std::fmt::Debug for ApiState {
@@ -137,6 +153,17 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
         .and(with_state.clone())
         .and_then(|body, state: Arc<ApiState>| read_body(body, state.config.max_body_bytes));
 
+    // `--role replicator` serves no sync routes: they answer 404 there.
+    let sync_served = with_state
+        .clone()
+        .and_then(|state: Arc<ApiState>| async move {
+            if state.node.role.serves_sync() {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one();
     let sync_stream = warp::path!("sync" / "stream")
         .and(warp::post())
         .and(authenticated.clone())
@@ -200,11 +227,14 @@ pub fn routes(state: Arc<ApiState>) -> impl Filter<Extract = (impl Reply,), Erro
     let websocket = super::websocket::route(Arc::clone(&state));
     let dashboard = super::dashboard::routes(Arc::clone(&state));
 
-    websocket
+    let sync_routes = sync_served.and(
+        websocket
+            .or(sync_stream)
+            .or(write_checkpoint)
+            .or(checkpoint_request),
+    );
+    sync_routes
         .or(preflight)
-        .or(sync_stream)
-        .or(write_checkpoint)
-        .or(checkpoint_request)
         .or(liveness)
         .or(readiness)
         .or(metrics)
@@ -470,7 +500,8 @@ async fn checkpoint_request(
 }
 
 /// 200 once the active sync-rules version has published a checkpoint (its initial snapshot is
-/// complete), 503 before.
+/// complete), 503 before; on any node of several sharing one storage, whether it replicates or not.
+/// Says the node's role and whether it replicates now.
 async fn readiness(state: Arc<ApiState>) -> Result<warp::reply::Response, Rejection> {
     let storage = Arc::clone(&state.env.storage);
     let ready = tokio::task::spawn_blocking(move || -> Result<bool, crate::storage::StorageError> {
@@ -480,19 +511,20 @@ async fn readiness(state: Arc<ApiState>) -> Result<warp::reply::Response, Reject
         Ok(storage.latest_checkpoint(active.version)?.is_some())
     })
     .await;
+    let (role, replicating) = (state.node.role.name(), state.node.replicating());
+    let not_ready = |reason: String| {
+        json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "reason": reason, "role": role, "replicating": replicating}),
+        )
+    };
     Ok(match ready {
-        Ok(Ok(true)) => json_reply(StatusCode::OK, &json!({"ready": true})),
-        Ok(Ok(false)) => json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "reason": "the initial snapshot of the sync rules is not complete yet"}),
+        Ok(Ok(true)) => json_reply(
+            StatusCode::OK,
+            &json!({"ready": true, "role": role, "replicating": replicating}),
         ),
-        Ok(Err(error)) => json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "reason": error.to_string()}),
-        ),
-        Err(error) => json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "reason": error.to_string()}),
-        ),
+        Ok(Ok(false)) => not_ready("the initial snapshot of the sync rules is not complete yet".to_owned()),
+        Ok(Err(error)) => not_ready(error.to_string()),
+        Err(error) => not_ready(error.to_string()),
     })
 }

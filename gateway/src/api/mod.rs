@@ -25,7 +25,7 @@ mod session_tests;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use http::{ApiConfig, ApiState, bind_listener, serve_api};
+pub use http::{ApiConfig, ApiState, NodeStatus, bind_listener, serve_api};
 pub use metrics::ApiMetrics;
 pub use session::{Session, SessionClaims, SessionEnd, SessionEnv, SessionError, SessionLimits, SharedReads};
 

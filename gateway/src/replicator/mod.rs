@@ -115,7 +115,20 @@ impl ReplicatorError {
             ReplicatorError::SlotLost { .. } | ReplicatorError::Join(_) => false,
         }
     }
+
+    /// Whether the slot is held by another process's replication session (PID in the server's message).
+    pub fn is_slot_in_use(&self) -> bool {
+        match self {
+            ReplicatorError::Source(SourceError::Replication { message, .. }) => {
+                message.contains("is active for PID") || message.contains("is in use by another process")
+            }
+            _ => false,
+        }
+    }
 }
+
+/// The longest wait before retrying a slot another process still streams from.
+const SLOT_IN_USE_RETRY: Duration = Duration::from_millis(500);
 
 pub type Result<T, E = ReplicatorError> = std::result::Result<T, E>;
 
@@ -201,8 +214,15 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     return Ok(Stopped::Shutdown);
                 }
                 Err(error) if error.is_retryable() => {
-                    warn!(version = %self.version, %error, retry_in = ?backoff, "replication interrupted; reconnecting");
-                    if self.sleep_or_shutdown(backoff).await {
+                    // A slot still held by a dead predecessor's walsender (a gateway that was killed or lost
+                    // its lease) is released within moments: retry it often, so a takeover is quick.
+                    let wait = if error.is_slot_in_use() {
+                        backoff.min(SLOT_IN_USE_RETRY)
+                    } else {
+                        backoff
+                    };
+                    warn!(version = %self.version, %error, retry_in = ?wait, "replication interrupted; reconnecting");
+                    if self.sleep_or_shutdown(wait).await {
                         return Ok(Stopped::Shutdown);
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -368,11 +368,6 @@ pub enum StorageError {
         system_identifier: String,
     },
     #[error(
-        "another syncgate serve is writing to the bucket storage ({storage}); stop it first, or give this one \
-         its own storage (another database or storage.schema)"
-    )]
-    InUse { storage: String },
-    #[error(
         "another gateway took over the bucket storage (writer epoch {found}, this one holds {held}); \
          this gateway must stop writing"
     )]

@@ -18,10 +18,12 @@
 //! Concurrency: one writer connection (the replicator, compaction, versions) and a pool of reader
 //! connections; readers run single statements (or one snapshot) and never wait for the writer (MVCC).
 //!
-//! Fencing (for several gateways, a later increment): `leader_epoch` holds one number. The storage reads
-//! it when opened, and every writer transaction locks that row `FOR SHARE` and fails with
-//! [`StorageError::Fenced`] when it changed. A new leader bumps it (`UPDATE leader_epoch SET epoch =
-//! epoch + 1`), which waits for any commit of the old leader in flight and fails all its later ones.
+//! Fencing (several gateways on one storage): `leader_epoch` holds one number. The storage reads it when
+//! opened, and every writer transaction locks that row `FOR SHARE` and fails with
+//! [`StorageError::Fenced`] when it differs from the epoch this process holds. The gateway that takes
+//! the replication lease (`serve::lease`) bumps it (`UPDATE leader_epoch SET epoch = epoch + 1`), which
+//! waits for any commit of the old leader in flight and fails all its later ones, and hands the new
+//! epoch to its storage ([`PostgresStorage::take_over`]).
 //!
 //! Driving the driver: the trait is synchronous and is called from blocking threads, plain threads and,
 //! in tests, from async code. `tokio-postgres` connections are driven by a private runtime's task; the
@@ -31,6 +33,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -324,18 +327,18 @@ pub struct PostgresStorage {
     readers: Mutex<Vec<PgConn>>,
     /// Bucket ids by version and name (ids never change while their version exists).
     bucket_ids: Mutex<HashMap<i64, HashMap<String, i64>>>,
-    /// The writer epoch read at open: writer commits fail once it moved (module docs: fencing).
-    epoch: i64,
-    /// Set by [`PostgresStorage::claim_single_writer`]: the writer connection holds the storage's
-    /// advisory lock, re-taken whenever the connection is re-opened.
-    single_writer: std::sync::atomic::AtomicBool,
+    /// The writer epoch read at open or taken over with the lease: writer commits fail once the stored
+    /// one moved past it (module docs: fencing).
+    epoch: AtomicI64,
+    /// The storage's schema, which keys the replication lease.
+    schema: String,
 }
 
 impl std::fmt::Debug for PostgresStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStorage")
             .field("database", &self.display)
-            .field("epoch", &self.epoch)
+            .field("epoch", &self.epoch.load(Ordering::Acquire))
             .finish_non_exhaustive()
     }
 }
@@ -375,8 +378,8 @@ impl PostgresStorage {
             writer: Mutex::new(None),
             readers: Mutex::new(Vec::new()),
             bucket_ids: Mutex::new(HashMap::new()),
-            epoch: 0,
-            single_writer: std::sync::atomic::AtomicBool::new(false),
+            epoch: AtomicI64::new(0),
+            schema: storage.schema.clone(),
         };
         let mut writer = this.connect()?;
         if let Some(source) = source {
@@ -384,10 +387,11 @@ impl PostgresStorage {
         }
         migrate(&mut writer, &storage.schema)?;
         let epoch = writer.statement("SELECT epoch FROM leader_epoch")?;
-        this.epoch = query(&writer.client, &epoch, &[])?
+        let epoch = query(&writer.client, &epoch, &[])?
             .first()
             .map(|row| row.get(0))
             .ok_or_else(|| corrupt("leader epoch", "missing"))?;
+        this.epoch = AtomicI64::new(epoch);
         *this.writer.get_mut().map_err(|_| StorageError::Poisoned)? = Some(writer);
         Ok(this)
     }
@@ -420,25 +424,49 @@ impl PostgresStorage {
     fn writer(&self) -> Result<WriterGuard<'_>> {
         let mut guard = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let conn = self.connect()?;
-            // A session lock dies with its connection: take it again before writing on the new one.
-            if self.single_writer.load(std::sync::atomic::Ordering::Acquire) {
-                take_writer_lock(&conn)?;
-            }
-            *guard = Some(conn);
+            *guard = Some(self.connect()?);
         }
         Ok(WriterGuard(guard))
     }
 
-    /// Makes this process the storage's only writer until it ends, as the lock file does for SQLite:
-    /// a second `serve` on the same storage (database and schema) fails with
-    /// [`StorageError::InUse`] instead of replicating beside the first. (The leader lease of a later
-    /// increment replaces this with a lock that several gateways take turns on.)
-    pub fn claim_single_writer(&self) -> Result<()> {
-        self.single_writer
-            .store(true, std::sync::atomic::Ordering::Release);
-        let mut writer = self.writer()?;
-        take_writer_lock(writer.conn())
+    /// Makes `epoch` (just bumped by this process's lease session) the one its writer commits hold:
+    /// from now on they succeed, and those of every earlier leader fail with `Fenced`.
+    pub fn take_over(&self, epoch: i64) -> Result<()> {
+        // Another leader may have created buckets meanwhile; ids never change, but start clean.
+        self.bucket_cache()?.clear();
+        self.epoch.store(epoch, Ordering::Release);
+        Ok(())
+    }
+
+    /// The writer epoch this process holds (read at open or taken over with the lease).
+    pub fn held_epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The connection settings of the replication lease's own session (`serve::lease`): this storage's
+    /// database as `syncgate-lease`, with TCP keepalives on both ends, so the server notices a dead
+    /// leader's host (and releases its lease) within about half a minute, and the leader its server's.
+    pub fn lease_connection(&self) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        config
+            .application_name("syncgate-lease")
+            .keepalives(true)
+            .keepalives_idle(LEASE_KEEPALIVE_IDLE)
+            .keepalives_interval(LEASE_KEEPALIVE_INTERVAL)
+            .keepalives_retries(LEASE_KEEPALIVE_RETRIES)
+            .options(format!(
+                "-c search_path={} -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={}",
+                self.schema,
+                LEASE_KEEPALIVE_IDLE.as_secs(),
+                LEASE_KEEPALIVE_INTERVAL.as_secs(),
+                LEASE_KEEPALIVE_RETRIES
+            ));
+        config
+    }
+
+    /// The storage's schema (keys the replication lease).
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     /// Runs `f` on a pooled reader connection and returns it to the pool. After a retryable failure on
@@ -565,38 +593,11 @@ impl WriterGuard<'_> {
     }
 }
 
-/// Takes the session-level advisory lock of the storage's schema on `conn`, or fails with `InUse`.
-/// Waits up to [`WRITER_LOCK_WAIT`] on the server: a gateway restarted right after being killed finds
-/// its predecessor's session still ending.
-fn take_writer_lock(conn: &PgConn) -> Result<()> {
-    let client = &conn.client;
-    block_on(client.batch_execute(&format!(
-        "SET lock_timeout = '{}ms'",
-        WRITER_LOCK_WAIT.as_millis()
-    )))?;
-    // Keyed by schema: storages in other schemas of the same database are independent.
-    let taken = block_on(client.execute(
-        "SELECT pg_advisory_lock($1::int, hashtext(current_schema()))",
-        &[&WRITER_LOCK_CLASS],
-    ));
-    block_on(client.batch_execute("RESET lock_timeout"))?;
-    match taken {
-        Ok(_) => Ok(()),
-        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            let schema: String = block_on(client.query_one("SELECT current_schema()::text", &[]))?.get(0);
-            Err(StorageError::InUse {
-                storage: format!("schema {schema}"),
-            })
-        }
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// How long a starting gateway waits for the writer lock.
-const WRITER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// First key of the writer lock (`pg_try_advisory_lock(int, int)`), "sgwr" in ASCII.
-const WRITER_LOCK_CLASS: i32 = 0x7367_7772;
+/// TCP keepalives of the lease session (both ends): idle time before the first probe, then probes
+/// every interval, dropped after that many unanswered ones.
+const LEASE_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+const LEASE_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const LEASE_KEEPALIVE_RETRIES: u32 = 3;
 
 /// Creates the schema and applies pending migrations, once across concurrently starting gateways.
 fn migrate(conn: &mut PgConn, schema: &str) -> Result<()> {
@@ -873,7 +874,7 @@ impl PostgresStorage {
             // See the module docs: nothing is confirmed during the snapshot.
             block_on(tx.batch_execute("SET LOCAL synchronous_commit = off"))?;
         }
-        check_epoch(&tx, &s.lock_epoch, self.epoch)?;
+        check_epoch(&tx, &s.lock_epoch, self.held_epoch())?;
         let head = query(&tx, &s.head, &[&v])?;
         let head = head.first().ok_or(StorageError::UnknownVersion(version))?;
         let (last_op, mut last_lsn): (i64, Option<i64>) = (head.get(0), head.get(1));
@@ -1644,7 +1645,7 @@ impl PostgresStorage {
         let mut cache = StatementCache(std::mem::take(&mut conn.statements));
         let result = (|| {
             let tx = block_on(conn.client.transaction())?;
-            check_epoch(&tx, &lock, self.epoch)?;
+            check_epoch(&tx, &lock, self.held_epoch())?;
             let value = f(&tx, &mut cache)?;
             block_on(tx.commit())?;
             Ok(value)

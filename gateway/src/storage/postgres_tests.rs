@@ -1,5 +1,6 @@
 //! Postgres storage tests beyond the shared suite (`tests.rs` runs that on both storages): migrations,
-//! refusing the source database, fencing, connection loss, and calls from inside a tokio runtime.
+//! refusing the source database, fencing and taking over, connection loss, and calls from inside a
+//! tokio runtime.
 //! Every storage gets a schema of its own in one database of the shared throwaway cluster.
 #![allow(clippy::unwrap_used)]
 
@@ -346,19 +347,26 @@ fn serialization_failures_are_retryable_and_other_errors_are_not() {
     assert!(!syntax.is_retryable(), "{syntax}");
 }
 
+/// A standby's storage handle (opened before the takeover) writes once it takes over the epoch its lease
+/// bumped; the old leader's handle is fenced from then on.
 #[test]
-fn a_second_single_writer_on_the_same_storage_is_refused() {
+fn take_over_moves_the_writer_to_the_new_epoch() {
     let place = Place::new();
-    let first = PostgresStorage::open(&place.config).unwrap();
-    first.claim_single_writer().unwrap();
-    let second = PostgresStorage::open(&place.config).unwrap();
-    let refused = second.claim_single_writer().unwrap_err();
-    assert!(matches!(refused, StorageError::InUse { .. }), "{refused}");
-    assert!(refused.to_string().contains(&place.config.schema), "{refused}");
-    // Readers and other schemas are unaffected.
-    assert!(second.versions().unwrap().is_empty());
-    PostgresStorage::open(&Place::new().config)
-        .unwrap()
-        .claim_single_writer()
+    let leader = PostgresStorage::open(&place.config).unwrap();
+    let standby = PostgresStorage::open(&place.config).unwrap();
+    let version = leader.create_version("rules").unwrap();
+    let cp = leader.apply(version, &at(10, put("1", "a"))).unwrap().unwrap();
+    // What the lease does on taking over, in its own session.
+    place.execute("UPDATE leader_epoch SET epoch = epoch + 1");
+    standby.take_over(2).unwrap();
+    assert_eq!(standby.held_epoch(), 2);
+    assert!(standby.apply(version, &at(20, put("2", "a"))).unwrap().unwrap() > cp);
+    assert!(matches!(
+        leader.apply(version, &at(30, put("3", "a"))),
+        Err(StorageError::Fenced { held: 1, found: 2 })
+    ));
+    let ops = standby
+        .ops(version, &BucketName::new("a"), OpId::ZERO, OpId::MAX, 10)
         .unwrap();
+    assert_eq!(ops.len(), 2, "the fenced commit left nothing");
 }

@@ -158,6 +158,15 @@ impl Gateway {
         }
     }
 
+    /// Reads the storage of gateways the test runs otherwise: no serve of its own.
+    pub fn watching(config_path: &Path) -> Gateway {
+        Gateway {
+            storage_config: Config::load(config_path).expect("config").config.storage,
+            stop: watch::channel(false).0,
+            task: None,
+        }
+    }
+
     pub async fn stop(mut self) {
         self.stop.send_replace(true);
         if let Some(task) = self.task.take() {

@@ -9,6 +9,7 @@ mod failures;
     reason = "shared by several test modules; not each uses every helper"
 )]
 pub mod harness;
+mod lease;
 mod versions;
 
 use harness::{Gateway, Oracle, fast_options};

@@ -5,10 +5,19 @@
 //! ones; otherwise a version with the configured rules is built (resumed if one is already building)
 //! while the active one keeps serving, and becomes active once caught up. Then the old version's slot
 //! and data are removed. SIGHUP re-reads the config file and does the same with the new rules.
+//!
+//! Several gateways on one Postgres storage: only the holder of the replication lease ([`lease`])
+//! replicates, compacts and removes retired versions; the others serve the sync API from the shared
+//! storage and campaign for the lease every [`ServeOptions::lease_retry`]. A leader whose lease session
+//! dies, or whose storage commit is fenced, stops replicating at once and campaigns again. SQLite
+//! storage is one process's (a lock file), which always replicates. [`Role`] narrows what a process does.
+
+pub mod lease;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -28,7 +37,8 @@ use crate::replicator::{
 };
 use crate::source::{OutputPlugin, SourceRequirements, TableName, check_source};
 use crate::storage::{
-    BucketStorage, ConfiguredStorage, Notifying, PostgresStorage, RulesVersion, SqliteStorage, VersionState,
+    BucketStorage, ConfiguredStorage, Notifying, PostgresStorage, RulesVersion, SqliteStorage, StorageError,
+    VersionState,
 };
 use crate::versioned_rules::{RulesCache, compile_version};
 
@@ -51,6 +61,40 @@ pub struct Embedding {
 /// How often the active version is compacted in the background.
 pub const COMPACT_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
+/// What a `serve` process does (`--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// Serves the sync API and replicates while it holds the replication lease.
+    #[default]
+    All,
+    /// Serves the sync API only; never campaigns for the lease.
+    Api,
+    /// Replicates while it holds the lease; its port answers probes and `/metrics` but no sync routes.
+    Replicator,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Replicator => "replicator",
+        }
+    }
+
+    fn campaigns(self) -> bool {
+        self != Role::Api
+    }
+
+    /// Whether the sync routes (streams, write checkpoints) are served.
+    pub fn serves_sync(self) -> bool {
+        self != Role::Replicator
+    }
+}
+
+/// How often a standby tries to take the replication lease, and a leader checks it still holds it.
+pub const LEASE_RETRY: Duration = Duration::from_secs(1);
+
 /// Options of a serve run beyond the config file.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -58,6 +102,9 @@ pub struct ServeOptions {
     pub compact_interval: Duration,
     /// How often replication figures are logged.
     pub report_interval: Duration,
+    pub role: Role,
+    /// How often a standby campaigns for the replication lease and a leader checks its lease session.
+    pub lease_retry: Duration,
 }
 
 impl Default for ServeOptions {
@@ -66,6 +113,8 @@ impl Default for ServeOptions {
             replicator: ReplicatorOptions::default(),
             compact_interval: COMPACT_INTERVAL,
             report_interval: Duration::from_secs(10),
+            role: Role::default(),
+            lease_retry: LEASE_RETRY,
         }
     }
 }
@@ -181,6 +230,14 @@ pub async fn serve_embedded(
 ) -> anyhow::Result<()> {
     let config = load_config(&config_path)?;
     let rules = compile_rules(&config)?;
+    let role = options.role;
+    if role != Role::All && matches!(config.storage, StorageConfig::Sqlite { .. }) {
+        bail!(
+            "--role {} needs Postgres bucket storage (`storage: {{type: postgresql}}`): SQLite storage belongs \
+             to one process, which serves and replicates (--role all)",
+            role.name()
+        );
+    }
     let connection = config.replication.connection().clone();
     let source = SourceConnection::new(&connection).context("source connection")?;
     let mut replicator_options = options.replicator.clone();
@@ -195,33 +252,10 @@ pub async fn serve_embedded(
             .await
             .context("cannot reach the source database")?,
     );
-    let named = required_tables(&rules);
-    let exists = catalog.existing(&named).await?;
-    let mut tables = Vec::new();
-    for (table, exists) in named.into_iter().zip(exists) {
-        if exists {
-            tables.push(table);
-        } else {
-            // Not an error: rules may name a table the app creates later; its rows replicate from then on
-            // (the publication must include it, e.g. FOR ALL TABLES).
-            warn!(%table, "the sync rules read a table that does not exist yet");
-        }
-    }
     let mut decoder_choice = connection.decoder;
-    let decoder = resolve_decoder(&catalog, decoder_choice).await;
-    // Checked before a refused plugin is reported: wal_level or a missing REPLICATION privilege is the
-    // more basic problem (and also makes the probe fail).
-    check_source(
-        catalog.client(),
-        &SourceRequirements {
-            publication: matches!(decoder, Ok(OutputPlugin::Pgoutput))
-                .then(|| connection.publication.clone()),
-            tables,
-        },
-    )
-    .await
-    .context("the source database is not ready for syncgate")?;
-    replicator_options.decoder = decoder?;
+    if role.campaigns() {
+        replicator_options.decoder = check_replication_source(&catalog, &rules, &connection).await?;
+    }
 
     // Held until serve returns: a second gateway on the same SQLite file would fight over the same slots.
     let mut _storage_lock = None;
@@ -239,17 +273,22 @@ pub async fn serve_embedded(
             let settings = settings.clone();
             let source_config = source.config.clone();
             let opened = tokio::task::spawn_blocking(move || {
-                let storage = PostgresStorage::open_beside_source(&settings, &source_config)?;
-                // As the SQLite lock file: one replicating gateway per storage until leases exist.
-                storage.claim_single_writer()?;
-                Ok::<_, crate::storage::StorageError>(storage)
+                PostgresStorage::open_beside_source(&settings, &source_config)
             })
             .await??;
             ConfiguredStorage::Postgres(opened)
         }
     };
     let storage: Arc<ServedStorage> = Arc::new(Notifying::new(opened));
-    info!(storage = %storage_display, source = %source.display, "syncgate starting");
+    info!(storage = %storage_display, source = %source.display, role = role.name(), "syncgate starting");
+    let mut campaign = match (storage.inner(), role.campaigns()) {
+        (_, false) => Campaign::Never,
+        (ConfiguredStorage::Sqlite(_), true) => Campaign::Sole,
+        (ConfiguredStorage::Postgres(postgres), true) => Campaign::Lease(Box::new(lease::Lease::new(
+            postgres.lease_connection(),
+            postgres.schema(),
+        ))),
+    };
 
     let metrics = embedding
         .as_ref()
@@ -269,71 +308,171 @@ pub async fn serve_embedded(
         None => crate::api::bind_listener(config.port)
             .with_context(|| format!("cannot listen on port {} (config `port`)", config.port))?,
     };
-    let api_state = Arc::new(api_state(&config, &storage, &source, &metrics, shutdown.clone())?);
+    let replicating = Arc::new(AtomicBool::new(false));
+    let node = crate::api::NodeStatus {
+        role,
+        replicating: Arc::clone(&replicating),
+    };
+    let api_state = Arc::new(api_state(
+        &config,
+        &storage,
+        &source,
+        &metrics,
+        node,
+        shutdown.clone(),
+    )?);
     let api = tokio::spawn(crate::api::serve_api(api_state, listener));
 
-    let mut supervisor = Supervisor {
-        storage,
-        source,
-        options: replicator_options,
-        catalog,
-        metrics,
-        active: watch::Sender::new(None),
-        tasks: JoinSet::new(),
-        running: HashMap::new(),
-    };
-    supervisor.start(&config.sync_rules.text).await?;
+    // What a leader replicates with; SIGHUP updates it also while standing by.
+    let mut rules_text = config.sync_rules.text.clone();
+    let mut spare_catalog = Some(catalog);
+    let mut leader: Option<Leader> = None;
+    match campaign {
+        Campaign::Sole => {
+            let catalog = spare_catalog.take().expect("not taken yet");
+            leader = Some(
+                Leader::start(
+                    &storage,
+                    &source,
+                    &replicator_options,
+                    catalog,
+                    &metrics,
+                    &options,
+                    &rules_text,
+                    None,
+                )
+                .await?,
+            );
+        }
+        Campaign::Never => info!("role api: serving the sync API only; never replicating"),
+        Campaign::Lease(_) => {}
+    }
+    replicating.store(leader.is_some(), Ordering::Release);
 
-    let mut compact = tokio::time::interval(options.compact_interval);
-    compact.tick().await;
+    let mut campaign_tick = tokio::time::interval(options.lease_retry);
+    campaign_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut standing_by_logged = false;
     let mut report = tokio::time::interval(options.report_interval);
     report.tick().await;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut activations = supervisor.active.subscribe();
     loop {
+        // Why leadership ended, if it did in this round.
+        let mut deposed: Option<String> = None;
         tokio::select! {
-            _ = activations.changed() => supervisor.remove_retired().await?,
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
                     break;
                 }
             }
-            Some(joined) = supervisor.tasks.join_next() => {
-                let (version, outcome) = joined.context("replication task panicked")?;
-                supervisor.finished(version, outcome, &config.sync_rules.text).await?;
+            _ = campaign_tick.tick(), if leader.is_none() => {
+                let Campaign::Lease(lease) = &mut campaign else { continue };
+                match lease.try_acquire().await {
+                    Ok(Some(held)) => {
+                        let epoch = held.epoch();
+                        info!("replication lease acquired (epoch {epoch})");
+                        let catalog = match spare_catalog.take().filter(|c| !c.client().is_closed()) {
+                            Some(catalog) => catalog,
+                            None => match source.connect("catalog queries").await {
+                                Ok(client) => Catalog::new(client),
+                                Err(error) => {
+                                    // Dropping `held` releases the lease for a gateway that may reach it.
+                                    warn!(%error, "replication lease released: cannot reach the source database");
+                                    continue;
+                                }
+                            },
+                        };
+                        let started = Leader::start(&storage, &source, &replicator_options, catalog, &metrics, &options, &rules_text, Some(held)).await;
+                        match started {
+                            Ok(started) => leader = Some(started),
+                            Err(error) if is_fenced(&error) => info!("replication lease lost while starting (epoch {epoch}): {error:#}"),
+                            Err(error) => return Err(error),
+                        }
+                        standing_by_logged = false;
+                    }
+                    Ok(None) => {
+                        if !standing_by_logged {
+                            info!("standing by: another gateway holds the replication lease");
+                            standing_by_logged = true;
+                        }
+                    }
+                    Err(error) => warn!("cannot campaign for the replication lease: {error}"),
+                }
+                replicating.store(leader.is_some(), Ordering::Release);
             }
-            _ = compact.tick() => supervisor.compact().await,
-            _ = report.tick() => supervisor.report(),
+            event = leader_event(leader.as_mut(), options.lease_retry) => {
+                let supervisor = &mut leader.as_mut().expect("events come from a leader").supervisor;
+                let handled = match event {
+                    LeaderEvent::LeaseLost(error) => Err(anyhow::Error::new(error)),
+                    LeaderEvent::TaskEnded(Ok((version, outcome))) => {
+                        supervisor.finished(version, outcome, &rules_text).await
+                    }
+                    LeaderEvent::TaskEnded(Err(error)) => {
+                        Err(anyhow::Error::new(error).context("replication task panicked"))
+                    }
+                    LeaderEvent::Activated => supervisor.remove_retired().await,
+                    LeaderEvent::CompactDue => {
+                        supervisor.compact().await;
+                        Ok(())
+                    }
+                };
+                if let Err(error) = handled {
+                    deposed = Some(lost_or_fail(error)?);
+                }
+            }
+            _ = report.tick() => {
+                if let Some(leader) = &leader {
+                    leader.supervisor.report();
+                }
+            }
             _ = hangup.recv() => {
                 match load_config(&config_path).and_then(|c| compile_rules(&c).map(|_| c)) {
                     Ok(reloaded) => {
                         info!("SIGHUP: reloading sync rules");
+                        rules_text.clone_from(&reloaded.sync_rules.text);
                         // A new decoder applies to versions created from now on (a rules change).
                         let choice = reloaded.replication.connection().decoder;
-                        if choice != decoder_choice {
-                            match resolve_decoder(&supervisor.catalog, choice).await {
+                        if choice != decoder_choice && role.campaigns() {
+                            let resolved = match &leader {
+                                Some(leader) => resolve_decoder(&leader.supervisor.catalog, choice).await,
+                                None => match source.connect("catalog queries").await {
+                                    Ok(client) => resolve_decoder(&Catalog::new(client), choice).await,
+                                    Err(error) => Err(error.into()),
+                                },
+                            };
+                            match resolved {
                                 Ok(plugin) => {
-                                    supervisor.options.decoder = plugin;
+                                    replicator_options.decoder = plugin;
                                     decoder_choice = choice;
                                 }
                                 Err(error) => error!("SIGHUP: decoder not changed: {error:#}"),
                             }
                         }
-                        supervisor.start(&reloaded.sync_rules.text).await?;
+                        if let Some(leader) = &mut leader {
+                            leader.supervisor.options.decoder = replicator_options.decoder;
+                            if let Err(error) = leader.supervisor.start(&rules_text).await {
+                                deposed = Some(lost_or_fail(error)?);
+                            }
+                        }
                     }
                     Err(error) => error!("SIGHUP: config not reloaded: {error:#}"),
                 }
             }
         }
+        if let Some(reason) = deposed {
+            if matches!(campaign, Campaign::Sole) {
+                bail!("replication stopped: {reason}");
+            }
+            if let Some(leader) = leader.take() {
+                let epoch = leader.lease.as_ref().map_or(0, lease::HeldLease::epoch);
+                leader.depose().await;
+                info!(%reason, "replication lease lost (epoch {epoch}): replication stopped; campaigning again");
+            }
+            replicating.store(false, Ordering::Release);
+        }
     }
     info!("shutting down");
-    for running in supervisor.running.values() {
-        running.stop.send_replace(true);
-    }
-    while let Some(joined) = supervisor.tasks.join_next().await {
-        if let Ok((version, Err(error))) = joined {
-            warn!(%version, %error, "replication ended with an error during shutdown");
-        }
+    if let Some(leader) = leader {
+        leader.supervisor.shut_down().await;
     }
     // Streams end at the shutdown signal; the server stops once they are closed.
     if tokio::time::timeout(Duration::from_secs(10), api).await.is_err() {
@@ -342,12 +481,171 @@ pub async fn serve_embedded(
     Ok(())
 }
 
+/// Checks that the source can be replicated from and returns the output plugin new versions use.
+async fn check_replication_source(
+    catalog: &Catalog,
+    rules: &SyncRules,
+    connection: &crate::config::PostgresConnection,
+) -> anyhow::Result<OutputPlugin> {
+    let named = required_tables(rules);
+    let exists = catalog.existing(&named).await?;
+    let mut tables = Vec::new();
+    for (table, exists) in named.into_iter().zip(exists) {
+        if exists {
+            tables.push(table);
+        } else {
+            // Not an error: rules may name a table the app creates later; its rows replicate from then on
+            // (the publication must include it, e.g. FOR ALL TABLES).
+            warn!(%table, "the sync rules read a table that does not exist yet");
+        }
+    }
+    let decoder = resolve_decoder(catalog, connection.decoder).await;
+    // Checked before a refused plugin is reported: wal_level or a missing REPLICATION privilege is the
+    // more basic problem (and also makes the probe fail).
+    check_source(
+        catalog.client(),
+        &SourceRequirements {
+            publication: matches!(decoder, Ok(OutputPlugin::Pgoutput))
+                .then(|| connection.publication.clone()),
+            tables,
+        },
+    )
+    .await
+    .context("the source database is not ready for syncgate")?;
+    decoder
+}
+
+/// How this process comes to replicate.
+enum Campaign {
+    /// SQLite storage: the lock file makes this process the storage's only one; it always replicates.
+    Sole,
+    /// Postgres storage: replicates while it holds the lease.
+    Lease(Box<lease::Lease>),
+    /// `--role api`: never replicates.
+    Never,
+}
+
+/// Replication while this process leads: the supervisor and what it runs on.
+struct Leader {
+    supervisor: Supervisor,
+    /// `None` for SQLite storage (no lease).
+    lease: Option<lease::HeldLease>,
+    activations: watch::Receiver<Option<RulesVersion>>,
+    compact: tokio::time::Interval,
+}
+
+impl Leader {
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        storage: &Arc<ServedStorage>,
+        source: &SourceConnection,
+        options: &ReplicatorOptions,
+        catalog: Catalog,
+        metrics: &Arc<ReplicationMetrics>,
+        serve_options: &ServeOptions,
+        rules_text: &str,
+        lease: Option<lease::HeldLease>,
+    ) -> anyhow::Result<Leader> {
+        if let (Some(held), ConfiguredStorage::Postgres(postgres)) = (&lease, storage.inner()) {
+            postgres.take_over(held.epoch())?;
+        }
+        let mut supervisor = Supervisor {
+            storage: Arc::clone(storage),
+            source: source.clone(),
+            options: options.clone(),
+            catalog,
+            metrics: Arc::clone(metrics),
+            active: watch::Sender::new(None),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+        };
+        let activations = supervisor.active.subscribe();
+        if let Err(error) = supervisor.start(rules_text).await {
+            supervisor.stop_now().await;
+            return Err(error);
+        }
+        let mut compact = tokio::time::interval(serve_options.compact_interval);
+        compact.reset();
+        Ok(Leader {
+            supervisor,
+            lease,
+            activations,
+            compact,
+        })
+    }
+
+    /// Stops replicating at once: a deposed leader's commits are fenced anyway.
+    async fn depose(mut self) {
+        self.supervisor.stop_now().await;
+        // Ends the lease session (if it still lives) so another gateway can take over.
+        drop(self.lease.take());
+    }
+}
+
+/// What a leader's replication asks the serve loop to handle.
+enum LeaderEvent {
+    LeaseLost(lease::LeaseError),
+    TaskEnded(Result<TaskOutcome, tokio::task::JoinError>),
+    /// The active version changed: retired versions may be removed.
+    Activated,
+    CompactDue,
+}
+
+/// The leader's next event; never without a leader.
+async fn leader_event(leader: Option<&mut Leader>, lease_check: Duration) -> LeaderEvent {
+    let Some(Leader {
+        supervisor,
+        lease,
+        activations,
+        compact,
+    }) = leader
+    else {
+        return std::future::pending().await;
+    };
+    let lease_lost = async {
+        match lease {
+            Some(held) => held.lost(lease_check).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        error = lease_lost => LeaderEvent::LeaseLost(error),
+        Some(joined) = supervisor.tasks.join_next() => LeaderEvent::TaskEnded(joined),
+        Ok(()) = activations.changed() => LeaderEvent::Activated,
+        _ = compact.tick() => LeaderEvent::CompactDue,
+    }
+}
+
+/// Whether `error` says another gateway took over the storage (its writer epoch moved).
+fn is_fenced(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StorageError>(),
+            Some(StorageError::Fenced { .. })
+        ) || matches!(
+            cause.downcast_ref::<ReplicatorError>(),
+            Some(ReplicatorError::Storage(StorageError::Fenced { .. }))
+        )
+    })
+}
+
+/// A leader's failure: a lost lease or a fenced commit means leadership is lost (returned as the
+/// reason); anything else ends serve.
+fn lost_or_fail(error: anyhow::Error) -> anyhow::Result<String> {
+    if is_fenced(&error) || error.downcast_ref::<lease::LeaseError>().is_some() {
+        Ok(format!("{error:#}"))
+    } else {
+        Err(error)
+    }
+}
+
 /// The sync API's shared state for a config.
 fn api_state(
     config: &Config,
     storage: &Arc<ServedStorage>,
     source: &SourceConnection,
     replication: &Arc<ReplicationMetrics>,
+    node: crate::api::NodeStatus,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<ApiState> {
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -376,6 +674,7 @@ fn api_state(
         shutdown,
         clients: Arc::default(),
         dashboard: config.dashboard.clone(),
+        node,
     })
 }
 
@@ -425,6 +724,28 @@ struct Running {
 }
 
 impl Supervisor {
+    /// Stops every replicator and waits for them (shutdown: they confirm what they committed).
+    async fn shut_down(mut self) {
+        for running in self.running.values() {
+            running.stop.send_replace(true);
+        }
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Ok((version, Err(error))) = joined {
+                warn!(%version, %error, "replication ended with an error during shutdown");
+            }
+        }
+    }
+
+    /// Stops every replicator at once (leadership lost: whatever they would still commit is fenced).
+    async fn stop_now(&mut self) {
+        for running in self.running.values() {
+            running.stop.send_replace(true);
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.running.clear();
+    }
+
     async fn storage<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ServedStorage) -> Result<T, crate::storage::StorageError> + Send + 'static,
