@@ -61,8 +61,19 @@ const CONNECTION_KNOWN: &[&str] = &[
     "decoder",
 ];
 const STORAGE_KNOWN: &[&str] = &[
-    "type", "path", "uri", "hostname", "host", "port", "database", "username", "user", "password", "sslmode",
+    "type",
+    "path",
+    "uri",
+    "hostname",
+    "host",
+    "port",
+    "database",
+    "username",
+    "user",
+    "password",
+    "sslmode",
     "schema",
+    "poll_interval_ms",
 ];
 const CONNECTION_IGNORED: &[&str] = &[
     "id",
@@ -751,6 +762,10 @@ impl Reader<'_> {
             }
             None => crate::storage::DEFAULT_SCHEMA.to_owned(),
         };
+        let poll_interval = match map.get("poll_interval_ms") {
+            Some(v) => std::time::Duration::from_millis(self.positive(v, "storage.poll_interval_ms")?),
+            None => crate::storage::DEFAULT_POLL_INTERVAL,
+        };
         Ok(StorageConfig::Postgres(PostgresStorageConfig {
             connection: PostgresConnection {
                 tag: "storage".to_owned(),
@@ -767,6 +782,7 @@ impl Reader<'_> {
                 decoder: DecoderChoice::default(),
             },
             schema,
+            poll_interval,
         }))
     }
 

@@ -280,6 +280,8 @@ pub async fn serve_embedded(
         }
     };
     let storage: Arc<ServedStorage> = Arc::new(Notifying::new(opened));
+    // Other gateways' commits to a shared Postgres storage wake this one's sessions; stops with serve.
+    let _change_feed = crate::storage::ChangeFeed::spawn(&storage);
     info!(storage = %storage_display, source = %source.display, role = role.name(), "syncgate starting");
     let mut campaign = match (storage.inner(), role.campaigns()) {
         (_, false) => Campaign::Never,

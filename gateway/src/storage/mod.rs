@@ -22,12 +22,15 @@
 //!    lookups and write checkpoints), and history below a checkpoint is immutable except for compaction,
 //!    so a session's separate reads agree without holding a read transaction across a network wait.
 
+mod feed;
 mod notify;
 mod placement;
 mod postgres;
 mod segment;
 mod sqlite;
 
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod postgres_tests;
 #[cfg(test)]
@@ -37,8 +40,11 @@ use std::fmt;
 
 use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId, WriteCheckpointId};
 
+pub use feed::{ChangeFeed, PostgresBacked, Reconnect};
 pub use notify::{Notifying, StorageEvents};
-pub use postgres::{DEFAULT_SCHEMA, PostgresStorage, PostgresStorageConfig};
+pub use postgres::{
+    DEFAULT_POLL_INTERVAL, DEFAULT_SCHEMA, FeedState, PostgresStorage, PostgresStorageConfig,
+};
 pub use sqlite::{SqliteStorage, version_ops};
 
 pub use syncgate_protocol::{Lsn, ParseLsnError};

@@ -1,6 +1,9 @@
 //! Change notifications for readers in the same process: sync sessions wait on [`StorageEvents`]
-//! instead of polling, so a commit reaches every open stream within one wake-up.
+//! instead of polling, so a commit reaches every open stream within one wake-up. Writes of other
+//! processes sharing a Postgres storage arrive through its change feed ([`super::feed`]), which
+//! raises the same events.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
@@ -17,9 +20,32 @@ use super::{
 #[derive(Debug)]
 pub struct StorageEvents {
     commits: watch::Sender<u64>,
+    /// The published compaction generation, derived from `compaction_sources`.
     compactions: AtomicU64,
+    compaction_sources: Mutex<CompactionSources>,
     /// Changed by every stored write checkpoint or checkpoint request.
     write_checkpoints: AtomicU64,
+}
+
+/// Where compactions are seen running: in this process (its own counter, odd while running) and in
+/// the shared storage (the stored counter mirrored by the change feed, odd while any process
+/// compacts). A process's own compaction shows in both; the published generation is odd while
+/// either is odd and changes with every change of either, so nothing is counted twice into a wrong
+/// parity.
+#[derive(Debug, Default)]
+struct CompactionSources {
+    local: u64,
+    remote: u64,
+    /// Changes of `local` or `remote` so far: keeps the published generation strictly increasing
+    /// whatever values the stored counter takes.
+    changes: u64,
+}
+
+impl CompactionSources {
+    fn generation(&self) -> u64 {
+        let running = (self.local | self.remote) & 1;
+        self.changes.wrapping_mul(2).wrapping_add(running)
+    }
 }
 
 impl Default for StorageEvents {
@@ -27,6 +53,7 @@ impl Default for StorageEvents {
         StorageEvents {
             commits: watch::Sender::new(0),
             compactions: AtomicU64::new(0),
+            compaction_sources: Mutex::default(),
             write_checkpoints: AtomicU64::new(0),
         }
     }
@@ -56,6 +83,42 @@ impl StorageEvents {
     /// The compaction generation: even when none runs, changed by every compaction.
     pub fn compaction_generation(&self) -> u64 {
         self.compactions.load(Ordering::Acquire)
+    }
+
+    /// A write checkpoint was stored (by this process, or by another one as the change feed saw).
+    pub fn note_write_checkpoint(&self) {
+        self.write_checkpoints.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Mirrors the shared storage's compaction counter (odd while a compaction runs anywhere).
+    pub fn set_remote_compaction(&self, stored: u64) {
+        self.update_compaction(|sources| {
+            if sources.remote == stored {
+                return false;
+            }
+            sources.remote = stored;
+            true
+        });
+    }
+
+    /// One step of this process's own compaction: the first makes it running, the next ends it.
+    fn step_local_compaction(&self) {
+        self.update_compaction(|sources| {
+            sources.local = sources.local.wrapping_add(1);
+            true
+        });
+    }
+
+    fn update_compaction(&self, change: impl FnOnce(&mut CompactionSources) -> bool) {
+        // A poisoned lock only means another thread panicked mid-update; the counters stay usable.
+        let mut sources = self
+            .compaction_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if change(&mut sources) {
+            sources.changes = sources.changes.wrapping_add(1);
+            self.compactions.store(sources.generation(), Ordering::Release);
+        }
     }
 }
 
@@ -177,7 +240,7 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         lsn: syncgate_protocol::Lsn,
     ) -> Result<WriteCheckpointId> {
         let result = self.inner.create_write_checkpoint(user, client_id, lsn);
-        self.events.write_checkpoints.fetch_add(1, Ordering::AcqRel);
+        self.events.note_write_checkpoint();
         result
     }
 
@@ -191,7 +254,7 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
         let result = self
             .inner
             .request_write_checkpoint(user, client_id, requested, lsn);
-        self.events.write_checkpoints.fetch_add(1, Ordering::AcqRel);
+        self.events.note_write_checkpoint();
         result
     }
 
@@ -223,9 +286,9 @@ impl<S: BucketStorage> BucketStorage for Notifying<S> {
     fn compact(&self, version: RulesVersion, up_to: OpId) -> Result<CompactStats> {
         // Odd while running: a reader that sees the same even value before and after its reads knows
         // no compaction overlapped them.
-        self.events.compactions.fetch_add(1, Ordering::AcqRel);
+        self.events.step_local_compaction();
         let result = self.inner.compact(version, up_to);
-        self.events.compactions.fetch_add(1, Ordering::AcqRel);
+        self.events.step_local_compaction();
         self.notify_after(result)
     }
 }

@@ -25,6 +25,14 @@
 //! waits for any commit of the old leader in flight and fails all its later ones, and hands the new
 //! epoch to its storage ([`PostgresStorage::take_over`]).
 //!
+//! Change feed: every commit other gateways must see (a published checkpoint, a version activated or
+//! removed, a write checkpoint, a compaction starting or ending) sends a `NOTIFY` on
+//! [`PostgresStorage::channel`] from inside its own transaction, so it is delivered at commit and
+//! never for a rolled-back write. Each gateway's [`super::feed`] listens and, while it cannot, polls
+//! [`PostgresStorage::feed_state`]. A compaction bumps the stored `compaction_generation` (odd while
+//! it runs) and commits that before rewriting any op, then waits [`PostgresStorage::compaction_grace`]
+//! so every gateway (at worst by polling) knows a compaction runs before a compacted op is visible.
+//!
 //! Driving the driver: the trait is synchronous and is called from blocking threads, plain threads and,
 //! in tests, from async code. `tokio-postgres` connections are driven by a private runtime's task; the
 //! request futures only talk to those tasks over channels, so the calling thread polls them with a
@@ -36,7 +44,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt};
 use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
@@ -60,7 +68,8 @@ use crate::config::{PostgresConnection, SslMode};
 pub const DEFAULT_SCHEMA: &str = "syncgate_storage";
 
 /// Schema migrations, index + 1 = the format version they produce. Append only.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     -- Storage-wide sequences (next_op_id, next_write_checkpoint_id, next_version).
     CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
 
@@ -153,7 +162,12 @@ const MIGRATIONS: &[&str] = &[r"
         lsn bigint NOT NULL,
         PRIMARY KEY (version, source_table)
     );
-"];
+",
+    r"
+    -- Odd while a compaction runs; changed by each start and end (the change feed mirrors it).
+    INSERT INTO meta (key, value) VALUES ('compaction_generation', 0) ON CONFLICT DO NOTHING;
+",
+];
 
 /// The format version this build writes.
 #[allow(clippy::cast_possible_wrap)] // a handful of migrations
@@ -165,12 +179,21 @@ const MIGRATION_LOCK: i64 = 0x7379_6e63_6761_7465;
 /// Reader connections kept for reuse; more are opened on demand and closed after use.
 const READER_POOL: usize = 8;
 
+/// How often a gateway polls the storage while its change feed cannot listen (`storage.poll_interval_ms`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Added to the poll interval for the compaction grace: covers one poll's round trip and scheduling.
+const COMPACTION_GRACE_MARGIN: Duration = Duration::from_millis(500);
+
 /// Where the storage lives: a connection and a schema.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostgresStorageConfig {
     pub connection: PostgresConnection,
     /// Schema of the storage's tables, created if missing.
     pub schema: String,
+    /// How often the change feed polls while it cannot listen; also sets the compaction grace, so
+    /// every gateway on one storage should use the same value.
+    pub poll_interval: Duration,
 }
 
 impl PostgresStorageConfig {
@@ -194,6 +217,7 @@ impl PostgresStorageConfig {
                 decoder: Default::default(),
             },
             schema: schema.into(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
         }
     }
 
@@ -233,6 +257,15 @@ impl PostgresStorageConfig {
         }
         Ok(config)
     }
+}
+
+/// The change feed's channel for a storage schema. Channel names are identifiers (at most 63 bytes):
+/// a long schema is cut, and two such schemas sharing a database then only wake each other's
+/// sessions needlessly.
+fn channel_for(schema: &str) -> String {
+    let mut channel = format!("syncgate_feed_{schema}");
+    channel.truncate(63);
+    channel
 }
 
 fn is_identifier(text: &str) -> bool {
@@ -332,6 +365,9 @@ pub struct PostgresStorage {
     epoch: AtomicI64,
     /// The storage's schema, which keys the replication lease.
     schema: String,
+    /// The change feed's `NOTIFY` channel (module docs).
+    channel: String,
+    poll_interval: Duration,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -380,6 +416,8 @@ impl PostgresStorage {
             bucket_ids: Mutex::new(HashMap::new()),
             epoch: AtomicI64::new(0),
             schema: storage.schema.clone(),
+            channel: channel_for(&storage.schema),
+            poll_interval: storage.poll_interval,
         };
         let mut writer = this.connect()?;
         if let Some(source) = source {
@@ -435,7 +473,8 @@ impl PostgresStorage {
         // Another leader may have created buckets meanwhile; ids never change, but start clean.
         self.bucket_cache()?.clear();
         self.epoch.store(epoch, Ordering::Release);
-        Ok(())
+        // No other gateway compacts now: one that died compacting left the generation odd.
+        self.end_stale_compaction()
     }
 
     /// The writer epoch this process holds (read at open or taken over with the lease).
@@ -467,6 +506,77 @@ impl PostgresStorage {
     /// The storage's schema (keys the replication lease).
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// The channel the storage's commits notify (see the module docs).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// How often a change feed polls while it cannot listen.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// How long a compaction waits between announcing itself and rewriting ops: every other gateway
+    /// learns of it within one poll interval even when its feed cannot listen (module docs).
+    pub fn compaction_grace(&self) -> Duration {
+        self.poll_interval + COMPACTION_GRACE_MARGIN
+    }
+
+    /// The change feed's connection settings: the storage's, named `syncgate-feed` in
+    /// `pg_stat_activity`.
+    pub fn feed_connection(&self) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        config.application_name("syncgate-feed");
+        config
+    }
+
+    /// What the change feed polls: cheap counters that every notifying commit moves.
+    pub fn feed_state(&self) -> Result<FeedState> {
+        self.read(|conn| {
+            let statement = conn.statement(
+                "SELECT (SELECT value FROM meta WHERE key = 'next_write_checkpoint_id'),
+                   (SELECT value FROM meta WHERE key = 'compaction_generation'),
+                   (SELECT COALESCE(MAX(version), 0) FROM sync_rules WHERE state = 'active'),
+                   (SELECT COALESCE(MAX(last_op_id), 0) FROM sync_rules),
+                   (SELECT COUNT(*) FROM sync_rules)",
+            )?;
+            let row = query(&conn.client, &statement, &[])?;
+            let row = row.first().ok_or_else(|| corrupt("feed state", "no row"))?;
+            let generation: Option<i64> = row.get(1);
+            Ok(FeedState {
+                write_checkpoints: row.get::<_, Option<i64>>(0).unwrap_or_default(),
+                compaction_generation: u64::try_from(generation.unwrap_or_default())
+                    .map_err(|_| corrupt("compaction generation", generation.unwrap_or_default()))?,
+                checkpoints: (row.get(2), row.get(3), row.get(4)),
+            })
+        })
+    }
+
+    /// Ends a compaction whose process died (the stored generation stayed odd, which would keep
+    /// every reader waiting). Called by the process that takes over writing: no other compacts then,
+    /// and each bucket's rewrite committed whole or not at all.
+    fn end_stale_compaction(&self) -> Result<()> {
+        let ended = self.fenced_write(|tx, conn| self.end_compaction_in(tx, conn))?;
+        if let Some(generation) = ended {
+            tracing::warn!(generation, "ended a compaction left running by a stopped gateway");
+        }
+        Ok(())
+    }
+
+    /// Makes the stored compaction generation even (ended) if it is odd; returns the new value.
+    fn end_compaction_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        conn: &mut StatementCache,
+    ) -> Result<Option<i64>> {
+        let statement = conn.statement(
+            tx,
+            "UPDATE meta SET value = value + 1 WHERE key = 'compaction_generation' AND value % 2 = 1
+             RETURNING value, pg_notify($1, 'k' || value)",
+        )?;
+        Ok(query(tx, &statement, &[&self.channel])?.first().map(|r| r.get(0)))
     }
 
     /// Runs `f` on a pooled reader connection and returns it to the pool. After a retryable failure on
@@ -532,6 +642,18 @@ impl PostgresStorage {
             Ok(query(&conn.client, &statement, &[])?[0].get(0))
         })
     }
+}
+
+/// The storage counters a change feed polls; any change means something may have been published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedState {
+    /// The write-checkpoint sequence: moved by every stored write checkpoint.
+    pub write_checkpoints: i64,
+    /// Odd while a compaction runs.
+    pub compaction_generation: u64,
+    /// Active version, largest last op id of any version, number of versions: moved by published
+    /// checkpoints, activations and removals.
+    pub checkpoints: (i64, i64, i64),
 }
 
 /// Which server and database a connection reaches.
@@ -826,8 +948,10 @@ const RETIRE_PARAMS: &str = "WITH dropped AS (
 const INSERT_PARAMS: &str = "INSERT INTO parameter_index
        (version, lookup_key, source_table, source_key, values_json, created_lsn, deleted_lsn)
      SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[])";
+// $7 is the change feed's channel, NULL when nothing is published (a snapshot chunk).
 const RECORD_CHECKPOINTS: &str = "WITH version AS (
-       UPDATE sync_rules SET last_op_id = $4, last_lsn = COALESCE($5, last_lsn) WHERE version = $1),
+       UPDATE sync_rules SET last_op_id = $4, last_lsn = COALESCE($5, last_lsn) WHERE version = $1
+       RETURNING (SELECT COUNT(*) FROM (SELECT pg_notify($7::text, 'c') WHERE $7::text IS NOT NULL) n)),
      sequence AS (UPDATE meta SET value = $6 WHERE key = 'next_op_id')
      INSERT INTO checkpoints (version, lsn, op_id) SELECT $1, * FROM unnest($2::bigint[], $3::bigint[])";
 const UPSERT_PROGRESS: &str = "INSERT INTO snapshot_progress (version, source_table, resume_after, done, lsn)
@@ -965,6 +1089,7 @@ impl PostgresStorage {
                 &batch.last_op,
                 &checkpoint_lsn,
                 &batch.next_op,
+                &checkpoint_lsn.map(|_| self.channel.as_str()),
             ],
         )?;
         if let Work::Chunk(_, progress) = work {
@@ -1202,8 +1327,11 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
 }
 
 /// Write-checkpoint ids come from a sequence row of their own, so they never wait for the replicator.
+/// Both write-checkpoint statements notify the change feed (`$4`/`$5`: its channel) and move the
+/// sequence, which the feed polls.
 const NEXT_WRITE_CHECKPOINT: &str = "WITH id AS (
-       UPDATE meta SET value = value + 1 WHERE key = 'next_write_checkpoint_id' RETURNING value - 1 AS id)
+       UPDATE meta SET value = value + 1 WHERE key = 'next_write_checkpoint_id'
+       RETURNING value - 1 AS id, pg_notify($4, 'w') AS notified)
      INSERT INTO write_checkpoints (user_id, client_id, id, lsn) SELECT $1, $2, id, $3 FROM id RETURNING id";
 /// Stores the requested id unless a larger one is stored; returns the larger.
 const REQUEST_WRITE_CHECKPOINT: &str = "WITH stored AS (
@@ -1211,7 +1339,11 @@ const REQUEST_WRITE_CHECKPOINT: &str = "WITH stored AS (
      inserted AS (
        INSERT INTO write_checkpoints (user_id, client_id, id, lsn)
        SELECT $1, $2, $3, $4 FROM stored WHERE stored.id IS NULL OR stored.id < $3
-       ON CONFLICT DO NOTHING)
+       ON CONFLICT DO NOTHING RETURNING id),
+     moved AS (
+       UPDATE meta SET value = value + 1
+       WHERE key = 'next_write_checkpoint_id' AND EXISTS (SELECT 1 FROM inserted)
+       RETURNING pg_notify($5, 'w'))
      SELECT GREATEST(COALESCE(id, $3), $3) FROM stored";
 
 impl BucketStorage for PostgresStorage {
@@ -1483,7 +1615,7 @@ impl BucketStorage for PostgresStorage {
         let lsn = lsn_sql(lsn)?;
         self.read(|conn| {
             let statement = conn.statement(NEXT_WRITE_CHECKPOINT)?;
-            let id: i64 = query(&conn.client, &statement, &[&user, &client, &lsn])?
+            let id: i64 = query(&conn.client, &statement, &[&user, &client, &lsn, &self.channel])?
                 .first()
                 .map(|r| r.get(0))
                 .ok_or_else(|| corrupt("meta key", "next_write_checkpoint_id missing"))?;
@@ -1503,7 +1635,12 @@ impl BucketStorage for PostgresStorage {
         let requested = requested.as_i64();
         self.read(|conn| {
             let statement = conn.statement(REQUEST_WRITE_CHECKPOINT)?;
-            let id: i64 = query(&conn.client, &statement, &[&user, &client, &requested, &lsn])?[0].get(0);
+            let id: i64 = query(
+                &conn.client,
+                &statement,
+                &[&user, &client, &requested, &lsn, &self.channel],
+            )?[0]
+                .get(0);
             write_checkpoint_from(id)
         })
     }
@@ -1564,7 +1701,7 @@ impl BucketStorage for PostgresStorage {
             if execute(tx, &statement, &[&v])? == 0 {
                 return Err(StorageError::UnknownVersion(version));
             }
-            Ok(())
+            self.notify_commit(tx, conn)
         })
     }
 
@@ -1593,7 +1730,7 @@ impl BucketStorage for PostgresStorage {
                  DELETE FROM sync_rules WHERE version = $1",
             )?;
             execute(tx, &delete, &[&v])?;
-            Ok(())
+            self.notify_commit(tx, conn)
         })?;
         self.bucket_cache()?.remove(&v);
         Ok(())
@@ -1620,7 +1757,28 @@ impl BucketStorage for PostgresStorage {
             up_to: op_from(limit)?,
             ..CompactStats::default()
         };
-        for bucket in buckets {
+        // Announced (committed) before any op changes; see the module docs for the grace.
+        self.fenced_write(|tx, conn| {
+            let start = conn.statement(
+                tx,
+                "UPDATE meta SET value = value + 1 + value % 2 WHERE key = 'compaction_generation'
+                 RETURNING value, pg_notify($1, 'k' || value)",
+            )?;
+            query(tx, &start, &[&self.channel])
+        })?;
+        std::thread::sleep(self.compaction_grace());
+        let compacted = self.compact_buckets(&buckets, limit, &mut stats);
+        // Ended whether or not the run failed: a stuck odd generation would keep readers waiting.
+        let ended = self.fenced_write(|tx, conn| self.end_compaction_in(tx, conn));
+        compacted?;
+        ended?;
+        Ok(stats)
+    }
+}
+
+impl PostgresStorage {
+    fn compact_buckets(&self, buckets: &[i64], limit: i64, stats: &mut CompactStats) -> Result<()> {
+        for &bucket in buckets {
             // One transaction per bucket: the replicator waits for one bucket at most, not the run.
             let (moved, cleared) = self.fenced_write(|tx, conn| compact_bucket(tx, conn, bucket, limit))?;
             if moved + cleared > 0 {
@@ -1629,7 +1787,14 @@ impl BucketStorage for PostgresStorage {
             stats.moved += moved;
             stats.cleared += cleared;
         }
-        Ok(stats)
+        Ok(())
+    }
+
+    /// Tells the change feeds, at commit, that readers may see something new.
+    fn notify_commit(&self, tx: &tokio_postgres::Transaction<'_>, conn: &mut StatementCache) -> Result<()> {
+        let statement = conn.statement(tx, "SELECT pg_notify($1, 'c')")?;
+        query(tx, &statement, &[&self.channel])?;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod browser;
 mod cli;
+mod cluster;
 mod config;
 mod crash;
 mod dashboard;
