@@ -1,6 +1,7 @@
 //! The repository's nginx config (deploy/nginx/syncgate.conf, what docker-compose.yml runs) with a real nginx
-//! in front of real gateway processes: an HTTP sync stream through it delivers a change while the stream is
-//! open (not held in a proxy buffer), and WebSocket sync through it works.
+//! in front of two real gateway processes on one Postgres storage: an HTTP sync stream through it delivers a
+//! change while the stream is open (not held in a proxy buffer), WebSocket sync through it works, and the two
+//! streams land on different gateways (round robin; either serves any client).
 //!
 //! The config is rendered, not copied: its upstream `server` lines become the local gateways' addresses and
 //! its `listen` port a free one; everything else is the file as shipped. nginx runs unprivileged (as the
@@ -16,7 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use syncgate_protocol::SyncLine;
-use syncgate_test_support::serve::{ServeProcess, http_status, sign_token, tail};
+use syncgate_test_support::serve::{
+    ServeProcess, ServeStorage, http_status, sign_token, storage_database, tail,
+};
 use syncgate_test_support::shared_cluster;
 
 use crate::browser::find_program;
@@ -163,17 +166,32 @@ async fn sync_through_the_repositorys_nginx_config_streams_unbuffered_and_over_w
     db.psql(&golden("schema.sql")).expect("schema");
     db.psql(&golden("dataset.sql")).expect("dataset");
     let uri = db.url_without_session_options();
-    let dir = tempfile::tempdir().expect("dir");
-    let mut gateway = ServeProcess::start(
-        env!("CARGO_BIN_EXE_syncgate"),
-        dir.path(),
-        &uri,
-        Path::new(GOLDEN_RULES),
-        "sg_lb_",
-        "info",
-    );
-    gateway.wait_ready(WAIT);
-    let nginx = Nginx::start(&nginx_program, &[gateway.port]);
+    // Two gateways, one config's worth of settings: a shared Postgres storage, so one replicates and both
+    // serve (as in docker-compose.yml).
+    let storage_db = storage_database();
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let mut gateways: Vec<ServeProcess> = dirs
+        .iter()
+        .map(|dir| {
+            ServeProcess::setup(
+                env!("CARGO_BIN_EXE_syncgate"),
+                dir.path(),
+                &uri,
+                Path::new(GOLDEN_RULES),
+            )
+            .slot_prefix("sg_lb_")
+            .storage(ServeStorage::postgres(&storage_db, "syncgate_storage"))
+            .start()
+        })
+        .collect();
+    for gateway in &mut gateways {
+        gateway.wait_ready(WAIT);
+    }
+    let ports: Vec<u16> = gateways.iter().map(|g| g.port).collect();
+    let nginx = Nginx::start(&nginx_program, &ports);
     let http = reqwest::Client::new();
 
     // HTTP streaming: the initial sync, then a change must arrive while the stream stays open.
@@ -185,14 +203,15 @@ async fn sync_through_the_repositorys_nginx_config_streams_unbuffered_and_over_w
         "application/x-ndjson",
     )
     .await;
-    stream.until_complete().await;
+    within(stream.until_complete(), "the initial sync over HTTP").await;
     let committed = Instant::now();
     db.psql(
         "UPDATE todos SET description = 'milk (2l)', completed = true \
          WHERE id = 'aaaaaaaa-0000-4000-8000-000000000001'",
     )
     .expect("update");
-    let lines = stream.until_complete().await;
+    // Keepalive lines come every 20 s, so waiting for the change needs its own deadline.
+    let lines = within(stream.until_complete(), "the change over HTTP").await;
     eprintln!(
         "HTTP stream through nginx: the change arrived {:?} after its commit",
         committed.elapsed()
@@ -209,15 +228,28 @@ async fn sync_through_the_repositorys_nginx_config_streams_unbuffered_and_over_w
         .setup(Some(&format!("Token {}", token("user1"))), 60_000)
         .await;
     client.request_stream(1, 100, &request_body()).await;
-    assert!(matches!(client.next_line(1).await, SyncLine::Checkpoint(_)));
-    while !matches!(client.next_line(1).await, SyncLine::CheckpointComplete(_)) {}
+    within(
+        async {
+            assert!(matches!(client.next_line(1).await, SyncLine::Checkpoint(_)));
+            while !matches!(client.next_line(1).await, SyncLine::CheckpointComplete(_)) {}
+        },
+        "the initial sync over WebSocket",
+    )
+    .await;
     let committed = Instant::now();
     db.psql("UPDATE todos SET description = 'oat milk' WHERE id = 'aaaaaaaa-0000-4000-8000-000000000001'")
         .expect("update");
-    assert!(matches!(client.next_line(1).await, SyncLine::CheckpointDiff(_)));
-    let SyncLine::Data(data) = client.next_line(1).await else {
-        panic!("expected data");
-    };
+    let data = within(
+        async {
+            assert!(matches!(client.next_line(1).await, SyncLine::CheckpointDiff(_)));
+            let SyncLine::Data(data) = client.next_line(1).await else {
+                panic!("expected data");
+            };
+            data
+        },
+        "the change over WebSocket",
+    )
+    .await;
     eprintln!(
         "WebSocket through nginx: the change arrived {:?} after its commit",
         committed.elapsed()
@@ -228,6 +260,45 @@ async fn sync_through_the_repositorys_nginx_config_streams_unbuffered_and_over_w
             .any(|op| op.data.as_deref().is_some_and(|d| d.contains("oat milk"))),
         "{data:?}"
     );
-    gateway.assert_running();
+    // Round robin: the two streams went to different gateways, the leader and the one that only serves.
+    for gateway in &mut gateways {
+        gateway.assert_running();
+        wait_for_connections(&http, gateway, 1).await;
+    }
     drop(nginx);
+}
+
+/// `future`'s output, or a panic naming `what` after [`WAIT`].
+async fn within<T>(future: impl std::future::Future<Output = T>, what: &str) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+/// Waits until `gateway`'s `syncgate_connections` gauge (open sync streams) is `want`.
+async fn wait_for_connections(http: &reqwest::Client, gateway: &ServeProcess, want: u64) {
+    let started = Instant::now();
+    loop {
+        let metrics = http
+            .get(format!("{}/metrics", gateway.endpoint()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let open: Option<u64> = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("syncgate_connections "))
+            .and_then(|v| v.parse().ok());
+        if open == Some(want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "gateway on port {} has {open:?} open streams, not {want}",
+            gateway.port
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
