@@ -5,6 +5,8 @@
 //!     written; then each gateway is started again alone, one after the other, and timed from its start until
 //!     its client receives a marker committed after the workload (so every change before it is in a published
 //!     checkpoint): changes/s for SQLite storage and for Postgres storage, and their ratio (target ≥ 0.5).
+//!     Baseline: the same restart with a single change pending (process start, readiness, opening the
+//!     stream), deducted from the rates the ratio uses.
 //! (b) **Commit → client latency**: one row update per sample, one client each on the SQLite-storage gateway,
 //!     on the Postgres-storage leader and on a second Postgres-storage gateway (not replicating: it learns of
 //!     checkpoints through the storage's change feed); p50/p99 each, and non-leader p50 / leader p50 (target
@@ -153,22 +155,38 @@ async fn set_mark(client: &tokio_postgres::Client, k: u64) {
         .expect("mark");
 }
 
-/// (a) for one gateway: started alone on the stopped workload; time until the marker reaches its client.
-async fn ingest(http: &reqwest::Client, gateway: &mut Gateway, mark: u64, changes: u64) -> f64 {
+/// Restarts the stopped `gateway` and times it from its start until mark `k` reaches its client.
+async fn restart_until_mark(http: &reqwest::Client, gateway: &mut Gateway, k: u64) -> Duration {
     let started = Instant::now();
     gateway.process.restart();
     gateway.wait_ready();
     let mut rx = follow_probe(http, gateway).await;
-    let at = wait_mark(&mut rx, mark, gateway.name).await;
-    let secs = (at - started).as_secs_f64();
+    let at = wait_mark(&mut rx, k, gateway.name).await;
+    gateway.process.stop();
+    at - started
+}
+
+/// (a) for one gateway: started alone on the stopped workload, timed until the marker after it reaches its
+/// client; then, as the baseline, the same with one change pending (process start, readiness, the stream).
+async fn ingest(
+    http: &reqwest::Client,
+    client: &tokio_postgres::Client,
+    gateway: &mut Gateway,
+    mark: &mut u64,
+    changes: u64,
+) -> f64 {
+    let total = restart_until_mark(http, gateway, *mark).await.as_secs_f64();
+    *mark += 1;
+    set_mark(client, *mark).await;
+    let fixed = restart_until_mark(http, gateway, *mark).await.as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
-    let rate = changes as f64 / secs;
+    let (rate, net_rate) = (changes as f64 / total, changes as f64 / (total - fixed).max(1e-3));
     println!(
-        "(a) ingest, {}: {changes} changes published in {secs:.2} s = {rate:.0} changes/s",
+        "(a) ingest, {}: {changes} changes published in {total:.2} s = {rate:.0} changes/s; baseline (start with \
+         one change pending) {fixed:.2} s; without it {net_rate:.0} changes/s",
         gateway.name
     );
-    gateway.process.stop();
-    rate
+    net_rate
 }
 
 fn print_latency(name: &str, sorted: &[Duration]) {
@@ -262,10 +280,11 @@ async fn main() {
         .pool_max_idle_per_host(0)
         .build()
         .expect("http client");
-    let sqlite_rate = ingest(&http, &mut sqlite, mark, changes).await;
-    let postgres_rate = ingest(&http, &mut leader, mark, changes).await;
+    let sqlite_rate = ingest(&http, &client, &mut sqlite, &mut mark, changes).await;
+    // The Postgres gateway has the baseline's change pending too: it is part of its workload.
+    let postgres_rate = ingest(&http, &client, &mut leader, &mut mark, changes + 1).await;
     println!(
-        "(a) Postgres storage / SQLite storage ingest = {:.2} (target ≥ 0.5)",
+        "(a) Postgres storage / SQLite storage ingest (baselines deducted) = {:.2} (target ≥ 0.5)",
         postgres_rate / sqlite_rate
     );
 
