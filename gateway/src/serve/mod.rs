@@ -327,7 +327,8 @@ pub async fn serve_embedded(
 
     // What a leader replicates with; SIGHUP updates it also while standing by.
     let mut rules_text = config.sync_rules.text.clone();
-    let mut spare_catalog = Some(catalog);
+    // The start-up checks' connection, reused by the first leadership (an api node has no use for it).
+    let mut spare_catalog = role.campaigns().then_some(catalog);
     let mut leader: Option<Leader> = None;
     match campaign {
         Campaign::Sole => {
@@ -351,8 +352,7 @@ pub async fn serve_embedded(
     }
     replicating.store(leader.is_some(), Ordering::Release);
 
-    let mut campaign_tick = tokio::time::interval(options.lease_retry);
-    campaign_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut campaign_tick = campaign_interval(Duration::ZERO, options.lease_retry);
     let mut standing_by_logged = false;
     let mut report = tokio::time::interval(options.report_interval);
     report.tick().await;
@@ -378,15 +378,30 @@ pub async fn serve_embedded(
                                 Ok(client) => Catalog::new(client),
                                 Err(error) => {
                                     // Dropping `held` releases the lease for a gateway that may reach it.
-                                    warn!(%error, "replication lease released: cannot reach the source database");
+                                    warn!(
+                                        %error,
+                                        "replication lease released: cannot reach the source database"
+                                    );
                                     continue;
                                 }
                             },
                         };
-                        let started = Leader::start(&storage, &source, &replicator_options, catalog, &metrics, &options, &rules_text, Some(held)).await;
+                        let started = Leader::start(
+                            &storage,
+                            &source,
+                            &replicator_options,
+                            catalog,
+                            &metrics,
+                            &options,
+                            &rules_text,
+                            Some(held),
+                        )
+                        .await;
                         match started {
                             Ok(started) => leader = Some(started),
-                            Err(error) if is_fenced(&error) => info!("replication lease lost while starting (epoch {epoch}): {error:#}"),
+                            Err(error) if is_fenced(&error) => {
+                                info!("replication lease lost while starting (epoch {epoch}): {error:#}");
+                            }
                             Err(error) => return Err(error),
                         }
                         standing_by_logged = false;
@@ -469,6 +484,9 @@ pub async fn serve_embedded(
                 leader.depose().await;
                 info!(%reason, "replication lease lost (epoch {epoch}): replication stopped; campaigning again");
             }
+            // A standby that reaches the storage (a deposed leader may be the one cut off) gets the first
+            // chance: it campaigns within one interval, this process only after two.
+            campaign_tick = campaign_interval(options.lease_retry * 2, options.lease_retry);
             replicating.store(false, Ordering::Release);
         }
     }
@@ -515,6 +533,14 @@ async fn check_replication_source(
     .await
     .context("the source database is not ready for syncgate")?;
     decoder
+}
+
+/// Campaign ticks every `period`, the first after `delay`.
+fn campaign_interval(delay: Duration, period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + delay, period);
+    // Ticks missed while leading are not made up for.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
 }
 
 /// How this process comes to replicate.

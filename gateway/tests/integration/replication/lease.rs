@@ -249,7 +249,18 @@ async fn a_leader_whose_lease_session_is_cut_is_fenced_and_rejoins_as_a_standby(
 
     terminate_lease_holder(&storage_db);
     let cut = Instant::now();
-    wait_replicating(new.port, true).await;
+    if tokio::time::timeout(TIMEOUT / 2, wait_replicating(new.port, true))
+        .await
+        .is_err()
+    {
+        let sessions = storage_db
+            .psql(
+                "SELECT pid, application_name, state, wait_event, left(query, 80) FROM pg_stat_activity
+                 WHERE datname = current_database()",
+            )
+            .unwrap_or_default();
+        panic!("the standby did not take over; storage sessions:\n{sessions}");
+    }
     eprintln!("takeover {:?} after the lease session was cut", cut.elapsed());
     let new_epoch = postgres(&new.storage).held_epoch();
     assert_eq!(new_epoch, old_epoch + 1);
