@@ -376,7 +376,8 @@ fn sigkilling_the_replicating_gateway_mid_stream_loses_and_duplicates_nothing() 
             }
         })
     };
-    // Mid-stream: some of the writer's rows have reached a client of the survivor.
+    // Mid-stream: some of the writer's rows have reached a client of the survivor (client `c` syncs from
+    // node `c % 2`).
     let survivor_client = survivor;
     cluster.wait_until("the writer's rows reach clients", || {
         let seen = clients[survivor_client]
@@ -398,8 +399,10 @@ fn sigkilling_the_replicating_gateway_mid_stream_loses_and_duplicates_nothing() 
     let killed_at = Instant::now();
     let committed_at_kill = committed.load(Ordering::SeqCst);
     eprintln!("SIGKILLed node {leader} after {committed_at_kill} writer commits");
-    // Rows committed after the kill can only have been replicated by the survivor.
-    let first_id_after_kill = written_id(committed_at_kill + 1);
+    // Rows committed after the kill can only have been replicated by the survivor. The writer counts a
+    // row after its commit returns: the next one may have committed just before the kill, the one after
+    // it did not.
+    let first_id_after_kill = written_id(committed_at_kill + 2);
     let took = cluster.wait_until(
         "a change committed after the kill reaches a client of the survivor",
         || {
