@@ -13,7 +13,7 @@ use super::*;
 use crate::config::SslMode;
 
 /// Where one test storage lives: a schema of its own in a database of the shared cluster.
-pub(super) struct Place {
+pub(crate) struct Place {
     pub config: PostgresStorageConfig,
     url: String,
 }
