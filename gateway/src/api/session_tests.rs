@@ -1,4 +1,5 @@
-//! Session behaviour on a real SQLite storage, without HTTP: the lines a client receives.
+//! Session behaviour on a real SQLite storage (and, for the change feed, a Postgres one), without HTTP: the
+//! lines a client receives.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -1085,4 +1086,84 @@ bucket_definitions:
             run_case(&initial, &changes);
         }
     }
+}
+
+/// Two gateways on one Postgres storage: a session served from handle B (which only reads) receives
+/// a change committed through handle A, carried by B's change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_another_gateway_of_a_postgres_storage_receives_a_commit() {
+    use crate::storage::{ChangeFeed, PostgresStorage, postgres_tests::Place};
+
+    let place = Place::new();
+    let open = || Arc::new(Notifying::new(PostgresStorage::open(&place.config).unwrap()));
+    let (leader, follower) = (open(), open());
+    let _feed = ChangeFeed::spawn(&follower).unwrap();
+    let writer = Arc::clone(&leader);
+    let version = tokio::task::spawn_blocking(move || {
+        let version = writer.create_version(RULES).unwrap();
+        writer.activate(version).unwrap();
+        version
+    })
+    .await
+    .unwrap();
+    let bucket = BucketName::new(format!("{version}#global[]"));
+    let lists = |id: &str, lsn: u64| SourceTransaction {
+        commit_lsn: Lsn(lsn),
+        changes: vec![RowChange {
+            row: SourceRowKey {
+                table: "public.lists".into(),
+                key: id.into(),
+            },
+            placements: Some(vec![Placement {
+                bucket: bucket.clone(),
+                table: "lists".into(),
+                id: id.into(),
+                data: format!(r#"{{"id":"{id}"}}"#),
+            }]),
+            parameters: None,
+            source_row: None,
+        }],
+    };
+    let (writer, first) = (Arc::clone(&leader), lists("l1", 10));
+    tokio::task::spawn_blocking(move || writer.apply(version, &first).unwrap())
+        .await
+        .unwrap();
+
+    let served: Arc<dyn BucketStorage> = follower.clone();
+    let env = Arc::new(SessionEnv {
+        storage: served,
+        events: Arc::clone(follower.events()),
+        rules: Arc::new(RulesCache::default()),
+        limits: SessionLimits::default(),
+        metrics: Arc::new(ApiMetrics::default()),
+        reads: SharedReads::default(),
+    });
+    let expires_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = SessionClaims {
+        user_id: "u1".into(),
+        payload: json!({"sub": "u1", "exp": expires_at}),
+        expires_at,
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let shutdown = watch::Sender::new(false);
+    let session = Session::new(env, claims, &SyncRequest::default(), tx);
+    let task = tokio::spawn(session.run(shutdown.subscribe()));
+    let mut stream = Stream { rx, task };
+    assert!(matches!(stream.next().await, SyncLine::Checkpoint(_)));
+    assert_eq!(ops_of(&stream.next().await).len(), 1);
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+
+    // Committed through the other handle: without the feed this session would never hear of it.
+    let (writer, second) = (Arc::clone(&leader), lists("l2", 20));
+    let checkpoint = tokio::task::spawn_blocking(move || writer.apply(version, &second).unwrap().unwrap())
+        .await
+        .unwrap();
+    let SyncLine::CheckpointDiff(diff) = stream.next().await else {
+        panic!("a diff expected on the other gateway")
+    };
+    assert_eq!(diff.last_op_id, checkpoint);
+    assert_eq!(ops_of(&stream.next().await), [(checkpoint.get(), OpType::Put)]);
+    assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(c) if c.last_op_id == checkpoint));
+    shutdown.send_replace(true);
+    drop(stream.task);
 }

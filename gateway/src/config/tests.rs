@@ -623,11 +623,13 @@ fn postgres_storage_reads_the_connection_keys_and_schema() {
     assert_eq!(conn.password.as_ref().map(|p| p.expose().as_str()), Some("pw"));
     assert_eq!(conn.sslmode, SslMode::Disable);
     assert_eq!(storage.schema, crate::storage::DEFAULT_SCHEMA);
+    assert_eq!(storage.poll_interval, crate::storage::DEFAULT_POLL_INTERVAL);
     // Discrete keys override the URI's parts, as for the source; the schema is configurable.
     let c = f
         .load(&format!(
             "{MINIMAL}storage:\n  type: postgresql\n  uri: postgresql://u@h/db\n  database: other\n  \
-             port: 7000\n  password: pw-hidden\n  sslmode: prefer\n  schema: tenant_1\n"
+             port: 7000\n  password: pw-hidden\n  sslmode: prefer\n  schema: tenant_1\n  \
+             poll_interval_ms: 250\n"
         ))
         .unwrap()
         .config;
@@ -640,6 +642,7 @@ fn postgres_storage_reads_the_connection_keys_and_schema() {
     );
     assert_eq!(storage.connection.sslmode, SslMode::Prefer);
     assert_eq!(storage.schema, "tenant_1");
+    assert_eq!(storage.poll_interval, std::time::Duration::from_millis(250));
     assert!(
         !format!("{c:?}").contains("pw-hidden"),
         "the password stays out of Debug"
@@ -667,6 +670,10 @@ fn postgres_storage_errors_point_at_the_key() {
         storage("  type: postgresql\n  uri: postgresql://u@h/d\n  schema: Public\n"),
         "CONFIG:10:11: `storage.schema` `Public` must be lower-case letters, digits and `_` \
          (at most 63, not starting with a digit)"
+    );
+    assert_eq!(
+        storage("  type: postgresql\n  uri: postgresql://u@h/d\n  poll_interval_ms: 0\n"),
+        "CONFIG:10:21: `storage.poll_interval_ms` must be a whole number greater than 0, not `0`"
     );
     assert_eq!(
         storage("  type: postgresql\n  uri: postgresql://u@h/d\n  path: x.sqlite\n"),

@@ -378,15 +378,30 @@ pub async fn serve_embedded(
                                 Ok(client) => Catalog::new(client),
                                 Err(error) => {
                                     // Dropping `held` releases the lease for a gateway that may reach it.
-                                    warn!(%error, "replication lease released: cannot reach the source database");
+                                    warn!(
+                                        %error,
+                                        "replication lease released: cannot reach the source database"
+                                    );
                                     continue;
                                 }
                             },
                         };
-                        let started = Leader::start(&storage, &source, &replicator_options, catalog, &metrics, &options, &rules_text, Some(held)).await;
+                        let started = Leader::start(
+                            &storage,
+                            &source,
+                            &replicator_options,
+                            catalog,
+                            &metrics,
+                            &options,
+                            &rules_text,
+                            Some(held),
+                        )
+                        .await;
                         match started {
                             Ok(started) => leader = Some(started),
-                            Err(error) if is_fenced(&error) => info!("replication lease lost while starting (epoch {epoch}): {error:#}"),
+                            Err(error) if is_fenced(&error) => {
+                                info!("replication lease lost while starting (epoch {epoch}): {error:#}");
+                            }
                             Err(error) => return Err(error),
                         }
                         standing_by_logged = false;

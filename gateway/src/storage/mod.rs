@@ -32,7 +32,7 @@ mod sqlite;
 #[cfg(test)]
 mod feed_tests;
 #[cfg(test)]
-mod postgres_tests;
+pub(crate) mod postgres_tests;
 #[cfg(test)]
 mod tests;
 

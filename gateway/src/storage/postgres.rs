@@ -555,8 +555,8 @@ impl PostgresStorage {
     }
 
     /// Ends a compaction whose process died (the stored generation stayed odd, which would keep
-    /// every reader waiting). Called by the process that takes over writing: no other compacts then,
-    /// and each bucket's rewrite committed whole or not at all.
+    /// every reader waiting). For the process that takes over writing ([`PostgresStorage::take_over`]):
+    /// no other compacts then, and each bucket's rewrite committed whole or not at all.
     fn end_stale_compaction(&self) -> Result<()> {
         let ended = self.fenced_write(|tx, conn| self.end_compaction_in(tx, conn))?;
         if let Some(generation) = ended {

@@ -13,7 +13,7 @@ use super::*;
 use crate::config::SslMode;
 
 /// Where one test storage lives: a schema of its own in a database of the shared cluster.
-pub(super) struct Place {
+pub(crate) struct Place {
     pub config: PostgresStorageConfig,
     url: String,
 }
@@ -373,4 +373,19 @@ fn take_over_moves_the_writer_to_the_new_epoch() {
         .ops(version, &BucketName::new("a"), OpId::ZERO, OpId::MAX, 10)
         .unwrap();
     assert_eq!(ops.len(), 2, "the fenced commit left nothing");
+}
+
+#[test]
+fn the_next_lease_holder_ends_a_compaction_its_dead_predecessor_left_running() {
+    let place = Place::new();
+    let storage = PostgresStorage::open(&place.config).unwrap();
+    // Odd: a compaction started and its gateway died; readers on every gateway would wait forever.
+    place.execute("UPDATE meta SET value = 7 WHERE key = 'compaction_generation'");
+    // What taking the replication lease does: bump the epoch, hand the new one to the storage.
+    place.execute("UPDATE leader_epoch SET epoch = epoch + 1");
+    storage.take_over(storage.held_epoch() + 1).unwrap();
+    assert_eq!(
+        place.rows("SELECT value FROM meta WHERE key = 'compaction_generation'"),
+        [[8]]
+    );
 }

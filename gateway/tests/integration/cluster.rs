@@ -50,9 +50,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `nodes` gateways with one config (slot prefix `slot_prefix`, unique cluster-wide) on a new source
-    /// holding `initial_rows` items, all ready.
-    fn start(slot_prefix: &str, nodes: usize, initial_rows: u64) -> Cluster {
+    /// A gateway per entry of `roles` (`serve --role`; None: the default), with one config (slot prefix
+    /// `slot_prefix`, unique cluster-wide), on a new source holding `initial_rows` items, all ready.
+    fn start(slot_prefix: &str, roles: &[Option<&str>], initial_rows: u64) -> Cluster {
         let started = Instant::now();
         let source = shared_cluster().create_database().expect("source database");
         source.psql(SOURCE_SCHEMA).expect("source schema");
@@ -68,18 +68,24 @@ impl Cluster {
         let work = tempfile::tempdir().expect("work dir");
         let rules = work.path().join("sync-rules.yaml");
         std::fs::write(&rules, RULES).expect("rules");
-        let nodes: Vec<ServeProcess> = (0..nodes)
-            .map(|n| {
+        let nodes: Vec<ServeProcess> = roles
+            .iter()
+            .enumerate()
+            .map(|(n, role)| {
                 let dir = work.path().join(format!("node{n}"));
                 std::fs::create_dir(&dir).expect("node dir");
-                ServeProcess::setup(
+                let setup = ServeProcess::setup(
                     env!("CARGO_BIN_EXE_syncgate"),
                     &dir,
                     &source.url_without_session_options(),
                     &rules,
                 )
                 .slot_prefix(slot_prefix)
-                .storage(storage.clone())
+                .storage(storage.clone());
+                match role {
+                    Some(role) => setup.role(role),
+                    None => setup,
+                }
                 .start()
             })
             .collect();
@@ -287,18 +293,24 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn two_gateways_on_one_storage_bring_clients_of_both_to_the_source() {
+fn gateways_on_one_storage_bring_clients_of_each_to_the_source() {
     let runtime = runtime();
-    let cluster = Cluster::start("sgclusterconv", 2, 20);
-    let leader = cluster.wait_for_one_leader(&[0, 1]);
+    // Two that may replicate and one that only serves clients (`--role api`).
+    let cluster = Cluster::start("sgclusterconv", &[None, None, Some("api")], 20);
+    let leader = cluster.wait_for_one_leader(&[0, 1, 2]);
+    assert_ne!(leader, 2, "the api-only gateway replicates");
     eprintln!("node {leader} replicates");
     let client_dir = cluster.work.path().join("clients");
     std::fs::create_dir(&client_dir).expect("client dir");
-    let mut clients: Vec<Client> = (0..4)
-        .map(|c| Client::spawn(&runtime, &client_dir, &format!("user{c}"), &cluster.nodes[c % 2]))
+    let spawned = Instant::now();
+    let mut clients: Vec<Client> = (0..6)
+        .map(|c| Client::spawn(&runtime, &client_dir, &format!("user{c}"), &cluster.nodes[c % 3]))
         .collect();
-    let took = cluster.wait_converged(&mut clients, &runtime);
-    eprintln!("initial rows on every client after {took:?}");
+    cluster.wait_converged(&mut clients, &runtime);
+    eprintln!(
+        "initial rows on every client {:?} after they started",
+        spawned.elapsed()
+    );
 
     // Inserts, updates and deletes, in several transactions.
     for batch in 0..5 {
@@ -319,7 +331,7 @@ fn two_gateways_on_one_storage_bring_clients_of_both_to_the_source() {
     eprintln!("5 source transactions on every client after {took:?}");
     assert_eq!(cluster.source_rows().len(), 20 + 5 * 4 - 5);
     assert_eq!(
-        cluster.wait_for_one_leader(&[0, 1]),
+        cluster.wait_for_one_leader(&[0, 1, 2]),
         leader,
         "the lease moved without a failure"
     );
@@ -329,7 +341,7 @@ fn two_gateways_on_one_storage_bring_clients_of_both_to_the_source() {
 fn sigkilling_the_replicating_gateway_mid_stream_loses_and_duplicates_nothing() {
     const INITIAL_ROWS: u64 = 20;
     let runtime = runtime();
-    let mut cluster = Cluster::start("sgclusterkill", 2, INITIAL_ROWS);
+    let mut cluster = Cluster::start("sgclusterkill", &[None, None], INITIAL_ROWS);
     let leader = cluster.wait_for_one_leader(&[0, 1]);
     let survivor = 1 - leader;
     eprintln!("node {leader} replicates; node {survivor} stands by");
@@ -364,7 +376,8 @@ fn sigkilling_the_replicating_gateway_mid_stream_loses_and_duplicates_nothing() 
             }
         })
     };
-    // Mid-stream: some of the writer's rows have reached a client of the survivor.
+    // Mid-stream: some of the writer's rows have reached a client of the survivor (client `c` syncs from
+    // node `c % 2`).
     let survivor_client = survivor;
     cluster.wait_until("the writer's rows reach clients", || {
         let seen = clients[survivor_client]
@@ -386,8 +399,10 @@ fn sigkilling_the_replicating_gateway_mid_stream_loses_and_duplicates_nothing() 
     let killed_at = Instant::now();
     let committed_at_kill = committed.load(Ordering::SeqCst);
     eprintln!("SIGKILLed node {leader} after {committed_at_kill} writer commits");
-    // Rows committed after the kill can only have been replicated by the survivor.
-    let first_id_after_kill = written_id(committed_at_kill + 1);
+    // Rows committed after the kill can only have been replicated by the survivor. The writer counts a
+    // row after its commit returns: the next one may have committed just before the kill, the one after
+    // it did not.
+    let first_id_after_kill = written_id(committed_at_kill + 2);
     let took = cluster.wait_until(
         "a change committed after the kill reaches a client of the survivor",
         || {
@@ -490,7 +505,7 @@ fn a_client_moved_to_another_gateway_downloads_only_what_it_lacks() {
     const INITIAL_ROWS: u64 = 30;
     const LATER_ROWS: u64 = 5;
     let runtime = runtime();
-    let cluster = Cluster::start("sgclustermove", 2, INITIAL_ROWS);
+    let cluster = Cluster::start("sgclustermove", &[None, None], INITIAL_ROWS);
     let client_dir = cluster.work.path().join("clients");
     std::fs::create_dir(&client_dir).expect("client dir");
     // Shows when node 1 serves the later rows.
