@@ -2,11 +2,13 @@
 
 mod browser;
 mod cli;
+mod cluster;
 mod config;
 mod crash;
 mod dashboard;
 mod dev;
 mod interop;
+mod load_balancer;
 mod replication;
 mod rule_suites;
 mod source;

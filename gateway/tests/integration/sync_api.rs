@@ -102,13 +102,28 @@ impl Api {
     }
 
     pub(crate) async fn stream(&self, sub: &str, body: &str, accept: &str) -> SyncStream {
-        let response = self
-            .http
-            .post(format!("{}/sync/stream", self.base))
-            .header(
-                "authorization",
-                format!("Token {}", self.token(sub, Duration::from_secs(3600))),
-            )
+        let token = self.token(sub, Duration::from_secs(3600));
+        SyncStream::open(&self.http, &self.base, &token, body, accept).await
+    }
+}
+
+pub(crate) struct SyncStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl SyncStream {
+    /// `POST {base}/sync/stream` with `token`; panics unless it answers 200.
+    pub(crate) async fn open(
+        http: &reqwest::Client,
+        base: &str,
+        token: &str,
+        body: &str,
+        accept: &str,
+    ) -> SyncStream {
+        let response = http
+            .post(format!("{base}/sync/stream"))
+            .header("authorization", format!("Token {token}"))
             .header("content-type", "application/json")
             .header("accept", accept)
             .body(body.to_owned())
@@ -121,15 +136,8 @@ impl Api {
             buffer: Vec::new(),
         }
     }
-}
 
-pub(crate) struct SyncStream {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-}
-
-impl SyncStream {
-    async fn next_line(&mut self) -> Value {
+    pub(crate) async fn next_line(&mut self) -> Value {
         loop {
             if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();

@@ -16,13 +16,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::sync_api::{Api, golden, golden_api, signed, unix_now};
 
 /// A minimal RSocket client: one frame per binary WebSocket message.
-struct Client {
+pub(crate) struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 impl Client {
     async fn connect(api: &Api, path: &str) -> Client {
-        let url = format!("{}{path}", api.base.replacen("http://", "ws://", 1));
+        Client::connect_to(&api.base, path).await
+    }
+
+    /// Upgrades `{base}{path}` (`base` as `http://host:port`) to a WebSocket.
+    pub(crate) async fn connect_to(base: &str, path: &str) -> Client {
+        let url = format!("{}{path}", base.replacen("http://", "ws://", 1));
         let (ws, response) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
         assert_eq!(response.status(), 101);
         Client { ws }
@@ -61,7 +66,7 @@ impl Client {
     }
 
     /// SETUP as the SDK sends it: JSON MIME types, token and user agent in the metadata.
-    async fn setup(&mut self, authorization: Option<&str>, lifetime_ms: u32) {
+    pub(crate) async fn setup(&mut self, authorization: Option<&str>, lifetime_ms: u32) {
         let metadata = match authorization {
             Some(token) => json!({"token": token, "user_agent": "syncgate-test/1"}),
             None => json!({"user_agent": "syncgate-test/1"}),
@@ -74,7 +79,7 @@ impl Client {
         .await;
     }
 
-    async fn request_stream(&mut self, stream_id: u32, initial_n: u32, body: &str) {
+    pub(crate) async fn request_stream(&mut self, stream_id: u32, initial_n: u32, body: &str) {
         self.send(&Frame::RequestStream {
             stream_id,
             initial_n,
@@ -88,7 +93,7 @@ impl Client {
     }
 
     /// The next sync line of `stream_id`, `token_expires_in` keepalives skipped.
-    async fn next_line(&mut self, stream_id: u32) -> SyncLine {
+    pub(crate) async fn next_line(&mut self, stream_id: u32) -> SyncLine {
         loop {
             let frame = self.recv().await.expect("socket open");
             let Frame::Payload {
@@ -166,7 +171,7 @@ async fn wait_for_gauge(api: &Api, want: u64) {
     }
 }
 
-fn request_body() -> String {
+pub(crate) fn request_body() -> String {
     let recorded: serde_json::Value =
         serde_json::from_str(&golden("sdk-recorded/002-POST_sync_stream.json")).expect("json");
     recorded["request"]["body"].as_str().expect("body").to_owned()
