@@ -203,7 +203,9 @@ async fn without_its_connection_the_feed_polls_and_then_listens_again() {
     let place = Place::in_database(&database, "syncgate_storage");
     // Another database of the cluster, to administer this one from.
     let elsewhere = Arc::new(Place::new());
-    let a = Process::open(&place);
+    // The writing "process" has no feed: while new connections are refused, its polls would compete for
+    // the one pooled reader its write checkpoint needs below.
+    let a = Arc::new(Notifying::new(PostgresStorage::open(&place.config).unwrap()));
     let b = Process::open_with(
         &place,
         Reconnect {
@@ -212,7 +214,7 @@ async fn without_its_connection_the_feed_polls_and_then_listens_again() {
         },
     );
     b.until_listening(true).await;
-    let storage = Arc::clone(&a.storage);
+    let storage = Arc::clone(&a);
     let version = blocking(move || {
         let version = storage.create_version("rules").unwrap();
         storage.activate(version).unwrap();
@@ -243,14 +245,14 @@ async fn without_its_connection_the_feed_polls_and_then_listens_again() {
         .unwrap();
 
     let commits = b.events().commit_count();
-    let storage = Arc::clone(&a.storage);
+    let storage = Arc::clone(&a);
     blocking(move || storage.apply(version, &put("1", "a", 10)).unwrap()).await;
     wait_for("a commit reaches B by polling", || {
         b.events().commit_count() != commits
     })
     .await;
     let write_checkpoints = b.events().write_checkpoint_generation();
-    let storage = Arc::clone(&a.storage);
+    let storage = Arc::clone(&a);
     blocking(move || {
         storage
             .create_write_checkpoint(&UserId("u".into()), None, Lsn(5))
@@ -279,7 +281,7 @@ async fn without_its_connection_the_feed_polls_and_then_listens_again() {
     .await;
     b.until_listening(true).await;
     let commits = b.events().commit_count();
-    let storage = Arc::clone(&a.storage);
+    let storage = Arc::clone(&a);
     blocking(move || storage.apply(version, &put("2", "a", 20)).unwrap()).await;
     wait_for("a commit reaches B after it listens again", || {
         b.events().commit_count() != commits
