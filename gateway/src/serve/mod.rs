@@ -329,22 +329,20 @@ pub async fn serve_embedded(
     let mut rules_text = config.sync_rules.text.clone();
     // The start-up checks' connection, reused by the first leadership (an api node has no use for it).
     let mut spare_catalog = role.campaigns().then_some(catalog);
+    let leadership = Leadership {
+        storage: &storage,
+        source: &source,
+        metrics: &metrics,
+        compact_interval: options.compact_interval,
+    };
     let mut leader: Option<Leader> = None;
     match campaign {
         Campaign::Sole => {
             let catalog = spare_catalog.take().expect("not taken yet");
             leader = Some(
-                Leader::start(
-                    &storage,
-                    &source,
-                    &replicator_options,
-                    catalog,
-                    &metrics,
-                    &options,
-                    &rules_text,
-                    None,
-                )
-                .await?,
+                leadership
+                    .start(&replicator_options, catalog, &rules_text, None)
+                    .await?,
             );
         }
         Campaign::Never => info!("role api: serving the sync API only; never replicating"),
@@ -386,17 +384,9 @@ pub async fn serve_embedded(
                                 }
                             },
                         };
-                        let started = Leader::start(
-                            &storage,
-                            &source,
-                            &replicator_options,
-                            catalog,
-                            &metrics,
-                            &options,
-                            &rules_text,
-                            Some(held),
-                        )
-                        .await;
+                        let started = leadership
+                            .start(&replicator_options, catalog, &rules_text, Some(held))
+                            .await;
                         match started {
                             Ok(started) => leader = Some(started),
                             Err(error) if is_fenced(&error) => {
@@ -567,27 +557,32 @@ struct Leader {
     compact: tokio::time::Interval,
 }
 
-impl Leader {
-    #[allow(clippy::too_many_arguments)]
+/// What every leadership of this process starts from.
+struct Leadership<'a> {
+    storage: &'a Arc<ServedStorage>,
+    source: &'a SourceConnection,
+    metrics: &'a Arc<ReplicationMetrics>,
+    compact_interval: Duration,
+}
+
+impl Leadership<'_> {
+    /// Starts replicating `rules_text` (with the lease's epoch taken over, for Postgres storage).
     async fn start(
-        storage: &Arc<ServedStorage>,
-        source: &SourceConnection,
+        &self,
         options: &ReplicatorOptions,
         catalog: Catalog,
-        metrics: &Arc<ReplicationMetrics>,
-        serve_options: &ServeOptions,
         rules_text: &str,
         lease: Option<lease::HeldLease>,
     ) -> anyhow::Result<Leader> {
-        if let (Some(held), ConfiguredStorage::Postgres(postgres)) = (&lease, storage.inner()) {
+        if let (Some(held), ConfiguredStorage::Postgres(postgres)) = (&lease, self.storage.inner()) {
             postgres.take_over(held.epoch())?;
         }
         let mut supervisor = Supervisor {
-            storage: Arc::clone(storage),
-            source: source.clone(),
+            storage: Arc::clone(self.storage),
+            source: self.source.clone(),
             options: options.clone(),
             catalog,
-            metrics: Arc::clone(metrics),
+            metrics: Arc::clone(self.metrics),
             active: watch::Sender::new(None),
             tasks: JoinSet::new(),
             running: HashMap::new(),
@@ -597,7 +592,7 @@ impl Leader {
             supervisor.stop_now().await;
             return Err(error);
         }
-        let mut compact = tokio::time::interval(serve_options.compact_interval);
+        let mut compact = tokio::time::interval(self.compact_interval);
         compact.reset();
         Ok(Leader {
             supervisor,
@@ -606,7 +601,9 @@ impl Leader {
             compact,
         })
     }
+}
 
+impl Leader {
     /// Stops replicating at once: a deposed leader's commits are fenced anyway.
     async fn depose(mut self) {
         self.supervisor.stop_now().await;
