@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use syncgate_test_support::PgCluster;
+use syncgate_test_support::stats::env_or;
 
 use syncgate_test_support::serve::{
     Finished, JWT_AUD, JWT_KID, JWT_SECRET_BASE64URL, ServeProcess, tail, wait_with_timeout,
@@ -33,13 +34,6 @@ const TARGET_MAX_MS: f64 = 1000.0;
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop")
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Median (mean of the middle two for an even count), p90 (nearest rank) and max of `values` in ms.
@@ -86,10 +80,10 @@ fn main() {
         );
         return;
     }
-    let samples = env_usize("BENCH_SAMPLES", 30);
-    let warmup = env_usize("BENCH_WARMUP", 5);
+    let samples: usize = env_or("BENCH_SAMPLES", 30);
+    let warmup: usize = env_or("BENCH_WARMUP", 5);
     // The SDK's change notifications are throttled by 30 ms by default; 0 here (an app can choose it too).
-    let throttle_ms = env_usize("BENCH_THROTTLE_MS", 0);
+    let throttle_ms: usize = env_or("BENCH_THROTTLE_MS", 0);
 
     let cluster = PgCluster::start().expect("start Postgres");
     let db = cluster.create_database().expect("database");

@@ -31,6 +31,7 @@ use syncgate::replicator::{
 use syncgate::source::OutputPlugin;
 use syncgate::storage::{BucketStorage, Lsn, RulesVersion, SqliteStorage};
 use syncgate_rules::{CompileOptions, SyncRules, compile};
+use syncgate_test_support::stats::env_or;
 use syncgate_test_support::{PgCluster, TestDatabase};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -80,13 +81,6 @@ const ROW_EXPRS: &str = "g, 'user-' || lpad((g % 5000)::text, 5, '0'), CASE WHEN
 const TXN_UPDATES: u64 = 600;
 const TXN_INSERTS: u64 = 390;
 const TXN_DELETES: u64 = 10;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn rules() -> SyncRules {
     let result = compile(RULES, &CompileOptions::default());
@@ -333,8 +327,8 @@ async fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let rows = env_u64("BENCH_ROWS", 1_000_000);
-    let txns = env_u64("BENCH_TXNS", 1_000);
+    let rows: u64 = env_or("BENCH_ROWS", 1_000_000);
+    let txns: u64 = env_or("BENCH_TXNS", 1_000);
     let txn_rows = TXN_UPDATES + TXN_INSERTS + TXN_DELETES;
     assert!(
         txns * TXN_UPDATES <= rows && rows >= TXN_DELETES,

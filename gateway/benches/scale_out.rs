@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use syncgate_test_support::serve::{ServeProcess, ServeStorage, sign_token};
-use syncgate_test_support::stats::{ms, percentile};
+use syncgate_test_support::stats::{env_or, ms, percentile};
 use syncgate_test_support::{PgCluster, TestDatabase};
 use tokio::sync::mpsc;
 
@@ -45,13 +45,6 @@ CREATE PUBLICATION powersync FOR ALL TABLES;
 /// The probe row's payload for mark `k`: fixed width, so one mark's text never contains another's.
 fn mark_text(k: u64) -> String {
     format!("mark-{k:010}")
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 const WAIT: Duration = Duration::from_secs(900);
@@ -203,10 +196,10 @@ async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches without --bench: nothing to do.
     }
-    let rows = env_u64("BENCH_ROWS", 100_000).max(1);
-    let txns = env_u64("BENCH_TXNS", 300);
-    let txn_rows = env_u64("BENCH_TXN_ROWS", 1_000).clamp(1, rows);
-    let samples = env_u64("BENCH_SAMPLES", 100).max(1);
+    let rows: u64 = env_or("BENCH_ROWS", 100_000).max(1);
+    let txns: u64 = env_or("BENCH_TXNS", 300);
+    let txn_rows: u64 = env_or("BENCH_TXN_ROWS", 1_000).clamp(1, rows);
+    let samples: u64 = env_or("BENCH_SAMPLES", 100).max(1);
 
     let cluster = PgCluster::start().expect("start Postgres");
     let db = cluster.create_database().expect("source database");

@@ -18,7 +18,7 @@ use serde_json::Map;
 use syncgate::config::Config;
 use syncgate::storage::{BucketStorage, SqliteStorage};
 use syncgate_protocol::{BucketName, OpId};
-use syncgate_test_support::stats::{ms, percentile};
+use syncgate_test_support::stats::{env_or, ms, percentile};
 use syncgate_test_support::{PgCluster, TestDatabase};
 use tokio::sync::mpsc;
 
@@ -42,13 +42,6 @@ CREATE TABLE ticks (id int PRIMARY KEY, scope text NOT NULL, n int NOT NULL);
 INSERT INTO ticks VALUES (1, 'all', 0);
 CREATE PUBLICATION powersync FOR ALL TABLES;
 ";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct GatewayProcess {
     child: Child,
@@ -163,10 +156,10 @@ async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches without --bench: nothing to do.
     }
-    let rows = env_usize("BENCH_ROWS", 100_000);
-    let streams = env_usize("BENCH_STREAMS", 1_000);
-    let idle = env_usize("BENCH_IDLE", 10_000);
-    let samples = env_usize("BENCH_SAMPLES", 30);
+    let rows: usize = env_or("BENCH_ROWS", 100_000);
+    let streams: usize = env_or("BENCH_STREAMS", 1_000);
+    let idle: usize = env_or("BENCH_IDLE", 10_000);
+    let samples: usize = env_or("BENCH_SAMPLES", 30);
 
     let cluster = PgCluster::start().expect("start Postgres");
     let db = cluster.create_database().expect("database");
