@@ -15,15 +15,6 @@ use super::{
 };
 use crate::storage::PostgresStorageConfig;
 
-/// A Postgres identifier that needs no quoting.
-fn is_schema_name(text: &str) -> bool {
-    text.len() <= 63
-        && text.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
 const TOP_KNOWN: &[&str] = &[
     "replication",
     "storage",
@@ -749,7 +740,7 @@ impl Reader<'_> {
         let schema = match map.get("schema") {
             Some(v) => {
                 let schema = self.string(v, "storage.schema")?;
-                if !is_schema_name(&schema) {
+                if !crate::storage::is_identifier(&schema) {
                     return Err(self.err(
                         v.position,
                         format!(

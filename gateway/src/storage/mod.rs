@@ -42,6 +42,7 @@ use syncgate_protocol::{BucketName, Checksum, ClientId, OpId, OplogEntry, UserId
 
 pub use feed::{ChangeFeed, PostgresBacked, Reconnect};
 pub use notify::{Notifying, StorageEvents};
+pub(crate) use postgres::is_identifier;
 pub use postgres::{
     DEFAULT_POLL_INTERVAL, DEFAULT_SCHEMA, FeedState, PostgresStorage, PostgresStorageConfig,
 };

@@ -268,7 +268,9 @@ fn channel_for(schema: &str) -> String {
     channel
 }
 
-fn is_identifier(text: &str) -> bool {
+/// A Postgres identifier that needs no quoting (the storage schema: spliced into SQL, and in the
+/// change feed's channel name, which is cut by bytes).
+pub(crate) fn is_identifier(text: &str) -> bool {
     text.len() <= 63
         && text.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && text
