@@ -84,7 +84,6 @@ pub struct ServeSetup {
     rust_log: String,
     storage: ServeStorage,
     role: Option<String>,
-    env: Vec<(String, String)>,
 }
 
 impl ServeSetup {
@@ -110,12 +109,6 @@ impl ServeSetup {
     /// Passed as `serve --role ROLE` (default: no `--role`, the binary's default).
     pub fn role(mut self, role: &str) -> ServeSetup {
         self.role = Some(role.to_owned());
-        self
-    }
-
-    /// An environment variable for the process (besides `RUST_LOG` and `NO_COLOR`).
-    pub fn env(mut self, name: &str, value: &str) -> ServeSetup {
-        self.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -184,7 +177,6 @@ impl ServeProcess {
             rust_log: "info".to_owned(),
             storage: ServeStorage::Sqlite(PathBuf::from("storage.sqlite")),
             role: None,
-            env: Vec::new(),
         }
     }
 
@@ -304,7 +296,6 @@ fn spawn_serve(setup: &ServeSetup, config: &Path, log: &Path) -> Child {
     command
         .env("RUST_LOG", &setup.rust_log)
         .env("NO_COLOR", "1")
-        .envs(setup.env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
