@@ -7,7 +7,8 @@
 //!     bucket, then all 1,000 subscribed to it;
 //! (c) gateway memory (RSS) per idle connection with 10,000 open streams.
 //!
-//! `cargo bench -p syncgate --bench sync_api` (`BENCH_IDLE`, `BENCH_STREAMS`, `BENCH_ROWS` scale it down).
+//! `cargo bench -p syncgate --bench sync_api` (`BENCH_IDLE`, `BENCH_STREAMS`, `BENCH_ROWS` scale it down;
+//! `BENCH_SAMPLES` sets the one-subscribed commits, `BENCH_ALL_COMMITS` the all-subscribed ones, default 20).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -273,7 +274,7 @@ async fn main() {
     }
     one.sort();
     let mut all = Vec::new();
-    let all_commits = samples.min(20);
+    let all_commits: usize = env_or("BENCH_ALL_COMMITS", samples.min(20));
     let gateway_pid = gateway.child.id().to_string();
     let cpu_before = (cpu_time(&gateway_pid), cpu_time("self"));
     for _ in 0..all_commits {
