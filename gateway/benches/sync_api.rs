@@ -7,7 +7,8 @@
 //!     bucket, then all 1,000 subscribed to it;
 //! (c) gateway memory (RSS) per idle connection with 10,000 open streams.
 //!
-//! `cargo bench -p syncgate --bench sync_api` (`BENCH_IDLE`, `BENCH_STREAMS`, `BENCH_ROWS` scale it down).
+//! `cargo bench -p syncgate --bench sync_api` (`BENCH_IDLE`, `BENCH_STREAMS`, `BENCH_ROWS` scale it down;
+//! `BENCH_SAMPLES` sets the one-subscribed commits, `BENCH_ALL_COMMITS` the all-subscribed ones, default 20).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -18,7 +19,7 @@ use serde_json::Map;
 use syncgate::config::Config;
 use syncgate::storage::{BucketStorage, SqliteStorage};
 use syncgate_protocol::{BucketName, OpId};
-use syncgate_test_support::stats::{env_or, ms, percentile};
+use syncgate_test_support::stats::{cpu_time, env_or, ms, percentile};
 use syncgate_test_support::{PgCluster, TestDatabase};
 use tokio::sync::mpsc;
 
@@ -273,7 +274,10 @@ async fn main() {
     }
     one.sort();
     let mut all = Vec::new();
-    for _ in 0..samples.min(20) {
+    let all_commits: usize = env_or("BENCH_ALL_COMMITS", samples.min(20));
+    let gateway_pid = gateway.child.id().to_string();
+    let cpu_before = (cpu_time(&gateway_pid), cpu_time("self"));
+    for _ in 0..all_commits {
         let begin = Instant::now();
         client
             .execute("UPDATE ticks SET n = n + 1", &[])
@@ -285,9 +289,17 @@ async fn main() {
         }
     }
     all.sort();
+    // Where the fan-out's CPU goes: the gateway's sends against this process's 1,000 readers.
+    let cpu_per_commit = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
+        (Some(before), Some(after)) => format!("{:.1} ms", ms(after - before) / all_commits as f64),
+        _ => "n/a".into(),
+    };
+    let cpu_gateway = cpu_per_commit(cpu_before.0, cpu_time(&gateway_pid));
+    let cpu_readers = cpu_per_commit(cpu_before.1, cpu_time("self"));
     println!(
         "(b) commit → line, {streams} streams, one subscribed: p50 {:.1} ms, p99 {:.1} ms ({} samples); \
-         all subscribed: p50 {:.1} ms, p99 {:.1} ms ({} lines); targets p50 ≤ 5 ms, p99 ≤ 50 ms",
+         all subscribed: p50 {:.1} ms, p99 {:.1} ms ({} lines; CPU per commit: gateway {cpu_gateway}, \
+         readers {cpu_readers}); targets p50 ≤ 5 ms, p99 ≤ 50 ms",
         ms(percentile(&one, 0.5)),
         ms(percentile(&one, 0.99)),
         one.len(),

@@ -5,10 +5,12 @@
 //! One connection per process (`application_name` `syncgate-feed`) `LISTEN`s on the storage's
 //! channel (see [`PostgresStorage::channel`]); payloads are a kind tag: `c` something was published
 //! (checkpoint, activation, removal), `w` a write checkpoint was stored, `k<n>` the stored compaction
-//! generation became `n` (odd while a compaction runs). While that connection is down the feed
-//! reconnects with backoff and meanwhile polls [`PostgresStorage::feed_state`] every
-//! [`PostgresStorage::poll_interval`], raising the same events for whatever changed; once listening
-//! again it raises one commit event, as a notification may have been lost in between.
+//! generation became `n` (odd while a compaction runs). The feed also polls
+//! [`PostgresStorage::feed_state`] every [`PostgresStorage::poll_interval`], raising the same events for
+//! whatever changed: a notification that never arrives (a pooler in transaction mode accepts LISTEN and
+//! delivers nothing) costs at most one interval. While the connection is down the feed reconnects with
+//! backoff, polling meanwhile; once listening again it raises one commit event, as a notification may
+//! have been lost in between.
 //!
 //! Notifications of this process's own commits come back too: they only cause an extra wake-up, and
 //! the compaction generation mirrors the stored counter rather than counting notifications, so it
@@ -148,8 +150,20 @@ where
                 }
                 status.listening.send_replace(true);
                 delay = reconnect.first;
-                while let Some(payload) = notifications.recv().await {
-                    apply(&events, &payload);
+                // Polling goes on while listening, as a safety net: behind a pooler in transaction mode
+                // LISTEN succeeds and delivers nothing, so a change then arrives by the next poll.
+                let mut next_poll = tokio::time::Instant::now() + poll_interval;
+                loop {
+                    tokio::select! {
+                        payload = notifications.recv() => match payload {
+                            Some(payload) => apply(&events, &payload),
+                            None => break,
+                        },
+                        () = tokio::time::sleep_until(next_poll) => {
+                            poll_once(&storage, &mut last, &status.polls).await;
+                            next_poll = tokio::time::Instant::now() + poll_interval;
+                        }
+                    }
                 }
                 status.listening.send_replace(false);
                 tracing::warn!(

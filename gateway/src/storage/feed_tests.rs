@@ -288,3 +288,27 @@ async fn without_its_connection_the_feed_polls_and_then_listens_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_notification_never_arrives_is_polled_while_listening() {
+    let place = Arc::new(Place::new());
+    let b = Process::open(&place);
+    b.until_listening(true).await;
+    // What a pooler in transaction mode does to a notification: the write commits, B's LISTEN hears
+    // nothing. Moving the write-checkpoint sequence by hand sends no NOTIFY.
+    let write_checkpoints = b.events().write_checkpoint_generation();
+    let schema = place.config.schema.clone();
+    admin(
+        &place,
+        format!(
+            "INSERT INTO \"{schema}\".meta VALUES ('next_write_checkpoint_id', 1)
+             ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
+        ),
+    )
+    .await;
+    wait_for("the silent write checkpoint reaches B by polling", || {
+        b.events().write_checkpoint_generation() != write_checkpoints
+    })
+    .await;
+    assert!(*b.feed.listening().borrow(), "B kept listening throughout");
+}
