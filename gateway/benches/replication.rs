@@ -254,14 +254,18 @@ async fn ingest(gateway: &Storage, db: &TestDatabase, rules: &Arc<SyncRules>, en
     // Read after the stop: a batch's counters are updated just after its commit becomes visible.
     let figures = metrics.snapshot();
     let rate = changes as f64 / secs;
+    // Batches are written one at a time: a busy share near 100 % means storage, not decoding, bounds (b).
     println!(
         "(b) gateway ingest via {}: {} row changes in {secs:.2} s = {rate:.0} row changes/s ({} transactions in \
-         {} batches, {:.0} MiB of change data received); storage {:.0} MiB",
+         {} batches, {:.0} MiB of change data received); storage writer busy {:.2} s ({:.0} % of the ingest); \
+         storage {:.0} MiB",
         gateway.decoder,
         figures.row_changes,
         figures.transactions,
         figures.batches,
         mib(figures.stream_bytes),
+        figures.apply_seconds,
+        100.0 * figures.apply_seconds / secs,
         mib(file_size(&gateway.path))
     );
     rate
