@@ -8,7 +8,7 @@
 //!    some moving rows between buckets, inserts and deletes). Then (a) Postgres decoding that WAL
 //!    (`pg_logical_slot_get_binary_changes` on slots created at the same position), with pgoutput and
 //!    with the plugin, and (b) each restarted gateway until its checkpoint passes a marker emitted after
-//!    the workload.
+//!    the workload, with the time its storage writer was busy meanwhile (near all of it: storage bounds (b)).
 //! 3. **Unrelated changes**: both gateways running and caught up, a table no rule reads is updated; the
 //!    change data each received meanwhile (`stream_bytes`), until its slot confirmed the WAL end. The
 //!    plugin filters inside Postgres (expected: 0 bytes); pgoutput sends every table of a `FOR ALL
