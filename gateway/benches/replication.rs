@@ -8,7 +8,7 @@
 //!    some moving rows between buckets, inserts and deletes). Then (a) Postgres decoding that WAL
 //!    (`pg_logical_slot_get_binary_changes` on slots created at the same position), with pgoutput and
 //!    with the plugin, and (b) each restarted gateway until its checkpoint passes a marker emitted after
-//!    the workload.
+//!    the workload, with the time its storage writer was busy meanwhile (near all of it: storage bounds (b)).
 //! 3. **Unrelated changes**: both gateways running and caught up, a table no rule reads is updated; the
 //!    change data each received meanwhile (`stream_bytes`), until its slot confirmed the WAL end. The
 //!    plugin filters inside Postgres (expected: 0 bytes); pgoutput sends every table of a `FOR ALL
@@ -254,14 +254,18 @@ async fn ingest(gateway: &Storage, db: &TestDatabase, rules: &Arc<SyncRules>, en
     // Read after the stop: a batch's counters are updated just after its commit becomes visible.
     let figures = metrics.snapshot();
     let rate = changes as f64 / secs;
+    // Batches are written one at a time: a busy share near 100 % means storage, not decoding, bounds (b).
     println!(
         "(b) gateway ingest via {}: {} row changes in {secs:.2} s = {rate:.0} row changes/s ({} transactions in \
-         {} batches, {:.0} MiB of change data received); storage {:.0} MiB",
+         {} batches, {:.0} MiB of change data received); storage writer busy {:.2} s ({:.0} % of the ingest); \
+         storage {:.0} MiB",
         gateway.decoder,
         figures.row_changes,
         figures.transactions,
         figures.batches,
         mib(figures.stream_bytes),
+        figures.apply_seconds,
+        100.0 * figures.apply_seconds / secs,
         mib(file_size(&gateway.path))
     );
     rate

@@ -167,6 +167,12 @@ impl ApiMetrics {
             replication.stream_bytes.to_string(),
         );
         metric(
+            "syncgate_replication_apply_seconds_total",
+            "counter",
+            "Time bucket storage spent applying streamed transactions; a rate() near 1 means storage bounds the ingest.",
+            format!("{:.3}", replication.apply_seconds),
+        );
+        metric(
             "syncgate_replication_retained_wal_bytes",
             "gauge",
             "WAL the replication slot retains on the source.",
@@ -210,10 +216,15 @@ mod tests {
             batches: 1,
             snapshot_rows: 0,
             stream_bytes: 0,
+            apply_seconds: 2.5,
             retained_wal_bytes: 0,
         });
         assert!(text.contains("\nsyncgate_connections 1\n"), "{text}");
         assert!(text.contains("syncgate_replication_lag_bytes 7\n"));
+        assert!(
+            text.contains("syncgate_replication_apply_seconds_total 2.500\n"),
+            "{text}"
+        );
         assert!(text.contains("syncgate_checkpoint_latency_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("syncgate_checkpoint_latency_seconds_bucket{le=\"0.002\"} 1\n"));
         assert!(text.contains("syncgate_checkpoint_latency_seconds_bucket{le=\"0.05\"} 2\n"));

@@ -3,7 +3,7 @@
 //! Lock-free counters written by the replicator and read by anyone holding the `Arc`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::source::Lsn;
 
@@ -31,6 +31,9 @@ pub struct ReplicationMetrics {
     /// Bytes of change data (XLogData payloads, not keepalives) received from the server: what the
     /// output plugin sent, including changes of tables no rule reads when it does not filter them.
     pub stream_bytes: AtomicU64,
+    /// Time storage spent applying streamed batches, µs. Batches are applied one at a time, so its rate is
+    /// the storage writer's busy share: near 1, storage bounds the ingest whatever decodes the stream.
+    apply_micros: AtomicU64,
     /// WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`), as last measured.
     retained_wal_bytes: AtomicU64,
 }
@@ -49,6 +52,8 @@ pub struct MetricsSnapshot {
     pub batches: u64,
     pub snapshot_rows: u64,
     pub stream_bytes: u64,
+    /// Seconds storage spent applying streamed batches (see [`ReplicationMetrics::applying`]).
+    pub apply_seconds: f64,
     pub retained_wal_bytes: u64,
 }
 
@@ -79,6 +84,13 @@ impl ReplicationMetrics {
         self.row_changes.fetch_add(rows, Ordering::Relaxed);
         self.transactions.fetch_add(transactions, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Storage spent `took` applying one streamed batch (measured on the writing thread, so waits for the
+    /// replicator to notice the batch's end are not counted).
+    pub fn applying(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.apply_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
     /// Everything up to `lsn` is applied or needed nothing (a confirmed keepalive): no lag.
@@ -118,6 +130,8 @@ impl ReplicationMetrics {
             batches: self.batches.load(Ordering::Relaxed),
             snapshot_rows: self.snapshot_rows.load(Ordering::Relaxed),
             stream_bytes: self.stream_bytes.load(Ordering::Relaxed),
+            #[allow(clippy::cast_precision_loss)] // seconds for reporting
+            apply_seconds: self.apply_micros.load(Ordering::Relaxed) as f64 / 1e6,
             retained_wal_bytes: self.retained_wal_bytes.load(Ordering::Relaxed),
         }
     }
@@ -144,6 +158,9 @@ mod tests {
         metrics.received(Lsn(1100));
         metrics.caught_up(Lsn(1100));
         assert_eq!(metrics.snapshot().lag_bytes, 0);
+        metrics.applying(Duration::from_millis(1_500));
+        metrics.applying(Duration::from_millis(250));
+        assert!((metrics.snapshot().apply_seconds - 1.75).abs() < 1e-9);
         assert!(metrics.snapshot().lag_seconds.abs() < f64::EPSILON);
     }
 }

@@ -955,8 +955,14 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
         let last_lsn = txns.last().map_or(Lsn::ZERO, |t| t.commit_lsn);
         let storage = Arc::clone(&self.storage);
         let version = self.version;
+        let metrics = Arc::clone(&self.metrics);
         stream.inflight = Some(Inflight {
-            task: tokio::task::spawn_blocking(move || storage.apply_batch(version, &txns)),
+            task: tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let applied = storage.apply_batch(version, &txns);
+                metrics.applying(started.elapsed());
+                applied
+            }),
             ack: stream.pending_ack,
             commit_time: stream.pending_commit_time.take(),
             rows,
