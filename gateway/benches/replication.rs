@@ -18,7 +18,7 @@
 //!
 //! `cargo bench -p syncgate --bench replication`
 //! (`BENCH_ROWS` and `BENCH_TXNS` scale it down for a quick look; `BENCH_PLUGIN_FIRST=1` runs the plugin's
-//! ingest before pgoutput's.)
+//! ingest before pgoutput's; `BENCH_PHASES=snapshot` stops after the snapshots.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -379,6 +379,9 @@ async fn main() {
     // Phase 1: snapshot, per decoder.
     for gateway in &gateways {
         snapshot(gateway, &db, &rules, rows).await;
+    }
+    if std::env::var("BENCH_PHASES").as_deref() == Ok("snapshot") {
+        return;
     }
 
     // Phase 2: the workload's WAL, written while the gateways are stopped.

@@ -41,9 +41,9 @@ pub use source_conn::SourceConnection;
 pub use table::{Scratch, TableMapper, decode_source_row};
 
 use crate::source::{
-    ColumnValue, ErrorKind, Lsn, OldRow, OutputPlugin, RelationInfo, ReplicationClient, SnapshotReader,
-    SourceError, SourceEvent, StartOptions, StreamItem, TableLayout, TableName, WalstreamClient,
-    table_layout, tables_option,
+    Chunk, ColumnValue, ErrorKind, Lsn, OldRow, OutputPlugin, RelationInfo, ReplicationClient,
+    SnapshotReader, SourceError, SourceEvent, StartOptions, StreamItem, TableLayout, TableName,
+    WalstreamClient, table_layout, tables_option,
 };
 use crate::storage::{
     BucketStorage, Checkpoint, ReplicationState, RowChange, RulesVersion, SnapshotChunk, SourceRowKey,
@@ -469,11 +469,12 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                 let evaluation = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
                     let mut scratch = Scratch::default();
+                    let mut values = Vec::new();
                     let changes = chunk
                         .rows
                         .iter()
                         .map(|row| {
-                            let values: Vec<Option<&str>> = row.iter().map(Option::as_deref).collect();
+                            Chunk::values(row, &mut values);
                             mapper.evaluate(&rules, &values, &mut scratch)
                         })
                         .collect::<Vec<RowChange>>();

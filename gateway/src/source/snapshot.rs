@@ -7,7 +7,7 @@
 //! text form (simple query protocol), in primary-key order, in chunks, so a table of any size is read
 //! with bounded memory and a later crash can resume after the last copied key.
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 use tracing::{debug, info};
 
 use super::{SESSION_SETTINGS, SourceError};
@@ -63,12 +63,23 @@ pub struct TableLayout {
     pub identity: Vec<usize>,
 }
 
-/// One chunk of rows; `None` is SQL NULL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One chunk of rows, as received: read the values with [`Chunk::values`]. Kept as the protocol's rows
+/// rather than copied into a `String` per value, which cost an allocation, a copy and a free per value.
+#[derive(Debug)]
 pub struct Chunk {
-    pub rows: Vec<Vec<Option<String>>>,
+    pub rows: Vec<SimpleQueryRow>,
     /// Pass to the next [`SnapshotReader::copy_chunk`]; `None` when the table is done.
     pub resume_after: Option<Vec<String>>,
+}
+
+impl Chunk {
+    /// The values of one of the chunk's rows, in column order, into `values` (cleared first); `None` is
+    /// SQL NULL.
+    pub fn values<'r>(row: &'r SimpleQueryRow, values: &mut Vec<Option<&'r str>>) {
+        values.clear();
+        // In bounds, and the values are UTF-8 (the session's client encoding), as when they were received.
+        values.extend((0..row.len()).map(|i| row.get(i)));
+    }
 }
 
 /// Columns (as pgoutput sends them: not dropped, not generated, by attnum), their types, the copy key
@@ -239,12 +250,10 @@ impl SnapshotReader {
             .simple_query(&sql)
             .await
             .map_err(SourceError::query(format!("copying {}", layout.table)))?;
-        let rows: Vec<Vec<Option<String>>> = messages
-            .iter()
+        let rows: Vec<SimpleQueryRow> = messages
+            .into_iter()
             .filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => {
-                    Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
-                }
+                SimpleQueryMessage::Row(row) => Some(row),
                 _ => None,
             })
             .collect();
@@ -255,7 +264,7 @@ impl SnapshotReader {
                 layout
                     .key
                     .iter()
-                    .map(|&i| last[i].clone().unwrap_or_default())
+                    .map(|&i| last.get(i).unwrap_or_default().to_owned())
                     .collect()
             })
         };

@@ -1420,6 +1420,112 @@ fn a_format_2_file_keeps_its_placements_data_and_source_rows() {
     assert_eq!(f.kinds("b"), [OpType::Clear]);
 }
 
+#[test]
+fn state_keys_of_integer_row_keys_sort_numerically() {
+    let keys: Vec<String> = [1, 2, 9, 10, 99, 100, 12_345, 1_000_000]
+        .iter()
+        .map(|n| sqlite::state_key(&format!(r#"["{n}"]"#)))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert_eq!(sqlite::state_key(r#"["7"]"#), r#"15["7"]"#);
+}
+
+#[test]
+fn a_format_4_file_gets_order_preserving_state_keys() {
+    let f = Fixture::<SqliteStorage>::new();
+    let keys = [r#"["2"]"#, r#"["10"]"#, "x"];
+    f.apply(txn(
+        10,
+        vec![
+            set(keys[0], vec![place("a", "t2", r#"{"v":2}"#)]),
+            set(keys[1], vec![place("a", "t10", r#"{"v":10}"#)]),
+            RowChange {
+                source_row: Some("src".into()),
+                ..RowChange::delete(row(keys[2]))
+            },
+        ],
+    ));
+    let Fixture {
+        place: dir,
+        storage,
+        version,
+    } = f;
+    drop(storage);
+    // Turn the file back into format 4, which keyed `source_state` by the row key's text.
+    let path = dir.path().join("buckets.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE source_state_v4 (
+                 version INTEGER NOT NULL, source_table TEXT NOT NULL, source_key TEXT NOT NULL,
+                 placements BLOB NOT NULL, source_row TEXT,
+                 PRIMARY KEY (version, source_table, source_key)
+             ) WITHOUT ROWID;
+             INSERT INTO source_state_v4 SELECT version, source_table,
+                 substr(state_key, 2 + substr(state_key, 1, 1)), placements, source_row FROM source_state;
+             DROP TABLE source_state;
+             ALTER TABLE source_state_v4 RENAME TO source_state;
+             UPDATE schema_version SET version = 4;",
+        )
+        .unwrap();
+        let old_keys: Vec<String> = conn
+            .prepare("SELECT source_key FROM source_state ORDER BY source_key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut text_order = keys.map(String::from).to_vec();
+        text_order.sort();
+        assert_eq!(old_keys, text_order);
+    }
+    let f = Fixture::<SqliteStorage> {
+        storage: SqliteStorage::open(&path).unwrap(),
+        place: dir,
+        version,
+    };
+    let s = &f.storage;
+    // The migration's SQL computes the keys this build looks rows up by.
+    let state_keys: Vec<String> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT state_key FROM source_state ORDER BY state_key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        state_keys,
+        [keys[2], keys[0], keys[1]].map(sqlite::state_key).to_vec()
+    );
+    let mut text_order = keys.map(String::from).to_vec();
+    text_order.sort();
+    // Still in the text's order, as before.
+    assert_eq!(s.source_row_keys(f.version, "public.todos").unwrap(), text_order);
+    assert_eq!(
+        s.source_row(f.version, &row(keys[2])).unwrap().as_deref(),
+        Some("src")
+    );
+    // The migrated placements are diffed against: unchanged data writes nothing, a delete removes.
+    let before = f.kinds("a");
+    f.apply(txn(
+        20,
+        vec![
+            set(keys[0], vec![place("a", "t2", r#"{"v":2}"#)]),
+            RowChange::delete(row(keys[1])),
+        ],
+    ));
+    let mut expected = before;
+    expected.push(OpType::Remove);
+    assert_eq!(f.kinds("a"), expected);
+    assert_eq!(
+        s.source_row_keys(f.version, "public.todos").unwrap(),
+        [keys[0], keys[2]]
+    );
+}
+
 /// Ops span several segments (one transaction larger than a segment, then two transactions sharing one):
 /// pages of any size read them all in order, checksums at a checkpoint inside a segment count only its
 /// ops up to there, and compaction merges the segments without changing what is read.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use syncgate::source::event::OldRow;
 use syncgate::source::{
-    ColumnValue, Lsn, OutputPlugin, ReplicationClient, SnapshotReader, SourceEvent, SourceRequirements,
-    StartOptions, StreamItem, TableName, WalstreamClient, check_source,
+    Chunk, ColumnValue, Lsn, OutputPlugin, ReplicationClient, SnapshotReader, SourceEvent,
+    SourceRequirements, StartOptions, StreamItem, TableName, WalstreamClient, check_source,
 };
 use syncgate_test_support::{TestDatabase, shared_cluster};
 
@@ -117,7 +117,7 @@ async fn snapshot_then_stream_every_change_kind() {
     loop {
         let chunk = reader.copy_chunk(&layout, after.as_deref(), 4).await.unwrap();
         chunks += 1;
-        ids.extend(chunk.rows.iter().map(|r| r[0].clone().unwrap()));
+        ids.extend(chunk.rows.iter().map(|r| r.get(0).unwrap().to_owned()));
         match chunk.resume_after {
             Some(key) => after = Some(key),
             None => break,
@@ -405,7 +405,9 @@ async fn snapshot_and_stream_format_values_alike() {
             "1 day 02:00:00".to_owned(),
         ]
     };
-    let copied: Vec<String> = chunk.rows[0].iter().map(|v| v.clone().unwrap()).collect();
+    let mut values = Vec::new();
+    Chunk::values(&chunk.rows[0], &mut values);
+    let copied: Vec<String> = values.iter().map(|v| v.unwrap().to_owned()).collect();
     assert_eq!(copied, expected("1"));
 
     let mut options = start_options(&["v"]);
