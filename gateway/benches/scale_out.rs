@@ -18,14 +18,17 @@
 //!
 //! `cargo bench -p syncgate --bench scale_out`. Knobs: `BENCH_ROWS` (rows of the synced table, default
 //! 100,000), `BENCH_TXNS` (default 300) and `BENCH_TXN_ROWS` (default 1,000) for (a), `BENCH_SAMPLES` (default
-//! 100) for (b).
+//! 100) for (b). `BENCH_PG_STAT_STATEMENTS=1` loads `pg_stat_statements` into the cluster and prints the
+//! Postgres storage's top statements by total execution time during its (a) ingest, and how many
+//! `source_state` updates were HOT (a profiling aid: the extension's bookkeeping slows every statement a
+//! little, so figures of such a run are not comparable).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use syncgate_test_support::serve::{ServeProcess, ServeStorage, sign_token};
 use syncgate_test_support::stats::{env_or, ms, percentile};
-use syncgate_test_support::{PgCluster, TestDatabase};
+use syncgate_test_support::{ClusterOptions, PgCluster, TestDatabase};
 use tokio::sync::mpsc;
 
 const RULES: &str = "
@@ -182,6 +185,36 @@ async fn ingest(
     net_rate
 }
 
+/// The storage database's statements by total execution time since the reset before the Postgres ingest.
+async fn print_top_statements(client: &tokio_postgres::Client) {
+    let rows = client
+        .query(
+            "SELECT calls, total_exec_time, rows, shared_blks_hit + shared_blks_read,
+               left(regexp_replace(query, '\\s+', ' ', 'g'), 110), sum(total_exec_time) OVER ()
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+             WHERE d.datname = current_database() ORDER BY total_exec_time DESC LIMIT 20",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements");
+    let total: f64 = rows.first().map_or(0.0, |r| r.get(5));
+    println!("(a) Postgres storage statements by total execution time (all statements: {total:.0} ms):");
+    for row in rows {
+        let (calls, time, count, blocks, text): (i64, f64, i64, i64, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        println!("  {time:8.0} ms {calls:6} calls {count:8} rows {blocks:9} blocks  {text}");
+    }
+    let updates = client
+        .query_one(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'source_state'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_user_tables");
+    let (updated, hot): (i64, i64) = (updates.get(0), updates.get(1));
+    println!("  source_state since the storage was created: {updated} rows updated, {hot} of them HOT");
+}
+
 fn print_latency(name: &str, sorted: &[Duration]) {
     println!(
         "(b) commit → client, {name}: p50 {:.1} ms, p99 {:.1} ms ({} samples)",
@@ -201,7 +234,17 @@ async fn main() {
     let txn_rows: u64 = env_or("BENCH_TXN_ROWS", 1_000).clamp(1, rows);
     let samples: u64 = env_or("BENCH_SAMPLES", 100).max(1);
 
-    let cluster = PgCluster::start().expect("start Postgres");
+    let statement_stats = env_or("BENCH_PG_STAT_STATEMENTS", 0) == 1;
+    let cluster = if statement_stats {
+        PgCluster::start_with(&ClusterOptions {
+            extra_settings: "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all"
+                .into(),
+            ..ClusterOptions::default()
+        })
+    } else {
+        PgCluster::start()
+    }
+    .expect("start Postgres");
     let db = cluster.create_database().expect("source database");
     let storage_db = cluster.create_database().expect("storage database");
     db.psql(SCHEMA).expect("schema");
@@ -274,12 +317,30 @@ async fn main() {
         .build()
         .expect("http client");
     let sqlite_rate = ingest(&http, &client, &mut sqlite, &mut mark, changes).await;
+    let storage_client = if statement_stats {
+        let storage_client = storage_db
+            .connect()
+            .await
+            .expect("connect to the storage database");
+        storage_client
+            .batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+            )
+            .await
+            .expect("pg_stat_statements");
+        Some(storage_client)
+    } else {
+        None
+    };
     // The Postgres gateway has the baseline's change pending too: it is part of its workload.
     let postgres_rate = ingest(&http, &client, &mut leader, &mut mark, changes + 1).await;
     println!(
         "(a) Postgres storage / SQLite storage ingest (baselines deducted) = {:.2} (target ≥ 0.5)",
         postgres_rate / sqlite_rate
     );
+    if let Some(storage_client) = &storage_client {
+        print_top_statements(storage_client).await;
+    }
 
     // (b) Three clients, one commit per sample.
     sqlite.process.restart();

@@ -167,6 +167,11 @@ const MIGRATIONS: &[&str] = &[
     -- Odd while a compaction runs; changed by each start and end (the change feed mirrors it).
     INSERT INTO meta (key, value) VALUES ('compaction_generation', 0) ON CONFLICT DO NOTHING;
 ",
+    r"
+    -- Room on each page for the next version of its rows, so updating a row's state (placements and
+    -- source row, neither indexed) stays a HOT update that writes no index entry. New pages only.
+    ALTER TABLE source_state SET (fillfactor = 70);
+",
 ];
 
 /// The format version this build writes.
@@ -792,8 +797,10 @@ const LOCK_EPOCH: &str = "SELECT epoch FROM leader_epoch FOR SHARE";
 struct RowState {
     packed: Vec<u8>,
     source_row: Option<String>,
-    /// A state row exists in the database.
-    stored: bool,
+    /// The stored state row's tuple id (`ctid`, as text) when one exists in the database: read and
+    /// updated in the same writer transaction, which no other writer overlaps (fencing), so it stays
+    /// valid until the update.
+    stored: Option<String>,
     changed: bool,
 }
 
@@ -914,7 +921,7 @@ impl PlacementOps for Batch<'_> {
 const WRITER_HEAD: &str = "SELECT r.last_op_id, r.last_lsn, m.value FROM sync_rules r, meta m
      WHERE r.version = $1 AND m.key = 'next_op_id' FOR UPDATE";
 // Rows are matched back to the keys by their position in the arrays (1-based).
-const SELECT_STATES: &str = "SELECT k.i, s.placements, s.source_row
+const SELECT_STATES: &str = "SELECT k.i, s.placements, s.source_row, s.ctid::text
      FROM source_state s JOIN unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(t, k, i)
        ON s.version = $1 AND s.source_table = k.t AND s.source_key = k.k";
 const SELECT_PARAMS: &str = "SELECT k.i, p.lookup_key, p.values_json
@@ -935,6 +942,11 @@ const UPSERT_STATES: &str =
      SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[])
      ON CONFLICT (version, source_table, source_key)
        DO UPDATE SET placements = excluded.placements, source_row = excluded.source_row";
+// Stored rows are updated by tuple id (a TID scan, no primary-key probe); the key check makes a
+// stale id update nothing, which the caller detects by the row count.
+const UPDATE_STATES: &str = "UPDATE source_state s SET placements = u.p, source_row = u.r
+     FROM unnest($2::text[]::tid[], $3::text[], $4::text[], $5::bytea[], $6::text[]) AS u(id, t, k, p, r)
+     WHERE s.ctid = u.id AND s.version = $1 AND s.source_table = u.t AND s.source_key = u.k";
 const DELETE_STATES: &str = "DELETE FROM source_state s USING unnest($2::text[], $3::text[]) AS k(t, k)
      WHERE s.version = $1 AND s.source_table = k.t AND s.source_key = k.k";
 // Entries created at the retiring LSN were never visible at a checkpoint: deleted, the others ended.
@@ -1145,6 +1157,7 @@ struct WriterStatements {
     insert_segments: Statement,
     update_buckets: Statement,
     upsert_states: Statement,
+    update_states: Statement,
     delete_states: Statement,
     retire_params: Statement,
     insert_params: Statement,
@@ -1164,6 +1177,7 @@ impl WriterStatements {
             insert_segments: conn.statement(INSERT_SEGMENTS)?,
             update_buckets: conn.statement(UPDATE_BUCKETS)?,
             upsert_states: conn.statement(UPSERT_STATES)?,
+            update_states: conn.statement(UPDATE_STATES)?,
             delete_states: conn.statement(DELETE_STATES)?,
             retire_params: conn.statement(RETIRE_PARAMS)?,
             insert_params: conn.statement(INSERT_PARAMS)?,
@@ -1205,7 +1219,7 @@ fn load_stored<'a>(
             RowState {
                 packed: row.get(1),
                 source_row: row.get(2),
-                stored: true,
+                stored: Some(row.get(3)),
                 changed: false,
             },
         );
@@ -1271,17 +1285,41 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
         let last: Vec<i64> = ids.iter().map(|id| batch.buckets[id].last_op).collect();
         execute(tx, &s.update_buckets, &[&ids, &sums, &counts, &last])?;
     }
-    let (mut upsert, mut delete) = (Vec::new(), Vec::new());
+    let (mut upsert, mut update, mut delete) = (Vec::new(), Vec::new(), Vec::new());
     for (key, state) in &batch.rows {
         if !state.changed {
             continue;
         }
         if state.packed.is_empty() && state.source_row.is_none() {
-            if state.stored {
+            if state.stored.is_some() {
                 delete.push(*key);
             }
+        } else if let Some(tuple_id) = &state.stored {
+            update.push((*key, tuple_id.as_str(), state));
         } else {
+            // Not read as stored (new, or a chunk that skipped the probe): the upsert covers both.
             upsert.push((*key, state));
+        }
+    }
+    if !update.is_empty() {
+        let tuple_ids: Vec<&str> = update.iter().map(|(_, id, _)| *id).collect();
+        let tables: Vec<&str> = update.iter().map(|((t, _), ..)| *t).collect();
+        let keys: Vec<&str> = update.iter().map(|((_, k), ..)| *k).collect();
+        let packed: Vec<&[u8]> = update.iter().map(|(.., s)| s.packed.as_slice()).collect();
+        let rows: Vec<Option<&str>> = update.iter().map(|(.., s)| s.source_row.as_deref()).collect();
+        let updated = execute(
+            tx,
+            &s.update_states,
+            &[&v, &tuple_ids, &tables, &keys, &packed, &rows],
+        )?;
+        if updated != update.len() as u64 {
+            return Err(corrupt(
+                "source state",
+                format!(
+                    "{updated} of {} rows read in this transaction updated",
+                    update.len()
+                ),
+            ));
         }
     }
     if !upsert.is_empty() {

@@ -140,7 +140,7 @@ fn migrations_are_idempotent_and_safe_when_gateways_start_together() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
     });
-    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[2]]);
+    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[3]]);
     assert_eq!(place.rows("SELECT COUNT(*) FROM meta"), [[4]], "seeded once");
     let version = opened[0].create_version("rules").unwrap();
     assert_eq!(opened[3].versions().unwrap().len(), 1, "one storage, seen by all");
@@ -148,7 +148,73 @@ fn migrations_are_idempotent_and_safe_when_gateways_start_together() {
     // Opening again migrates nothing and keeps the data.
     let again = PostgresStorage::open(&place.config).unwrap();
     assert_eq!(again.versions().unwrap()[0].version, version);
-    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[2]]);
+    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[3]]);
+}
+
+#[test]
+fn a_format_2_storage_is_migrated_and_its_state_rows_update_in_place() {
+    let place = Place::new();
+    let storage = PostgresStorage::open(&place.config).unwrap();
+    let version = storage.create_version("rules").unwrap();
+    let with_source_row = |txn: SourceTransaction, source_row: &str| {
+        let mut txn = txn;
+        txn.changes[0].source_row = Some(source_row.into());
+        txn
+    };
+    storage
+        .apply(version, &with_source_row(at(10, put("1", "b1")), "row 1"))
+        .unwrap();
+    storage.apply(version, &at(20, put("2", "b1"))).unwrap();
+    drop(storage);
+    // Format 2 differs from 3 only by `source_state`'s fillfactor: undo migration 3.
+    place.execute("ALTER TABLE source_state RESET (fillfactor); UPDATE schema_version SET version = 2");
+    let fillfactor = "SELECT COUNT(*) FROM pg_class WHERE oid = 'source_state'::regclass
+         AND 'fillfactor=70' = ANY(reloptions)";
+    assert_eq!(place.rows(fillfactor), [[0]]);
+
+    let storage = PostgresStorage::open(&place.config).unwrap();
+    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[3]]);
+    assert_eq!(place.rows(fillfactor), [[1]]);
+    let key = |k: &str| SourceRowKey {
+        table: "public.todos".into(),
+        key: k.into(),
+    };
+    assert_eq!(
+        storage.source_row(version, &key("1")).unwrap().as_deref(),
+        Some("row 1")
+    );
+    // Rows stored before the migration are updated (by tuple id) and moved between buckets.
+    storage
+        .apply(version, &with_source_row(at(30, put("1", "b2")), "row 1'"))
+        .unwrap();
+    storage.apply(version, &at(40, put("2", "b2"))).unwrap();
+    assert_eq!(
+        storage.source_row(version, &key("1")).unwrap().as_deref(),
+        Some("row 1'")
+    );
+    assert_eq!(place.rows("SELECT COUNT(*) FROM source_state"), [[2]]);
+    let checkpoint = storage.latest_checkpoint(version).unwrap().unwrap();
+    let ops = |bucket: &str| {
+        storage
+            .ops(
+                version,
+                &BucketName::new(bucket),
+                OpId::ZERO,
+                checkpoint.op_id,
+                100,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|op| (op.entry.op, op.entry.object_id))
+            .collect::<Vec<_>>()
+    };
+    let put_op = |id: &str| (syncgate_protocol::OpType::Put, Some(id.to_owned()));
+    let remove_op = |id: &str| (syncgate_protocol::OpType::Remove, Some(id.to_owned()));
+    assert_eq!(
+        ops("b1"),
+        [put_op("1"), put_op("2"), remove_op("1"), remove_op("2")]
+    );
+    assert_eq!(ops("b2"), [put_op("1"), put_op("2")]);
 }
 
 #[test]
