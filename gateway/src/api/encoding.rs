@@ -70,8 +70,9 @@ fn quality(header: &str, item: &str) -> Option<f32> {
 /// A line as a session hands it to its transport.
 #[derive(Debug, Clone)]
 pub enum OutLine {
-    /// A line only this session sends.
-    Own(SyncLine),
+    /// A line only this session sends. Boxed: a stream's line channel allocates a block of slots up
+    /// front, and a pointer-sized line keeps that block small (idle connections' memory).
+    Own(Box<SyncLine>),
     /// A line many sessions send for the same checkpoint (the same `data` range, diff or complete):
     /// built once and serialized at most once per framing, however many streams carry it.
     Shared(Arc<SharedLine>),
@@ -87,7 +88,7 @@ impl OutLine {
 
     pub fn into_line(self) -> SyncLine {
         match self {
-            OutLine::Own(line) => line,
+            OutLine::Own(line) => *line,
             OutLine::Shared(shared) => shared.line.clone(),
         }
     }
@@ -103,7 +104,7 @@ impl OutLine {
 
 impl From<SyncLine> for OutLine {
     fn from(line: SyncLine) -> Self {
-        OutLine::Own(line)
+        OutLine::Own(Box::new(line))
     }
 }
 

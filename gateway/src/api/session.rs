@@ -311,7 +311,7 @@ impl SharedReads {
             cache.diffs.clear();
         }
         if cache.diffs.len() >= DIFF_CACHE_ENTRIES {
-            return OutLine::Own(SyncLine::CheckpointDiff(diff));
+            return SyncLine::CheckpointDiff(diff).into();
         }
         let line = SharedLine::new(SyncLine::CheckpointDiff(diff));
         cache.diffs.push(Arc::clone(&line));
@@ -629,7 +629,7 @@ impl LineSink {
         match self {
             LineSink::Lines(sender) => match sender.try_send(line.into_line()) {
                 Ok(()) => Ok(Ok(())),
-                Err(TrySendError::Full(line)) => Ok(Err(OutLine::Own(line))),
+                Err(TrySendError::Full(line)) => Ok(Err(line.into())),
                 Err(TrySendError::Closed(_)) => Err(()),
             },
             LineSink::Out(sender) => match sender.try_send(line) {
@@ -1130,12 +1130,15 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             }
             // First checkpoint of the connection, or of a newly active sync-rules version: a full one,
             // which makes the client drop every bucket it does not list.
-            _ => Some(OutLine::Own(SyncLine::Checkpoint(CheckpointLine {
-                last_op_id: view.checkpoint.op_id,
-                write_checkpoint: view.write_checkpoint,
-                buckets: view.order.iter().map(bucket_line).collect(),
-                streams: view.streams.clone(),
-            }))),
+            _ => Some(
+                SyncLine::Checkpoint(CheckpointLine {
+                    last_op_id: view.checkpoint.op_id,
+                    write_checkpoint: view.write_checkpoint,
+                    buckets: view.order.iter().map(bucket_line).collect(),
+                    streams: view.streams.clone(),
+                })
+                .into(),
+            ),
         }
     }
 
