@@ -1432,6 +1432,16 @@ fn state_keys_of_integer_row_keys_sort_numerically() {
     assert_eq!(sqlite::state_key(r#"["7"]"#), r#"15["7"]"#);
 }
 
+/// The text values of the one column `sql` selects, in its order.
+fn text_column(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[test]
 fn a_format_4_file_gets_order_preserving_state_keys() {
     let f = Fixture::<SqliteStorage>::new();
@@ -1470,13 +1480,7 @@ fn a_format_4_file_gets_order_preserving_state_keys() {
              UPDATE schema_version SET version = 4;",
         )
         .unwrap();
-        let old_keys: Vec<String> = conn
-            .prepare("SELECT source_key FROM source_state ORDER BY source_key")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let old_keys = text_column(&conn, "SELECT source_key FROM source_state ORDER BY source_key");
         let mut text_order = keys.map(String::from).to_vec();
         text_order.sort();
         assert_eq!(old_keys, text_order);
@@ -1488,14 +1492,10 @@ fn a_format_4_file_gets_order_preserving_state_keys() {
     };
     let s = &f.storage;
     // The migration's SQL computes the keys this build looks rows up by.
-    let state_keys: Vec<String> = rusqlite::Connection::open(&path)
-        .unwrap()
-        .prepare("SELECT state_key FROM source_state ORDER BY state_key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let state_keys = text_column(
+        &rusqlite::Connection::open(&path).unwrap(),
+        "SELECT state_key FROM source_state ORDER BY state_key",
+    );
     assert_eq!(
         state_keys,
         [keys[2], keys[0], keys[1]].map(sqlite::state_key).to_vec()
