@@ -792,6 +792,24 @@ fn check_epoch(client: &impl GenericClient, conn_epoch: &Statement, epoch: i64) 
 
 const LOCK_EPOCH: &str = "SELECT epoch FROM leader_epoch FOR SHARE";
 
+/// State rows as the columns of a write's array parameters.
+#[derive(Default)]
+struct StateColumns<'a> {
+    tables: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    packed: Vec<&'a [u8]>,
+    rows: Vec<Option<&'a str>>,
+}
+
+impl<'a> StateColumns<'a> {
+    fn push(&mut self, (table, key): (&'a str, &'a str), state: &'a RowState) {
+        self.tables.push(table);
+        self.keys.push(key);
+        self.packed.push(&state.packed);
+        self.rows.push(state.source_row.as_deref());
+    }
+}
+
 /// A source row's state within one storage transaction.
 #[derive(Default)]
 struct RowState {
@@ -1285,7 +1303,12 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
         let last: Vec<i64> = ids.iter().map(|id| batch.buckets[id].last_op).collect();
         execute(tx, &s.update_buckets, &[&ids, &sums, &counts, &last])?;
     }
-    let (mut upsert, mut update, mut delete) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut upsert, mut update, mut tuple_ids, mut delete) = (
+        StateColumns::default(),
+        StateColumns::default(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (key, state) in &batch.rows {
         if !state.changed {
             continue;
@@ -1295,39 +1318,43 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
                 delete.push(*key);
             }
         } else if let Some(tuple_id) = &state.stored {
-            update.push((*key, tuple_id.as_str(), state));
+            tuple_ids.push(tuple_id.as_str());
+            update.push(*key, state);
         } else {
             // Not read as stored (new, or a chunk that skipped the probe): the upsert covers both.
-            upsert.push((*key, state));
+            upsert.push(*key, state);
         }
     }
-    if !update.is_empty() {
-        let tuple_ids: Vec<&str> = update.iter().map(|(_, id, _)| *id).collect();
-        let tables: Vec<&str> = update.iter().map(|((t, _), ..)| *t).collect();
-        let keys: Vec<&str> = update.iter().map(|((_, k), ..)| *k).collect();
-        let packed: Vec<&[u8]> = update.iter().map(|(.., s)| s.packed.as_slice()).collect();
-        let rows: Vec<Option<&str>> = update.iter().map(|(.., s)| s.source_row.as_deref()).collect();
+    if !tuple_ids.is_empty() {
+        let StateColumns {
+            tables,
+            keys,
+            packed,
+            rows,
+        } = &update;
         let updated = execute(
             tx,
             &s.update_states,
-            &[&v, &tuple_ids, &tables, &keys, &packed, &rows],
+            &[&v, &tuple_ids, tables, keys, packed, rows],
         )?;
-        if updated != update.len() as u64 {
+        if updated != tuple_ids.len() as u64 {
             return Err(corrupt(
                 "source state",
                 format!(
                     "{updated} of {} rows read in this transaction updated",
-                    update.len()
+                    tuple_ids.len()
                 ),
             ));
         }
     }
-    if !upsert.is_empty() {
-        let tables: Vec<&str> = upsert.iter().map(|((t, _), _)| *t).collect();
-        let keys: Vec<&str> = upsert.iter().map(|((_, k), _)| *k).collect();
-        let packed: Vec<&[u8]> = upsert.iter().map(|(_, s)| s.packed.as_slice()).collect();
-        let rows: Vec<Option<&str>> = upsert.iter().map(|(_, s)| s.source_row.as_deref()).collect();
-        execute(tx, &s.upsert_states, &[&v, &tables, &keys, &packed, &rows])?;
+    if !upsert.tables.is_empty() {
+        let StateColumns {
+            tables,
+            keys,
+            packed,
+            rows,
+        } = &upsert;
+        execute(tx, &s.upsert_states, &[&v, tables, keys, packed, rows])?;
     }
     if !delete.is_empty() {
         let (tables, keys): (Vec<&str>, Vec<&str>) = delete.into_iter().unzip();
