@@ -470,18 +470,18 @@ impl<S: BucketStorage + 'static> VersionReplicator<S> {
                     let started = Instant::now();
                     let mut scratch = Scratch::default();
                     let mut values = Vec::new();
-                    let changes = chunk
-                        .rows
-                        .iter()
-                        .map(|row| {
-                            Chunk::values(row, &mut values);
-                            mapper.evaluate(&rules, &values, &mut scratch)
-                        })
-                        .collect::<Vec<RowChange>>();
+                    let mut evaluated = SnapshotChunk::with_capacity(chunk.rows.len());
+                    for row in &chunk.rows {
+                        Chunk::values(row, &mut values);
+                        evaluated.push(mapper.evaluate(&rules, &values, &mut scratch));
+                    }
                     // The raw rows are freed here, beside the writer rather than on its thread.
                     drop(chunk);
-                    let chunk = SnapshotChunk::new(changes);
-                    let chunk = if unstored { chunk.assume_unstored() } else { chunk };
+                    let chunk = if unstored {
+                        evaluated.assume_unstored()
+                    } else {
+                        evaluated
+                    };
                     (chunk, started.elapsed())
                 });
                 let (evaluated, next) = if done {

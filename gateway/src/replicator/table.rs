@@ -131,7 +131,9 @@ impl TableMapper {
 
     /// The row's identity from its identity columns.
     pub fn row_key(&self, values: &[Option<&str>]) -> SourceRowKey {
-        let mut key = String::from("[");
+        // Sized for the usual short key, so building it does not reallocate.
+        let mut key = String::with_capacity(32);
+        key.push('[');
         for (n, &i) in self.identity.iter().enumerate() {
             if n > 0 {
                 key.push(',');

@@ -130,16 +130,34 @@ pub struct SnapshotChunk {
 
 impl SnapshotChunk {
     pub fn new(changes: Vec<RowChange>) -> SnapshotChunk {
-        let put_digests = changes
-            .iter()
-            .flat_map(|change| change.placements.iter().flatten())
-            .map(|p| Checksum::put_digest(&p.table, &p.id, &p.data))
-            .collect();
+        let mut chunk = SnapshotChunk::with_capacity(changes.len());
+        for change in changes {
+            chunk.push(change);
+        }
+        chunk
+    }
+
+    /// An empty chunk with room for `rows` changes, filled with [`Self::push`].
+    pub fn with_capacity(rows: usize) -> SnapshotChunk {
         SnapshotChunk {
-            changes,
-            put_digests,
+            changes: Vec::with_capacity(rows),
+            // Rows land in one or two buckets in most rule sets.
+            put_digests: Vec::with_capacity(rows * 2),
             unstored: false,
         }
+    }
+
+    /// Adds a change, hashing its placements now, while the evaluation that produced them is still in
+    /// the CPU's cache (a second pass over a chunk of tens of megabytes reads them from memory again).
+    pub fn push(&mut self, change: RowChange) {
+        self.put_digests.extend(
+            change
+                .placements
+                .iter()
+                .flatten()
+                .map(|p| Checksum::put_digest(&p.table, &p.id, &p.data)),
+        );
+        self.changes.push(change);
     }
 
     /// Declares that no row of the chunk has stored state in the version (placements, parameter entries

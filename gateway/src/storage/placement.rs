@@ -5,7 +5,7 @@
 use syncgate_protocol::{Checksum, OpId, OpType, Subkey};
 
 use super::segment::{OpRef, SegmentBuilder};
-use super::sqlite::{pack_placement, put_hash, unpack_placements};
+use super::sqlite::{pack_placement, packed_placement_len, put_hash, unpack_placements};
 use super::{Placement, Result, SourceRowKey, StorageError};
 
 /// One op produced by [`diff_placements`], before its op id is assigned.
@@ -80,7 +80,12 @@ pub(super) fn diff_placements(
     }
     // A PUT only when the row enters the bucket or its data changed: an unchanged PUT would cost every
     // client a download and the bucket an op for nothing.
-    let mut packed = Vec::with_capacity(old_packed.len().max(64));
+    let mut packed = Vec::with_capacity(
+        resolved
+            .iter()
+            .map(|&(_, table, id, ..)| packed_placement_len(table, id))
+            .sum(),
+    );
     for (bucket_id, table, id, data, digest) in resolved {
         let digest = match put_digests.get(digest) {
             Some(digest) => *digest,

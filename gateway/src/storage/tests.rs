@@ -1430,6 +1430,7 @@ fn state_keys_of_integer_row_keys_sort_numerically() {
     sorted.sort();
     assert_eq!(keys, sorted);
     assert_eq!(sqlite::state_key(r#"["7"]"#), r#"15["7"]"#);
+    assert_eq!(sqlite::state_key(r#"["1234567"]"#), r#"211["1234567"]"#);
 }
 
 /// The text values of the one column `sql` selects, in its order.

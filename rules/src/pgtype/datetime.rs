@@ -64,28 +64,28 @@ pub(super) fn timestamp(text: &str, compat: &Compatibility) -> Option<String> {
 /// timestamptz: converted to UTC with a `Z` suffix. Legacy keeps the source's fractional digits
 /// (`2023-03-06 13:47:00.5Z`); iso8601 uses `T` and fixed digits.
 pub(super) fn timestamptz(text: &str, compat: &Compatibility) -> Option<String> {
-    let (date, hms, fraction) = match text {
-        "infinity" => ("9999-12-31".to_owned(), "23:59:59".to_owned(), ""),
-        "-infinity" => ("0000-01-01".to_owned(), "00:00:00".to_owned(), ""),
+    let mut out = String::with_capacity(32);
+    let separator = if compat.timestamps_iso8601 { 'T' } else { ' ' };
+    let fraction = match text {
+        "infinity" => {
+            out.extend(["9999-12-31", separator.encode_utf8(&mut [0; 4]), "23:59:59"]);
+            ""
+        }
+        "-infinity" => {
+            out.extend(["0000-01-01", separator.encode_utf8(&mut [0; 4]), "00:00:00"]);
+            ""
+        }
         _ => {
             let parts = parse(text)?;
-            let (date, hms) = to_utc(&parts)?;
-            (date, hms, parts.fraction)
+            push_utc(&parts, separator, &mut out)?;
+            parts.fraction
         }
     };
-    let mut out = String::with_capacity(32);
-    out.push_str(&date);
     if compat.timestamps_iso8601 {
-        out.push('T');
-        out.push_str(&hms);
         push_fraction(fraction, compat, &mut out);
-    } else {
-        out.push(' ');
-        out.push_str(&hms);
-        if !fraction.is_empty() {
-            out.push('.');
-            out.push_str(fraction);
-        }
+    } else if !fraction.is_empty() {
+        out.push('.');
+        out.push_str(fraction);
     }
     out.push('Z');
     Some(out)
@@ -201,7 +201,10 @@ fn is_hms(s: &str) -> bool {
 }
 
 /// The UTC date (`YYYY-MM-DD`) and time (`HH:MM:SS`) of a timestamptz. `None` before year 0.
-fn to_utc(parts: &Parts<'_>) -> Option<(String, String)> {
+/// Appends the instant of `parts` in UTC as `YYYY-MM-DD`, `separator`, `hh:mm:ss`; `None` before year 0.
+/// Digits are written directly: this runs for every timestamptz value copied, and `write!` was most of
+/// its time.
+fn push_utc(parts: &Parts<'_>, separator: char, out: &mut String) -> Option<()> {
     let days = days_from_civil(parts.year, parts.month, parts.day);
     let total = days * 86_400 + parts.seconds_of_day - parts.offset_seconds.unwrap_or(0);
     let (days, seconds) = (total.div_euclid(86_400), total.rem_euclid(86_400));
@@ -209,13 +212,29 @@ fn to_utc(parts: &Parts<'_>) -> Option<(String, String)> {
     if year < 0 {
         return None;
     }
-    let mut date = String::with_capacity(10);
-    let _ = write!(date, "{year:04}-{month:02}-{day:02}");
-    let hms = format!(
-        "{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    );
-    Some((date, hms))
+    if year > 9999 {
+        // Wider than four digits: `{year:04}` prints them all.
+        let _ = write!(out, "{year}");
+    } else {
+        push_digits(out, year, 4);
+    }
+    for (separator, value) in [
+        ('-', month),
+        ('-', day),
+        (separator, seconds / 3600),
+        (':', seconds / 60 % 60),
+        (':', seconds % 60),
+    ] {
+        out.push(separator);
+        push_digits(out, value, 2);
+    }
+    Some(())
+}
+
+/// Appends the non-negative `value` zero-padded to `width` digits (`value` < 10^width).
+fn push_digits(out: &mut String, value: i64, width: u32) {
+    for place in (0..width).rev() {
+        let digit = value / 10_i64.pow(place) % 10;
+        out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+    }
 }
