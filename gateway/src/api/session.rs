@@ -333,27 +333,25 @@ impl SharedReads {
     }
 
     /// Checksum and count of each bucket at `checkpoint` if other sessions read them all already.
-    fn cached_summaries(
+    fn cached_summaries<'a>(
         &self,
         version: RulesVersion,
         checkpoint: OpId,
         generation: u64,
-        names: &[BucketName],
+        names: impl IntoIterator<Item = &'a BucketName>,
     ) -> Option<Vec<(Checksum, u64)>> {
         let cache = self
             .summaries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if names.is_empty() {
+        let mut names = names.into_iter().peekable();
+        if names.peek().is_none() {
             return Some(Vec::new());
         }
         if cache.key != Some((version, checkpoint, generation)) {
             return None;
         }
-        names
-            .iter()
-            .map(|name| cache.summaries.get(name).copied())
-            .collect()
+        names.map(|name| cache.summaries.get(name).copied()).collect()
     }
 
     fn cached_ops(&self, key: &OpsKey) -> Option<Arc<Vec<StoredOp>>> {
@@ -590,6 +588,30 @@ struct Sent {
     reads: ReadMarks,
 }
 
+/// What a parked session leaves with the dispatcher ([`super::wake`]) and takes back when it wakes:
+/// enough to send a checkpoint's lines as the session would and to advance its state past them.
+#[derive(Debug)]
+pub(super) struct Parcel {
+    sent: Sent,
+    positions: HashMap<BucketName, OpId>,
+    /// The static resolution the session parked with (the order lines list buckets in).
+    resolution: Arc<ResolvedConnection>,
+    out: LineSink,
+    client: Option<Arc<super::clients::ClientEntry>>,
+}
+
+impl Parcel {
+    /// The buckets the session holds.
+    pub(super) fn buckets(&self) -> impl Iterator<Item = &BucketName> {
+        self.sent.buckets.keys()
+    }
+
+    /// The client's position in `bucket`, if the session holds it.
+    pub(super) fn position(&self, bucket: &BucketName) -> Option<OpId> {
+        self.positions.get(bucket).copied()
+    }
+}
+
 /// How sending a checkpoint's data ended.
 enum DataOutcome {
     Complete,
@@ -638,6 +660,25 @@ impl LineSink {
                 Err(TrySendError::Closed(_)) => Err(()),
             },
         }
+    }
+
+    /// Queues all of `lines` back to back, or none when the buffer lacks room for them all (or the
+    /// receiver is gone): a client must never get part of a checkpoint from one sender and the rest from
+    /// another.
+    fn try_send_all(&self, lines: Vec<OutLine>) -> bool {
+        match self {
+            LineSink::Lines(sender) => match sender.try_reserve_many(lines.len()) {
+                Ok(permits) => permits
+                    .zip(lines)
+                    .for_each(|(permit, line)| permit.send(line.into_line())),
+                Err(_) => return false,
+            },
+            LineSink::Out(sender) => match sender.try_reserve_many(lines.len()) {
+                Ok(permits) => permits.zip(lines).for_each(|(permit, line)| permit.send(line)),
+                Err(_) => return false,
+            },
+        }
+        true
     }
 
     /// `Err` when the receiver is gone.
@@ -739,13 +780,13 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
                 () = &mut keepalive_timer => {
                     next_keepalive += keepalive;
                     keepalive_timer.as_mut().reset(next_keepalive);
+                    // At zero the expiry timer ends the stream.
                     let left = self.seconds_left().as_secs();
-                    if left == 0 {
-                        continue;
-                    }
-                    let left = i32::try_from(left).unwrap_or(i32::MAX);
-                    if let Some(end) = self.send(SyncLine::TokenExpiresIn(left)).await? {
-                        return Ok(end);
+                    if left > 0 {
+                        let left = i32::try_from(left).unwrap_or(i32::MAX);
+                        if let Some(end) = self.send(SyncLine::TokenExpiresIn(left)).await? {
+                            return Ok(end);
+                        }
                     }
                 }
                 () = &mut expiry_timer => {
@@ -763,21 +804,22 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
 
     /// Parks the session until a commit concerns it, when its bucket set cannot change without a
     /// generation change the dispatcher checks: static resolution, the last checkpoint completed, nothing
-    /// left to send, no write checkpoint pending. `None`: wait for every commit as before.
-    fn park(&self, commits: &watch::Receiver<u64>) -> Option<Parked> {
+    /// left to send, no write checkpoint pending. Its sent state and positions move to the dispatcher
+    /// meanwhile ([`Self::unpark`] takes them back). `None`: wait for every commit as before.
+    fn park(&mut self, commits: &watch::Receiver<u64>) -> Option<Parked> {
         let sent = self.sent.as_ref().filter(|s| s.completed)?;
         let events = &self.env.events;
         if !self.unfinished.is_empty()
             || sent.reads.write_checkpoint_pending
             || sent.reads.write_checkpoint_generation != events.write_checkpoint_generation()
             || sent.reads.compaction_generation != events.compaction_generation()
-            || self
-                .static_resolution
-                .as_ref()
-                .is_none_or(|(v, _)| *v != sent.version)
         {
             return None;
         }
+        let resolution = match &self.static_resolution {
+            Some((version, resolution)) if *version == sent.version => Arc::clone(resolution),
+            _ => return None,
+        };
         ensure_dispatcher(&self.env);
         let state = ParkState {
             version: sent.version,
@@ -785,26 +827,33 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
             compaction_generation: sent.reads.compaction_generation,
             write_checkpoint_generation: sent.reads.write_checkpoint_generation,
         };
-        let parked = self
-            .env
-            .reads
-            .parked
-            .park(state, sent.buckets.keys().cloned().collect());
+        let parcel = Box::new(Parcel {
+            sent: self.sent.take()?,
+            positions: std::mem::take(&mut self.positions),
+            resolution,
+            out: self.out.clone(),
+            client: self.client.clone(),
+        });
+        let parked = self.env.reads.parked.park(state, parcel);
         // Registered first, then checked: a commit since the last read may have been dispatched before
-        // the registration; then wait as for every commit (dropping unregisters).
+        // the registration; then wait as for every commit.
         if commits.has_changed().unwrap_or(true) {
+            self.unpark(parked);
             return None;
         }
         Some(parked)
     }
 
-    /// Takes over the checkpoint the dispatcher advanced the session to while no bucket of it changed.
+    /// Takes back the state the session parked with, as the dispatcher left it: advanced to the
+    /// checkpoints it delivered, and to the ones that changed none of its buckets.
     fn unpark(&mut self, parked: Parked) {
-        let Some(state) = parked.leave() else {
+        let Some((state, parcel)) = parked.leave() else {
             return;
         };
-        if let Some(sent) = self.sent.as_mut()
-            && sent.completed
+        let Parcel {
+            mut sent, positions, ..
+        } = *parcel;
+        if sent.completed
             && sent.version == state.version
             && sent.reads.compaction_generation == state.compaction_generation
             && sent.reads.write_checkpoint_generation == state.write_checkpoint_generation
@@ -812,6 +861,8 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         {
             sent.checkpoint = state.at;
         }
+        self.sent = Some(sent);
+        self.positions = positions;
     }
 
     /// Time until the token's `exp`, rounded up to whole seconds.
@@ -1262,9 +1313,6 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         if after >= up_to {
             return Ok(None);
         }
-        let env = Arc::clone(&self.env);
-        let limit = self.env.limits.max_ops_per_line;
-        let max_bytes = self.env.limits.max_line_bytes;
         let key = ops_key(&self.env, version, bucket, after, up_to);
         if let Some(data) = self.env.reads.cached_data(&key) {
             return Ok(Some(data));
@@ -1272,53 +1320,230 @@ impl<S: BucketStorage + ?Sized + 'static> Session<S> {
         let ops = match self.env.reads.cached_ops(&key) {
             Some(ops) => ops,
             None => {
+                let env = Arc::clone(&self.env);
                 let key = key.clone();
                 tokio::task::spawn_blocking(move || env.reads.ops(&*env.storage, key))
                     .await
                     .map_err(|e| SessionError::Task(e.to_string()))??
             }
         };
-        if ops.is_empty() {
-            return Ok(None);
-        }
-        let mut bytes = 0usize;
-        let mut keep = 0usize;
-        for op in ops.iter() {
-            if keep == limit || (keep > 0 && bytes >= max_bytes) {
-                break;
-            }
-            bytes += 64
-                + op.entry.data.as_ref().map_or(0, String::len)
-                + op.entry.object_id.as_ref().map_or(0, String::len);
-            keep += 1;
-        }
-        let has_more = ops.len() > keep;
-        let ops = &ops[..keep];
-        let largest_target = ops
-            .iter()
-            .filter_map(|op| op.target_op)
-            .max()
-            .unwrap_or(OpId::ZERO);
-        let last = ops.last().map_or(after, |op| op.entry.op_id);
-        let count = ops.len();
-        let line = DataLine {
-            bucket: bucket.clone(),
-            after,
-            has_more,
-            data: ops.iter().map(|op| op.entry.clone()).collect(),
-            next_after: last,
-        };
-        let data = SharedData {
-            line: SharedLine::new(SyncLine::Data(line)),
-            last,
-            largest_target,
-            count,
-            has_more,
-            bytes,
-        };
-        self.env.reads.cache_data(key, &data);
-        Ok(Some(data))
+        Ok(shared_data(&self.env, key, &ops))
     }
+}
+
+/// The `data` line of the op read `key` found (`None` for no ops), cached for other sessions.
+fn shared_data<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    key: OpsKey,
+    ops: &[StoredOp],
+) -> Option<SharedData> {
+    if ops.is_empty() {
+        return None;
+    }
+    let limit = env.limits.max_ops_per_line;
+    let max_bytes = env.limits.max_line_bytes;
+    let (_, bucket, after, ..) = &key;
+    let mut bytes = 0usize;
+    let mut keep = 0usize;
+    for op in ops {
+        if keep == limit || (keep > 0 && bytes >= max_bytes) {
+            break;
+        }
+        bytes += 64
+            + op.entry.data.as_ref().map_or(0, String::len)
+            + op.entry.object_id.as_ref().map_or(0, String::len);
+        keep += 1;
+    }
+    let has_more = ops.len() > keep;
+    let ops = &ops[..keep];
+    let largest_target = ops
+        .iter()
+        .filter_map(|op| op.target_op)
+        .max()
+        .unwrap_or(OpId::ZERO);
+    let last = ops.last().map_or(*after, |op| op.entry.op_id);
+    let count = ops.len();
+    let line = DataLine {
+        bucket: bucket.clone(),
+        after: *after,
+        has_more,
+        data: ops.iter().map(|op| op.entry.clone()).collect(),
+        next_after: last,
+    };
+    let data = SharedData {
+        line: SharedLine::new(SyncLine::Data(line)),
+        last,
+        largest_target,
+        count,
+        has_more,
+        bytes,
+    };
+    env.reads.cache_data(key, &data);
+    Some(data)
+}
+
+/// Reads (blocking) what the dispatcher needs to deliver `at.op_id` to parked sessions from the shared
+/// caches: the checksums of the changed buckets and the `data` lines from the positions in `ranges`.
+pub(super) fn prepare_delivery<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    at: &ParkState,
+    ranges: &HashMap<BucketName, HashSet<OpId>>,
+) -> Result<(), StorageError> {
+    let (version, up_to) = (at.version, at.at.op_id);
+    let names: Vec<BucketName> = ranges.keys().cloned().collect();
+    env.reads
+        .summaries(&*env.storage, version, up_to, at.compaction_generation, &names)?;
+    for (bucket, positions) in ranges {
+        for &position in positions {
+            let mut after = position;
+            while after < up_to {
+                let key = ops_key(env, version, bucket, after, up_to);
+                let data = match env.reads.cached_data(&key) {
+                    Some(data) => data,
+                    None => match shared_data(env, key.clone(), &env.reads.ops(&*env.storage, key)?) {
+                        Some(data) => data,
+                        None => break,
+                    },
+                };
+                if !data.has_more {
+                    break;
+                }
+                after = data.last;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bucket whose checksum or count changed, with the new ones.
+type ChangedBucket<'a> = (&'a BucketName, (Checksum, u64));
+
+/// Queues the lines a parked session would send for the checkpoint `at` (the diff of its changed
+/// buckets, their `data` lines, the completes) into its channel, built only from the shared caches,
+/// and advances its state past them as sending them would. `false` (nothing queued, nothing changed):
+/// the session must be woken to send them itself, since a line is not cached or not shared, an op
+/// was compacted, or its channel lacks room for every line.
+pub(super) fn deliver_parked<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    at: &ParkState,
+    changed: &HashSet<BucketName>,
+    parcel: &mut Parcel,
+    started: Instant,
+) -> bool {
+    let checkpoint = at.at;
+    let sent = &parcel.sent;
+    let version = sent.version;
+    if !sent.completed || version != at.version {
+        return false;
+    }
+    // Held locally so the names borrow from it, not from the parcel being updated.
+    let resolution = Arc::clone(&parcel.resolution);
+    let held: Vec<&BucketName> = resolution
+        .buckets
+        .iter()
+        .map(|b| &b.bucket)
+        .filter(|name| changed.contains(*name))
+        .collect();
+    let Some(summaries) = env.reads.cached_summaries(
+        version,
+        checkpoint.op_id,
+        sent.reads.compaction_generation,
+        held.iter().copied(),
+    ) else {
+        return false;
+    };
+    // As `checkpoint_line` and `accept` would find: the buckets whose checksum or count changed.
+    let mut updated = Vec::new();
+    let mut groups: BTreeMap<BucketPriority, Vec<ChangedBucket<'_>>> = BTreeMap::new();
+    for (name, summary) in held.into_iter().zip(summaries) {
+        let Some(bucket) = sent.buckets.get(name) else {
+            return false;
+        };
+        if (bucket.checksum, bucket.count) == summary {
+            continue;
+        }
+        updated.push(BucketChecksum {
+            bucket: name.clone(),
+            checksum: summary.0,
+            count: u32::try_from(summary.1).unwrap_or(u32::MAX),
+            priority: bucket.priority,
+            subscriptions: bucket.subscriptions.clone(),
+        });
+        groups.entry(bucket.priority).or_default().push((name, summary));
+    }
+    if updated.is_empty() {
+        parcel.sent.checkpoint = checkpoint;
+        return true;
+    }
+    let OutLine::Shared(diff) = env.reads.diff(CheckpointDiff {
+        last_op_id: checkpoint.op_id,
+        write_checkpoint: sent.write_checkpoint,
+        removed_buckets: Vec::new(),
+        updated_buckets: updated,
+    }) else {
+        return false;
+    };
+    // As `send_data` would send them.
+    let mut lines = vec![OutLine::Shared(diff)];
+    let mut positions = Vec::new();
+    let mut ops = 0usize;
+    let last_group = groups.keys().next_back().copied();
+    for (priority, buckets) in &groups {
+        for (name, _) in buckets {
+            let mut after = parcel.positions.get(*name).copied().unwrap_or(OpId::ZERO);
+            while after < checkpoint.op_id {
+                let key = ops_key(env, version, name, after, checkpoint.op_id);
+                let Some(data) = env.reads.cached_data(&key) else {
+                    return false;
+                };
+                if data.largest_target > checkpoint.op_id {
+                    return false;
+                }
+                lines.push(OutLine::Shared(data.line));
+                ops += data.count;
+                after = data.last;
+                if !data.has_more {
+                    break;
+                }
+            }
+            positions.push((*name, after));
+        }
+        if Some(*priority) != last_group {
+            lines.push(
+                SyncLine::PartialCheckpointComplete(PartialCheckpointComplete {
+                    last_op_id: checkpoint.op_id,
+                    priority: *priority,
+                })
+                .into(),
+            );
+        }
+    }
+    lines.push(OutLine::Shared(env.reads.complete(checkpoint.op_id)));
+    let count = lines.len();
+    if !parcel.out.try_send_all(lines) {
+        return false;
+    }
+    for _ in 0..count {
+        env.metrics.line_sent();
+    }
+    env.metrics.ops_sent(ops);
+    env.metrics.checkpoint_sent(started.elapsed());
+    if let Some(client) = &parcel.client {
+        client.checkpoint_sent(checkpoint.op_id.get(), resolution.buckets.len());
+    }
+    for (name, position) in positions {
+        if let Some(p) = parcel.positions.get_mut(name) {
+            *p = position;
+        }
+    }
+    for (name, (checksum, count)) in groups.into_values().flatten() {
+        if let Some(bucket) = parcel.sent.buckets.get_mut(name) {
+            bucket.checksum = checksum;
+            bucket.count = count;
+        }
+    }
+    parcel.sent.checkpoint = checkpoint;
+    true
 }
 
 /// Resolves when a parked session is woken; never without one.

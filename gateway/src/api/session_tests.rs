@@ -602,7 +602,8 @@ async fn a_parked_session_is_woken_only_by_a_commit_to_one_of_its_buckets() {
     assert!(stream.rx.try_recv().is_err(), "nothing sent for another bucket");
     assert_eq!(f.env.reads.parked().parked(), 1);
 
-    // Its own bucket: woken once; the diff (from the checkpoint advanced while parked) lists only it.
+    // Its own bucket: woken once or served by the dispatcher; the diff (from the checkpoint advanced
+    // while parked) lists only it.
     let update = f.commit(&[("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":2}"#)))]);
     let SyncLine::CheckpointDiff(diff) = stream.next().await else {
         panic!("diff expected")
@@ -619,7 +620,12 @@ async fn a_parked_session_is_woken_only_by_a_commit_to_one_of_its_buckets() {
     );
     assert_eq!(ops_of(&SyncLine::Data(data)), vec![(update.get(), OpType::Put)]);
     assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(c) if c.last_op_id == update));
-    assert!(f.env.reads.parked().wakeups() > wakeups);
+    dispatched(&f).await;
+    let parked_index = f.env.reads.parked();
+    assert!(
+        parked_index.wakeups() > wakeups || parked_index.deliveries() > 0,
+        "woken, or served by the dispatcher"
+    );
     parked(&f, 1).await;
 }
 
@@ -667,6 +673,173 @@ async fn write_checkpoints_compactions_and_new_versions_reach_parked_sessions() 
     assert!(line.buckets.iter().any(|b| b.bucket == f.bucket("global[]")));
     assert_eq!(ops_of(&stream.next().await).len(), 1);
     assert!(matches!(stream.next().await, SyncLine::CheckpointComplete(_)));
+}
+
+/// Reads lines up to the complete of `last` (generously), then checks that nothing else follows.
+async fn lines_through(stream: &mut Stream, last: OpId) -> Vec<SyncLine> {
+    let mut lines = Vec::new();
+    loop {
+        let line = stream.next().await;
+        let done = matches!(&line, SyncLine::CheckpointComplete(c) if c.last_op_id == last);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// `lines` as JSON, comparable across stores: op and write-checkpoint ids (one sequence, seeded from
+/// the clock when a store is created) relative to `base`, bucket names without the version prefix.
+fn comparable(lines: &[SyncLine], base: OpId, version: RulesVersion) -> Vec<serde_json::Value> {
+    use serde_json::Value;
+    fn walk(value: &mut Value, base: i128, prefix: &str) {
+        // Checksums and counts are far below a clock-seeded id.
+        let relative = |n: u64| (n > 1 << 40).then(|| Value::String(format!("{:+}", i128::from(n) - base)));
+        match value {
+            Value::String(s) => {
+                if let Some(relative) = s.parse::<u64>().ok().and_then(relative) {
+                    *value = relative;
+                } else if let Some(rest) = s.strip_prefix(prefix) {
+                    *s = rest.to_owned();
+                }
+            }
+            Value::Number(n) => {
+                if let Some(relative) = n.as_u64().and_then(relative) {
+                    *value = relative;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, base, prefix)),
+            Value::Object(fields) => fields.values_mut().for_each(|v| walk(v, base, prefix)),
+            _ => {}
+        }
+    }
+    let prefix = format!("{version}#");
+    lines
+        .iter()
+        .map(|line| {
+            let mut value = serde_json::to_value(line).unwrap();
+            walk(&mut value, i128::from(base.get()), &prefix);
+            value
+        })
+        .collect()
+}
+
+/// A parked session's lines for a run of commits, with deliveries by the dispatcher on or off:
+/// its shared bucket alone, its own bucket in more `data` lines than one, another user's bucket, both
+/// of its buckets, a write checkpoint, then its shared bucket again. Returns the lines from the first
+/// commit on (see [`comparable`]) and the dispatcher's deliveries.
+async fn parked_session_lines(delivering: bool) -> (Vec<serde_json::Value>, u64) {
+    let mut f = Fixture::new(SessionLimits {
+        max_ops_per_line: 2,
+        ..SessionLimits::default()
+    });
+    f.env.reads.parked().set_delivering(delivering);
+    let base = f.commit(&[
+        ("lists", "l1", Some(("global[]", r#"{"id":"l1","v":1}"#))),
+        ("todos", "t1", Some(("by_user[\"u1\"]", r#"{"id":"t1","v":1}"#))),
+    ]);
+    f.storage.activate(f.version).unwrap();
+    let request = SyncRequest {
+        client_id: Some(ClientId("c1".into())),
+        ..SyncRequest::default()
+    };
+    let mut stream = f.start_with_capacity("u1", request, 64);
+    synced(&mut stream).await;
+    let mut lines = Vec::new();
+    let user = "by_user[\"u1\"]";
+    // (whether the commit concerns u1, its rows)
+    let steps: [(bool, &Rows<'_>); 4] = [
+        (
+            true,
+            &[("lists", "l1", Some(("global[]", r#"{"id":"l1","v":2}"#)))],
+        ),
+        (
+            true,
+            &[
+                ("todos", "t1", Some((user, r#"{"id":"t1","v":2}"#))),
+                ("todos", "t2", Some((user, r#"{"id":"t2"}"#))),
+                ("todos", "t3", Some((user, r#"{"id":"t3"}"#))),
+            ],
+        ),
+        (
+            false,
+            &[("todos", "t9", Some(("by_user[\"u9\"]", r#"{"id":"t9"}"#)))],
+        ),
+        (
+            true,
+            &[
+                ("lists", "l2", Some(("global[]", r#"{"id":"l2"}"#))),
+                ("todos", "t2", None),
+            ],
+        ),
+    ];
+    for (concerns, rows) in steps {
+        parked(&f, 1).await;
+        let at = f.commit(rows);
+        dispatched(&f).await;
+        if concerns {
+            lines.extend(lines_through(&mut stream, at).await);
+        } else {
+            stream.quiet().await;
+        }
+    }
+    // A write checkpoint passed by a commit to the shared bucket: the session is woken for it.
+    parked(&f, 1).await;
+    f.storage
+        .create_write_checkpoint(&UserId("u1".into()), Some(&ClientId("c1".into())), Lsn(f.lsn + 1))
+        .unwrap();
+    let at = f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1","v":3}"#)))]);
+    lines.extend(lines_through(&mut stream, at).await);
+    // And the commit after it is delivered again, with the write checkpoint the session took over.
+    parked(&f, 1).await;
+    let at = f.commit(&[("lists", "l3", Some(("global[]", r#"{"id":"l3"}"#)))]);
+    lines.extend(lines_through(&mut stream, at).await);
+    stream.quiet().await;
+    (
+        comparable(&lines, base, f.version),
+        f.env.reads.parked().deliveries(),
+    )
+}
+
+#[tokio::test]
+async fn the_dispatcher_delivers_to_a_parked_session_exactly_the_lines_it_would_send_when_woken() {
+    let (delivered, deliveries) = parked_session_lines(true).await;
+    let (woken, no_deliveries) = parked_session_lines(false).await;
+    assert_eq!(no_deliveries, 0);
+    assert_eq!(
+        deliveries, 4,
+        "the concerning commits without a new write checkpoint are delivered"
+    );
+    assert_eq!(delivered, woken);
+    // The run covers what it claims: `data` lines with has_more, and the write checkpoint.
+    assert!(delivered.iter().any(|l| l["data"]["has_more"] == true));
+    let write_checkpoints: Vec<_> = delivered
+        .iter()
+        .filter_map(|l| l.get("checkpoint_diff"))
+        .map(|d| d.get("write_checkpoint").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(write_checkpoints.len(), 5, "{delivered:#?}");
+    assert!(write_checkpoints[..3].iter().all(serde_json::Value::is_null));
+    assert!(!write_checkpoints[3].is_null() && write_checkpoints[3] == write_checkpoints[4]);
+}
+
+#[tokio::test]
+async fn a_parked_session_whose_channel_lacks_room_is_woken_to_send_its_lines() {
+    let mut f = Fixture::new(SessionLimits::default());
+    f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1","v":1}"#)))]);
+    f.storage.activate(f.version).unwrap();
+    // Room for two lines: a diff, a `data` line and a complete do not fit at once.
+    let mut stream = f.start_with_capacity("u1", SyncRequest::default(), 2);
+    synced(&mut stream).await;
+    parked(&f, 1).await;
+    let wakeups = f.env.reads.parked().wakeups();
+    let at = f.commit(&[("lists", "l1", Some(("global[]", r#"{"id":"l1","v":2}"#)))]);
+    woken_after(&f, wakeups).await;
+    let lines = lines_through(&mut stream, at).await;
+    assert_eq!(f.env.reads.parked().deliveries(), 0);
+    assert!(matches!(&lines[0], SyncLine::CheckpointDiff(d) if d.last_op_id == at));
+    assert_eq!(ops_of(&lines[1]), vec![(at.get(), OpType::Put)]);
+    assert_eq!(lines.len(), 3);
 }
 
 /// Many parked sessions and commits that interleave with their wake-ups: each ends at the latest

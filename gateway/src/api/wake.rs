@@ -5,18 +5,24 @@
 //! changed bucket; the others' checkpoints advance in the index (as `skip_unconcerned` would have
 //! advanced them), and they take it over when they next wake.
 //!
+//! A concerned session is not woken either when every line it would send is shared (the diff, the
+//! cached `data` lines, the complete) and its channel has room for all of them: the dispatcher queues
+//! them itself and advances the state the session left in its [`Parcel`] (checkpoint, checksums,
+//! positions), which the session takes back when it next wakes.
+//!
 //! With 1,000 open streams on 2 cores, waking every session for a commit that concerns one queued the
 //! concerned session behind 999 that had nothing to do (docs/benchmarks.md, Sync API).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
 
 use syncgate_protocol::{BucketName, OpId};
 use tokio::sync::{Notify, watch};
 use tracing::debug;
 
-use super::session::SessionEnv;
+use super::session::{Parcel, SessionEnv, deliver_parked, prepare_delivery};
 use crate::storage::{BucketStorage, Checkpoint, RulesVersion, StorageError};
 
 /// Distinct checkpoints of parked sessions whose changed buckets one dispatch reads; sessions parked
@@ -35,7 +41,8 @@ pub(super) struct ParkState {
 #[derive(Debug)]
 struct Entry {
     state: ParkState,
-    buckets: Vec<BucketName>,
+    /// The session's own state while it is parked (boxed: the index moves entries when it grows).
+    parcel: Box<Parcel>,
     wake: Arc<Notify>,
     woken: bool,
 }
@@ -55,6 +62,10 @@ pub struct ParkIndex {
     dispatching: AtomicBool,
     /// Parked sessions woken by the dispatcher (tests: an unconcerned commit wakes none).
     wakeups: AtomicU64,
+    /// Checkpoints the dispatcher delivered to parked sessions without waking them.
+    deliveries: AtomicU64,
+    /// Whether the dispatcher delivers at all (tests compare with the woken path).
+    delivering: AtomicBool,
     /// The last commit count the dispatcher has handled (tests wait for it).
     dispatched: watch::Sender<u64>,
 }
@@ -66,6 +77,8 @@ impl Default for ParkIndex {
             next_id: AtomicU64::new(0),
             dispatching: AtomicBool::new(false),
             wakeups: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            delivering: AtomicBool::new(true),
             dispatched: watch::Sender::new(0),
         }
     }
@@ -87,7 +100,7 @@ impl Parked {
     }
 
     /// Unregisters; returns the state the dispatcher advanced the session to.
-    pub fn leave(mut self) -> Option<ParkState> {
+    pub fn leave(mut self) -> Option<(ParkState, Box<Parcel>)> {
         self.left = true;
         self.index.remove(self.id)
     }
@@ -111,6 +124,17 @@ impl ParkIndex {
         self.wakeups.load(Ordering::Relaxed)
     }
 
+    /// Checkpoints delivered to parked sessions without waking them so far.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Turns the dispatcher's deliveries off (or on): every concerned session is woken instead.
+    #[cfg(test)]
+    pub(super) fn set_delivering(&self, on: bool) {
+        self.delivering.store(on, Ordering::Relaxed);
+    }
+
     /// Sessions parked now.
     pub fn parked(&self) -> usize {
         self.lock().entries.values().filter(|e| !e.woken).count()
@@ -121,20 +145,20 @@ impl ParkIndex {
         self.dispatched.subscribe()
     }
 
-    /// Registers a session holding `buckets`. The caller must re-check for commits after this (and
-    /// not wait if there was one): a commit dispatched before the registration did not see it.
-    pub(super) fn park(self: &Arc<Self>, state: ParkState, buckets: Vec<BucketName>) -> Parked {
+    /// Registers a session holding the buckets of `parcel`. The caller must re-check for commits after
+    /// this (and not wait if there was one): a commit dispatched before the registration did not see it.
+    pub(super) fn park(self: &Arc<Self>, state: ParkState, parcel: Box<Parcel>) -> Parked {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let mut index = self.lock();
-        for name in &buckets {
+        for name in parcel.buckets() {
             index.by_bucket.entry(name.clone()).or_default().insert(id);
         }
         index.entries.insert(
             id,
             Entry {
                 state,
-                buckets,
+                parcel,
                 wake: Arc::clone(&wake),
                 woken: false,
             },
@@ -147,10 +171,10 @@ impl ParkIndex {
         }
     }
 
-    fn remove(&self, id: u64) -> Option<ParkState> {
+    fn remove(&self, id: u64) -> Option<(ParkState, Box<Parcel>)> {
         let mut index = self.lock();
         let entry = index.entries.remove(&id)?;
-        for name in &entry.buckets {
+        for name in entry.parcel.buckets() {
             if let Some(ids) = index.by_bucket.get_mut(name) {
                 ids.remove(&id);
                 if ids.is_empty() {
@@ -158,7 +182,7 @@ impl ParkIndex {
                 }
             }
         }
-        Some(entry.state)
+        Some((entry.state, entry.parcel))
     }
 
     fn is_empty(&self) -> bool {
@@ -197,25 +221,63 @@ impl ParkIndex {
         positions
     }
 
-    /// Wakes the sessions a commit may concern; advances the others to `published`.
+    /// Parked sessions a commit concerns (holding a changed bucket, parked at the position it changed
+    /// after), with the position `changed[i]` they were parked at.
+    fn concerned(index: &Index, changed: &[(OpId, Arc<HashSet<BucketName>>)]) -> HashMap<u64, usize> {
+        let mut concerned = HashMap::new();
+        for (i, (at, names)) in changed.iter().enumerate() {
+            for name in names.iter() {
+                for id in index.by_bucket.get(name).into_iter().flatten() {
+                    if index
+                        .entries
+                        .get(id)
+                        .is_some_and(|e| !e.woken && e.state.at.op_id == *at)
+                    {
+                        concerned.insert(*id, i);
+                    }
+                }
+            }
+        }
+        concerned
+    }
+
+    /// The changed buckets concerned sessions hold, each with the positions their ops are sent from:
+    /// what [`prepare_delivery`] reads before [`Self::dispatch`] delivers from the caches.
+    fn concerned_ranges(
+        &self,
+        changed: &[(OpId, Arc<HashSet<BucketName>>)],
+    ) -> HashMap<BucketName, HashSet<OpId>> {
+        if !self.delivering.load(Ordering::Relaxed) {
+            return HashMap::new();
+        }
+        let index = self.lock();
+        let mut ranges: HashMap<BucketName, HashSet<OpId>> = HashMap::new();
+        for (id, i) in Self::concerned(&index, changed) {
+            let Some(entry) = index.entries.get(&id) else {
+                continue;
+            };
+            for name in changed[i].1.iter() {
+                if let Some(position) = entry.parcel.position(name) {
+                    ranges.entry(name.clone()).or_default().insert(position);
+                }
+            }
+        }
+        ranges
+    }
+
+    /// Delivers `published` to the sessions it concerns where `deliver` can (else wakes them), wakes
+    /// the sessions whose state it cannot tell, and advances the others to `published`.
     fn dispatch(
         &self,
         published: Checkpoint,
         current: &ParkState,
         changed: &[(OpId, Arc<HashSet<BucketName>>)],
+        mut deliver: impl FnMut(&mut Parcel, &HashSet<BucketName>) -> bool,
     ) {
+        let delivering = self.delivering.load(Ordering::Relaxed);
         let mut guard = self.lock();
         let index = &mut *guard;
-        let mut concerned: HashSet<u64> = HashSet::new();
-        for (at, names) in changed {
-            for name in names.iter() {
-                for id in index.by_bucket.get(name).into_iter().flatten() {
-                    if index.entries.get(id).is_some_and(|e| e.state.at.op_id == *at) {
-                        concerned.insert(*id);
-                    }
-                }
-            }
-        }
+        let concerned = Self::concerned(index, changed);
         for (id, entry) in &mut index.entries {
             if entry.woken {
                 continue;
@@ -226,8 +288,15 @@ impl ParkIndex {
                 && state.write_checkpoint_generation == current.write_checkpoint_generation;
             let known =
                 state.at.op_id == published.op_id || changed.iter().any(|(at, _)| *at == state.at.op_id);
-            if !same || state.at.op_id > published.op_id || !known || concerned.contains(id) {
+            if !same || state.at.op_id > published.op_id || !known {
                 self.wake(entry);
+            } else if let Some(&i) = concerned.get(id) {
+                if delivering && deliver(&mut entry.parcel, &changed[i].1) {
+                    entry.state.at = published;
+                    self.deliveries.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.wake(entry);
+                }
             } else {
                 // Nothing it holds changed: its state is also that of the published checkpoint.
                 entry.state.at = published;
@@ -312,6 +381,13 @@ fn dispatch_once<S: BucketStorage + ?Sized>(env: &SessionEnv<S>, count: u64) -> 
         compaction_generation: compaction,
         write_checkpoint_generation: write_checkpoints,
     };
-    index.dispatch(checkpoint, &current, &changed);
+    let started = Instant::now();
+    let ranges = index.concerned_ranges(&changed);
+    if !ranges.is_empty() {
+        prepare_delivery(env, &current, &ranges)?;
+    }
+    index.dispatch(checkpoint, &current, &changed, |parcel, names| {
+        deliver_parked(env, &current, names, parcel, started)
+    });
     Ok(())
 }
