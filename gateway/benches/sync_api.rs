@@ -9,10 +9,6 @@
 //!
 //! `cargo bench -p syncgate --bench sync_api` (`BENCH_IDLE`, `BENCH_STREAMS`, `BENCH_ROWS` scale it down;
 //! `BENCH_SAMPLES` sets the one-subscribed commits, `BENCH_ALL_COMMITS` the all-subscribed ones, default 20).
-//! (b)'s 1,000 readers share the 2 cores with the gateway: `BENCH_READER=raw` reads them over plain
-//! `TcpStream`s (HTTP/1.1 chunked framing decoded here, one task per stream) instead of reqwest (the
-//! default: a client connection task plus the reader's task per stream), to show how much of the
-//! latency is the load generator's.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -140,116 +136,6 @@ async fn open(http: &reqwest::Client, gateway: &GatewayProcess, sub: &str, all: 
     response
 }
 
-/// A `POST /sync/stream` read straight from its socket: the lean reader of (b) (`BENCH_READER=raw`).
-struct RawStream {
-    socket: tokio::net::TcpStream,
-    buf: Vec<u8>,
-    /// Decoded body bytes not yet consumed as lines.
-    body: Vec<u8>,
-    /// Body bytes left in the current chunk; `None` while a chunk-size line is expected.
-    chunk_left: Option<usize>,
-}
-
-impl RawStream {
-    async fn open(gateway: &GatewayProcess, sub: &str, all: bool) -> RawStream {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let host = gateway.base.trim_start_matches("http://");
-        let mut socket = tokio::net::TcpStream::connect(host).await.expect("connect");
-        socket.set_nodelay(true).expect("nodelay");
-        let request = format!(
-            "POST /sync/stream HTTP/1.1\r\nhost: {host}\r\nauthorization: Token {}\r\n\
-             accept: application/x-ndjson\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
-            gateway.token(sub, all)
-        );
-        socket.write_all(request.as_bytes()).await.expect("request");
-        let mut buf = Vec::with_capacity(4096);
-        let head_end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut more = [0u8; 4096];
-            let n = socket.read(&mut more).await.expect("response head");
-            assert!(n > 0, "connection closed before the response head");
-            buf.extend_from_slice(&more[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "stream refused: {head}");
-        assert!(head.contains("transfer-encoding: chunked"), "not chunked: {head}");
-        buf.drain(..head_end);
-        let mut stream = RawStream {
-            socket,
-            buf: Vec::with_capacity(4096),
-            body: Vec::with_capacity(4096),
-            chunk_left: None,
-        };
-        stream.decode(&buf);
-        stream
-    }
-
-    /// Moves the chunked framing's payload of `input` into `body`.
-    fn decode(&mut self, input: &[u8]) {
-        self.buf.extend_from_slice(input);
-        let mut at = 0;
-        loop {
-            match self.chunk_left {
-                Some(0) => {
-                    // The CRLF closing a chunk.
-                    if self.buf.len() - at < 2 {
-                        break;
-                    }
-                    at += 2;
-                    self.chunk_left = None;
-                }
-                Some(left) => {
-                    let take = left.min(self.buf.len() - at);
-                    if take == 0 {
-                        break;
-                    }
-                    self.body.extend_from_slice(&self.buf[at..at + take]);
-                    at += take;
-                    self.chunk_left = Some(left - take);
-                }
-                None => {
-                    let Some(end) = self.buf[at..].windows(2).position(|w| w == b"\r\n") else {
-                        break;
-                    };
-                    let size = std::str::from_utf8(&self.buf[at..at + end]).expect("chunk size");
-                    let size = usize::from_str_radix(size.split(';').next().unwrap_or(size).trim(), 16)
-                        .expect("chunk size");
-                    assert!(size > 0, "the stream ended");
-                    at += end + 2;
-                    self.chunk_left = Some(size);
-                }
-            }
-        }
-        self.buf.drain(..at);
-    }
-
-    /// Reads until one or more complete lines are buffered and calls `each` with every line; returns
-    /// whether `each` returned true for any, or `None` once the stream has closed.
-    async fn lines(&mut self, mut each: impl FnMut(&[u8]) -> bool) -> Option<bool> {
-        use tokio::io::AsyncReadExt as _;
-        let mut more = [0u8; 16 * 1024];
-        loop {
-            let mut consumed = 0;
-            let mut stop = false;
-            while let Some(end) = self.body[consumed..].iter().position(|b| *b == b'\n') {
-                stop |= each(&self.body[consumed..consumed + end]);
-                consumed += end + 1;
-            }
-            if consumed > 0 {
-                self.body.drain(..consumed);
-                return Some(stop);
-            }
-            let n = match self.socket.read(&mut more).await {
-                Ok(n) if n > 0 => n,
-                _ => return None,
-            };
-            self.decode(&more[..n]);
-        }
-    }
-}
-
 /// Reads lines until `checkpoint_complete`; returns the bytes read.
 async fn read_until_complete(response: &mut reqwest::Response, pending: &mut Vec<u8>) -> usize {
     let mut total = 0;
@@ -348,29 +234,11 @@ async fn main() {
     );
 
     // (b) 1,000 connected streams; each reader reports when a data line arrives.
-    let raw_reader = std::env::var("BENCH_READER").is_ok_and(|r| r == "raw");
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
     let mut tasks = Vec::new();
     for i in 0..streams {
+        let mut response = open(&http, &gateway, &format!("user-{i}"), true).await;
         let tx = tx.clone();
-        let sub = format!("user-{i}");
-        if raw_reader {
-            let mut stream = RawStream::open(&gateway, &sub, true).await;
-            tasks.push(tokio::spawn(async move {
-                let complete = |line: &[u8]| line.starts_with(b"{\"checkpoint_complete\"");
-                while !stream.lines(complete).await.expect("initial sync") {}
-                let _ = tx.send((i, Instant::now()));
-                let data = |line: &[u8]| {
-                    if line.starts_with(b"{\"data\"") {
-                        let _ = tx.send((i, Instant::now()));
-                    }
-                    false
-                };
-                while stream.lines(data).await.is_some() {}
-            }));
-            continue;
-        }
-        let mut response = open(&http, &gateway, &sub, true).await;
         tasks.push(tokio::spawn(async move {
             let mut pending = Vec::new();
             read_until_complete(&mut response, &mut pending).await;
@@ -429,10 +297,9 @@ async fn main() {
     let cpu_gateway = cpu_per_commit(cpu_before.0, cpu_time(&gateway_pid));
     let cpu_readers = cpu_per_commit(cpu_before.1, cpu_time("self"));
     println!(
-        "(b) commit → line, {streams} streams ({} reader), one subscribed: p50 {:.1} ms, p99 {:.1} ms ({} samples); \
+        "(b) commit → line, {streams} streams, one subscribed: p50 {:.1} ms, p99 {:.1} ms ({} samples); \
          all subscribed: p50 {:.1} ms, p99 {:.1} ms ({} lines; CPU per commit: gateway {cpu_gateway}, \
          readers {cpu_readers}); targets p50 ≤ 5 ms, p99 ≤ 50 ms",
-        if raw_reader { "raw socket" } else { "reqwest" },
         ms(percentile(&one, 0.5)),
         ms(percentile(&one, 0.99)),
         one.len(),
