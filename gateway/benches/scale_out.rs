@@ -78,7 +78,7 @@ impl Gateway {
             rules,
         )
         .slot_prefix(slot_prefix)
-        .rust_log("warn")
+        .rust_log(&std::env::var("BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .storage(storage)
         .start();
         Gateway { name, process }
@@ -255,7 +255,15 @@ async fn main() {
         mark_text(0)
     ))
     .expect("rows");
-    let work = tempfile::tempdir().expect("work dir");
+    // With BENCH_SERVE_LOG the gateways' logs are worth reading afterwards: the directory stays.
+    let keep_logs = std::env::var_os("BENCH_SERVE_LOG").is_some();
+    let work = tempfile::Builder::new()
+        .disable_cleanup(keep_logs)
+        .tempdir()
+        .expect("work dir");
+    if keep_logs {
+        eprintln!("gateway logs kept under {}", work.path().display());
+    }
     let rules = work.path().join("sync-rules.yaml");
     std::fs::write(&rules, RULES).expect("rules");
     let postgres_storage = ServeStorage::postgres(&storage_db, "syncgate_storage");

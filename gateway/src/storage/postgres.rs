@@ -11,9 +11,11 @@
 //! commit with `synchronous_commit = off` (like SQLite's `NORMAL`): a chunk's progress commits with its
 //! rows and nothing is confirmed during the snapshot, so a lost chunk is copied again.
 //!
-//! Round trips: a storage transaction reads the state of all its rows in one statement, computes the
-//! ops in memory, and writes each table with one statement of array parameters (`unnest`), so a batch
-//! of source transactions costs about a dozen round trips whatever its size.
+//! Round trips: a storage transaction reads the state of its rows with a few statements of array
+//! parameters (`unnest`), computes the ops in memory, and writes each table the same way, so a batch of
+//! source transactions costs a few dozen statements whatever its size. The state reads are sent
+//! together and the updates of rows the batch is done with follow while it computes (pipelined on the
+//! writer connection, [`Pipeline`]): the backend and the writer work at the same time.
 //!
 //! Concurrency: one writer connection (the replicator, compaction, versions) and a pool of reader
 //! connections; readers run single statements (or one snapshot) and never wait for the writer (MVCC).
@@ -39,14 +41,16 @@
 //! minimal parking executor ([`block_on`]). Unlike the sync `postgres` crate this never panics inside
 //! a tokio runtime.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foldhash::{HashMap, HashMapExt};
+use futures_util::future::{MaybeDone, maybe_done};
 use syncgate_protocol::{BucketName, ClientId, OpId, UserId, WriteCheckpointId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
@@ -1089,23 +1093,26 @@ impl PostgresStorage {
             buckets: HashMap::new(),
             closed: Vec::new(),
         };
-        if probe {
-            load_stored(&tx, &s, &mut batch, &changes)?;
-        }
+        let plan = if probe {
+            read_params(&tx, &s, &mut batch, &changes)?;
+            ReadPlan::of(&changes)
+        } else {
+            ReadPlan::default()
+        };
+        let mut pipeline = Pipeline::start(&tx, &s, &v, &plan);
         // Each source transaction's changes, then its checkpoint (a transaction without changes, a
         // keepalive or marker, records the op id before it); a chunk has no checkpoints.
         let mut recorded: Vec<(i64, i64)> = Vec::with_capacity(checkpoints.len());
-        let mut applied = 0;
-        for &(lsn, end) in &checkpoints {
-            for (change, digests, change_lsn) in &changes[applied..end] {
-                batch.change(change, digests, *change_lsn)?;
+        for (i, &(change, digests, lsn)) in changes.iter().enumerate() {
+            while checkpoints.get(recorded.len()).is_some_and(|&(_, end)| end == i) {
+                recorded.push((checkpoints[recorded.len()].0, batch.last_op));
             }
-            applied = end;
+            pipeline.apply(i, (change, digests, lsn), &plan, &mut batch)?;
+        }
+        while let Some(&(lsn, _)) = checkpoints.get(recorded.len()) {
             recorded.push((lsn, batch.last_op));
         }
-        for (change, digests, lsn) in &changes[applied..] {
-            batch.change(change, digests, *lsn)?;
-        }
+        let read_wait = pipeline.finish()?;
         let computed = started.elapsed();
         write_batch(&tx, &s, &batch)?;
         let (lsns, op_ids): (Vec<i64>, Vec<i64>) = recorded.iter().copied().unzip();
@@ -1137,15 +1144,17 @@ impl PostgresStorage {
             )?;
         }
         let last_op = batch.last_op;
-        let (rows, buckets) = (batch.rows.len(), batch.buckets.len());
+        let (changes, buckets) = (changes.len(), batch.buckets.len());
         drop(batch);
         let written = started.elapsed();
         block_on(tx.commit())?;
+        // `computing`: from the start to the last state update of the pipeline (reads, ops, updates).
         tracing::debug!(
-            rows,
+            changes,
             buckets,
             ops = last_op - head_last_op,
-            read_and_computed = ?computed,
+            computing = ?computed,
+            read_wait = ?read_wait,
             written = ?written - computed,
             committed = ?started.elapsed() - written,
             "postgres storage commit"
@@ -1205,63 +1214,273 @@ impl WriterStatements {
     }
 }
 
-/// Reads the stored state and live parameter entries of every row `changes` touch: two statements.
-fn load_stored<'a>(
+/// Reads the live parameter entries of every row `changes` touch that carries a parameter half: one
+/// statement, before the state reads (a change needs both).
+fn read_params<'a>(
     tx: &tokio_postgres::Transaction<'_>,
     s: &WriterStatements,
     batch: &mut Batch<'a>,
     changes: &[(&'a RowChange, &[[u8; 32]], i64)],
 ) -> Result<()> {
-    let mut keys: BTreeSet<(&'a str, &'a str)> = BTreeSet::new();
-    let mut param_keys: BTreeSet<(&'a str, &'a str)> = BTreeSet::new();
-    for (change, ..) in changes {
-        let key = (change.row.table.as_str(), change.row.key.as_str());
-        keys.insert(key);
-        if change.parameters.is_some() {
-            param_keys.insert(key);
-        }
+    let param_keys: BTreeSet<(&'a str, &'a str)> = changes
+        .iter()
+        .filter(|(change, ..)| change.parameters.is_some())
+        .map(|(change, ..)| (change.row.table.as_str(), change.row.key.as_str()))
+        .collect();
+    if param_keys.is_empty() {
+        return Ok(());
     }
-    let (tables, source_keys): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let v = batch.version;
-    let keys: Vec<(&'a str, &'a str)> = keys.into_iter().collect();
-    let key_at = |keys: &[(&'a str, &'a str)], row: &tokio_postgres::Row| -> Result<(&'a str, &'a str)> {
-        let i: i64 = row.get(0);
-        usize::try_from(i - 1)
-            .ok()
-            .and_then(|i| keys.get(i).copied())
-            .ok_or_else(|| corrupt("row position", i))
-    };
-    for row in query(tx, &s.select_states, &[&v, &tables, &source_keys])? {
-        batch.rows.insert(
-            key_at(&keys, &row)?,
-            RowState {
-                packed: row.get(1),
-                source_row: row.get(2),
-                stored: Some(row.get(3)),
-                changed: false,
+    let (tables, source_keys): (Vec<&str>, Vec<&str>) = param_keys.iter().copied().unzip();
+    for key in &param_keys {
+        batch.params.insert(
+            *key,
+            RowParams {
+                stored: Some(BTreeSet::new()),
+                ..RowParams::default()
             },
         );
     }
-    if !param_keys.is_empty() {
-        let (tables, source_keys): (Vec<&str>, Vec<&str>) = param_keys.iter().copied().unzip();
-        for key in &param_keys {
-            batch.params.insert(
-                *key,
-                RowParams {
-                    stored: Some(BTreeSet::new()),
-                    ..RowParams::default()
-                },
-            );
-        }
-        let param_keys: Vec<(&'a str, &'a str)> = param_keys.into_iter().collect();
-        for row in query(tx, &s.select_params, &[&v, &tables, &source_keys])? {
-            let key = key_at(&param_keys, &row)?;
-            if let Some(stored) = batch.params.get_mut(&key).and_then(|p| p.stored.as_mut()) {
-                stored.insert((row.get(1), row.get(2)));
-            }
+    for row in query(tx, &s.select_params, &[&batch.version, &tables, &source_keys])? {
+        let key = key_at(&tables, &source_keys, &row)?;
+        if let Some(stored) = batch.params.get_mut(&key).and_then(|p| p.stored.as_mut()) {
+            stored.insert((row.get(1), row.get(2)));
         }
     }
     Ok(())
+}
+
+/// The key a read's row belongs to: its first column is the key's 1-based position in the arrays.
+fn key_at<'a>(tables: &[&'a str], keys: &[&'a str], row: &tokio_postgres::Row) -> Result<(&'a str, &'a str)> {
+    let i: i64 = row.get(0);
+    usize::try_from(i - 1)
+        .ok()
+        .and_then(|i| Some((*tables.get(i)?, *keys.get(i)?)))
+        .ok_or_else(|| corrupt("row position", i))
+}
+
+/// Distinct rows per state read, and stored rows per state update sent while computing. A batch's reads
+/// go out together, pipelined on the writer connection, and its rows' updates follow as the writer is
+/// done with them, so the backend works through them while the writer computes instead of each waiting
+/// for the other (docs/benchmarks.md, "Scale-out").
+const PIPELINE_CHUNK: usize = 2_000;
+
+/// A batch's rows in the order its changes first touch them, cut into chunks of [`PIPELINE_CHUNK`].
+#[derive(Default)]
+struct ReadPlan<'a> {
+    /// Each chunk's keys as the read's two array columns, sorted (neighbouring index pages).
+    chunks: Vec<(Vec<&'a str>, Vec<&'a str>)>,
+    /// Per change, in order: how many chunks must be loaded before it is applied (non-decreasing).
+    needs: Vec<usize>,
+    /// Per change: whether it is the last change of its row in the batch.
+    last: Vec<bool>,
+}
+
+impl<'a> ReadPlan<'a> {
+    fn of(changes: &[(&'a RowChange, &[[u8; 32]], i64)]) -> Self {
+        let key = |change: &'a RowChange| (change.row.table.as_str(), change.row.key.as_str());
+        let mut seen: HashMap<(&'a str, &'a str), ()> = HashMap::with_capacity(changes.len());
+        let mut first_touched: Vec<(&'a str, &'a str)> = Vec::with_capacity(changes.len());
+        let mut needs = Vec::with_capacity(changes.len());
+        for (change, ..) in changes {
+            if seen.insert(key(change), ()).is_none() {
+                first_touched.push(key(change));
+            }
+            needs.push(first_touched.len().div_ceil(PIPELINE_CHUNK));
+        }
+        seen.clear();
+        let mut last: Vec<bool> = changes
+            .iter()
+            .rev()
+            .map(|(change, ..)| seen.insert(key(change), ()).is_none())
+            .collect();
+        last.reverse();
+        let chunks = first_touched
+            .chunks_mut(PIPELINE_CHUNK)
+            .map(|chunk| {
+                chunk.sort_unstable();
+                chunk.iter().copied().unzip()
+            })
+            .collect();
+        ReadPlan { chunks, needs, last }
+    }
+}
+
+/// A statement sent on the writer connection whose response has not been taken yet.
+type InFlight<'t, T> =
+    MaybeDone<Pin<Box<dyn Future<Output = std::result::Result<T, tokio_postgres::Error>> + 't>>>;
+
+/// Sends `future`'s request: a request goes to the connection on its future's first poll, and the
+/// response waits there until the future is polled again.
+fn send<'t, T>(
+    future: impl Future<Output = std::result::Result<T, tokio_postgres::Error>> + 't,
+) -> InFlight<'t, T> {
+    let mut in_flight = maybe_done(Box::pin(future) as Pin<Box<dyn Future<Output = _> + 't>>);
+    let _ = Pin::new(&mut in_flight).poll(&mut Context::from_waker(Waker::noop()));
+    in_flight
+}
+
+/// Waits for a sent statement's response.
+fn receive<T>(mut in_flight: InFlight<'_, T>) -> Result<T> {
+    block_on(&mut in_flight);
+    Ok(Pin::new(&mut in_flight)
+        .take_output()
+        .ok_or_else(|| corrupt("statement", "no response"))??)
+}
+
+/// Stored rows the batch is done with, as the tuple-id update's array columns (owned: the update is in
+/// flight while the batch goes on).
+#[derive(Default)]
+struct DoneRows<'a> {
+    tuple_ids: Vec<String>,
+    tables: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    packed: Vec<Vec<u8>>,
+    rows: Vec<Option<String>>,
+}
+
+/// The writer's statements in flight while a batch is computed: the state reads of a [`ReadPlan`], all
+/// sent at once and loaded chunk by chunk as the changes need them, then the updates of the stored rows
+/// whose last change is computed.
+struct Pipeline<'t, 'a> {
+    tx: &'t tokio_postgres::Transaction<'t>,
+    update_states: &'t Statement,
+    version: i64,
+    reads: VecDeque<InFlight<'t, Vec<tokio_postgres::Row>>>,
+    loaded: usize,
+    done: DoneRows<'a>,
+    /// Each update in flight with the number of rows it must update.
+    updates: Vec<(usize, InFlight<'t, u64>)>,
+    /// Time spent waiting for reads (the rest of the computing overlapped them).
+    waited: Duration,
+}
+
+impl<'t, 'a: 't> Pipeline<'t, 'a> {
+    fn start(
+        tx: &'t tokio_postgres::Transaction<'t>,
+        s: &'t WriterStatements,
+        version: &'t i64,
+        plan: &'t ReadPlan<'a>,
+    ) -> Self {
+        let reads = plan
+            .chunks
+            .iter()
+            .map(|(tables, keys)| {
+                send(async move { tx.query(&s.select_states, &[version, tables, keys]).await })
+            })
+            .collect();
+        Pipeline {
+            tx,
+            update_states: &s.update_states,
+            version: *version,
+            reads,
+            loaded: 0,
+            done: DoneRows::default(),
+            updates: Vec::new(),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Applies change `i` of the batch: loads the state it needs, computes it, and sends its row's update
+    /// once the row is done (its last change in the batch, stored, changed, not deleted).
+    fn apply(
+        &mut self,
+        i: usize,
+        (change, digests, lsn): (&'a RowChange, &[[u8; 32]], i64),
+        plan: &ReadPlan<'a>,
+        batch: &mut Batch<'a>,
+    ) -> Result<()> {
+        self.load(plan.needs.get(i).copied().unwrap_or(0), plan, batch)?;
+        batch.change(change, digests, lsn)?;
+        if !plan.last.get(i).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        let key = (change.row.table.as_str(), change.row.key.as_str());
+        let Some(state) = batch.rows.get(&key) else {
+            return Ok(());
+        };
+        if !state.changed || state.stored.is_none() || (state.packed.is_empty() && state.source_row.is_none())
+        {
+            // Unchanged, new (the upsert) or deleted: left to `write_batch`.
+            return Ok(());
+        }
+        let Some(RowState {
+            packed,
+            source_row,
+            stored: Some(tuple_id),
+            ..
+        }) = batch.rows.remove(&key)
+        else {
+            return Ok(());
+        };
+        self.done.tuple_ids.push(tuple_id);
+        self.done.tables.push(key.0);
+        self.done.keys.push(key.1);
+        self.done.packed.push(packed);
+        self.done.rows.push(source_row);
+        if self.done.tuple_ids.len() >= PIPELINE_CHUNK {
+            self.send_done();
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, needed: usize, plan: &ReadPlan<'a>, batch: &mut Batch<'a>) -> Result<()> {
+        while self.loaded < needed {
+            let read = self
+                .reads
+                .pop_front()
+                .ok_or_else(|| corrupt("state read", "missing chunk"))?;
+            let wait_started = std::time::Instant::now();
+            let rows = receive(read)?;
+            self.waited += wait_started.elapsed();
+            let (tables, keys) = &plan.chunks[self.loaded];
+            for row in rows {
+                batch.rows.insert(
+                    key_at(tables, keys, &row)?,
+                    RowState {
+                        packed: row.get(1),
+                        source_row: row.get(2),
+                        stored: Some(row.get(3)),
+                        changed: false,
+                    },
+                );
+            }
+            self.loaded += 1;
+        }
+        Ok(())
+    }
+
+    fn send_done(&mut self) {
+        let done = std::mem::take(&mut self.done);
+        let rows = done.tuple_ids.len();
+        if rows == 0 {
+            return;
+        }
+        let params: [Box<dyn ToSql + Sync + 'a>; 6] = [
+            Box::new(self.version),
+            Box::new(done.tuple_ids),
+            Box::new(done.tables),
+            Box::new(done.keys),
+            Box::new(done.packed),
+            Box::new(done.rows),
+        ];
+        self.updates
+            .push((rows, send(self.tx.execute_raw(self.update_states, params))));
+    }
+
+    /// Sends the last update and waits for all of them; returns the time spent waiting for reads.
+    fn finish(mut self) -> Result<Duration> {
+        self.send_done();
+        for (rows, update) in self.updates {
+            let updated = receive(update)?;
+            if updated != rows as u64 {
+                return Err(corrupt(
+                    "source state",
+                    format!("{updated} of {rows} rows read in this transaction updated"),
+                ));
+            }
+        }
+        Ok(self.waited)
+    }
 }
 
 /// Writes a computed batch: segments, running sums, row state, parameter index.

@@ -677,7 +677,6 @@ fn a_batch_stores_what_single_transactions_store<S: TestStorage>(
     txns: Vec<Vec<Change>>,
     spread: u8,
 ) -> Result<(), TestCaseError> {
-    let (one, batched) = (Fixture::<S>::new(), Fixture::<S>::new());
     let txns: Vec<SourceTransaction> = txns
         .iter()
         .enumerate()
@@ -696,10 +695,30 @@ fn a_batch_stores_what_single_transactions_store<S: TestStorage>(
             txn(10 * (u64::try_from(i).unwrap() + 1), changes)
         })
         .collect();
-    for t in &txns {
+    batch_matches_single_transactions::<S>(&[], &txns, &[])
+}
+
+/// Applies `before` one transaction at a time to two fresh storages, then `txns` one at a time to the
+/// first and as one batch to the second, then `after` one at a time to both (what the batch stored is
+/// what they diff against); both must hold the same ops and source rows.
+fn batch_matches_single_transactions<S: TestStorage>(
+    before: &[SourceTransaction],
+    txns: &[SourceTransaction],
+    after: &[SourceTransaction],
+) -> Result<(), TestCaseError> {
+    let (one, batched) = (Fixture::<S>::new(), Fixture::<S>::new());
+    for t in before {
+        one.storage.apply(one.version, t).unwrap();
+        batched.storage.apply(batched.version, t).unwrap();
+    }
+    for t in txns {
         one.storage.apply(one.version, t).unwrap();
     }
-    batched.storage.apply_batch(batched.version, &txns).unwrap();
+    batched.storage.apply_batch(batched.version, txns).unwrap();
+    for t in after {
+        one.storage.apply(one.version, t).unwrap();
+        batched.storage.apply(batched.version, t).unwrap();
+    }
     // Op ids differ (each file seeds its own sequence); compare ops relative to the first.
     let relative = |f: &Fixture<S>, bucket: &str| -> Vec<RelativeOp> {
         let base = f
@@ -726,6 +745,38 @@ fn a_batch_stores_what_single_transactions_store<S: TestStorage>(
     let keys = |f: &Fixture<S>| f.storage.source_row_keys(f.version, "public.todos").unwrap();
     prop_assert_eq!(keys(&one), keys(&batched));
     Ok(())
+}
+
+/// A batch of more rows than one of the Postgres storage's pipelined state reads or updates covers
+/// (`PIPELINE_CHUNK`, 2,000), over rows stored before it: rows repeating across its chunks and its
+/// transactions, moving between buckets, deleted, new and unchanged.
+fn a_large_batch_stores_what_single_transactions_store<S: TestStorage>() {
+    let change = |r: usize, variant: usize| -> RowChange {
+        let key = r.to_string();
+        if variant % 23 == 0 {
+            return RowChange::delete(row(&key));
+        }
+        let data = format!(r#"{{"v":{}}}"#, variant % 3);
+        let buckets = &BUCKETS[variant % 2..=(1 + variant % 2)];
+        set(
+            &key,
+            buckets
+                .iter()
+                .map(|&b| place(b, &format!("t{r}"), &data))
+                .collect(),
+        )
+    };
+    let before = vec![txn(10, (0..5_000).map(|r| change(r, 1)).collect())];
+    let txns: Vec<SourceTransaction> = (0..3)
+        .map(|t| {
+            let changes = (0..3_000)
+                .map(|i| change((i * 7 + t * 1_013) % 6_000, i + t))
+                .collect();
+            txn(20 + 10 * u64::try_from(t).unwrap(), changes)
+        })
+        .collect();
+    let after = vec![txn(100, (0..6_000).map(|r| change(r, 2)).collect())];
+    batch_matches_single_transactions::<S>(&before, &txns, &after).unwrap();
 }
 
 fn compaction_keeps_checksums_and_net_rows<S: TestStorage>(
@@ -1633,7 +1684,8 @@ macro_rules! storage_suite {
         source_rows_are_set_overwritten_and_deleted,
         versions_are_listed_oldest_first,
         deleting_a_version_removes_its_snapshot_and_replication_rows,
-        ops_across_segments_read_in_pages_and_sum_at_every_checkpoint
+        ops_across_segments_read_in_pages_and_sum_at_every_checkpoint,
+        a_large_batch_stores_what_single_transactions_store
             );
 
             proptest! {
