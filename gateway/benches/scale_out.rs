@@ -14,14 +14,15 @@
 //! (c) **Takeover**: the leader gets SIGKILL, a change is committed at once, and the time until it reaches the
 //!     client on the survivor (target ≤ 10 s).
 //!
-//! Prints figures only; the gateways log to `gateway.log` files in a temporary directory.
+//! Prints figures only; the gateways log to `serve.log` files in a temporary directory.
 //!
 //! `cargo bench -p syncgate --bench scale_out`. Knobs: `BENCH_ROWS` (rows of the synced table, default
 //! 100,000), `BENCH_TXNS` (default 300) and `BENCH_TXN_ROWS` (default 1,000) for (a), `BENCH_SAMPLES` (default
 //! 100) for (b). `BENCH_PG_STAT_STATEMENTS=1` loads `pg_stat_statements` into the cluster and prints the
 //! Postgres storage's top statements by total execution time during its (a) ingest, and how many
 //! `source_state` updates were HOT (a profiling aid: the extension's bookkeeping slows every statement a
-//! little, so figures of such a run are not comparable).
+//! little, so figures of such a run are not comparable). `BENCH_SERVE_LOG=<filter>` runs the gateways with that
+//! `RUST_LOG` and keeps their logs after the run (the directory is printed).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
