@@ -753,7 +753,7 @@ fn batch_matches_single_transactions<S: TestStorage>(
 fn a_large_batch_stores_what_single_transactions_store<S: TestStorage>() {
     let change = |r: usize, variant: usize| -> RowChange {
         let key = r.to_string();
-        if variant % 23 == 0 {
+        if variant.is_multiple_of(23) {
             return RowChange::delete(row(&key));
         }
         let data = format!(r#"{{"v":{}}}"#, variant % 3);
