@@ -311,6 +311,24 @@ impl Crashes<'_> {
         self.states.push(postgres_items(self.db));
     }
 
+    /// Runs without kills until the newest checkpoint is applied and returns how long its publish took
+    /// (from the log line that starts it to the one that ends it).
+    fn measure_publish(&mut self) -> Duration {
+        let applied_before = applied_checkpoint(self.file);
+        let mut sync = SyncProcess::start(self.file, self.schema, self.gateway, self.backend);
+        sync.wait_for_line("a new checkpoint to apply", self.gateway, |l| {
+            newer_checkpoint(l, "applying checkpoint", applied_before)
+        });
+        let started = Instant::now();
+        sync.wait_for_line("the newest checkpoint applied", self.gateway, |l| {
+            newer_checkpoint(l, "checkpoint applied", applied_before)
+        });
+        let publish = started.elapsed();
+        let lines = sync.kill();
+        self.check("after a measured publish", &lines);
+        publish
+    }
+
     /// Kills at each of `plan` while the newest state is not shown yet, then (if still not shown) runs
     /// without kills until it is.
     fn kill_until_applied(&mut self, plan: &[KillAfter]) {
@@ -381,14 +399,24 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
     };
     // The first download (every row), then two rounds of changing every row: killed while the stream
     // downloads, right as the publish starts and further into it.
-    let plan = [
+    crashes.kill_until_applied(&[
         KillAfter::StreamOpen(Duration::from_millis(700)),
         KillAfter::ApplyStart(Duration::ZERO),
         KillAfter::ApplyStart(Duration::from_millis(100)),
         KillAfter::ApplyStart(Duration::from_millis(300)),
+    ]);
+    // How long publishing every row takes on this machine: the later kills land at fractions of it, so
+    // they fall inside publishes however fast the machine is (fixed delays fell after them on a fast one).
+    crashes.change_everything(1);
+    let publish = crashes.measure_publish();
+    eprintln!("a publish of every row took {publish:?}");
+    let plan = [
+        KillAfter::StreamOpen(Duration::from_millis(700)),
+        KillAfter::ApplyStart(Duration::ZERO),
+        KillAfter::ApplyStart(publish / 4),
+        KillAfter::ApplyStart(publish / 2),
     ];
-    crashes.kill_until_applied(&plan);
-    for round in 1..=2 {
+    for round in 2..=3 {
         crashes.change_everything(round);
         crashes.kill_until_applied(&plan);
     }
@@ -413,7 +441,7 @@ fn a_client_killed_while_downloading_or_applying_checkpoints_shows_only_complete
         crashes.queue
     );
     let held = crashes.shown;
-    crashes.change_everything(3);
+    crashes.change_everything(4);
     for delay in [300, 1500] {
         crashes.kill_once(KillAfter::StreamOpen(Duration::from_millis(delay)));
         assert_eq!(crashes.shown, held, "local writes hold the download back");
