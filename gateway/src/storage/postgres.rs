@@ -41,6 +41,7 @@
 //! minimal parking executor ([`block_on`]). Unlike the sync `postgres` crate this never panics inside
 //! a tokio runtime.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -826,6 +827,31 @@ struct RowState {
     changed: bool,
 }
 
+/// What a row's state needs written when the batch is done with it.
+#[derive(PartialEq, Eq)]
+enum StateWrite {
+    /// Unchanged, or new and empty.
+    Nothing,
+    /// Stored and now empty.
+    Delete,
+    /// Stored and changed: by the tuple id the read returned ([`Pipeline`]).
+    Update,
+    /// Not read as stored (new, or a chunk that skipped the probe): the upsert covers both.
+    Upsert,
+}
+
+impl RowState {
+    fn write(&self) -> StateWrite {
+        let empty = self.packed.is_empty() && self.source_row.is_none();
+        match (self.changed, empty, self.stored.is_some()) {
+            (false, ..) | (true, true, false) => StateWrite::Nothing,
+            (true, true, true) => StateWrite::Delete,
+            (true, false, true) => StateWrite::Update,
+            (true, false, false) => StateWrite::Upsert,
+        }
+    }
+}
+
 /// A parameter entry written by this storage transaction: (lookup key, values, created LSN, deleted LSN).
 type WrittenParameter = (String, String, i64, Option<i64>);
 
@@ -1112,7 +1138,7 @@ impl PostgresStorage {
         while let Some(&(lsn, _)) = checkpoints.get(recorded.len()) {
             recorded.push((lsn, batch.last_op));
         }
-        let read_wait = pipeline.finish()?;
+        let read_wait = pipeline.finish(&mut batch)?;
         let computed = started.elapsed();
         write_batch(&tx, &s, &batch)?;
         let (lsns, op_ids): (Vec<i64>, Vec<i64>) = recorded.iter().copied().unzip();
@@ -1395,32 +1421,33 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
             return Ok(());
         }
         let key = (change.row.table.as_str(), change.row.key.as_str());
-        let Some(state) = batch.rows.get(&key) else {
-            return Ok(());
-        };
-        if !state.changed || state.stored.is_none() || (state.packed.is_empty() && state.source_row.is_none())
-        {
-            // Unchanged, new (the upsert) or deleted: left to `write_batch`.
-            return Ok(());
-        }
-        let Some(RowState {
-            packed,
-            source_row,
-            stored: Some(tuple_id),
-            ..
-        }) = batch.rows.remove(&key)
-        else {
-            return Ok(());
-        };
-        self.done.tuple_ids.push(tuple_id);
-        self.done.tables.push(key.0);
-        self.done.keys.push(key.1);
-        self.done.packed.push(packed);
-        self.done.rows.push(source_row);
+        self.take_update(key, batch);
         if self.done.tuple_ids.len() >= PIPELINE_CHUNK {
             self.send_done();
         }
         Ok(())
+    }
+
+    /// Moves the row's state into the next update if it needs one; the other writes are
+    /// [`write_batch`]'s.
+    fn take_update(&mut self, key: (&'a str, &'a str), batch: &mut Batch<'a>) {
+        let Entry::Occupied(entry) = batch.rows.entry(key) else {
+            return;
+        };
+        if entry.get().write() != StateWrite::Update {
+            return;
+        }
+        let RowState {
+            packed,
+            source_row,
+            stored,
+            ..
+        } = entry.remove();
+        self.done.tuple_ids.push(stored.unwrap_or_default());
+        self.done.tables.push(key.0);
+        self.done.keys.push(key.1);
+        self.done.packed.push(packed);
+        self.done.rows.push(source_row);
     }
 
     fn load(&mut self, needed: usize, plan: &ReadPlan<'a>, batch: &mut Batch<'a>) -> Result<()> {
@@ -1467,8 +1494,19 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
             .push((rows, send(self.tx.execute_raw(self.update_states, params))));
     }
 
-    /// Sends the last update and waits for all of them; returns the time spent waiting for reads.
-    fn finish(mut self) -> Result<Duration> {
+    /// Sends the last update and waits for all of them; returns the time spent waiting for reads. The
+    /// updates of all stored, changed rows go through here: each row's last change already sent its own,
+    /// and any left in `batch` join the last one.
+    fn finish(mut self, batch: &mut Batch<'a>) -> Result<Duration> {
+        let left: Vec<(&'a str, &'a str)> = batch
+            .rows
+            .iter()
+            .filter(|(_, state)| state.write() == StateWrite::Update)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in left {
+            self.take_update(key, batch);
+        }
         self.send_done();
         for (rows, update) in self.updates {
             let updated = receive(update)?;
@@ -1522,48 +1560,13 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
         let last: Vec<i64> = ids.iter().map(|id| batch.buckets[id].last_op).collect();
         execute(tx, &s.update_buckets, &[&ids, &sums, &counts, &last])?;
     }
-    let (mut upsert, mut update, mut tuple_ids, mut delete) = (
-        StateColumns::default(),
-        StateColumns::default(),
-        Vec::new(),
-        Vec::new(),
-    );
+    // Updates of stored rows went out with the pipeline (`Pipeline::finish`).
+    let (mut upsert, mut delete) = (StateColumns::default(), Vec::new());
     for (key, state) in &batch.rows {
-        if !state.changed {
-            continue;
-        }
-        if state.packed.is_empty() && state.source_row.is_none() {
-            if state.stored.is_some() {
-                delete.push(*key);
-            }
-        } else if let Some(tuple_id) = &state.stored {
-            tuple_ids.push(tuple_id.as_str());
-            update.push(*key, state);
-        } else {
-            // Not read as stored (new, or a chunk that skipped the probe): the upsert covers both.
-            upsert.push(*key, state);
-        }
-    }
-    if !tuple_ids.is_empty() {
-        let StateColumns {
-            tables,
-            keys,
-            packed,
-            rows,
-        } = &update;
-        let updated = execute(
-            tx,
-            &s.update_states,
-            &[&v, &tuple_ids, tables, keys, packed, rows],
-        )?;
-        if updated != tuple_ids.len() as u64 {
-            return Err(corrupt(
-                "source state",
-                format!(
-                    "{updated} of {} rows read in this transaction updated",
-                    tuple_ids.len()
-                ),
-            ));
+        match state.write() {
+            StateWrite::Nothing | StateWrite::Update => {}
+            StateWrite::Delete => delete.push(*key),
+            StateWrite::Upsert => upsert.push(*key, state),
         }
     }
     if !upsert.tables.is_empty() {

@@ -66,16 +66,19 @@ pub(super) fn timestamp(text: &str, compat: &Compatibility) -> Option<String> {
 pub(super) fn timestamptz(text: &str, compat: &Compatibility) -> Option<String> {
     let mut out = String::with_capacity(32);
     let separator = if compat.timestamps_iso8601 { 'T' } else { ' ' };
-    let fraction = match text {
-        "infinity" => {
-            out.extend(["9999-12-31", separator.encode_utf8(&mut [0; 4]), "23:59:59"]);
+    let infinity = match text {
+        "infinity" => Some(("9999-12-31", "23:59:59")),
+        "-infinity" => Some(("0000-01-01", "00:00:00")),
+        _ => None,
+    };
+    let fraction = match infinity {
+        Some((date, time)) => {
+            out.push_str(date);
+            out.push(separator);
+            out.push_str(time);
             ""
         }
-        "-infinity" => {
-            out.extend(["0000-01-01", separator.encode_utf8(&mut [0; 4]), "00:00:00"]);
-            ""
-        }
-        _ => {
+        None => {
             let parts = parse(text)?;
             push_utc(&parts, separator, &mut out)?;
             parts.fraction
@@ -200,7 +203,6 @@ fn is_hms(s: &str) -> bool {
     b.len() == 8 && b[2] == b':' && b[5] == b':' && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
 }
 
-/// The UTC date (`YYYY-MM-DD`) and time (`HH:MM:SS`) of a timestamptz. `None` before year 0.
 /// Appends the instant of `parts` in UTC as `YYYY-MM-DD`, `separator`, `hh:mm:ss`; `None` before year 0.
 /// Digits are written directly: this runs for every timestamptz value copied, and `write!` was most of
 /// its time.
