@@ -177,6 +177,13 @@ const MIGRATIONS: &[&str] = &[
     -- source row, neither indexed) stays a HOT update that writes no index entry. New pages only.
     ALTER TABLE source_state SET (fillfactor = 70);
 ",
+    r"
+    -- The same for the running sums, whose rows every storage transaction updates (new pages only).
+    ALTER TABLE buckets SET (fillfactor = 50);
+    -- Segments of up to a page stay inline: out of line, each one cost its TOAST chunks and their
+    -- index entries, three times the blocks of the insert (docs/benchmarks.md, Scale-out).
+    ALTER TABLE op_segments SET (toast_tuple_target = 8160);
+",
 ];
 
 /// The format version this build writes.
@@ -431,7 +438,7 @@ impl PostgresStorage {
             channel: channel_for(&storage.schema),
             poll_interval: storage.poll_interval,
         };
-        let mut writer = this.connect()?;
+        let mut writer = this.connect_writer()?;
         if let Some(source) = source {
             this.refuse_source_database(&mut writer, source)?;
         }
@@ -444,6 +451,18 @@ impl PostgresStorage {
         this.epoch = AtomicI64::new(epoch);
         *this.writer.get_mut().map_err(|_| StorageError::Poisoned)? = Some(writer);
         Ok(this)
+    }
+
+    /// The writer's connection. Its statements bind arrays of thousands of keys: planned for their
+    /// values (Postgres's first five executions of a prepared statement), they scan whole tables in
+    /// hash joins, where the generic plan probes the index per key.
+    fn connect_writer(&self) -> Result<PgConn> {
+        let conn = self.connect()?;
+        block_on(
+            conn.client
+                .batch_execute("SET plan_cache_mode = force_generic_plan"),
+        )?;
+        Ok(conn)
     }
 
     fn connect(&self) -> Result<PgConn> {
@@ -474,7 +493,7 @@ impl PostgresStorage {
     fn writer(&self) -> Result<WriterGuard<'_>> {
         let mut guard = self.writer.lock().map_err(|_| StorageError::Poisoned)?;
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *guard = Some(self.connect()?);
+            *guard = Some(self.connect_writer()?);
         }
         Ok(WriterGuard(guard))
     }
@@ -639,11 +658,17 @@ impl PostgresStorage {
         Ok(())
     }
 
-    /// The writer connection's `synchronous_commit`, for tests.
+    /// A setting of the writer connection's session, for tests.
     #[cfg(test)]
-    pub(super) fn writer_synchronous_commit(&self) -> Result<String> {
+    pub(super) fn writer_setting(&self, name: &str) -> Result<String> {
         let mut writer = self.writer()?;
-        Ok(block_on(writer.conn().client.query_one("SHOW synchronous_commit", &[]))?.get(0))
+        Ok(block_on(
+            writer
+                .conn()
+                .client
+                .query_one("SELECT current_setting($1)", &[&name]),
+        )?
+        .get(0))
     }
 
     /// The current writer epoch in the database (for tests and, later, the lease).
@@ -819,11 +844,15 @@ impl<'a> StateColumns<'a> {
 #[derive(Default)]
 struct RowState {
     packed: Vec<u8>,
+    /// The source row as of the last change; a stored row's copy is not read (see `changed`).
     source_row: Option<String>,
     /// The stored state row's tuple id (`ctid`, as text) when one exists in the database: read and
     /// updated in the same writer transaction, which no other writer overlaps (fencing), so it stays
     /// valid until the update.
     stored: Option<String>,
+    /// Whether the state must be written. A stored row counts as changed once read: the batch changes
+    /// its source row as a rule, and reading every stored copy back to compare cost the backend more
+    /// than writing the rare unchanged one.
     changed: bool,
 }
 
@@ -969,7 +998,7 @@ impl PlacementOps for Batch<'_> {
 const WRITER_HEAD: &str = "SELECT r.last_op_id, r.last_lsn, m.value FROM sync_rules r, meta m
      WHERE r.version = $1 AND m.key = 'next_op_id' FOR UPDATE";
 // Rows are matched back to the keys by their position in the arrays (1-based).
-const SELECT_STATES: &str = "SELECT k.i, s.placements, s.source_row, s.ctid::text
+const SELECT_STATES: &str = "SELECT k.i, s.placements, s.ctid::text
      FROM source_state s JOIN unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(t, k, i)
        ON s.version = $1 AND s.source_table = k.t AND s.source_key = k.k";
 const SELECT_PARAMS: &str = "SELECT k.i, p.lookup_key, p.values_json
@@ -1138,43 +1167,50 @@ impl PostgresStorage {
         while let Some(&(lsn, _)) = checkpoints.get(recorded.len()) {
             recorded.push((lsn, batch.last_op));
         }
-        let read_wait = pipeline.finish(&mut batch)?;
-        let computed = started.elapsed();
-        write_batch(&tx, &s, &batch)?;
+        // The rest is sent before waiting for the state updates still in flight: the backend works
+        // through those while the writer encodes the rest.
+        pipeline.send_rest(&mut batch);
+        let mut writes = Writes {
+            tx: &tx,
+            in_flight: Vec::new(),
+        };
+        write_batch(&mut writes, &s, &batch);
         let (lsns, op_ids): (Vec<i64>, Vec<i64>) = recorded.iter().copied().unzip();
         let checkpoint_lsn = lsns.last().copied();
-        execute(
-            &tx,
+        writes.send(
             &s.record_checkpoints,
-            &[
-                &v,
-                &lsns,
-                &op_ids,
-                &batch.last_op,
-                &checkpoint_lsn,
-                &batch.next_op,
-                &checkpoint_lsn.map(|_| self.channel.as_str()),
+            vec![
+                Box::new(v),
+                Box::new(lsns),
+                Box::new(op_ids),
+                Box::new(batch.last_op),
+                Box::new(checkpoint_lsn),
+                Box::new(batch.next_op),
+                Box::new(checkpoint_lsn.map(|_| self.channel.as_str())),
             ],
-        )?;
+        );
         if let Work::Chunk(_, progress) = work {
-            execute(
-                &tx,
+            writes.send(
                 &s.upsert_progress,
-                &[
-                    &v,
-                    &progress.table,
-                    &progress.resume_after,
-                    &progress.done,
-                    &lsn_sql(progress.lsn)?,
+                vec![
+                    Box::new(v),
+                    Box::new(progress.table.as_str()),
+                    Box::new(progress.resume_after.as_deref()),
+                    Box::new(progress.done),
+                    Box::new(lsn_sql(progress.lsn)?),
                 ],
-            )?;
+            );
         }
+        let read_wait = pipeline.finish()?;
+        let computed = started.elapsed();
+        writes.finish()?;
         let last_op = batch.last_op;
         let (changes, buckets) = (changes.len(), batch.buckets.len());
         drop(batch);
         let written = started.elapsed();
         block_on(tx.commit())?;
-        // `computing`: from the start to the last state update of the pipeline (reads, ops, updates).
+        // `computing`: from the start until the pipeline's state updates are done (reads, ops, updates);
+        // `written`: until the rest, sent before those were done, is too.
         tracing::debug!(
             changes,
             buckets,
@@ -1289,6 +1325,9 @@ fn key_at<'a>(tables: &[&'a str], keys: &[&'a str], row: &tokio_postgres::Row) -
 /// done with them, so the backend works through them while the writer computes instead of each waiting
 /// for the other (docs/benchmarks.md, "Scale-out").
 const PIPELINE_CHUNK: usize = 2_000;
+
+/// Changes computed between two polls of the statements in flight ([`Pipeline::pump`]).
+const PUMP_EVERY: usize = 100;
 
 /// A batch's rows in the order its changes first touch them, cut into chunks of [`PIPELINE_CHUNK`].
 #[derive(Default)]
@@ -1417,6 +1456,9 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
     ) -> Result<()> {
         self.load(plan.needs.get(i).copied().unwrap_or(0), plan, batch)?;
         batch.change(change, digests, lsn)?;
+        if i.is_multiple_of(PUMP_EVERY) {
+            self.pump();
+        }
         if !plan.last.get(i).copied().unwrap_or(false) {
             return Ok(());
         }
@@ -1426,6 +1468,19 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
             self.send_done();
         }
         Ok(())
+    }
+
+    /// Takes in the responses that arrived for the statements in flight. The driver's connection task
+    /// hands each response to its request through a one-slot channel and stops reading the socket while
+    /// that slot is full, so unread responses would stop the backend once the socket's buffers filled.
+    fn pump(&mut self) {
+        let mut context = Context::from_waker(Waker::noop());
+        for read in &mut self.reads {
+            let _ = Pin::new(read).poll(&mut context);
+        }
+        for (_, update) in &mut self.updates {
+            let _ = Pin::new(update).poll(&mut context);
+        }
     }
 
     /// Moves the row's state into the next update if it needs one; the other writes are
@@ -1465,9 +1520,9 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
                     key_at(tables, keys, &row)?,
                     RowState {
                         packed: row.get(1),
-                        source_row: row.get(2),
-                        stored: Some(row.get(3)),
-                        changed: false,
+                        source_row: None,
+                        stored: Some(row.get(2)),
+                        changed: true,
                     },
                 );
             }
@@ -1494,10 +1549,9 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
             .push((rows, send(self.tx.execute_raw(self.update_states, params))));
     }
 
-    /// Sends the last update and waits for all of them; returns the time spent waiting for reads. The
-    /// updates of all stored, changed rows go through here: each row's last change already sent its own,
-    /// and any left in `batch` join the last one.
-    fn finish(mut self, batch: &mut Batch<'a>) -> Result<Duration> {
+    /// Sends the last update. The updates of all stored, changed rows go through the pipeline: each
+    /// row's last change already sent its own, and any left in `batch` join the last one.
+    fn send_rest(&mut self, batch: &mut Batch<'a>) {
         let left: Vec<(&'a str, &'a str)> = batch
             .rows
             .iter()
@@ -1508,6 +1562,10 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
             self.take_update(key, batch);
         }
         self.send_done();
+    }
+
+    /// Waits for the updates; returns the time spent waiting for reads.
+    fn finish(self) -> Result<Duration> {
         for (rows, update) in self.updates {
             let updated = receive(update)?;
             if updated != rows as u64 {
@@ -1521,8 +1579,30 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
     }
 }
 
-/// Writes a computed batch: segments, running sums, row state, parameter index.
-fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch: &Batch<'_>) -> Result<()> {
+/// A writer transaction's statements sent without waiting for their responses (owned parameters: a
+/// statement is in flight while the writer goes on).
+struct Writes<'w> {
+    tx: &'w tokio_postgres::Transaction<'w>,
+    in_flight: Vec<InFlight<'w, u64>>,
+}
+
+impl<'w> Writes<'w> {
+    fn send(&mut self, statement: &'w Statement, params: Vec<Box<dyn ToSql + Sync + 'w>>) {
+        self.in_flight.push(send(self.tx.execute_raw(statement, params)));
+    }
+
+    /// Waits for every response; the first error fails the transaction (the later statements fail
+    /// as the transaction is aborted).
+    fn finish(self) -> Result<()> {
+        for statement in self.in_flight {
+            receive(statement)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends the writes of a computed batch: segments, running sums, row state, parameter index.
+fn write_batch<'w>(writes: &mut Writes<'w>, s: &'w WriterStatements, batch: &'w Batch<'_>) {
     let v = batch.version;
     let segments: Vec<(i64, &SegmentBuilder)> = batch
         .closed
@@ -1546,11 +1626,17 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
             .map(|(_, s)| i64::from(s.checksum.as_u32()))
             .collect();
         let bytes: Vec<&[u8]> = segments.iter().map(|(_, s)| s.bytes.as_slice()).collect();
-        execute(
-            tx,
+        writes.send(
             &s.insert_segments,
-            &[&bucket_ids, &last_ops, &first_ops, &counts, &sums, &bytes],
-        )?;
+            vec![
+                Box::new(bucket_ids),
+                Box::new(last_ops),
+                Box::new(first_ops),
+                Box::new(counts),
+                Box::new(sums),
+                Box::new(bytes),
+            ],
+        );
         let ids: Vec<i64> = batch.buckets.keys().copied().collect();
         let sums: Vec<i64> = ids
             .iter()
@@ -1558,9 +1644,12 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
             .collect();
         let counts: Vec<i64> = ids.iter().map(|id| batch.buckets[id].count).collect();
         let last: Vec<i64> = ids.iter().map(|id| batch.buckets[id].last_op).collect();
-        execute(tx, &s.update_buckets, &[&ids, &sums, &counts, &last])?;
+        writes.send(
+            &s.update_buckets,
+            vec![Box::new(ids), Box::new(sums), Box::new(counts), Box::new(last)],
+        );
     }
-    // Updates of stored rows went out with the pipeline (`Pipeline::finish`).
+    // Updates of stored rows went out with the pipeline (`Pipeline::send_rest`).
     let (mut upsert, mut delete) = (StateColumns::default(), Vec::new());
     for (key, state) in &batch.rows {
         match state.write() {
@@ -1575,12 +1664,24 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
             keys,
             packed,
             rows,
-        } = &upsert;
-        execute(tx, &s.upsert_states, &[&v, tables, keys, packed, rows])?;
+        } = upsert;
+        writes.send(
+            &s.upsert_states,
+            vec![
+                Box::new(v),
+                Box::new(tables),
+                Box::new(keys),
+                Box::new(packed),
+                Box::new(rows),
+            ],
+        );
     }
     if !delete.is_empty() {
         let (tables, keys): (Vec<&str>, Vec<&str>) = delete.into_iter().unzip();
-        execute(tx, &s.delete_states, &[&v, &tables, &keys])?;
+        writes.send(
+            &s.delete_states,
+            vec![Box::new(v), Box::new(tables), Box::new(keys)],
+        );
     }
     let retired: Vec<(&str, &str, i64)> = batch
         .params
@@ -1591,7 +1692,10 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
         let tables: Vec<&str> = retired.iter().map(|r| r.0).collect();
         let keys: Vec<&str> = retired.iter().map(|r| r.1).collect();
         let lsns: Vec<i64> = retired.iter().map(|r| r.2).collect();
-        execute(tx, &s.retire_params, &[&v, &tables, &keys, &lsns])?;
+        writes.send(
+            &s.retire_params,
+            vec![Box::new(v), Box::new(tables), Box::new(keys), Box::new(lsns)],
+        );
     }
     let written: Vec<(&str, &str, &WrittenParameter)> = batch
         .params
@@ -1605,13 +1709,19 @@ fn write_batch(tx: &tokio_postgres::Transaction<'_>, s: &WriterStatements, batch
         let values: Vec<&str> = written.iter().map(|w| w.2.1.as_str()).collect();
         let created: Vec<i64> = written.iter().map(|w| w.2.2).collect();
         let deleted: Vec<Option<i64>> = written.iter().map(|w| w.2.3).collect();
-        execute(
-            tx,
+        writes.send(
             &s.insert_params,
-            &[&v, &lookup, &tables, &keys, &values, &created, &deleted],
-        )?;
+            vec![
+                Box::new(v),
+                Box::new(lookup),
+                Box::new(tables),
+                Box::new(keys),
+                Box::new(values),
+                Box::new(created),
+                Box::new(deleted),
+            ],
+        );
     }
-    Ok(())
 }
 
 /// Write-checkpoint ids come from a sequence row of their own, so they never wait for the replicator.

@@ -140,7 +140,7 @@ fn migrations_are_idempotent_and_safe_when_gateways_start_together() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
     });
-    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[3]]);
+    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[4]]);
     assert_eq!(place.rows("SELECT COUNT(*) FROM meta"), [[4]], "seeded once");
     let version = opened[0].create_version("rules").unwrap();
     assert_eq!(opened[3].versions().unwrap().len(), 1, "one storage, seen by all");
@@ -148,7 +148,7 @@ fn migrations_are_idempotent_and_safe_when_gateways_start_together() {
     // Opening again migrates nothing and keeps the data.
     let again = PostgresStorage::open(&place.config).unwrap();
     assert_eq!(again.versions().unwrap()[0].version, version);
-    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[3]]);
+    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[4]]);
 }
 
 #[test]
@@ -166,15 +166,20 @@ fn a_format_2_storage_is_migrated_and_its_state_rows_update_in_place() {
         .unwrap();
     storage.apply(version, &at(20, put("2", "b1"))).unwrap();
     drop(storage);
-    // Format 2 differs from 3 only by `source_state`'s fillfactor: undo migration 3.
-    place.execute("ALTER TABLE source_state RESET (fillfactor); UPDATE schema_version SET version = 2");
-    let fillfactor = "SELECT COUNT(*) FROM pg_class WHERE oid = 'source_state'::regclass
-         AND 'fillfactor=70' = ANY(reloptions)";
-    assert_eq!(place.rows(fillfactor), [[0]]);
+    // Formats 2, 3 and 4 differ only by storage parameters of three tables: undo migrations 3 and 4.
+    place.execute(
+        "ALTER TABLE source_state RESET (fillfactor); ALTER TABLE buckets RESET (fillfactor);
+         ALTER TABLE op_segments RESET (toast_tuple_target); UPDATE schema_version SET version = 2",
+    );
+    let parameters = "SELECT COUNT(*) FROM pg_class
+         WHERE (oid = 'source_state'::regclass AND 'fillfactor=70' = ANY(reloptions))
+            OR (oid = 'buckets'::regclass AND 'fillfactor=50' = ANY(reloptions))
+            OR (oid = 'op_segments'::regclass AND 'toast_tuple_target=8160' = ANY(reloptions))";
+    assert_eq!(place.rows(parameters), [[0]]);
 
     let storage = PostgresStorage::open(&place.config).unwrap();
-    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[3]]);
-    assert_eq!(place.rows(fillfactor), [[1]]);
+    assert_eq!(place.rows("SELECT version::bigint FROM schema_version"), [[4]]);
+    assert_eq!(place.rows(parameters), [[3]]);
     let key = |k: &str| SourceRowKey {
         table: "public.todos".into(),
         key: k.into(),
@@ -283,13 +288,19 @@ fn a_lost_connection_is_retryable_and_the_next_call_reconnects() {
     let storage = PostgresStorage::open(&place.config).unwrap();
     let version = storage.create_version("rules").unwrap();
     storage.apply(version, &at(10, put("1", "a"))).unwrap();
+    // The write path binds arrays of thousands of keys: planned for their values, Postgres would scan
+    // whole tables (postgres.rs, `connect_writer`).
+    assert_eq!(
+        storage.writer_setting("plan_cache_mode").unwrap(),
+        "force_generic_plan"
+    );
     place.execute(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = '{}' AND application_name = 'syncgate-storage'",
         database.name()
     ));
     // The writer either notices the closed connection before its call and reconnects, or its call
-    // fails retryably; then the same call again succeeds on a new connection.
+    // fails retryably; then the same call again succeeds on a new connection, set up as the first.
     let applied = match storage.apply(version, &at(20, put("2", "a"))) {
         Ok(applied) => applied,
         Err(error) => {
@@ -298,6 +309,10 @@ fn a_lost_connection_is_retryable_and_the_next_call_reconnects() {
         }
     };
     assert!(applied.is_some());
+    assert_eq!(
+        storage.writer_setting("plan_cache_mode").unwrap(),
+        "force_generic_plan"
+    );
     // Pooled readers lost their connections too: reads reconnect by themselves.
     let ops = storage
         .ops(version, &BucketName::new("a"), OpId::ZERO, OpId::MAX, 10)
@@ -355,7 +370,7 @@ async fn calls_and_drop_work_inside_a_tokio_runtime() {
 fn storage_writes_commit_synchronously_and_sslmodes_needing_tls_are_refused() {
     let place = Place::new();
     let storage = PostgresStorage::open(&place.config).unwrap();
-    assert_eq!(storage.writer_synchronous_commit().unwrap(), "on");
+    assert_eq!(storage.writer_setting("synchronous_commit").unwrap(), "on");
     let mut tls = place.config.clone();
     tls.connection.sslmode = SslMode::VerifyFull;
     let refused = PostgresStorage::open(&tls).unwrap_err();

@@ -105,7 +105,7 @@ impl TestStorage for PostgresStorage {
     }
 
     fn writes_are_durable(&self) -> bool {
-        self.writer_synchronous_commit().unwrap() == "on"
+        self.writer_setting("synchronous_commit").unwrap() == "on"
     }
 }
 
