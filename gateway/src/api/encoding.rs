@@ -191,6 +191,46 @@ impl LineEncoder {
         }
     }
 
+    /// Lines queued together as one chunk: each line whole, in order, and when compressing one sync flush
+    /// after the last, so the chunk still decodes completely on its own.
+    pub fn encode_all(&mut self, lines: &[OutLine]) -> Bytes {
+        if let [line] = lines {
+            return self.encode_out(line);
+        }
+        let serialized: Vec<Bytes> = lines.iter().map(|line| self.serialized(line)).collect();
+        match &mut self.gzip {
+            None => {
+                let mut out = Vec::with_capacity(serialized.iter().map(Bytes::len).sum());
+                for bytes in &serialized {
+                    out.extend_from_slice(bytes);
+                }
+                Bytes::from(out)
+            }
+            Some(gzip) => {
+                for bytes in &serialized {
+                    // Writing into a Vec cannot fail.
+                    let _ = gzip.write_all(bytes);
+                }
+                let _ = gzip.flush();
+                Bytes::from(std::mem::take(gzip.get_mut()))
+            }
+        }
+    }
+
+    /// A line's serialization: a shared line's is reused, an own line's is built in the scratch buffer.
+    fn serialized(&mut self, line: &OutLine) -> Bytes {
+        match line {
+            OutLine::Own(line) => {
+                let scratch = serialize(line, self.framing, std::mem::take(&mut self.scratch));
+                let bytes = Bytes::copy_from_slice(&scratch);
+                self.scratch = scratch;
+                self.scratch.clear();
+                bytes
+            }
+            OutLine::Shared(shared) => shared.serialized(self.framing),
+        }
+    }
+
     /// The end of the body: the gzip trailer, if compressing.
     pub fn finish(&mut self) -> Option<Bytes> {
         let gzip = self.gzip.take()?;
@@ -277,5 +317,45 @@ mod tests {
             .read_to_end(&mut all)
             .expect("complete gzip stream");
         assert_eq!(all, decoded);
+    }
+
+    #[test]
+    fn lines_queued_together_encode_as_one_chunk_that_decodes_on_its_own() {
+        let complete = |op: u64| {
+            SyncLine::CheckpointComplete(syncgate_protocol::line::CheckpointComplete {
+                last_op_id: syncgate_protocol::OpId::new(op).expect("in range"),
+            })
+        };
+        let batch = [
+            SyncLine::TokenExpiresIn(20).into(),
+            OutLine::Shared(SharedLine::new(complete(42))),
+            complete(43).into(),
+        ];
+        for framing in [Framing::Ndjson, Framing::Bson] {
+            // Uncompressed: the lines' own encodings, back to back.
+            let mut one_by_one = LineEncoder::new(framing, false);
+            let expected: Vec<u8> = batch
+                .iter()
+                .flat_map(|line| one_by_one.encode_out(line).to_vec())
+                .collect();
+            let mut together = LineEncoder::new(framing, false);
+            assert_eq!(together.encode_all(&batch).to_vec(), expected, "{framing:?}");
+
+            // Compressed: the chunk received so far inflates to all three lines, and the stream
+            // goes on (a later line, then the trailer) as one gzip stream.
+            let mut gzip = LineEncoder::new(framing, true);
+            let mut received = gzip.encode_all(&batch).to_vec();
+            let mut partial = Vec::new();
+            let _ = flate2::read::GzDecoder::new(&received[..]).read_to_end(&mut partial);
+            assert_eq!(partial, expected, "{framing:?} gzip");
+            received.extend_from_slice(&gzip.encode_all(&batch[..1]));
+            received.extend_from_slice(&gzip.finish().expect("trailer"));
+            let mut all = Vec::new();
+            flate2::read::GzDecoder::new(&received[..])
+                .read_to_end(&mut all)
+                .expect("complete gzip stream");
+            let first = one_by_one.encode_out(&batch[0]).to_vec();
+            assert_eq!(all, [expected, first].concat(), "{framing:?} gzip");
+        }
     }
 }

@@ -397,6 +397,7 @@ fn open_stream(
     });
     LineBody {
         lines: receiver,
+        batch: Vec::with_capacity(LINE_BUFFER),
         encoder,
         outcome: Some(outcome),
         metrics: Arc::clone(&state.env.metrics),
@@ -408,6 +409,8 @@ fn open_stream(
 /// fails, so the client does not mistake a failure for a clean end.
 struct LineBody {
     lines: mpsc::Receiver<OutLine>,
+    /// The lines of the chunk being encoded (kept to reuse its allocation).
+    batch: Vec<OutLine>,
     encoder: LineEncoder,
     outcome: Option<oneshot::Receiver<Result<SessionEnd, String>>>,
     metrics: Arc<super::ApiMetrics>,
@@ -422,7 +425,18 @@ impl Stream for LineBody {
         if let Some(outcome) = this.outcome.as_mut() {
             match this.lines.poll_recv(cx) {
                 Poll::Ready(Some(line)) => {
-                    let bytes = this.encoder.encode_out(&line);
+                    // Lines queued together (a checkpoint's diff, data and complete) go out as one
+                    // chunk: one frame for the server to write, one sync flush when compressing.
+                    let mut lines = std::mem::take(&mut this.batch);
+                    lines.push(line);
+                    while lines.len() < LINE_BUFFER
+                        && let Ok(line) = this.lines.try_recv()
+                    {
+                        lines.push(line);
+                    }
+                    let bytes = this.encoder.encode_all(&lines);
+                    lines.clear();
+                    this.batch = lines;
                     this.metrics.bytes_sent(bytes.len());
                     return Poll::Ready(Some(Ok(bytes)));
                 }

@@ -9,9 +9,13 @@
 //!
 //! Transports ([`super::http`], WebSocket) only encode the lines; everything the protocol decides is here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// foldhash, not SipHash: the dispatcher looks up every concerned session's buckets in these maps, a
+// thousand sessions per commit (docs/benchmarks.md, Sync API).
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use serde_json::Value;
 use syncgate_protocol::{

@@ -8,16 +8,18 @@
 //! A concerned session is not woken either when every line it would send is shared (the diff, the
 //! cached `data` lines, the complete) and its channel has room for all of them: the dispatcher queues
 //! them itself and advances the state the session left in its [`Parcel`] (checkpoint, checksums,
-//! positions), which the session takes back when it next wakes.
+//! positions), which the session takes back when it next wakes. The dispatcher reads on a blocking
+//! thread and delivers on its own task: the body tasks a delivery wakes then queue on that worker, not
+//! each injected into the runtime from outside it.
 //!
 //! With 1,000 open streams on 2 cores, waking every session for a commit that concerns one queued the
 //! concerned session behind 999 that had nothing to do (docs/benchmarks.md, Sync API).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 use syncgate_protocol::{BucketName, OpId};
 use tokio::sync::{Notify, watch};
 use tracing::debug;
@@ -49,6 +51,7 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Index {
+    // foldhash (as in `session`): a dispatch looks every concerned session up here.
     entries: HashMap<u64, Entry>,
     by_bucket: HashMap<BucketName, HashSet<u64>>,
 }
@@ -341,10 +344,19 @@ async fn dispatch_loop<S: BucketStorage + ?Sized + 'static>(
         };
         if !index.is_empty() {
             let reader = Arc::clone(&env);
-            let result = tokio::task::spawn_blocking(move || dispatch_once(&reader, count)).await;
-            if !matches!(result, Ok(Ok(()))) {
-                debug!("wake-up dispatch failed; waking every parked session");
-                index.wake_all();
+            let result = tokio::task::spawn_blocking(move || read_commit(&reader, count)).await;
+            match result {
+                // Delivered here, not on the blocking thread (module docs); only cached lines.
+                Ok(Ok(Some(read))) => {
+                    index.dispatch(read.checkpoint, &read.current, &read.changed, |parcel, names| {
+                        deliver_parked(&env, &read.current, names, parcel, read.started)
+                    })
+                }
+                Ok(Ok(None)) => {}
+                _ => {
+                    debug!("wake-up dispatch failed; waking every parked session");
+                    index.wake_all();
+                }
             }
         }
         index.dispatched.send_replace(count);
@@ -352,15 +364,27 @@ async fn dispatch_loop<S: BucketStorage + ?Sized + 'static>(
     drop(running);
 }
 
+/// What the dispatcher read of one commit, for [`ParkIndex::dispatch`].
+struct CommitRead {
+    checkpoint: Checkpoint,
+    current: ParkState,
+    changed: Vec<(OpId, Arc<HashSet<BucketName>>)>,
+    started: Instant,
+}
+
 /// The shared read of one commit (blocking): published checkpoint and changed buckets, cached in
-/// [`super::session::SharedReads`] for the sessions it wakes.
-fn dispatch_once<S: BucketStorage + ?Sized>(env: &SessionEnv<S>, count: u64) -> Result<(), StorageError> {
+/// [`super::session::SharedReads`] for the sessions it wakes, and what deliveries need besides. `None`
+/// when every parked session was woken instead.
+fn read_commit<S: BucketStorage + ?Sized>(
+    env: &SessionEnv<S>,
+    count: u64,
+) -> Result<Option<CommitRead>, StorageError> {
     let index = env.reads.parked();
     let compaction = env.events.compaction_generation();
     let write_checkpoints = env.events.write_checkpoint_generation();
     let Some(published) = env.reads.published_checkpoint(&*env.storage, count)? else {
         index.wake_all();
-        return Ok(());
+        return Ok(None);
     };
     let (version, checkpoint) = published;
     let mut changed = Vec::new();
@@ -373,7 +397,7 @@ fn dispatch_once<S: BucketStorage + ?Sized>(env: &SessionEnv<S>, count: u64) -> 
     if compaction % 2 == 1 || env.events.compaction_generation() != compaction {
         // A compaction overlapped the reads: every parked session re-reads for itself.
         index.wake_all();
-        return Ok(());
+        return Ok(None);
     }
     let current = ParkState {
         version,
@@ -386,8 +410,10 @@ fn dispatch_once<S: BucketStorage + ?Sized>(env: &SessionEnv<S>, count: u64) -> 
     if !ranges.is_empty() {
         prepare_delivery(env, &current, &ranges)?;
     }
-    index.dispatch(checkpoint, &current, &changed, |parcel, names| {
-        deliver_parked(env, &current, names, parcel, started)
-    });
-    Ok(())
+    Ok(Some(CommitRead {
+        checkpoint,
+        current,
+        changed,
+        started,
+    }))
 }
