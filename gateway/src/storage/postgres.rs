@@ -1049,6 +1049,13 @@ const UPSERT_PROGRESS: &str = "INSERT INTO snapshot_progress (version, source_ta
      ON CONFLICT (version, source_table) DO UPDATE SET resume_after = excluded.resume_after,
        done = excluded.done, lsn = excluded.lsn";
 
+/// Owned parameters of a statement sent with [`Writes::send`].
+macro_rules! owned {
+    ($($param:expr),* $(,)?) => {
+        vec![$(Box::new($param)),*]
+    };
+}
+
 /// What one storage transaction writes: source transactions (with LSNs) or a snapshot chunk.
 enum Work<'a> {
     Transactions(&'a [SourceTransaction]),
@@ -1179,25 +1186,25 @@ impl PostgresStorage {
         let checkpoint_lsn = lsns.last().copied();
         writes.send(
             &s.record_checkpoints,
-            vec![
-                Box::new(v),
-                Box::new(lsns),
-                Box::new(op_ids),
-                Box::new(batch.last_op),
-                Box::new(checkpoint_lsn),
-                Box::new(batch.next_op),
-                Box::new(checkpoint_lsn.map(|_| self.channel.as_str())),
+            owned![
+                v,
+                lsns,
+                op_ids,
+                batch.last_op,
+                checkpoint_lsn,
+                batch.next_op,
+                checkpoint_lsn.map(|_| self.channel.as_str())
             ],
         );
         if let Work::Chunk(_, progress) = work {
             writes.send(
                 &s.upsert_progress,
-                vec![
-                    Box::new(v),
-                    Box::new(progress.table.as_str()),
-                    Box::new(progress.resume_after.as_deref()),
-                    Box::new(progress.done),
-                    Box::new(lsn_sql(progress.lsn)?),
+                owned![
+                    v,
+                    progress.table.as_str(),
+                    progress.resume_after.as_deref(),
+                    progress.done,
+                    lsn_sql(progress.lsn)?
                 ],
             );
         }
@@ -1628,14 +1635,7 @@ fn write_batch<'w>(writes: &mut Writes<'w>, s: &'w WriterStatements, batch: &'w 
         let bytes: Vec<&[u8]> = segments.iter().map(|(_, s)| s.bytes.as_slice()).collect();
         writes.send(
             &s.insert_segments,
-            vec![
-                Box::new(bucket_ids),
-                Box::new(last_ops),
-                Box::new(first_ops),
-                Box::new(counts),
-                Box::new(sums),
-                Box::new(bytes),
-            ],
+            owned![bucket_ids, last_ops, first_ops, counts, sums, bytes],
         );
         let ids: Vec<i64> = batch.buckets.keys().copied().collect();
         let sums: Vec<i64> = ids
@@ -1644,10 +1644,7 @@ fn write_batch<'w>(writes: &mut Writes<'w>, s: &'w WriterStatements, batch: &'w 
             .collect();
         let counts: Vec<i64> = ids.iter().map(|id| batch.buckets[id].count).collect();
         let last: Vec<i64> = ids.iter().map(|id| batch.buckets[id].last_op).collect();
-        writes.send(
-            &s.update_buckets,
-            vec![Box::new(ids), Box::new(sums), Box::new(counts), Box::new(last)],
-        );
+        writes.send(&s.update_buckets, owned![ids, sums, counts, last]);
     }
     // Updates of stored rows went out with the pipeline (`Pipeline::send_rest`).
     let (mut upsert, mut delete) = (StateColumns::default(), Vec::new());
@@ -1665,23 +1662,11 @@ fn write_batch<'w>(writes: &mut Writes<'w>, s: &'w WriterStatements, batch: &'w 
             packed,
             rows,
         } = upsert;
-        writes.send(
-            &s.upsert_states,
-            vec![
-                Box::new(v),
-                Box::new(tables),
-                Box::new(keys),
-                Box::new(packed),
-                Box::new(rows),
-            ],
-        );
+        writes.send(&s.upsert_states, owned![v, tables, keys, packed, rows]);
     }
     if !delete.is_empty() {
         let (tables, keys): (Vec<&str>, Vec<&str>) = delete.into_iter().unzip();
-        writes.send(
-            &s.delete_states,
-            vec![Box::new(v), Box::new(tables), Box::new(keys)],
-        );
+        writes.send(&s.delete_states, owned![v, tables, keys]);
     }
     let retired: Vec<(&str, &str, i64)> = batch
         .params
@@ -1692,10 +1677,7 @@ fn write_batch<'w>(writes: &mut Writes<'w>, s: &'w WriterStatements, batch: &'w 
         let tables: Vec<&str> = retired.iter().map(|r| r.0).collect();
         let keys: Vec<&str> = retired.iter().map(|r| r.1).collect();
         let lsns: Vec<i64> = retired.iter().map(|r| r.2).collect();
-        writes.send(
-            &s.retire_params,
-            vec![Box::new(v), Box::new(tables), Box::new(keys), Box::new(lsns)],
-        );
+        writes.send(&s.retire_params, owned![v, tables, keys, lsns]);
     }
     let written: Vec<(&str, &str, &WrittenParameter)> = batch
         .params
@@ -1711,15 +1693,7 @@ fn write_batch<'w>(writes: &mut Writes<'w>, s: &'w WriterStatements, batch: &'w 
         let deleted: Vec<Option<i64>> = written.iter().map(|w| w.2.3).collect();
         writes.send(
             &s.insert_params,
-            vec![
-                Box::new(v),
-                Box::new(lookup),
-                Box::new(tables),
-                Box::new(keys),
-                Box::new(values),
-                Box::new(created),
-                Box::new(deleted),
-            ],
+            owned![v, lookup, tables, keys, values, created, deleted],
         );
     }
 }
