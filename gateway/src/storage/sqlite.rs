@@ -361,6 +361,23 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Puts the file in WAL mode. Switching a new file needs it alone, and SQLite answers BUSY there at once,
+/// without the busy handler, when another connection (another process creating the same storage, an
+/// `inspect`) has it open too: retried here for up to [`BUSY_TIMEOUT`].
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl SqliteStorage {
     /// Opens (creating if missing) the storage file and brings its format up to date.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -386,9 +403,7 @@ impl SqliteStorage {
             .pragma_update(None, "page_size", PAGE_SIZE)
             .map_err(open_err)?;
         // WAL: readers never block the writer. FULL: a commit is on disk before it returns (invariant 4).
-        writer
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
+        switch_to_wal(&writer).map_err(open_err)?;
         writer
             .pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;

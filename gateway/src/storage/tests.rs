@@ -480,6 +480,35 @@ fn the_file_is_in_wal_mode_with_16_kib_pages() {
     assert_eq!(page_size, 16_384);
 }
 
+#[test]
+fn processes_opening_a_new_file_at_once_all_open_it() {
+    // A gateway creating its storage while `inspect` (or a test) opens the same new file: switching the
+    // file to WAL needs it alone, and SQLite answers BUSY there without waiting (found as a CI flake).
+    for round in 0..100 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("storage.sqlite");
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        SqliteStorage::open(&path)
+                    })
+                })
+                .collect();
+            for handle in opened {
+                if let Err(error) = handle.join().unwrap() {
+                    panic!("round {round}: {error}");
+                }
+            }
+        });
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
+
 fn state_survives_reopen<S: TestStorage>() {
     let f = Fixture::<S>::new();
     let cp = f
