@@ -147,6 +147,9 @@ fn serialize(line: &SyncLine, framing: Framing, mut out: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Room reserved for a line of this session's own (a checkpoint, a keepalive: short) in a chunk.
+const OWN_LINE_SIZE: usize = 256;
+
 /// Turns lines into body chunks.
 #[derive(Debug)]
 pub struct LineEncoder {
@@ -164,71 +167,44 @@ impl LineEncoder {
         }
     }
 
-    /// One line as a chunk that decodes completely on its own (the compressor is sync-flushed).
-    pub fn encode(&mut self, line: &SyncLine) -> Bytes {
-        let scratch = serialize(line, self.framing, std::mem::take(&mut self.scratch));
-        let bytes = match &mut self.gzip {
-            None => Bytes::copy_from_slice(&scratch),
-            Some(gzip) => compress(gzip, &scratch),
+    /// Lines queued together as one chunk: each line whole, in order; compressed, with one sync flush after
+    /// the last, so the chunk decodes completely on its own. A shared line's serialization is reused
+    /// (compression is per stream: a gzip stream's bytes depend on everything before them).
+    pub fn encode(&mut self, lines: &[OutLine]) -> Bytes {
+        let framing = self.framing;
+        let Some(gzip) = &mut self.gzip else {
+            // One shared line, the usual chunk of a fan-out, goes out as its serialization: no copy.
+            if let [OutLine::Shared(shared)] = lines {
+                return shared.serialized(framing);
+            }
+            // Sized up front (shared lines are serialized already): growing it was a visible cost.
+            let size = |line: &OutLine| match line {
+                OutLine::Own(_) => OWN_LINE_SIZE,
+                OutLine::Shared(shared) => shared.serialized(framing).len(),
+            };
+            let mut out = Vec::with_capacity(lines.iter().map(size).sum());
+            for line in lines {
+                match line {
+                    OutLine::Own(line) => out = serialize(line, framing, out),
+                    OutLine::Shared(shared) => out.extend_from_slice(&shared.serialized(framing)),
+                }
+            }
+            return Bytes::from(out);
         };
-        self.scratch = scratch;
-        self.scratch.clear();
-        bytes
-    }
-
-    /// Like [`LineEncoder::encode`]; a shared line's serialization is reused (compression is per
-    /// stream: a gzip stream's bytes depend on everything before them).
-    pub fn encode_out(&mut self, line: &OutLine) -> Bytes {
-        match line {
-            OutLine::Own(line) => self.encode(line),
-            OutLine::Shared(shared) => {
-                let bytes = shared.serialized(self.framing);
-                match &mut self.gzip {
-                    None => bytes,
-                    Some(gzip) => compress(gzip, &bytes),
+        for line in lines {
+            // Writing into a Vec cannot fail.
+            let _ = match line {
+                OutLine::Own(line) => {
+                    self.scratch = serialize(line, framing, std::mem::take(&mut self.scratch));
+                    let written = gzip.write_all(&self.scratch);
+                    self.scratch.clear();
+                    written
                 }
-            }
+                OutLine::Shared(shared) => gzip.write_all(&shared.serialized(framing)),
+            };
         }
-    }
-
-    /// Lines queued together as one chunk: each line whole, in order, and when compressing one sync flush
-    /// after the last, so the chunk still decodes completely on its own.
-    pub fn encode_all(&mut self, lines: &[OutLine]) -> Bytes {
-        if let [line] = lines {
-            return self.encode_out(line);
-        }
-        let serialized: Vec<Bytes> = lines.iter().map(|line| self.serialized(line)).collect();
-        match &mut self.gzip {
-            None => {
-                let mut out = Vec::with_capacity(serialized.iter().map(Bytes::len).sum());
-                for bytes in &serialized {
-                    out.extend_from_slice(bytes);
-                }
-                Bytes::from(out)
-            }
-            Some(gzip) => {
-                for bytes in &serialized {
-                    // Writing into a Vec cannot fail.
-                    let _ = gzip.write_all(bytes);
-                }
-                let _ = gzip.flush();
-                Bytes::from(std::mem::take(gzip.get_mut()))
-            }
-        }
-    }
-
-    /// A line's serialization: a shared line's is reused, an own line's is built in the scratch buffer.
-    fn serialized(&mut self, line: &OutLine) -> Bytes {
-        match line {
-            OutLine::Own(line) => {
-                let scratch = serialize(line, self.framing, std::mem::take(&mut self.scratch));
-                let bytes = Bytes::copy_from_slice(&scratch);
-                self.scratch = scratch;
-                self.scratch.clear();
-                bytes
-            }
-            OutLine::Shared(shared) => shared.serialized(self.framing),
-        }
+        let _ = gzip.flush();
+        Bytes::from(std::mem::take(gzip.get_mut()))
     }
 
     /// The end of the body: the gzip trailer, if compressing.
@@ -236,14 +212,6 @@ impl LineEncoder {
         let gzip = self.gzip.take()?;
         gzip.finish().ok().map(Bytes::from)
     }
-}
-
-/// Compresses one line and sync-flushes it, so the chunk inflates completely on its own.
-fn compress(gzip: &mut GzEncoder<Vec<u8>>, bytes: &[u8]) -> Bytes {
-    // Writing into a Vec cannot fail.
-    let _ = gzip.write_all(bytes);
-    let _ = gzip.flush();
-    Bytes::from(std::mem::take(gzip.get_mut()))
 }
 
 #[cfg(test)]
@@ -287,8 +255,8 @@ mod tests {
                 // Twice: the second time the shared serialization is reused.
                 for _ in 0..2 {
                     assert_eq!(
-                        reused.encode_out(&shared),
-                        own.encode(&line),
+                        reused.encode(std::slice::from_ref(&shared)),
+                        own.encode(&[line.clone().into()]),
                         "{framing:?} gzip {gzip}"
                     );
                 }
@@ -304,7 +272,7 @@ mod tests {
         let mut received = Vec::new();
         let mut decoded = Vec::new();
         for n in [20, 19] {
-            received.extend_from_slice(&encoder.encode(&SyncLine::TokenExpiresIn(n)));
+            received.extend_from_slice(&encoder.encode(&[SyncLine::TokenExpiresIn(n).into()]));
             // What has arrived so far must inflate to every line sent, without the trailer.
             let mut partial = Vec::new();
             let _ = flate2::read::GzDecoder::new(&received[..]).read_to_end(&mut partial);
@@ -336,25 +304,25 @@ mod tests {
             let mut one_by_one = LineEncoder::new(framing, false);
             let expected: Vec<u8> = batch
                 .iter()
-                .flat_map(|line| one_by_one.encode_out(line).to_vec())
+                .flat_map(|line| one_by_one.encode(std::slice::from_ref(line)).to_vec())
                 .collect();
             let mut together = LineEncoder::new(framing, false);
-            assert_eq!(together.encode_all(&batch).to_vec(), expected, "{framing:?}");
+            assert_eq!(together.encode(&batch).to_vec(), expected, "{framing:?}");
 
             // Compressed: the chunk received so far inflates to all three lines, and the stream
             // goes on (a later line, then the trailer) as one gzip stream.
             let mut gzip = LineEncoder::new(framing, true);
-            let mut received = gzip.encode_all(&batch).to_vec();
+            let mut received = gzip.encode(&batch).to_vec();
             let mut partial = Vec::new();
             let _ = flate2::read::GzDecoder::new(&received[..]).read_to_end(&mut partial);
             assert_eq!(partial, expected, "{framing:?} gzip");
-            received.extend_from_slice(&gzip.encode_all(&batch[..1]));
+            received.extend_from_slice(&gzip.encode(&batch[..1]));
             received.extend_from_slice(&gzip.finish().expect("trailer"));
             let mut all = Vec::new();
             flate2::read::GzDecoder::new(&received[..])
                 .read_to_end(&mut all)
                 .expect("complete gzip stream");
-            let first = one_by_one.encode_out(&batch[0]).to_vec();
+            let first = one_by_one.encode(&batch[..1]).to_vec();
             assert_eq!(all, [expected, first].concat(), "{framing:?} gzip");
         }
     }

@@ -434,7 +434,7 @@ impl Stream for LineBody {
                     {
                         lines.push(line);
                     }
-                    let bytes = this.encoder.encode_all(&lines);
+                    let bytes = this.encoder.encode(&lines);
                     lines.clear();
                     this.batch = lines;
                     this.metrics.bytes_sent(bytes.len());

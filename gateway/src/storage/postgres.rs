@@ -1049,7 +1049,8 @@ const UPSERT_PROGRESS: &str = "INSERT INTO snapshot_progress (version, source_ta
      ON CONFLICT (version, source_table) DO UPDATE SET resume_after = excluded.resume_after,
        done = excluded.done, lsn = excluded.lsn";
 
-/// Owned parameters of a statement sent with [`Writes::send`].
+/// Owned parameters of a statement sent without waiting for its response ([`Writes::send`], the
+/// pipeline's updates).
 macro_rules! owned {
     ($($param:expr),* $(,)?) => {
         vec![$(Box::new($param)),*]
@@ -1544,13 +1545,13 @@ impl<'t, 'a: 't> Pipeline<'t, 'a> {
         if rows == 0 {
             return;
         }
-        let params: [Box<dyn ToSql + Sync + 'a>; 6] = [
-            Box::new(self.version),
-            Box::new(done.tuple_ids),
-            Box::new(done.tables),
-            Box::new(done.keys),
-            Box::new(done.packed),
-            Box::new(done.rows),
+        let params: Vec<Box<dyn ToSql + Sync + 'a>> = owned![
+            self.version,
+            done.tuple_ids,
+            done.tables,
+            done.keys,
+            done.packed,
+            done.rows
         ];
         self.updates
             .push((rows, send(self.tx.execute_raw(self.update_states, params))));
